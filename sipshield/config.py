@@ -1,0 +1,313 @@
+"""Configuration: TOML in, plain typed objects out.
+
+The file is read once, validated completely and turned into frozen
+dataclasses that are passed down to the services that need them.  Nothing
+below this module reads the environment or the file again.  Every error is a
+:class:`ConfigError` whose message names the file and the key at fault, so an
+operator sees one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "LimitsConfig",
+    "ListenerConfig",
+    "ServerConfig",
+    "TLSConfig",
+    "default_config",
+    "load_config",
+    "parse_config",
+    "parse_listener",
+]
+
+DEFAULT_DATA_DIR = "./sipshield-data"
+DEFAULT_LISTEN = (
+    "udp:5060:interface=127.0.0.1",
+    "tcp:5060:interface=127.0.0.1",
+    "tls:5061:interface=127.0.0.1",
+)
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
+LISTENER_KINDS = ("udp", "tcp", "tls")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and file."""
+
+    def __init__(self, message: str, *, key: str | None = None, source: str | None = None) -> None:
+        self.key = key
+        self.source = source
+        prefix = "".join(f"{part}: " for part in (source, key) if part)
+        super().__init__(f"{prefix}{message}")
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One listening socket: ``udp``, ``tcp`` or ``tls`` on an interface and port."""
+
+    kind: str
+    port: int
+    interface: str = "127.0.0.1"
+
+    @property
+    def description(self) -> str:
+        host = f"[{self.interface}]" if ":" in self.interface else self.interface
+        return f"{self.kind}:{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    listen: tuple[ListenerConfig, ...] = ()
+    domains: tuple[str, ...] = ()
+    plugins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS material.  With neither certificate nor private_key, a self-signed
+    pair is generated in the data directory on first start."""
+
+    certificate: Path | None = None
+    private_key: Path | None = None
+    client_ca: Path | None = None
+    minimum_version: str = "TLSv1.2"
+    maximum_version: str | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Limits that protect the transports (RFC 3261 18.3 framing and beyond)."""
+
+    max_message_bytes: int = 65535
+    max_headers: int = 256
+    idle_timeout: float = 300.0
+    max_connections_per_source: int = 64
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: str | None = None
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` except where backslash-escaped (Twisted endpoint-string style)."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            current.append(nxt)
+        elif ch == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_listener(description: str) -> ListenerConfig:
+    """Parse ``KIND:PORT[:interface=ADDR]`` (Twisted's endpoint-string style).
+
+    ``KIND`` is ``udp``, ``tcp`` or ``tls``; colons inside an IPv6 address are
+    escaped with a backslash (``interface=\\:\\:1``).  Raises ValueError.
+    """
+    parts = _split_unescaped(description, ":")
+    kind = parts[0].strip().lower()
+    if kind not in LISTENER_KINDS:
+        raise ValueError(f"unknown listener kind {parts[0]!r} in {description!r} (use udp, tcp or tls)")
+    port: int | None = None
+    interface = "127.0.0.1"
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if not eq:
+            if port is not None:
+                raise ValueError(f"more than one port in {description!r}")
+            key, value = "port", key
+        key = key.strip()
+        if key == "port":
+            try:
+                port = int(value)
+            except ValueError:
+                raise ValueError(f"port {value!r} is not a number in {description!r}") from None
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port {port} out of range in {description!r}")
+        elif key == "interface":
+            interface = value.strip().strip("[]")
+            try:
+                ipaddress.ip_address(interface)
+            except ValueError:
+                raise ValueError(f"interface {value!r} is not an IP address in {description!r}") from None
+        else:
+            raise ValueError(f"unknown listener option {key!r} in {description!r} (known: port, interface)")
+    if port is None:
+        raise ValueError(f"no port in {description!r}")
+    return ListenerConfig(kind=kind, port=port, interface=interface)
+
+
+class _Section:
+    """Reads typed keys out of one TOML table and refuses unknown ones."""
+
+    def __init__(self, name: str, table: Any, source: str | None) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", key=name, source=source)
+        self.name = name
+        self.table = dict(table)
+        self.source = source
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, key=f"{self.name}.{key}", source=self.source)
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table.pop(key)
+        # bool is an int subclass; a boolean is never a valid number here.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(key, f"expected {_type_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(key, f"expected {_type_name(kind)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def take_str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.take(key, list, None)
+        if value is None:
+            return default
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(key, f"expected a list of strings, found {item!r}")
+        return tuple(value)
+
+    def take_number(self, key: str, default: float, minimum: float, maximum: float, integer: bool) -> Any:
+        value = self.take(key, int if integer else (int, float), default)
+        if not minimum <= value <= maximum:
+            raise self.error(key, f"{value} is out of range ({minimum}..{maximum})")
+        return value
+
+    def finish(self) -> None:
+        if self.table:
+            unknown = ", ".join(sorted(self.table))
+            raise ConfigError(f"unknown key(s): {unknown}", key=self.name, source=self.source)
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "a boolean", dict: "a table"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML document and build a :class:`Config`.
+
+    Relative paths are resolved against ``base_dir`` (the config file's
+    directory), or the working directory when there is no file.
+    """
+    base = base_dir if base_dir is not None else Path.cwd()
+    known = {"server", "tls", "limits"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
+
+    def path(section: _Section, key: str, default: str | None) -> Path | None:
+        value = section.take(key, str, default)
+        if value is None:
+            return None
+        if not value:
+            raise section.error(key, "must not be empty")
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (base / p)
+
+    s = _Section("server", data.get("server", {}), source)
+    data_dir = path(s, "data_dir", DEFAULT_DATA_DIR) or Path(DEFAULT_DATA_DIR)
+    listen_raw = s.take_str_list("listen", DEFAULT_LISTEN)
+    listeners = []
+    for item in listen_raw:
+        try:
+            listeners.append(parse_listener(item))
+        except ValueError as e:
+            raise s.error("listen", str(e)) from None
+    if not listeners:
+        raise s.error("listen", "at least one listener is needed")
+    seen = set()
+    for lc in listeners:
+        ident = (lc.kind, lc.interface, lc.port)
+        if lc.port and ident in seen:
+            raise s.error("listen", f"{lc.description} is listed twice")
+        seen.add(ident)
+    domains = tuple(d.lower() for d in s.take_str_list("domains", ()))
+    for d in domains:
+        if not d or any(c in d for c in " ;:@<>/"):
+            raise s.error("domains", f"{d!r} is not a domain name")
+    plugins = s.take_str_list("plugins", ())
+    s.finish()
+    server = ServerConfig(data_dir=data_dir, listen=tuple(listeners), domains=domains, plugins=plugins)
+
+    t = _Section("tls", data.get("tls", {}), source)
+    certificate = path(t, "certificate", None)
+    private_key = path(t, "private_key", None)
+    client_ca = path(t, "client_ca", None)
+    minimum_version = t.take("minimum_version", str, "TLSv1.2")
+    if minimum_version not in TLS_VERSIONS:
+        raise t.error("minimum_version", f"{minimum_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+    maximum_version = t.take("maximum_version", str, None)
+    if maximum_version is not None:
+        if maximum_version not in TLS_VERSIONS:
+            raise t.error("maximum_version", f"{maximum_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+        if TLS_VERSIONS.index(maximum_version) < TLS_VERSIONS.index(minimum_version):
+            raise t.error("maximum_version", f"{maximum_version} is below minimum_version {minimum_version}")
+    if (certificate is None) != (private_key is None):
+        missing = "private_key" if private_key is None else "certificate"
+        raise t.error(missing, "certificate and private_key must be given together")
+    t.finish()
+    tls = TLSConfig(
+        certificate=certificate, private_key=private_key, client_ca=client_ca, minimum_version=minimum_version, maximum_version=maximum_version
+    )
+
+    lim = _Section("limits", data.get("limits", {}), source)
+    limits = LimitsConfig(
+        max_message_bytes=lim.take_number("max_message_bytes", 65535, 1024, 1 << 20, True),
+        max_headers=lim.take_number("max_headers", 256, 16, 4096, True),
+        idle_timeout=float(lim.take_number("idle_timeout", 300.0, 1, 86400, False)),
+        max_connections_per_source=lim.take_number("max_connections_per_source", 64, 1, 100000, True),
+        max_connections=lim.take_number("max_connections", 10000, 1, 1000000, True),
+    )
+    lim.finish()
+    return Config(server=server, tls=tls, limits=limits, source=source)
+
+
+def default_config(data_dir: str | None = None) -> Config:
+    """The embedded default: loopback listeners, self-signed TLS, ./sipshield-data."""
+    server: dict[str, Any] = {}
+    if data_dir is not None:
+        server["data_dir"] = data_dir
+    return parse_config({"server": server})
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML file; raises :class:`ConfigError` on any problem."""
+    p = Path(path)
+    source = str(p)
+    try:
+        with p.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=source) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", source=source) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", source=source) from None
+    return parse_config(data, source=source, base_dir=p.resolve().parent)

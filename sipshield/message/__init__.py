@@ -1,0 +1,33 @@
+"""sans-IO SIP messages: parsing, serialisation, URIs and typed headers (RFC 3261 7, 19, 20, 25).
+
+Nothing here imports Twisted; the transports feed bytes in and take bytes out.
+"""
+
+from ._errors import FramingError, ParseError
+from ._framing import KEEPALIVE, KeepAlive, StreamFramer
+from ._headers import Address, AuthHeader, Contact, CSeq, Headers, Via, canonical_name, format_auth, parse_auth
+from ._message import REASON_PHRASES, Message, Request, Response, parse_message
+from ._uri import URI
+
+__all__ = [
+    "KEEPALIVE",
+    "REASON_PHRASES",
+    "URI",
+    "Address",
+    "AuthHeader",
+    "CSeq",
+    "Contact",
+    "FramingError",
+    "Headers",
+    "KeepAlive",
+    "Message",
+    "ParseError",
+    "Request",
+    "Response",
+    "StreamFramer",
+    "Via",
+    "canonical_name",
+    "format_auth",
+    "parse_auth",
+    "parse_message",
+]

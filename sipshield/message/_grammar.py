@@ -1,0 +1,120 @@
+"""Precompiled regular expressions for the RFC 3261 section 25 grammar.
+
+They are used for cheap eager validation of the headers a proxy relies on
+(one ``fullmatch`` per header) and by the typed header parsers. Header
+values have been unfolded (RFC 3261 7.3.1) before they are matched, so LWS
+is plain SP / HT here.
+"""
+
+from __future__ import annotations
+
+import re
+
+# RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+# quoted-string = SWS DQUOTE *(qdtext / quoted-pair) DQUOTE; quoted-pair may escape %x00-7F.
+QSTRING = r'"(?:[^"\\]|\\[\x00-\x7f])*"'
+WS = r"[ \t]*"
+# gen-value = token / host / quoted-string. A colon is accepted for unbracketed
+# IPv6 addresses in Via received (RFC 3261 18.2.1 / 20.42).
+GENVALUE = rf"(?:[A-Za-z0-9\-.!%*_+`'~:\[\]]+|{QSTRING})"
+PARAMS = rf"(?:{WS};{WS}{TOKEN}(?:{WS}={WS}{GENVALUE})?)*"
+HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)"
+SCHEME = r"[A-Za-z][A-Za-z0-9+\-.]*"
+DISPLAY = rf"(?:{TOKEN}(?:[ \t]+{TOKEN})*|{QSTRING})"
+
+# A SIP URI inside <>: userinfo (lenient on characters, but no LWS), hostport, params, headers.
+_SIPURI_IN_BRACKETS = rf"(?i:sips?):(?:[^\s<>\"@]+@)?{HOST}(?::[0-9]{{1,5}})?(?:;[^\s<>\";?]+)*(?:\?[^\s<>\"]*)?"
+_OTHERURI_IN_BRACKETS = rf"(?!(?i:sips?):){SCHEME}:[^\s<>\"]+"
+# RFC 3261 20.10: without <>, a URI must not contain ',', '?' or ';' (the ';' starts header params).
+_SIPURI_BARE = rf"(?i:sips?):(?:[^\s<>\"@;,?]+@)?{HOST}(?::[0-9]{{1,5}})?"
+_OTHERURI_BARE = rf"(?!(?i:sips?):){SCHEME}:[^\s<>\";,?]+"
+
+NAME_ADDR = rf"(?:{DISPLAY}{WS})?<(?:{_SIPURI_IN_BRACKETS}|{_OTHERURI_IN_BRACKETS})>"
+ADDR_SPEC = rf"(?:{_SIPURI_BARE}|{_OTHERURI_BARE})"
+ADDRESS = rf"(?:{NAME_ADDR}|{ADDR_SPEC}){PARAMS}"
+
+ADDRESS_RE = re.compile(ADDRESS)
+CONTACTS_RE = re.compile(rf"\*|{ADDRESS}(?:{WS},{WS}{ADDRESS})*")
+
+_VIA_ONE = rf"{TOKEN}{WS}/{WS}{TOKEN}{WS}/{WS}{TOKEN}[ \t]+{HOST}(?:{WS}:{WS}[0-9]{{1,5}})?{PARAMS}"
+VIAS_RE = re.compile(rf"{_VIA_ONE}(?:{WS},{WS}{_VIA_ONE})*")
+
+# Fast paths for the common shapes. Each accepts a strict subset of what the full
+# expression above accepts, so trying it first never changes a verdict.
+_FAST_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:]+"
+_FAST_URIPARAM = r"[A-Za-z0-9\-_.!~*'()&+$%\[\]/:]+"
+FAST_VIA_RE = re.compile(rf"SIP/2\.0/[A-Z]+ [A-Za-z0-9\-.]+(?::[0-9]{{1,5}})?(?:;{TOKEN}(?:={_FAST_VALUE})?)*")
+FAST_ADDRESS_RE = re.compile(
+    rf"(?:\"[^\"\\]*\" ?|(?:{TOKEN} )*)?<sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+@)?[A-Za-z0-9\-.]+(?::[0-9]{{1,5}})?"
+    rf"(?:;{_FAST_URIPARAM}(?:={_FAST_URIPARAM})?)*>(?:;{TOKEN}(?:={_FAST_VALUE})?)*"
+)
+
+CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+({TOKEN})")
+DIGITS_RE = re.compile(r"[0-9]{1,10}")
+_WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+CALLID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
+TOKEN_RE = re.compile(TOKEN)
+SCHEME_RE = re.compile(SCHEME)
+SIP_VERSION_RE = re.compile(r"(?i:SIP)/[0-9]+\.[0-9]+")
+# Request-URI fast check (RFC 3261 19.1.1; 19.1.5: no headers in a Request-URI). It accepts
+# exactly what URI.parse accepts for sip/sips, so the URI itself can be parsed lazily.
+SIP_RURI_RE = re.compile(rf"(?i:sips?):(?:[^\s<>\"@]+@)?{HOST}(?::[0-9]{{1,5}})?(?:;[^\s<>\";?=]+(?:=[^\s<>\";?=]*)?)*")
+
+# Typed parsers.
+PARAM_RE = re.compile(rf"{WS};{WS}({TOKEN})(?:{WS}={WS}({GENVALUE}))?{WS}")
+VIA_HEAD_RE = re.compile(rf"{WS}({TOKEN}){WS}/{WS}({TOKEN}){WS}/{WS}({TOKEN})[ \t]+({HOST})(?:{WS}:{WS}([0-9]{{1,5}}))?{WS}")
+NAME_ADDR_HEAD_RE = re.compile(rf"{WS}(?:({DISPLAY}){WS})?<([^<>\s]*)>{WS}")
+ADDR_SPEC_HEAD_RE = re.compile(rf"{WS}({ADDR_SPEC}){WS}")
+HOST_RE = re.compile(HOST)
+AUTH_HEAD_RE = re.compile(rf"{WS}({TOKEN})(?:[ \t]+|$)")
+AUTH_PARAM_RE = re.compile(rf"{WS}({TOKEN}){WS}={WS}({TOKEN}|{QSTRING}){WS}(?:,|$)")
+QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def unquote_string(text: str) -> str:
+    """Strip the DQUOTEs of a quoted-string and resolve quoted-pairs (RFC 3261 25.1)."""
+    inner = text[1:-1]
+    if "\\" in inner:
+        inner = QUOTED_PAIR_RE.sub(r"\1", inner)
+    return inner
+
+
+def quote_string(text: str) -> str:
+    """Render *text* as a quoted-string, escaping DQUOTE and backslash (RFC 3261 25.1)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value on commas outside quoted-strings and <> (RFC 3261 7.3.1).
+
+    Empty elements are kept (as ``''``) so that callers can reject them.
+    """
+    if '"' not in value and "<" not in value:
+        return [part.strip(" \t") for part in value.split(",")]
+    parts: list[str] = []
+    start = 0
+    in_quote = False
+    depth = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if in_quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+        elif ch == "<":
+            depth += 1
+        elif ch == ">":
+            if depth:
+                depth -= 1
+        elif ch == "," and not depth:
+            parts.append(value[start:i].strip(" \t"))
+            start = i + 1
+        i += 1
+    parts.append(value[start:].strip(" \t"))
+    return parts

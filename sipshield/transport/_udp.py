@@ -1,0 +1,54 @@
+"""SIP over UDP (RFC 3261 18.2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from sipshield.message import ParseError, parse_message
+from sipshield.transport._flow import DatagramFlow
+
+if TYPE_CHECKING:
+    from sipshield.transport._listen import MessageHandler
+
+
+class SIPDatagramProtocol(DatagramProtocol):
+    """Turns datagrams into parsed messages for the handler.
+
+    One datagram is one message (RFC 3261 18.3): octets past Content-Length
+    are discarded by the parser.  Keep-alive datagrams (CRLF, RFC 5626 4.4.1)
+    and STUN packets are not SIP and are dropped here.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, handler: MessageHandler, max_message_bytes: int) -> None:
+        self.handler = handler
+        self.max_message_bytes = max_message_bytes
+        self.local: tuple[str, int] = ("", 0)
+
+    def startProtocol(self) -> None:
+        host = self.transport.getHost()  # type: ignore[union-attr]
+        self.local = (host.host, host.port)
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        handler = self.handler
+        if handler.refuse_source(addr[0]):
+            return
+        if not datagram.strip() or datagram[0] < 0x20:
+            # CRLF keep-alive, or STUN (first two bits zero, RFC 5389 6).
+            return
+        flow = DatagramFlow(self.transport, self.local, (addr[0], addr[1]))
+        try:
+            message = parse_message(datagram)
+        except ParseError as e:
+            handler.bad_message(e, flow)
+            return
+        if len(datagram) > self.max_message_bytes:
+            # Parsed only so that the 413 can be addressed (RFC 3261 21.4.11).
+            handler.bad_message(ParseError("Message too large", status=413, message=message), flow)
+            return
+        handler.message_received(message, flow)

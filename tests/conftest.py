@@ -1,0 +1,177 @@
+"""Shared test fixtures.
+
+Tests that need an outside tool or server skip when it is missing, except
+under CI=true, where a missing tool is a failure (CI must install it).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_tool(name: str, package: str) -> str:
+    """Path of an executable, or skip (fail under CI) naming the Debian package."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
+    if path is None:
+        message = f"{name} not found: apt-get install -y {package}"
+        if IN_CI:
+            pytest.fail(f"{message} (required under CI=true)")
+        pytest.skip(message)
+    return path
+
+
+def twistd_command() -> list[str]:
+    """The twistd of the interpreter running the tests (same venv)."""
+    candidate = Path(sys.executable).parent / "twistd"
+    if candidate.exists():
+        return [str(candidate)]
+    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+
+
+_LISTENING = re.compile(r"sipshield listening on (udp|tcp|tls) \[?([0-9a-fA-F.:]+?)\]?:(\d+)$")
+
+
+class RunningServer:
+    """A real ``twistd -n sipshield`` in a subprocess, on ephemeral ports."""
+
+    def __init__(self, workdir: Path, config_text: str | None, extra_args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self._scan = 0
+        args = [*twistd_command(), "-n", "--pidfile=", "sipshield"]
+        if config_text is not None:
+            config = workdir / "sipshield.toml"
+            config.write_text(config_text)
+            args += ["--config", str(config)]
+        args += list(extra_args)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0, start: int = 0) -> re.Match[str]:
+        """Wait (bounded) until a log line from ``start`` on matches; fail with the log so far."""
+        regex = re.compile(pattern)
+        for line in self.lines[start:]:
+            m = regex.search(line)
+            if m:
+                return m
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                pytest.fail(f"no log line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines))
+            if line is None:
+                pytest.fail(f"twistd exited ({self.process.wait()}) before logging {pattern!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            m = regex.search(line)
+            if m:
+                return m
+
+    def wait_listening(self, count: int) -> None:
+        """Wait for ``count`` listener lines and record each kind's address."""
+        seen = 0
+        while seen < count:
+            m = self.wait_for(r"sipshield listening on ", start=self._scan)
+            self._scan = self.lines.index(m.string, self._scan) + 1
+            found = _LISTENING.search(m.string)
+            if found is None:
+                pytest.fail(f"unparseable listening line: {m.string}")
+            kind, host, port = found.groups()
+            self.addresses.setdefault(kind, (host, int(port)))
+            seen += 1
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+        self._reader.join(timeout=5)
+        self._drain()
+        return self.process.returncode
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if line is not None:
+                self.lines.append(line)
+
+    def wait_count(self, pattern: str, at_least: int, timeout: float = 10.0) -> int:
+        """Wait (bounded) until ``at_least`` log lines match; return the count."""
+        regex = re.compile(pattern)
+        count = sum(1 for line in self.lines if regex.search(line))
+        while count < at_least:
+            self.wait_for(pattern, timeout=timeout, start=len(self.lines))
+            count += 1
+        return count
+
+    @property
+    def log(self) -> str:
+        """Everything logged so far."""
+        self._drain()
+        return "\n".join(self.lines)
+
+
+EPHEMERAL = """
+[server]
+data_dir = "data"
+listen = ["udp:0:interface={host}", "tcp:0:interface={host}", "tls:0:interface={host}"]
+domains = ["example.com"]
+{extra}
+"""
+
+
+def ephemeral_config(host: str = "127.0.0.1", extra: str = "") -> str:
+    escaped = host.replace(":", "\\\\:")
+    return EPHEMERAL.format(host=escaped, extra=extra)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    """Factory fixture: start_server(config_text) -> RunningServer, stopped after the test."""
+    servers: list[RunningServer] = []
+
+    def start(config_text: str | None = None, listeners: int = 3, extra_args: tuple[str, ...] = ()) -> RunningServer:
+        server = RunningServer(tmp_path, config_text if config_text is not None else ephemeral_config(), extra_args)
+        servers.append(server)
+        if listeners:
+            server.wait_listening(listeners)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

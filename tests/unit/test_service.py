@@ -1,0 +1,99 @@
+"""The service embeds in any Twisted application; two run side by side in
+one process (no global state), on real loopback sockets."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest_twisted
+from twisted.application.service import IService, MultiService
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from zope.interface.verify import verifyObject
+
+from sipshield.config import parse_config
+from sipshield.service import makeService
+
+EXAMPLE = Path(__file__).parent.parent.parent / "examples" / "embedded.py"
+
+
+def loopback_config(tmp_path: Path, name: str):
+    return parse_config(
+        {"server": {"data_dir": str(tmp_path / name), "listen": ["udp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1", "tls:0:interface=127.0.0.1"]}}
+    )
+
+
+class _Catcher(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: defer.Deferred[bytes] = defer.Deferred()
+
+    def datagramReceived(self, data: bytes, addr) -> None:  # type: ignore[override]
+        if not self.received.called:
+            self.received.callback(data)
+
+
+def options(port: int, call_id: str) -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id};rport\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+        "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_make_service_builds_without_side_effects(tmp_path: Path) -> None:
+    service = makeService(loopback_config(tmp_path, "a"), reactor)
+    assert verifyObject(IService, service)
+    assert isinstance(service, MultiService)
+    assert [s.name for s in service] == ["udp:127.0.0.1:0", "tcp:127.0.0.1:0", "tls:127.0.0.1:0"]
+    assert not (tmp_path / "a").exists()
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_services_in_one_application_answer_options(tmp_path: Path):
+    app = MultiService()
+    services = [makeService(loopback_config(tmp_path, n), reactor) for n in ("one", "two")]
+    for i, service in enumerate(services):
+        service.setName(f"sip{i}")
+        service.setServiceParent(app)
+    app.privilegedStartService()
+    app.startService()
+    catcher = _Catcher()
+    port = reactor.listenUDP(0, catcher, interface="127.0.0.1")
+    try:
+        udp = [s.addresses()["udp"] for s in services]
+        assert udp[0] != udp[1]
+        answers = []
+        for i, address in enumerate(udp):
+            catcher.received = defer.Deferred()
+            port.write(options(port.getHost().port, f"embed{i}"), address)
+            answers.append((yield catcher.received.addTimeout(5, reactor)))
+        assert [a.split(b"\r\n", 1)[0] for a in answers] == [b"SIP/2.0 200 OK"] * 2
+        assert (tmp_path / "one" / "tls-selfsigned.key").exists()
+    finally:
+        yield port.stopListening()
+        yield app.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_embedded_example_runs_and_answers(tmp_path: Path):
+    spec = importlib.util.spec_from_file_location("embedded_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = tmp_path / "c.toml"
+    config.write_text("[server]\ndata_dir = 'd'\nlisten = ['udp:0:interface=127.0.0.1']\n")
+    app = module.build_application(str(config), reactor)
+    sip = app.getServiceNamed("sipshield")
+    app.privilegedStartService()
+    app.startService()
+    catcher = _Catcher()
+    port = reactor.listenUDP(0, catcher, interface="127.0.0.1")
+    try:
+        port.write(options(port.getHost().port, "example"), sip.addresses()["udp"])
+        answer = yield catcher.received.addTimeout(5, reactor)
+        assert answer.startswith(b"SIP/2.0 200 OK")
+        assert b"Call-ID: example" in answer
+    finally:
+        yield port.stopListening()
+        yield app.stopService()

@@ -1,0 +1,149 @@
+"""Transport protocols driven without sockets: framing into the handler,
+keep-alives, limits, idle timeout on Clock time."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from sipshield.config import LimitsConfig
+from sipshield.message import ParseError, Request
+from sipshield.transport import SIPDatagramProtocol, SIPStreamFactory
+
+
+class RecordingHandler:
+    def __init__(self, banned: tuple[str, ...] = ()) -> None:
+        self.banned = banned
+        self.messages: list[tuple[object, object]] = []
+        self.errors: list[ParseError] = []
+
+    def refuse_source(self, host: str) -> bool:
+        return host in self.banned
+
+    def message_received(self, message, flow) -> None:
+        self.messages.append((message, flow))
+
+    def bad_message(self, error, flow) -> None:
+        self.errors.append(error)
+
+
+def options(call_id: str = "c1", transport: str = "TCP") -> bytes:
+    return (
+        f"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} 192.0.2.1:5060;branch=z9hG4bK{call_id}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+        "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def connect(factory: SIPStreamFactory, host: str = "192.0.2.1", port: int = 40000):
+    proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+    if proto is None:
+        return None, None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, port), hostAddress=IPv4Address("TCP", "127.0.0.1", 5060))
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def make_factory(handler: RecordingHandler, **limits) -> tuple[SIPStreamFactory, MemoryReactorClock]:
+    reactor = MemoryReactorClock()
+    return SIPStreamFactory(handler, LimitsConfig(**limits), reactor, "TCP"), reactor
+
+
+def test_stream_byte_at_a_time_and_pipelined_messages_reach_the_handler() -> None:
+    handler = RecordingHandler()
+    factory, _ = make_factory(handler)
+    proto, _ = connect(factory)
+    for byte in options("one"):
+        proto.dataReceived(bytes([byte]))
+    proto.dataReceived(options("two") + options("three"))
+    assert [m.call_id for m, _ in handler.messages] == ["one", "two", "three"]
+    assert all(isinstance(m, Request) and flow is proto for m, flow in handler.messages)
+    assert proto.transport_name == "TCP" and proto.reliable and proto.remote == ("192.0.2.1", 40000)
+
+
+def test_double_crlf_ping_gets_crlf_pong() -> None:
+    factory, _ = make_factory(RecordingHandler())
+    proto, transport = connect(factory)
+    proto.dataReceived(b"\r\n\r\n")
+    assert transport.value() == b"\r\n"
+
+
+def test_framing_error_is_reported_and_connection_closed() -> None:
+    handler = RecordingHandler()
+    factory, _ = make_factory(handler)
+    proto, transport = connect(factory)
+    proto.dataReceived(options().replace(b"Content-Length: 0\r\n", b""))
+    assert handler.errors and handler.errors[0].status == 400
+    assert transport.disconnecting
+
+
+def test_oversized_message_closes_connection_with_413() -> None:
+    handler = RecordingHandler()
+    factory, _ = make_factory(handler, max_message_bytes=1024)
+    proto, transport = connect(factory)
+    proto.dataReceived(options().replace(b"Content-Length", b"X-Pad: " + b"a" * 2000 + b"\r\nContent-Length"))
+    assert [e.status for e in handler.errors] == [413]
+    assert transport.disconnecting
+
+
+def test_connections_per_source_limit_and_release() -> None:
+    factory, _ = make_factory(RecordingHandler(), max_connections_per_source=2)
+    first, _ = connect(factory, port=1)
+    connect(factory, port=2)
+    third, third_transport = connect(factory, port=3)
+    assert third_transport.disconnected or third_transport.disconnecting
+    assert len(factory.connections) == 2
+    first.connectionLost(None)
+    fourth, fourth_transport = connect(factory, port=4)
+    assert not fourth_transport.disconnecting
+    assert set(factory.connections) == {("192.0.2.1", 2), ("192.0.2.1", 4)}
+
+
+def test_idle_connection_closes_after_timeout_on_clock_time() -> None:
+    factory, reactor = make_factory(RecordingHandler(), idle_timeout=30)
+    proto, transport = connect(factory)
+    reactor.advance(29)
+    proto.dataReceived(b"\r\n\r\n")  # traffic resets the timer
+    reactor.advance(29)
+    assert not transport.disconnecting
+    reactor.advance(2)
+    assert transport.disconnecting
+
+
+def test_banned_source_gets_no_protocol() -> None:
+    factory, _ = make_factory(RecordingHandler(banned=("192.0.2.66",)))
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.66", 1)) is None
+
+
+class _UDPWriter:
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((data, addr))
+
+    def getHost(self):
+        return IPv4Address("UDP", "127.0.0.1", 5060)
+
+
+def udp_protocol(handler: RecordingHandler) -> tuple[SIPDatagramProtocol, _UDPWriter]:
+    proto = SIPDatagramProtocol(handler, 65535)
+    writer = _UDPWriter()
+    proto.makeConnection(writer)  # type: ignore[arg-type]
+    return proto, writer
+
+
+def test_udp_datagrams_keepalives_and_stun_are_filtered() -> None:
+    handler = RecordingHandler(banned=("192.0.2.66",))
+    proto, writer = udp_protocol(handler)
+    proto.datagramReceived(b"\r\n\r\n", ("192.0.2.1", 5060))
+    proto.datagramReceived(b"\x00\x01\x00\x00" + b"\x21\x12\xa4\x42" + b"x" * 12, ("192.0.2.1", 5060))
+    proto.datagramReceived(options("banned", "UDP"), ("192.0.2.66", 5060))
+    proto.datagramReceived(options("ok", "UDP"), ("192.0.2.1", 5060))
+    proto.datagramReceived(b"garbage\r\n\r\n", ("192.0.2.1", 5060))
+    assert [m.call_id for m, _ in handler.messages] == ["ok"]
+    (message, flow) = handler.messages[0]
+    assert flow.remote == ("192.0.2.1", 5060) and flow.transport_name == "UDP" and not flow.reliable
+    flow.send(b"x")
+    assert writer.written == [(b"x", ("192.0.2.1", 5060))]
+    assert len(handler.errors) == 1
