@@ -95,11 +95,58 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class RouteConfig:
+    """One ``[[routes]]`` entry."""
+
+    target: str
+    match_domain: str | None = None
+    match_user_prefix: str | None = None
+    external: bool = False
+
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    store: str = "memory"
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+
+
+@dataclass(frozen=True)
+class TimerConfig:
+    """RFC 3261 17 T1/T2/T4 and the proxy's timer C (16.6 step 11), seconds."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    timer_c: float = 180.0
+
+
+DEFAULT_STAGES = ("sanity", "options", "dialog", "registrar", "location", "routes", "final")
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    registrar: RegistrarConfig = field(default_factory=RegistrarConfig)
+    timers: TimerConfig = field(default_factory=TimerConfig)
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    stage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    database_url: str | None = None
     source: str | None = None
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL for users and the SQL location store: PostgreSQL
+        when ``[database] url`` is set, else a SQLite file in data_dir."""
+        url = self.database_url or f"sqlite:///{self.server.data_dir / 'sipshield.db'}"
+        if url.startswith(("postgresql://", "postgres://")):
+            # psycopg 3 is the driver sipshield installs ([postgres] extra).
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
 
 
 def _split_unescaped(text: str, sep: str) -> list[str]:
@@ -217,7 +264,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     directory), or the working directory when there is no file.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -286,7 +333,67 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         max_connections=lim.take_number("max_connections", 10000, 1, 1000000, True),
     )
     lim.finish()
-    return Config(server=server, tls=tls, limits=limits, source=source)
+
+    raw_routes = data.get("routes", [])
+    if not isinstance(raw_routes, list):
+        raise ConfigError("must be an array of tables ([[routes]])", key="routes", source=source)
+    routes = []
+    for index, entry in enumerate(raw_routes):
+        r = _Section(f"routes[{index}]", entry, source)
+        target = r.take("target", str, None)
+        if target is None:
+            raise r.error("target", "is required")
+        if not target.startswith(("sip:", "sips:")):
+            raise r.error("target", f"{target!r} is not a sip: or sips: URI")
+        match_domain = r.take("match_domain", str, None)
+        match_user_prefix = r.take("match_user_prefix", str, None)
+        if match_domain is None and match_user_prefix is None:
+            raise r.error("match_domain", "give match_domain, match_user_prefix or both")
+        external = r.take("external", bool, False)
+        r.finish()
+        routes.append(RouteConfig(target, match_domain.lower() if match_domain else None, match_user_prefix, external))
+
+    reg = _Section("registrar", data.get("registrar", {}), source)
+    store = reg.take("store", str, "memory")
+    if store not in ("memory", "sql"):
+        raise reg.error("store", f"{store!r} is not one of memory, sql")
+    registrar = RegistrarConfig(
+        store=store,
+        min_expires=reg.take_number("min_expires", 60, 1, 86400, True),
+        max_expires=reg.take_number("max_expires", 3600, 1, 7 * 86400, True),
+        default_expires=reg.take_number("default_expires", 3600, 1, 7 * 86400, True),
+    )
+    if not registrar.min_expires <= registrar.default_expires <= registrar.max_expires:
+        raise reg.error("default_expires", "must lie between min_expires and max_expires")
+    reg.finish()
+
+    tm = _Section("timers", data.get("timers", {}), source)
+    timers = TimerConfig(
+        t1=float(tm.take_number("t1", 0.5, 0.01, 60, False)),
+        t2=float(tm.take_number("t2", 4.0, 0.1, 600, False)),
+        t4=float(tm.take_number("t4", 5.0, 0.1, 600, False)),
+        timer_c=float(tm.take_number("timer_c", 180.0, 1, 3600, False)),
+    )
+    tm.finish()
+
+    pl = _Section("pipeline", data.get("pipeline", {}), source)
+    stages = pl.take_str_list("stages", DEFAULT_STAGES)
+    if not stages:
+        raise pl.error("stages", "at least one stage is needed")
+    pl.finish()
+    raw_options = data.get("stage", {})
+    if not isinstance(raw_options, dict) or not all(isinstance(v, dict) for v in raw_options.values()):
+        raise ConfigError("must hold one table per stage ([stage.NAME])", key="stage", source=source)
+
+    db = _Section("database", data.get("database", {}), source)
+    url = db.take("url", str, None)
+    if url is not None and "://" not in url:
+        raise db.error("url", f"{url!r} is not a database URL (postgresql://... or sqlite:///...)")
+    db.finish()
+    return Config(
+        server=server, tls=tls, limits=limits, routes=tuple(routes), registrar=registrar, timers=timers,
+        stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
+    )
 
 
 def default_config(data_dir: str | None = None) -> Config:

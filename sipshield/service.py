@@ -14,19 +14,28 @@ from twisted.logger import Logger
 
 from sipshield.config import Config
 from sipshield.proxy import ProxyCore
+from sipshield.routing import Pipeline, build_stages
+from sipshield.transaction import TimerSettings, TransactionLayer
 from sipshield.transport import (
     ServerTLSContext,
     SIPListener,
     generate_self_signed,
     load_tls_material,
 )
+from sipshield.transport._dispatch import TransportDispatcher
 from sipshield.transport._tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY
 
 __all__ = ["SIPShieldService", "makeService"]
 
 
 class SIPShieldService(MultiService):
-    """The whole proxy: a controller and one child service per listener."""
+    """The whole proxy: listeners, the transaction layer, the proxy core and
+    its pipeline, the location store and its expiry loop.
+
+    Attributes users' plugins may rely on: ``config``, ``reactor``, ``core``
+    (``core.is_local(host, port)``), ``location`` (an ILocationStore),
+    ``transactions``, ``pipeline``.
+    """
 
     log = Logger()
 
@@ -38,13 +47,33 @@ class SIPShieldService(MultiService):
             reactor = _reactor
         self.config = config
         self.reactor = reactor
-        self.core = ProxyCore(config.server.domains)
+        timers = config.timers
+        self.core = ProxyCore(config.server.domains, reactor, timer_c=timers.timer_c)
+        self.core.service = self
+        self.dispatcher = TransportDispatcher(reactor)
+        self.transactions = TransactionLayer(reactor, self.core, self.dispatcher, TimerSettings(timers.t1, timers.t2, timers.t4))
+        self.core.dispatcher = self.dispatcher
+        self.core.transactions = self.transactions
+        self.location = self._make_location_store()
+        self.pipeline = Pipeline(build_stages(config.stages, self, config.server.plugins, config.stage_options))
+        self.core.pipeline = self.pipeline
         self.tls_context: ServerTLSContext | None = None
         self.listeners: list[SIPListener] = []
         for lc in config.server.listen:
             listener = SIPListener(lc, self.core, config.limits, reactor)
             listener.setServiceParent(self)
             self.listeners.append(listener)
+            self.dispatcher.add_listener(listener)
+        from sipshield.state import ExpiryLoop
+
+        ExpiryLoop(self.location, reactor).setServiceParent(self)
+
+    def _make_location_store(self) -> Any:
+        from sipshield.state import MemoryLocationStore, SQLLocationStore
+
+        if self.config.registrar.store == "sql":
+            return SQLLocationStore(self.config.database, self.reactor)
+        return MemoryLocationStore(self.reactor)
 
     def _prepare_data_dir(self) -> None:
         data_dir = self.config.server.data_dir
@@ -83,9 +112,25 @@ class SIPShieldService(MultiService):
             # Started without privilegedStartService (some embedding hosts do).
             self._prepare_data_dir()
             self._prepare_tls()
+        start = getattr(self.location, "start", None)
+        if start is not None:
+            # The SQL store opens its engine and thread pool; until it has,
+            # REGISTERs get 503 (fail closed) rather than waiting.
+            start().addErrback(lambda f: self.log.failure("location store failed to start", f))
         super().startService()
         for listener in self.listeners:
             self.core.add_local_address(*listener.address)
+
+    def stopService(self) -> Any:
+        self.transactions.stop()
+        for rc in list(self.core.contexts.values()):
+            rc.stop()
+        self.core.contexts.clear()
+        stopped = super().stopService()
+        stop = getattr(self.location, "stop", None)
+        if stop is not None:
+            stopped.addCallback(lambda _: stop())
+        return stopped
 
     def addresses(self) -> dict[str, tuple[str, int]]:
         """Bound address of each listener, keyed by kind (first of each kind)."""

@@ -44,7 +44,21 @@ def build_config(path: str | None, data_dir: str | None = None) -> Config:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, data_dir=Path(data_dir)))
     if any(lc.kind == "tls" for lc in config.server.listen) or config.tls.certificate:
         load_tls_material(config.tls, config.server.data_dir, source=config.source)
+    _check_stages(config)
     return config
+
+
+def _check_stages(config: Config) -> None:
+    """Every ``[pipeline] stages`` name must be a known plugin (listing the known ones)."""
+    from sipshield.routing import available_stages
+
+    try:
+        known = available_stages(config.server.plugins)
+    except ConfigError as e:
+        raise ConfigError(str(e).split(": ", 1)[-1], key="server.plugins", source=config.source) from None
+    for name in config.stages:
+        if name not in known:
+            raise ConfigError(f"unknown stage {name!r} (known: {', '.join(sorted(known))})", key="pipeline.stages", source=config.source)
 
 
 def makeService(options: Any) -> IService:

@@ -1,5 +1,6 @@
-"""RFC 3261 section 16 proxy core."""
+"""RFC 3261 section 16 proxy core: validation, forwarding, response context."""
 
-from sipshield.proxy._core import ALLOW, SUPPORTED, ProxyCore, response_address
+from sipshield.proxy._core import ProxyCore
+from sipshield.proxy._response import ResponseContext
 
-__all__ = ["ALLOW", "SUPPORTED", "ProxyCore", "response_address"]
+__all__ = ["ProxyCore", "ResponseContext"]

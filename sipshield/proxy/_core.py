@@ -1,10 +1,9 @@
-"""The proxy core's front door: validation (RFC 3261 16.3) and local answers.
+"""The proxy core (RFC 3261 16): the transaction user behind every listener.
 
-The transports hand every parsed message to :class:`ProxyCore`; it decides
-whether to answer, and for now answers everything itself: OPTIONS addressed
-to the proxy gets 200 (RFC 3261 11.2), malformed requests get the status the
-parser attached (400/413/505), and the 16.3 checks give 416, 420 and 483.
-Transactions, forwarding and the routing pipeline build on this class.
+Transports hand parsed messages to :class:`ProxyCore`; it runs them through
+the transaction layer, validates new requests and lets the routing pipeline
+decide.  A relay decision forks the request to its targets (16.6) and a
+:class:`ResponseContext` brings the best answer back (16.7).
 """
 
 from __future__ import annotations
@@ -12,53 +11,47 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sipshield.message import ParseError, Request, Response
+from sipshield.proxy._branch import new_branch
+from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, stateless_branch
+from sipshield.proxy._response import Branch, ResponseContext
 
 if TYPE_CHECKING:
+    from sipshield.routing import Decision, Pipeline, RequestContext, Target
     from sipshield.transport import Flow
 
-__all__ = ["ProxyCore", "response_address", "ALLOW", "SUPPORTED"]
+__all__ = ["ProxyCore"]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
-SUPPORTED = "path, outbound"
-ACCEPT = "application/sdp"
-KNOWN_EXTENSIONS: frozenset[str] = frozenset()
-ROUTABLE_SCHEMES = frozenset(("sip", "sips", "tel"))
 _LOOPBACK_NAMES = frozenset(("localhost", "localhost.localdomain"))
-
-
-def response_address(request: Request, flow: Flow) -> tuple[str, int]:
-    """Where to send a response over UDP (RFC 3261 18.2.2, RFC 3581 4).
-
-    maddr wins; with rport the response goes back to the source port;
-    otherwise to the source address and the Via's sent-by port.
-    """
-    try:
-        via = request.top_via
-    except ParseError:
-        return flow.remote
-    if via.maddr:
-        return via.maddr.strip("[]"), via.port or 5060
-    if via.rport is not None:
-        return flow.remote
-    return flow.remote[0], via.port or 5060
+RECORD_ROUTE_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 
 
 class ProxyCore:
-    """The controller behind every listener (see MessageHandler)."""
+    """The controller behind every listener (see transport.MessageHandler)
+    and the transaction user of the transaction layer."""
 
     log = Logger()
 
-    def __init__(self, domains: Iterable[str] = ()) -> None:
+    def __init__(self, domains: Iterable[str] = (), reactor: Any = None, timer_c: float = 180.0) -> None:
         self.domains = frozenset(d.lower() for d in domains)
+        self.reactor = reactor
+        self.timer_c = timer_c
         self.local_hosts: set[str] = set()
         self.local_ports: set[int] = set()
+        self.pipeline: Pipeline | None = None
+        self.transactions: Any = None
+        self.dispatcher: Any = None
+        self.service: Any = None
+        self.contexts: dict[Any, ResponseContext] = {}
         self.counters = {"requests": 0, "responses": 0, "malformed": 0}
 
+    # -- who we are -----------------------------------------------------
     def add_local_address(self, host: str, port: int) -> None:
         """Teach the core one address it listens on (called as listeners bind)."""
         host = host.lower()
@@ -74,23 +67,27 @@ class ProxyCore:
             self.local_hosts.update(("127.0.0.1", "::1", "[::1]"))
 
     def is_local(self, host: str, port: int | None) -> bool:
-        """Is sip:host:port this proxy (RFC 3261 16.4 'the proxy's own')?"""
+        """Is sip:host:port this proxy?  Domains match on any of our ports."""
         host = host.lower()
         if host in self.domains:
             return port is None or port in self.local_ports
         return host in self.local_hosts and (port is None or port in self.local_ports)
 
-    # MessageHandler -----------------------------------------------------
+    # -- transports -> transactions -------------------------------------
     def refuse_source(self, host: str) -> bool:
         return False
 
     def message_received(self, message: Request | Response, flow: Flow) -> None:
-        if isinstance(message, Response):
-            self.counters["responses"] += 1
-            # Stateless for now: a response matches no transaction here.
-            return
-        self.counters["requests"] += 1
-        self.request_received(message, flow)
+        try:
+            if isinstance(message, Response):
+                self.counters["responses"] += 1
+                self.transactions.handle_response(message, flow)
+            else:
+                self.counters["requests"] += 1
+                self.transactions.handle_request(message, flow)
+        except ParseError as e:
+            # A header a proxy reads only now (Route, Contact...) is malformed.
+            self.bad_message(ParseError(e.reason, e.status, message), flow)
 
     def bad_message(self, error: ParseError, flow: Flow) -> None:
         self.counters["malformed"] += 1
@@ -103,56 +100,197 @@ class ProxyCore:
             try:
                 response = message.make_response(error.status, error.reason, to_tag=secrets.token_hex(6))
             except ParseError:
-                return  # not even Via/CSeq to answer with
+                return
             # The Via of a malformed request cannot be trusted: answer the
             # address the bytes came from (as RFC 3581 would).
             flow.send(response.serialise())
 
-    # Requests -----------------------------------------------------------
-    def request_received(self, request: Request, flow: Flow) -> None:
-        if request.method == "ACK":
-            return  # ACK is never answered (RFC 3261 17.2.1)
-        uri = request.uri
-        if uri.scheme not in ROUTABLE_SCHEMES:
-            self.reply(request, flow, 416, "Unsupported URI Scheme")
+    # -- transaction user -------------------------------------------------
+    def request_received(self, txn: Any) -> None:
+        """A new server transaction (not a retransmission)."""
+        request: Request = txn.request
+        if request.method == "CANCEL":
+            self._cancel_received(txn)
             return
-        host = uri.host if uri.scheme != "tel" else None
-        to_self = host is not None and not uri.user and self.is_local(host, uri.port)
-        if request.method == "OPTIONS" and to_self:
-            # Answered as a UAS (RFC 3261 11.2); Proxy-Require does not apply.
-            self.reply(request, flow, 200, "OK", [("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED)])
-            return
-        # RFC 3261 16.3 step 3: a request we would forward needs Max-Forwards > 0.
-        if request.max_forwards == 0:
-            self.reply(request, flow, 483, "Too Many Hops")
-            return
-        # RFC 3261 16.3 step 5: Proxy-Require options we do not support.
-        unsupported = self._unsupported(request)
-        if unsupported:
-            self.reply(request, flow, 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
-            return
-        if host is not None and self.is_local(host, uri.port):
-            self.reply(request, flow, 404, "Not Found")
+        preprocess_route(request, self.is_local)
+        from sipshield.routing import RequestContext
+
+        context = RequestContext(request, txn.flow, service=self.service, now=self.reactor.seconds())
+        assert self.pipeline is not None
+        decision = self.pipeline.run(context)
+        if isinstance(decision, Deferred):
+            decision.addCallback(self._decided, txn, context)
+            decision.addErrback(self._decision_failed, txn)
         else:
-            self.reply(request, flow, 403, "Relaying Denied")
+            self._decided(decision, txn, context)
 
-    def _unsupported(self, request: Request) -> list[str]:
-        options: list[str] = []
-        for value in request.headers.get_all("Proxy-Require"):
-            options.extend(o.strip() for o in value.split(",") if o.strip())
-        return [o for o in options if o.lower() not in KNOWN_EXTENSIONS]
+    def _decision_failed(self, failure: Failure, txn: Any) -> None:
+        self.log.failure("routing failed for {method}", failure, method=txn.request.method)
+        self._reply(txn, 500, "Server Internal Error")
 
-    def reply(self, request: Request, flow: Flow, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Answer a request from the proxy itself (RFC 3261 8.2.6)."""
+    def _decided(self, decision: Decision, txn: Any, context: RequestContext) -> None:
+        kind = decision.kind
+        if kind == "reply":
+            self._reply(txn, decision.status, decision.reason, decision.headers)
+        elif kind == "relay":
+            self._relay(txn, context, decision.targets)
+        elif kind == "drop":
+            terminate = getattr(txn, "terminate", None)
+            if terminate is not None:
+                terminate()
+        else:
+            self._reply(txn, 500, "No routing decision")
+
+    def _reply(self, txn: Any, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """Answer from the proxy itself (RFC 3261 8.2.6)."""
+        request: Request = txn.request
+        if request.method == "ACK":
+            return
         response = request.make_response(status, reason, to_tag=None if status == 100 else secrets.token_hex(6))
         for name, value in headers:
             response.headers.add(name, value)
-        response.headers.add("Server", "sipshield")
-        self.send_response(request, response, flow)
+        txn.send_response(response)
 
-    def send_response(self, request: Request, response: Response, flow: Flow) -> None:
-        data = response.serialise()
-        if flow.reliable:
-            flow.send(data)
-        else:
-            flow.send_to(data, response_address(request, flow))
+    def stray_ack(self, request: Request, flow: Flow) -> None:
+        """An ACK for a 2xx (its own end-to-end transaction): forward it
+        statelessly along its route set (RFC 3261 16.11)."""
+        preprocess_route(request, self.is_local)
+        if not request.headers.get_values("Route") and request.uri.is_sip and request.uri.host and self.is_local(request.uri.host, request.uri.port):
+            return  # for us: absorb
+        mf = request.max_forwards
+        if mf is not None and mf <= 0:
+            return
+        request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
+        _, hop = next_hop(request)
+        self._send_stateless(request, hop, stateless_branch(request))
+
+    def stray_response(self, response: Response, flow: Flow) -> None:
+        """A response matching no client transaction (e.g. a 2xx retransmission
+        after the transaction ended): forward it statelessly (RFC 3261 16.7,
+        RFC 6026 section 8.2) if the top Via is ours."""
+        vias = response.vias
+        if len(vias) < 2 or not self.is_local(vias[0].host, vias[0].port):
+            return
+        response.headers.remove_first("Via")
+        via = vias[1]
+        transport = via.transport if via.transport in ("UDP", "TCP", "TLS") else "UDP"
+        host = via.received or via.host
+        port = int(via.rport) if via.rport else (via.port or (5061 if transport == "TLS" else 5060))
+        if via.maddr:
+            host = via.maddr
+        self.dispatcher.send(response.serialise(), (transport, host.strip("[]"), port), None)
+
+    # -- relaying (RFC 3261 16.6) --------------------------------------------
+    def _relay(self, txn: Any, context: RequestContext, targets: tuple[Target, ...]) -> None:
+        request: Request = txn.request
+        if not targets:
+            self._reply(txn, 480, "Temporarily Unavailable")
+            return
+        mf = request.max_forwards
+        if mf is not None and mf <= 0:
+            self._reply(txn, 483, "Too Many Hops")
+            return
+        is_invite = request.method == "INVITE"
+        rc = ResponseContext(self, txn, context, is_invite)
+        self.contexts[txn] = rc
+        for target in sorted(targets, key=lambda t: -t.q):
+            self._fork(rc, txn, request, target)
+        if not rc.branches:
+            del self.contexts[txn]
+            self._reply(txn, 503, "No route to target")
+
+    def _fork(self, rc: ResponseContext, txn: Any, request: Request, target: Target) -> None:
+        fwd = Request(request.method, target.uri.copy(), request.headers.copy(), request.body)
+        mf = request.max_forwards
+        fwd.headers.set("Max-Forwards", str(70 if mf is None else mf - 1))
+        for value in reversed(target.route):
+            fwd.headers.prepend("Route", value)
+        _, hop = next_hop(fwd, target.next_hop)
+        flow = target.flow
+        if target.source is not None and not target.route and target.next_hop is None:
+            # A registered phone: reach it where it registered from (NAT, TCP/TLS flow).
+            hop = target.source
+        if not is_ip(hop[1]):
+            resolving = self.reactor.resolve(hop[1])
+            resolving.addCallbacks(
+                lambda ip: self._send_branch(rc, txn, fwd, (hop[0], ip, hop[2]), flow),
+                lambda f: self._unresolvable(rc, fwd, hop, f),
+            )
+            return
+        self._send_branch(rc, txn, fwd, hop, flow)
+
+    def _unresolvable(self, rc: ResponseContext, fwd: Request, hop: Hop, failure: Failure) -> None:
+        self.log.warn("cannot resolve {host}: {why}", host=hop[1], why=failure.getErrorMessage())
+        branch = Branch(rc, fwd, hop, None)
+        rc.add_branch(branch)
+        rc.on_transport_error(None, branch)
+
+    def _send_branch(self, rc: ResponseContext, txn: Any, fwd: Request, hop: Hop, flow: Any) -> None:
+        transport = hop[0]
+        outbound = self.dispatcher.local_address(transport, hop[1])
+        if outbound is None:
+            self.log.warn("no {transport} listener to reach {host}:{port}", transport=transport, host=hop[1], port=hop[2])
+            branch = Branch(rc, fwd, hop, None)
+            rc.add_branch(branch)
+            rc.on_transport_error(None, branch)
+            return
+        if fwd.method in RECORD_ROUTE_METHODS and fwd.to.tag is None:
+            local_host, local_port = txn.flow.local
+            inbound: Hop = (txn.flow.transport_name, local_host, local_port)
+            outbound_side: Hop = (transport, outbound[0], outbound[1])
+            double = inbound != outbound_side
+            if double:
+                fwd.headers.prepend("Record-Route", record_route_uri(inbound, double=True))
+            fwd.headers.prepend("Record-Route", record_route_uri(outbound_side, double=double))
+        host, port = outbound
+        shown = f"[{host}]" if ":" in host else host
+        fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(txn.request)}")
+        branch = Branch(rc, fwd, hop, flow)
+        rc.add_branch(branch)
+        branch.txn = self.transactions.send_request(
+            fwd, hop,
+            lambda t, r: rc.on_response(t, r, branch),
+            lambda t: rc.on_timeout(t, branch),
+            lambda t: rc.on_transport_error(t, branch),
+            flow=flow,
+        )
+
+    def _send_stateless(self, request: Request, hop: Hop, branch: str) -> None:
+        outbound = self.dispatcher.local_address(hop[0], hop[1])
+        if outbound is None:
+            return
+        host, port = outbound
+        shown = f"[{host}]" if ":" in host else host
+        request.headers.prepend("Via", f"SIP/2.0/{hop[0]} {shown}:{port};branch={branch}")
+        self.dispatcher.send(request.serialise(), hop, None)
+
+    # -- CANCEL (RFC 3261 16.10) ---------------------------------------------
+    def _cancel_received(self, txn: Any) -> None:
+        invite_txn = self.transactions.find_invite(txn.request)
+        rc = self.contexts.get(invite_txn) if invite_txn is not None else None
+        if rc is None:
+            self._reply(txn, 481, "Call/Transaction Does Not Exist")
+            return
+        self._reply(txn, 200, "OK")
+        rc.cancel()
+
+    def send_cancel(self, branch: Branch, reason: str | None = None) -> None:
+        """CANCEL one branch (RFC 3261 9.1, 16.10) on its own client transaction."""
+        if branch.txn is None:
+            return
+        cancel = branch.txn.make_cancel()
+        if reason:
+            cancel.headers.add("Reason", reason)
+        self.transactions.send_request(cancel, branch.hop, _ignore_response, _ignore, _ignore, flow=branch.txn.flow)
+
+    def context_finished(self, rc: ResponseContext) -> None:
+        rc.stop()
+        self.contexts.pop(rc.server_txn, None)
+
+
+def _ignore(txn: Any) -> None:
+    """A CANCEL's own transaction outcome needs no action (RFC 3261 9.1)."""
+
+
+def _ignore_response(txn: Any, response: Response) -> None:
+    """The 200 to our CANCEL needs no action; the INVITE's 487 does the work."""

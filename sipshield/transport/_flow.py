@@ -8,7 +8,12 @@ same TCP/TLS connection (RFC 3261 18.2.2, RFC 5626 flows).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sipshield.message import ParseError
+
+if TYPE_CHECKING:
+    from sipshield.message import Message
 
 
 class Flow(Protocol):
@@ -64,3 +69,22 @@ class DatagramFlow:
 
     def __repr__(self) -> str:
         return f"<DatagramFlow UDP {self.remote[0]}:{self.remote[1]}>"
+
+
+def response_address(request: Message, flow: Flow) -> tuple[str, int]:
+    """Where to send a response over UDP (RFC 3261 18.2.2, RFC 3581 4).
+
+    maddr wins; with rport the response goes back to the source port;
+    otherwise to the source address and the Via's sent-by port.  The
+    source address is used rather than ``received`` from the message, so a
+    forged received=255.255.255.255 can never aim a response at a broadcast.
+    """
+    try:
+        via = request.top_via
+    except ParseError:
+        return flow.remote
+    if via.maddr:
+        return via.maddr.strip("[]"), via.port or 5060
+    if via.rport is not None:
+        return flow.remote
+    return flow.remote[0], via.port or 5060

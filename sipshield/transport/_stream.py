@@ -34,11 +34,19 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
         self.framer = StreamFramer(factory.limits.max_message_bytes, factory.limits.max_headers)
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin's clock
         self._closing = False
+        self._pending: list[bytes] | None = None
 
     # Flow ---------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        if self.transport is not None and not self._closing:
+        if self._closing:
+            return
+        if self.transport is not None:
             self.transport.write(data)
+        else:
+            # An outbound connection still being set up: queue until connectionMade.
+            if self._pending is None:
+                self._pending = []
+            self._pending.append(data)
 
     def send_to(self, data: bytes, address: tuple[str, int]) -> None:
         self.send(data)
@@ -60,8 +68,12 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
         self.setTimeout(self.factory.limits.idle_timeout)
+        if self._pending:
+            pending, self._pending = self._pending, None
+            self.transport.writeSequence(pending)  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._closing = True
         self.setTimeout(None)
         self.factory.connection_closed(self)
 

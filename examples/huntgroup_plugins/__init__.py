@@ -1,0 +1,1 @@
+"""Example sipshield plugin package: name it in ``[server] plugins``."""

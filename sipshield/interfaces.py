@@ -1,0 +1,80 @@
+"""Every zope Interface that sipshield plugins implement, in one place.
+
+Implementations say ``@implementer(IThing)`` and tests check them with
+``zope.interface.verify.verifyObject``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+
+class ILocationStore(Interface):
+    """The location service (RFC 3261 10.2): address-of-record -> bindings.
+
+    Every method returns a Deferred (stores may be remote: SQL, Redis).  Times
+    are seconds on the service's IReactorTime (``reactor.seconds()``), so the
+    in-memory store can be driven by task.Clock in tests.
+    """
+
+    def bindings(aor: str) -> Any:
+        """Fire with the unexpired :class:`sipshield.state.Binding` list of
+        ``aor`` (a normalised ``sip:user@domain`` string), highest q first;
+        an unknown AOR gives an empty list."""
+
+    def put(binding: Any) -> Any:
+        """Add or replace the binding with the same (aor, contact) pair.
+        Fires with None."""
+
+    def remove(aor: str, contact: str) -> Any:
+        """Remove one binding; fires with True if it existed."""
+
+    def remove_all(aor: str) -> Any:
+        """Remove every binding of ``aor`` (``Contact: *``); fires with the count removed."""
+
+    def expire(now: float) -> Any:
+        """Delete bindings whose ``expires_at`` <= ``now``; fires with the count removed."""
+
+    def count() -> Any:
+        """Fire with the number of bindings held (for metrics and leak tests)."""
+
+
+class IPipelineStage(Interface):
+    """One step of request handling (see sipshield.routing.pipeline).
+
+    Like a twisted.names resolver in a chain, a stage either settles the
+    request (reply, relay, drop) or passes it on (``CONTINUE``).
+    """
+
+    name = Attribute("Short name used in [pipeline] stages and in logs.")
+
+    def process(context: Any) -> Any:
+        """Decide about ``context.request`` (a :class:`RequestContext`).
+
+        Returns a :class:`sipshield.routing.Decision`, or a Deferred firing
+        with one.  Stages on the hot path should answer synchronously.
+        Raising is a bug: the pipeline logs it and answers 500.
+        """
+
+
+class IStageFactory(Interface):
+    """A twisted.plugin (found with getPlugins in sipshield.plugins and the
+    packages named in ``[server] plugins``) that builds a pipeline stage."""
+
+    name = Attribute("The name used in ``[pipeline] stages``.")
+    description = Attribute("One line for `sipshield plugins` and errors listing known stages.")
+
+    def build(service: Any, options: dict[str, Any]) -> IPipelineStage:
+        """Build the stage for a running service; ``options`` is the stage's own
+        ``[stage.NAME]`` config table (may be empty).  Raise ConfigError on bad options."""
+
+
+class ILocationStoreFactory(Interface):
+    """A twisted.plugin that builds a location store from configuration."""
+
+    name = Attribute("The name used in ``[registrar] store``.")
+
+    def build(service: Any, options: dict[str, Any]) -> ILocationStore:
+        """Build the store; raise ConfigError on bad options."""

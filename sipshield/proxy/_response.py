@@ -1,0 +1,210 @@
+"""The response context of one proxied request (RFC 3261 16.7): branches,
+best-response selection, CANCEL of pending branches, timer C."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from sipshield.message import Request, Response
+
+if TYPE_CHECKING:
+    from sipshield.proxy._core import ProxyCore
+    from sipshield.routing import RequestContext
+
+__all__ = ["Branch", "ResponseContext"]
+
+
+class Branch:
+    """One forwarded copy of the request and its client transaction."""
+
+    __slots__ = ("context", "request", "hop", "flow", "txn", "final", "provisional", "cancel_pending", "cancelled", "timer_c")
+
+    def __init__(self, context: ResponseContext, request: Request, hop: tuple[str, str, int], flow: Any) -> None:
+        self.context = context
+        self.request = request
+        self.hop = hop
+        self.flow = flow
+        self.txn: Any = None
+        self.final: Response | None = None
+        self.provisional = False
+        self.cancel_pending = False
+        self.cancelled = False
+        self.timer_c: Any = None
+
+
+def _rank(status: int) -> tuple[int, int]:
+    """RFC 3261 16.7 step 6 ordering: 6xx first, then the lowest class;
+    within 4xx, prefer the informative ones over 408/480-style defaults."""
+    cls = status // 100
+    if cls == 6:
+        return (0, status)
+    if status == 503:
+        return (cls, 999)  # 503 only if nothing else (and it becomes 500)
+    if status in (401, 407, 415, 420, 484):
+        return (cls, status - 1000)  # answers the UAC can act on
+    return (cls, status)
+
+
+class ResponseContext:
+    """Collects branch responses for one server transaction."""
+
+    log = Logger()
+
+    def __init__(self, core: ProxyCore, server_txn: Any, context: RequestContext, is_invite: bool) -> None:
+        self.core = core
+        self.server_txn = server_txn
+        self.context = context
+        self.is_invite = is_invite
+        self.branches: list[Branch] = []
+        self.answered = False  # a final response went upstream
+        self.best: Response | None = None
+        self.cancelled = False
+
+    # -- branches -------------------------------------------------------
+    def add_branch(self, branch: Branch) -> None:
+        self.branches.append(branch)
+        if self.is_invite:
+            branch.timer_c = self.core.reactor.callLater(self.core.timer_c, self._timer_c, branch)
+
+    def _pending(self) -> list[Branch]:
+        return [b for b in self.branches if b.final is None]
+
+    # -- client transaction callbacks ----------------------------------
+    def on_response(self, txn: Any, response: Response, branch: Branch) -> None:
+        status = response.status
+        # RFC 3261 16.7 step 3: remove our Via.
+        response.headers.remove_first("Via")
+        if status < 200:
+            if status == 100:
+                return
+            branch.provisional = True
+            if branch.cancel_pending:
+                self._send_cancel(branch)
+            if self.is_invite and branch.timer_c is not None and branch.timer_c.active():
+                branch.timer_c.reset(self.core.timer_c)
+            if not self.answered:
+                self.server_txn.send_response(response)
+            return
+        first_final = branch.final is None
+        if first_final:
+            branch.final = response
+            self._stop_timer(branch)
+        if 200 <= status < 300:
+            # 16.7 step 5: every 2xx goes upstream at once (also retransmissions
+            # and 2xx from other branches: the UAC must see them to ACK/BYE).
+            self._forward_final(response)
+            if self.is_invite:
+                self._cancel_pending("SIP;cause=200;text=\"Call completed elsewhere\"")
+            self._maybe_finish()
+            return
+        if not first_final:
+            return  # a retransmitted non-2xx final: already handled
+        if status >= 600 and self.is_invite:
+            self._cancel_pending()
+        if self.best is None or _rank(status) < _rank(self.best.status):
+            self.best = response
+        self._maybe_finish()
+
+    def on_timeout(self, txn: Any, branch: Branch) -> None:
+        """Timer B/F fired: the branch behaves as if it got 408 (16.7 step 2)."""
+        if branch.final is not None:
+            return
+        self._stop_timer(branch)
+        timeout = branch.request.make_response(408, "Request Timeout")
+        timeout.headers.remove_first("Via")
+        branch.final = timeout
+        if self.best is None or _rank(408) < _rank(self.best.status):
+            self.best = timeout
+        self._maybe_finish()
+
+    def on_transport_error(self, txn: Any, branch: Branch) -> None:
+        """RFC 3261 16.9: a transport error counts as 503 on that branch."""
+        if branch.final is not None:
+            return
+        self._stop_timer(branch)
+        error = branch.request.make_response(503, "Service Unavailable")
+        error.headers.remove_first("Via")
+        branch.final = error
+        if self.best is None or _rank(503) < _rank(self.best.status):
+            self.best = error
+        self._maybe_finish()
+
+    # -- finishing ------------------------------------------------------
+    def _maybe_finish(self) -> None:
+        if self._pending():
+            return
+        best = self.best
+        if not self.answered and best is not None:
+            if best.status == 503:
+                # 16.7 step 6: a 503 is not passed on as-is; the UAC would think we are overloaded.
+                best = self._rewrite_status(best, 500, "Server Internal Error")
+            elif best.status in (401, 407):
+                best = self._aggregate_challenges(best)
+            self._forward_final(best)
+        self.core.context_finished(self)
+
+    def _rewrite_status(self, response: Response, status: int, reason: str) -> Response:
+        return Response(status, reason, response.headers, response.body)
+
+    def _aggregate_challenges(self, best: Response) -> Response:
+        """16.7 step 7: collect WWW-/Proxy-Authenticate from every 401/407 branch."""
+        for branch in self.branches:
+            other = branch.final
+            if other is None or other is best or other.status not in (401, 407):
+                continue
+            for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+                for value in other.headers.get_all(name):
+                    best.headers.add(name, value)
+        return best
+
+    def _forward_final(self, response: Response) -> None:
+        if response.status >= 300 and self.answered:
+            return
+        if response.status >= 200:
+            if not self.answered:
+                for hook in self.context.attributes.get("response_hooks", ()):
+                    hook(self.context, response)
+            self.answered = True
+        self.server_txn.send_response(response)
+
+    # -- CANCEL (RFC 3261 16.10) ---------------------------------------
+    def cancel(self) -> None:
+        """Upstream cancelled: CANCEL every pending branch."""
+        self.cancelled = True
+        self._cancel_pending()
+
+    def _cancel_pending(self, reason: str | None = None) -> None:
+        for branch in self._pending():
+            if branch.cancelled:
+                continue
+            if branch.provisional:
+                self._send_cancel(branch, reason)
+            else:
+                # RFC 3261 9.1: CANCEL only after a provisional response.
+                branch.cancel_pending = True
+
+    def _send_cancel(self, branch: Branch, reason: str | None = None) -> None:
+        branch.cancelled = True
+        branch.cancel_pending = False
+        self.core.send_cancel(branch, reason)
+
+    def _timer_c(self, branch: Branch) -> None:
+        """16.6 step 11 / 16.8: no final answer in time: CANCEL it if it rang,
+        else treat it as timed out (408)."""
+        branch.timer_c = None
+        if branch.final is not None:
+            return
+        if branch.provisional:
+            self._send_cancel(branch)
+        self.on_timeout(None, branch)
+
+    def _stop_timer(self, branch: Branch) -> None:
+        if branch.timer_c is not None and branch.timer_c.active():
+            branch.timer_c.cancel()
+        branch.timer_c = None
+
+    def stop(self) -> None:
+        for branch in self.branches:
+            self._stop_timer(branch)

@@ -1,0 +1,95 @@
+"""What a pipeline stage sees (RequestContext) and what it returns (Decision)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sipshield.message import URI, Request
+    from sipshield.transport import Flow
+
+__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "Target"]
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one branch of a relayed request goes (RFC 3261 16.5, 16.6).
+
+    ``uri`` becomes the Request-URI of the branch.  ``route`` is a route set
+    to push in front of it (Path from the registrar, RFC 3327).  ``flow`` is
+    an existing connection to prefer (a phone registered over TCP/TLS or from
+    behind NAT is reachable only through the flow it registered on).
+    """
+
+    uri: URI
+    q: float = 1.0
+    route: tuple[str, ...] = ()
+    flow: Flow | None = None
+    source: tuple[str, str, int] | None = None
+    next_hop: URI | None = None
+    """Send here instead of to ``uri`` (an outbound proxy or gateway),
+    keeping ``uri`` as the Request-URI."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one stage.  Build with the class methods."""
+
+    kind: str
+    status: int = 0
+    reason: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    targets: tuple[Target, ...] = ()
+
+    @classmethod
+    def reply(cls, status: int, reason: str | None = None, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()) -> Decision:
+        """Answer the request from the proxy with ``status``."""
+        from sipshield.message import REASON_PHRASES
+
+        return cls("reply", status, reason or REASON_PHRASES.get(status, "Unknown"), tuple(headers))
+
+    @classmethod
+    def relay(cls, targets: list[Target] | tuple[Target, ...]) -> Decision:
+        """Forward the request to every target (parallel fork, RFC 3261 16.6)."""
+        return cls("relay", targets=tuple(targets))
+
+    @property
+    def final(self) -> bool:
+        return self.kind != "continue"
+
+
+CONTINUE = Decision("continue")
+"""Not settled here: the next stage decides."""
+
+DROP = Decision("drop")
+"""Discard silently (no answer at all; for floods and scanners)."""
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Everything a stage may look at for one new request.
+
+    ``identity`` and ``roles`` are filled by authentication stages; other
+    stages may leave notes in ``attributes``.
+    """
+
+    request: Request
+    flow: Flow
+    service: Any = None
+    now: float = 0.0
+    identity: str | None = None
+    roles: frozenset[str] = frozenset()
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> tuple[str, int]:
+        return self.flow.remote
+
+    @property
+    def transport(self) -> str:
+        return self.flow.transport_name
+
+    @property
+    def peer_certificate(self) -> Any:
+        return self.flow.peer_certificate()

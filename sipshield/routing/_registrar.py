@@ -1,0 +1,408 @@
+"""The registrar (RFC 3261 10.3, RFC 3327 Path) and the location lookup stage (RFC 3261 16.5).
+
+Both stages talk to an :class:`~sipshield.interfaces.ILocationStore`.  With
+the memory store every store call has already fired, so a REGISTER or a
+lookup is answered synchronously; with SQL or Redis the stage returns a
+Deferred and the pipeline waits for it.  A store that fails or times out
+gives 503 with Retry-After (fail closed: RFC 3261 21.5.4).
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sipshield.interfaces import IPipelineStage
+from sipshield.message import URI, Contact, ParseError, Request
+from sipshield.routing._decision import CONTINUE, Decision, RequestContext, Target
+from sipshield.state import Binding, StoreUnavailable, aor_of
+
+__all__ = ["LocationLookup", "Registrar"]
+
+IsLocal = Callable[[str, "int | None"], bool]
+
+_STORE_ERRORS = (StoreUnavailable, defer.TimeoutError)
+_SUPPORTED_OPTIONS = frozenset(("path",))
+
+
+class _StoreGuard:
+    """Shared by both stages: time out slow store calls, map failures to 503
+    with Retry-After, and log them at most once per ``log_every`` seconds
+    (an outage must not turn every REGISTER into a log line)."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, timeout: float, retry_after: int, log_every: float = 30.0) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.unavailable = Decision.reply(503, "Location Service Unavailable", [("Retry-After", str(retry_after))])
+        self.log_every = log_every
+        self._failures = 0
+        self._last_log = float("-inf")
+
+    def call(self, d: Deferred[Any]) -> Deferred[Any]:
+        if not d.called:
+            d.addTimeout(self.timeout, self.reactor)
+        return d
+
+    def failed(self, failure: Failure, stage: str) -> Decision:
+        failure.trap(*_STORE_ERRORS)
+        self._failures += 1
+        now = self.reactor.seconds()
+        if now - self._last_log >= self.log_every:
+            self.log.warn(
+                "{stage}: location store unavailable ({count} failure(s) since last report): {error}",
+                stage=stage, count=self._failures, error=failure.getErrorMessage() or repr(failure.value),
+            )
+            self._failures = 0
+            self._last_log = now
+        return self.unavailable
+
+
+def _served(domains: frozenset[str], is_local: IsLocal | None, host: str, port: int | None) -> bool:
+    return host in domains or (is_local is not None and is_local(host, port))
+
+
+@implementer(IPipelineStage)
+class Registrar:
+    """A registrar for ``domains`` (RFC 3261 10.3), storing bindings in ``store``.
+
+    A REGISTER whose Request-URI is one of ``domains`` (or this proxy, as
+    told by ``is_local(host, port)``) is answered here; anything else goes on
+    (``CONTINUE``: RFC 3261 10.3 step 1 lets a proxy forward a REGISTER for
+    another domain, and the later stages decide whether to).
+
+    Answers, in the order RFC 3261 10.3 checks them:
+
+    * 420 for a Require option other than ``path`` (step 2, 8.2.2.3);
+    * 400 when To is not a SIP or SIPS URI (10.2: the AOR is a SIP URI; RFC
+      4475 unksm2), 404 when its domain is not the Request-URI's (step 5);
+    * 403 when :meth:`authorize` refuses (steps 3-4, the auth hook);
+    * 400 for ``Contact: *`` with other Contacts or an expiry other than 0
+      (step 6), for a Contact that is not a SIP or SIPS URI (a policy: the
+      proxy can only relay to SIP URIs), for an invalid q or Expires;
+    * 423 with Min-Expires when 0 < expiry < ``min_expires`` (step 7,
+      RFC 3261 21.4.17 / 20.23); expiries above ``max_expires`` are capped;
+    * 500 "Out of Order" when a binding already holds this Call-ID with an
+      equal or higher CSeq (step 7 says only that "the request fails"; 500
+      is what RFC 3261 12.2.2 prescribes for the analogous out-of-order
+      in-dialog request, and what most registrars send);
+    * 403 "Too Many Contacts" beyond ``max_bindings`` per AOR (a local
+      limit against memory exhaustion);
+    * 503 with Retry-After when the store fails or does not answer within
+      ``store_timeout`` seconds (fail closed; logged, rate-limited);
+    * otherwise 200 listing every current binding with its remaining
+      ``expires`` and a Date header (step 8), and the Path values when the
+      UA supports path (RFC 3327 5.3).
+
+    Path (RFC 3327 5.3) is stored with the bindings whenever present, since
+    the edge proxy that added it needs requests routed through it; it is
+    echoed in the 200 only when the UA lists ``path`` in Supported.
+    """
+
+    name = "registrar"
+
+    def __init__(
+        self,
+        store: Any,
+        domains: Iterable[str],
+        reactor: Any,
+        min_expires: int = 60,
+        max_expires: int = 3600,
+        default_expires: int = 3600,
+        is_local: IsLocal | None = None,
+        *,
+        max_bindings: int = 16,
+        retry_after: int = 30,
+        store_timeout: float = 5.0,
+    ) -> None:
+        if not 0 < min_expires <= default_expires <= max_expires:
+            raise ValueError("need 0 < min_expires <= default_expires <= max_expires")
+        self.store = store
+        self.domains = frozenset(d.lower() for d in domains)
+        self.reactor = reactor
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.default_expires = default_expires
+        self.is_local = is_local
+        self.max_bindings = max_bindings
+        self._guard = _StoreGuard(reactor, store_timeout, retry_after)
+        self._update = getattr(store, "update", None)
+
+    # -- the hook for authentication (RFC 3261 10.3 steps 3 and 4) -------------
+
+    def authorize(self, context: RequestContext, aor: str) -> bool:
+        """May this request change the bindings of ``aor``?  (RFC 3261 10.3 step 4.)
+
+        The default allows everything: authentication stages run earlier and
+        leave ``context.identity``; a deployment that ties identities to AORs
+        overrides this (or the auth stage enforces it).  Refusal gives 403.
+        """
+        return True
+
+    # -- IPipelineStage ------------------------------------------------------------
+
+    def process(self, context: RequestContext) -> Decision | Deferred[Decision]:
+        request = context.request
+        if request.method != "REGISTER":
+            return CONTINUE
+        uri = request.uri
+        if not uri.is_sip or not uri.host or not _served(self.domains, self.is_local, uri.host, uri.port):
+            return CONTINUE
+        try:
+            checked = self._check(context, request, uri)
+        except ParseError as e:
+            return Decision.reply(e.status, e.reason)
+        if isinstance(checked, Decision):
+            return checked
+        return defer.ensureDeferred(self._register(context, *checked)).addErrback(self._guard.failed, self.name)
+
+    # -- RFC 3261 10.3 steps 2-7, before touching the store ------------------------
+
+    def _check(self, context: RequestContext, request: Request, uri: URI) -> Decision | tuple[str, list[Contact] | None, list[tuple[Contact, int]]]:
+        headers = request.headers
+        unsupported = [o for o in headers.get_values("Require") if o.lower() not in _SUPPORTED_OPTIONS]
+        if unsupported:
+            return Decision.reply(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
+        to = request.to.uri
+        if not to.is_sip or not to.host:
+            return Decision.reply(400, "To is not a SIP or SIPS URI")
+        if uri.host in self.domains:
+            if to.host != uri.host:
+                return Decision.reply(404, "Not Found")
+        elif not (to.host in self.domains if self.domains else _served(self.domains, self.is_local, to.host, to.port)):
+            return Decision.reply(404, "Not Found")
+        aor = aor_of(to)
+        if not self.authorize(context, aor):
+            return Decision.reply(403, "Forbidden")
+        request.call_id  # noqa: B018 - a missing Call-ID or CSeq is a 400 now, not later
+        request.cseq  # noqa: B018
+        contacts = request.contacts
+        expires_header: int | None = None
+        value = headers.get("Expires")
+        if value is not None:
+            value = value.strip()
+            if not value.isdigit() or len(value) > 10:
+                return Decision.reply(400, "Invalid Expires")
+            expires_header = int(value)
+        if not contacts:
+            return aor, None, []
+        if any(c.is_star for c in contacts):
+            if len(contacts) != 1 or expires_header != 0:
+                return Decision.reply(400, "Contact * needs Expires: 0 and no other Contact")
+            return aor, contacts, []
+        wanted: list[tuple[Contact, int]] = []
+        for contact in contacts:
+            if not contact.uri.is_sip:
+                return Decision.reply(400, "Contact is not a SIP or SIPS URI")
+            if "q" in contact.params and contact.q is None:
+                return Decision.reply(400, "Invalid q in Contact")
+            if "expires" in contact.params and contact.expires is None:
+                return Decision.reply(400, "Invalid expires in Contact")
+            expires = contact.expires
+            if expires is None:
+                expires = self.default_expires if expires_header is None else expires_header
+            if 0 < expires < self.min_expires:
+                return Decision.reply(423, "Interval Too Brief", [("Min-Expires", str(self.min_expires))])
+            wanted.append((contact, min(expires, self.max_expires)))
+        return aor, contacts, wanted
+
+    # -- steps 6-8 against the store ---------------------------------------------------
+
+    async def _register(self, context: RequestContext, aor: str, contacts: list[Contact] | None, wanted: list[tuple[Contact, int]]) -> Decision:
+        request = context.request
+        guard = self._guard
+        if contacts is not None:
+            call_id = request.call_id
+            cseq = request.cseq.seq
+            current: list[Binding] = await guard.call(self.store.bindings(aor))
+            if not wanted:  # Contact: * (step 6)
+                if any(b.call_id == call_id and b.cseq >= cseq for b in current):
+                    return Decision.reply(500, "Out of Order")
+                if current:
+                    await guard.call(self.store.remove_all(aor))
+            else:
+                decision = await self._apply(context, aor, current, wanted, call_id, cseq)
+                if decision is not None:
+                    return decision
+        bindings: list[Binding] = await guard.call(self.store.bindings(aor))
+        return self._ok(request, bindings)
+
+    async def _apply(self, context: RequestContext, aor: str, current: list[Binding], wanted: list[tuple[Contact, int]], call_id: str, cseq: int) -> Decision | None:
+        """RFC 3261 10.3 step 7: add, refresh or remove each binding, all or nothing.
+
+        Existing bindings are matched with the URI comparison rules (RFC 3261
+        19.1.4), so a respelled contact (``sip:A@HOST`` for ``sip:A@host``)
+        replaces its binding instead of adding a second one.
+        """
+        request = context.request
+        existing = [(URI.parse(b.contact), b) for b in current]
+        current_keys = {b.contact for b in current}
+        removals: list[str] = []
+        puts: dict[str, Binding] = {}
+        now = self.reactor.seconds()
+        path = tuple(request.headers.get_values("Path"))
+        user_agent = request.headers.get("User-Agent")
+        flow = context.flow
+        source = (flow.transport_name, flow.remote[0], flow.remote[1])
+        for contact, expires in wanted:
+            uri = contact.uri
+            text = str(uri)
+            old = next((b for u, b in existing if u == uri), None)
+            if old is not None:
+                if old.call_id == call_id and old.cseq >= cseq:
+                    return Decision.reply(500, "Out of Order")
+                if old.contact != text:
+                    removals.append(old.contact)
+            if expires == 0:
+                puts.pop(text, None)
+                if text in current_keys:
+                    removals.append(text)
+                continue
+            puts[text] = Binding(
+                aor=aor,
+                contact=text,
+                expires_at=now + expires,
+                q=1.0 if contact.q is None else contact.q,
+                call_id=call_id,
+                cseq=cseq,
+                path=path,
+                source=source,
+                instance=contact.params.get("+sip.instance"),
+                reg_id=_reg_id(contact),
+                user_agent=user_agent,
+            )
+        total = len(current_keys.difference(removals, puts)) + len(puts)
+        if total > self.max_bindings and not current_keys.issuperset(puts):
+            return Decision.reply(403, "Too Many Contacts")
+        update = self._update
+        if update is not None:
+            await self._guard.call(update(aor, removals, list(puts.values())))
+        else:
+            for contact_text in removals:
+                await self._guard.call(self.store.remove(aor, contact_text))
+            for binding in puts.values():
+                await self._guard.call(self.store.put(binding))
+        return None
+
+    def _ok(self, request: Request, bindings: list[Binding]) -> Decision:
+        """RFC 3261 10.3 step 8: every current binding with its expires, and Date."""
+        now = self.reactor.seconds()
+        headers: list[tuple[str, str]] = []
+        for b in bindings:
+            value = f"<{b.contact}>;expires={b.expires_in(now)}"
+            if b.q != 1.0:
+                value += f";q={b.q:.3g}"
+            headers.append(("Contact", value))
+        if request.headers.get("Path") is not None and _supports_path(request):
+            for value in request.headers.get_values("Path"):
+                headers.append(("Path", value))
+        headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        return Decision.reply(200, "OK", headers)
+
+
+def _supports_path(request: Request) -> bool:
+    return any(o.lower() == "path" for o in request.headers.get_values("Supported"))
+
+
+def _reg_id(contact: Contact) -> int | None:
+    value = contact.params.get("reg-id")
+    return int(value) if value is not None and value.isdigit() and len(value) < 10 else None
+
+
+@implementer(IPipelineStage)
+class LocationLookup:
+    """Relay a request for a registered user to its contacts (RFC 3261 16.5, 16.6).
+
+    Applies to every request but REGISTER whose Request-URI is a SIP or
+    SIPS URI with a user part in one of ``domains`` (or this proxy, as told
+    by ``is_local``).  Each unexpired binding of ``aor_of(Request-URI)``
+    becomes a :class:`Target`: its contact as the new Request-URI (16.5),
+    its Path as the route set (RFC 3327 5.4), its source address so the
+    branch reaches a phone behind NAT or on its own TCP/TLS connection;
+    highest q first.  For a ``sips`` Request-URI only ``sips`` contacts are
+    targets (RFC 3261 19.1.4 / 26.2.2: SIPS asks for TLS on every hop, so
+    a ``sip`` contact may not be used).
+
+    When the AOR has no bindings the stage passes the request on
+    (``CONTINUE``) unless ``miss_status`` is set: a location store cannot
+    tell an unregistered user from an unknown one, and later stages may
+    still route the user (static routes by user prefix, a PSTN gateway).
+    The ``final`` stage then answers 404 for our domains.  Deployments that
+    want RFC 3261 16.5's "SHOULD be 480" for an empty target set pass
+    ``miss_status=480``.
+
+    With the memory store the answer is synchronous (no Deferred reaches the
+    pipeline); no per-request logging.
+    """
+
+    name = "location"
+
+    def __init__(
+        self,
+        store: Any,
+        domains: Iterable[str],
+        reactor: Any,
+        is_local: IsLocal | None = None,
+        *,
+        miss_status: int | None = None,
+        retry_after: int = 30,
+        store_timeout: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.domains = frozenset(d.lower() for d in domains)
+        self.reactor = reactor
+        self.is_local = is_local
+        self.miss = CONTINUE if miss_status is None else Decision.reply(miss_status)
+        self._guard = _StoreGuard(reactor, store_timeout, retry_after)
+        # The memory store can answer without a Deferred: skip the Deferred
+        # machinery on the call path when it can.
+        self._bindings_now: Callable[[str], list[Binding]] | None = getattr(store, "bindings_now", None)
+
+    def process(self, context: RequestContext) -> Decision | Deferred[Decision]:
+        request = context.request
+        if request.method == "REGISTER":
+            return CONTINUE
+        uri = request.uri
+        if not uri.user or not uri.is_sip or not _served(self.domains, self.is_local, uri.host or "", uri.port):
+            return CONTINUE
+        sips = uri.scheme == "sips"
+        aor = aor_of(uri)
+        if self._bindings_now is not None:
+            return self._targets(self._bindings_now(aor), sips)
+        d = self.store.bindings(aor)
+        box: list[Any] = []
+        d.addBoth(_keep, box)
+        if box:  # already fired (memory store): answer synchronously
+            result = box[0]
+            if isinstance(result, Failure):
+                d.addErrback(_ignore)
+                return self._guard.failed(result, self.name)
+            return self._targets(result, sips)
+        return self._guard.call(d).addCallbacks(self._targets, self._guard.failed, callbackArgs=(sips,), errbackArgs=(self.name,))
+
+    def _targets(self, bindings: list[Binding], sips: bool) -> Decision:
+        targets = [
+            Target(uri=URI.parse(b.contact), q=b.q, route=b.path, source=b.source)
+            for b in bindings
+            if not sips or b.contact[:5].lower() == "sips:"
+        ]
+        if not targets:
+            return self.miss
+        return Decision.relay(targets)
+
+
+def _keep(result: Any, box: list[Any]) -> Any:
+    box.append(result)
+    return result
+
+
+def _ignore(failure: Failure) -> None:
+    return None

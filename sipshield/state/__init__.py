@@ -1,0 +1,10 @@
+"""Shared state: the location service (RFC 3261 10.2) with memory and SQL stores."""
+
+from sipshield.state._aor import aor_of
+from sipshield.state._binding import Binding
+from sipshield.state._errors import StoreUnavailable
+from sipshield.state._expiry import ExpiryLoop
+from sipshield.state._memory import MemoryLocationStore
+from sipshield.state._sql import SQLLocationStore
+
+__all__ = ["Binding", "ExpiryLoop", "MemoryLocationStore", "SQLLocationStore", "StoreUnavailable", "aor_of"]

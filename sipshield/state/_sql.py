@@ -1,0 +1,308 @@
+"""The SQL location store: SQLAlchemy 2 Core on SQLite (default) or PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from sipshield.interfaces import ILocationStore
+from sipshield.state._binding import Binding
+from sipshield.state._errors import StoreUnavailable
+
+__all__ = ["SQLLocationStore"]
+
+T = TypeVar("T")
+
+_COLUMNS = (
+    "aor", "contact", "expires_at", "q", "call_id", "cseq", "path",
+    "source_transport", "source_host", "source_port", "instance", "reg_id", "user_agent", "extra",
+)
+
+
+def _location_table(metadata: MetaData, name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("aor", Text, nullable=False),
+        Column("contact", Text, nullable=False),
+        Column("expires_at", Float, nullable=False),
+        Column("q", Float, nullable=False, default=1.0),
+        Column("call_id", Text, nullable=False, default=""),
+        Column("cseq", Integer, nullable=False, default=0),
+        Column("path", Text, nullable=False, default="[]"),
+        Column("source_transport", Text),
+        Column("source_host", Text),
+        Column("source_port", Integer),
+        Column("instance", Text),
+        Column("reg_id", Integer),
+        Column("user_agent", Text),
+        Column("extra", Text, nullable=False, default="{}"),
+        UniqueConstraint("aor", "contact", name=f"{name}_aor_contact"),
+        Index(f"{name}_aor", "aor"),
+        Index(f"{name}_expires_at", "expires_at"),
+    )
+
+
+def _row(b: Binding) -> dict[str, Any]:
+    source = b.source
+    return {
+        "aor": b.aor,
+        "contact": b.contact,
+        "expires_at": b.expires_at,
+        "q": b.q,
+        "call_id": b.call_id,
+        "cseq": b.cseq,
+        "path": json.dumps(list(b.path)),
+        "source_transport": source[0] if source else None,
+        "source_host": source[1] if source else None,
+        "source_port": source[2] if source else None,
+        "instance": b.instance,
+        "reg_id": b.reg_id,
+        "user_agent": b.user_agent,
+        "extra": json.dumps(b.extra),
+    }
+
+
+def _binding(row: Any) -> Binding:
+    source = None
+    if row.source_transport is not None and row.source_host is not None and row.source_port is not None:
+        source = (row.source_transport, row.source_host, row.source_port)
+    return Binding(
+        aor=row.aor,
+        contact=row.contact,
+        expires_at=row.expires_at,
+        q=row.q,
+        call_id=row.call_id,
+        cseq=row.cseq,
+        path=tuple(json.loads(row.path)),
+        source=source,
+        instance=row.instance,
+        reg_id=row.reg_id,
+        user_agent=row.user_agent,
+        extra=json.loads(row.extra),
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    # WAL lets lookups read while a REGISTER writes; busy_timeout makes the
+    # pool's threads wait for each other's write lock instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+@implementer(ILocationStore)
+class SQLLocationStore:
+    """Bindings in one SQL table (RFC 3261 10.2 location service), shared by
+    every proxy that points at the same database.
+
+    ``url`` is a SQLAlchemy URL: ``sqlite:///path/sipshield.db`` (journal in
+    WAL mode) or ``postgresql+psycopg://user@host/db``.  Every query runs in
+    the store's own thread pool of ``threadpool_size`` threads
+    (deferToThreadPool), never on the reactor thread and never in the
+    reactor's shared pool, so a metrics scrape or DNS lookup does not queue
+    behind the database.
+
+    ``start()`` starts the pool and creates the table; ``stop()`` disposes
+    of the engine and stops the pool (the service calls both).  Any database
+    error, and any call while stopped, fails the Deferred with
+    :class:`StoreUnavailable` so the registrar answers 503 (fail closed).
+
+    Times are on the reactor's clock (``reactor.seconds()``, read on the
+    reactor thread); ``bindings()`` leaves out bindings already past their
+    expiry.  Among equal q values, bindings come in first-registration order.
+    """
+
+    def __init__(self, url: str, reactor: Any, threadpool_size: int = 4, *, table_name: str = "sipshield_location", echo: bool = False) -> None:
+        self.url = make_url(url)
+        self.reactor = reactor
+        self.table = _location_table(MetaData(), table_name)
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        self._sqlite = self.url.get_backend_name() == "sqlite"
+        if self._sqlite and self.url.database in (None, "", ":memory:"):
+            # One in-memory database shared by every thread of the pool.
+            kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
+            threadpool_size = 1
+        elif self.url.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 5}
+            kwargs["pool_size"] = threadpool_size
+        self._engine_kwargs = kwargs
+        self._threadpool_size = threadpool_size
+        self._engine: Engine | None = None
+        self._pool: ThreadPool | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Start the thread pool and create the table (and its indexes) if missing."""
+        if self._pool is not None:
+            return defer.succeed(None)
+        engine = create_engine(self.url, **self._engine_kwargs)
+        if self._sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        self._engine = engine
+        pool = self._pool = ThreadPool(minthreads=0, maxthreads=self._threadpool_size, name=f"sipshield-location-{self.table.name}")
+        pool.start()
+        return self._run(self._create)
+
+    def stop(self) -> Deferred[None]:
+        """Dispose of the engine's connections and stop the thread pool."""
+        pool, self._pool = self._pool, None
+        engine, self._engine = self._engine, None
+        if pool is None:
+            return defer.succeed(None)
+        d = deferToThreadPool(self.reactor, pool, engine.dispose) if engine is not None else defer.succeed(None)
+
+        def stopped(result: Any) -> None:
+            pool.stop()
+            if isinstance(result, Failure) and not result.check(SQLAlchemyError):
+                result.raiseException()
+
+        return d.addBoth(stopped)
+
+    # -- ILocationStore ---------------------------------------------------------------
+
+    def bindings(self, aor: str) -> Deferred[list[Binding]]:
+        return self._run(self._bindings, aor, self.reactor.seconds())
+
+    def put(self, binding: Binding) -> Deferred[None]:
+        return self._run(self._update, binding.aor, (), (binding,))
+
+    def remove(self, aor: str, contact: str) -> Deferred[bool]:
+        table = self.table
+        return self._run(self._delete, delete(table).where(table.c.aor == aor, table.c.contact == contact)).addCallback(bool)
+
+    def remove_all(self, aor: str) -> Deferred[int]:
+        table = self.table
+        return self._run(self._delete, delete(table).where(table.c.aor == aor))
+
+    def expire(self, now: float) -> Deferred[int]:
+        table = self.table
+        return self._run(self._delete, delete(table).where(table.c.expires_at <= now))
+
+    def count(self) -> Deferred[int]:
+        return self._run(self._count)
+
+    # -- beyond the interface -----------------------------------------------------------
+
+    def update(self, aor: str, remove: Iterable[str] = (), put: Iterable[Binding] = ()) -> Deferred[None]:
+        """Remove contacts then add or replace bindings of one AOR in one
+        transaction (RFC 3261 10.3 step 7: all binding updates of a REGISTER
+        commit together or not at all)."""
+        return self._run(self._update, aor, tuple(remove), tuple(put))
+
+    # -- in the thread pool ------------------------------------------------------------------
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """Run ``fn(engine, *args)`` in the store's thread pool.
+
+        The returned Deferred can be cancelled (the registrar's timeout does
+        that): a job still waiting in the pool's queue is then skipped, so a
+        REGISTER answered 503 is not written later behind the client's back.
+        A job already running finishes; its result is dropped.
+        """
+        pool = self._pool
+        engine = self._engine
+        if pool is None or engine is None:
+            return defer.fail(StoreUnavailable("location store is not started"))
+        abandoned: list[bool] = []
+
+        def job() -> T:
+            if abandoned:
+                raise StoreUnavailable("abandoned before it ran")
+            return fn(engine, *args)
+
+        outer: Deferred[T] = Deferred(lambda _: abandoned.append(True))
+
+        def relay(result: Any) -> None:
+            if not outer.called:
+                if isinstance(result, Failure):
+                    outer.errback(result)
+                else:
+                    outer.callback(result)
+
+        deferToThreadPool(self.reactor, pool, job).addBoth(relay)
+        return outer.addErrback(_unavailable)
+
+    def _create(self, engine: Engine) -> None:
+        self.table.metadata.create_all(engine)
+
+    def _bindings(self, engine: Engine, aor: str, now: float) -> list[Binding]:
+        table = self.table
+        query = select(table).where(table.c.aor == aor, table.c.expires_at > now).order_by(table.c.q.desc(), table.c.id)
+        with engine.connect() as conn:
+            return [_binding(row) for row in conn.execute(query)]
+
+    def _update(self, engine: Engine, aor: str, remove: Sequence[str], put: Sequence[Binding]) -> None:
+        with engine.begin() as conn:
+            table = self.table
+            if remove:
+                conn.execute(delete(table).where(table.c.aor == aor, table.c.contact.in_(remove)))
+            if put:
+                self._upsert(conn, [_row(b) for b in put])
+
+    def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """INSERT ... ON CONFLICT (aor, contact) DO UPDATE on SQLite and
+        PostgreSQL (no race between two REGISTERs for one contact, and the
+        row keeps its id, hence its place among equal q values); delete then
+        insert in the same transaction elsewhere."""
+        table = self.table
+        name = conn.dialect.name
+        if name == "sqlite" or name == "postgresql":
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            stmt: Any = (sqlite.insert if name == "sqlite" else postgresql.insert)(table)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[table.c.aor, table.c.contact],
+                set_={c: stmt.excluded[c] for c in _COLUMNS[2:]},
+            )
+            conn.execute(stmt, rows)
+            return
+        for row in rows:
+            conn.execute(delete(table).where(table.c.aor == row["aor"], table.c.contact == row["contact"]))
+        conn.execute(insert(table), rows)
+
+    def _delete(self, engine: Engine, stmt: Any) -> int:
+        with engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    def _count(self, engine: Engine) -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(self.table)).scalar_one())
+
+
+def _unavailable(failure: Failure) -> Failure:
+    if failure.check(SQLAlchemyError):
+        error = failure.value
+        raise StoreUnavailable(f"location database error: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from error
+    return failure

@@ -1,0 +1,39 @@
+"""Transaction matching keys (RFC 3261 17.1.3, 17.2.3), built so that a lookup is one dict hit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sipshield.message import Request, Via
+
+MAGIC_COOKIE = "z9hG4bK"
+"""RFC 3261 8.1.1.7: a branch that starts with this was made by an RFC 3261 element."""
+
+_RFC2543 = "rfc2543"
+
+
+def rfc2543_key(request: Request, method: str, to_tag: str | None) -> tuple[Any, ...]:
+    """RFC 3261 17.2.3 for requests without the magic cookie.
+
+    Each field compares by its own rule: the Request-URI by RFC 3261 19.1.4
+    (URI objects hash and compare that way), the top Via by its parsed
+    parts with parameter names case-folded, tags and Call-ID exactly.
+    For an ACK the caller passes method ``ACK`` and the To tag of the final
+    response the INVITE transaction sent (see ``ack_alias``).
+    """
+    via = request.top_via
+    return (
+        _RFC2543,
+        request.uri,
+        to_tag,
+        request.from_.tag,
+        request.call_id,
+        request.cseq.seq,
+        method,
+        _via_identity(via),
+    )
+
+
+def _via_identity(via: Via) -> tuple[Any, ...]:
+    return (via.protocol, via.transport, via.host, via.port, frozenset(via.params.items()))

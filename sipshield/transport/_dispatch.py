@@ -1,0 +1,121 @@
+"""Sending requests out: pick the listener, reuse or open the connection
+(RFC 3261 18.1.1, RFC 5923-style connection reuse)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import ssl
+from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
+
+from sipshield.transport._flow import DatagramFlow
+from sipshield.transport._stream import SIPStreamProtocol
+
+if TYPE_CHECKING:
+    from sipshield.transport._flow import Flow
+    from sipshield.transport._listen import SIPListener
+    from sipshield.transport._stream import SIPStreamFactory
+
+__all__ = ["TransportDispatcher"]
+
+Destination = tuple[str, str, int]
+
+
+def _family(host: str) -> int:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).version
+    except ValueError:
+        return 4
+
+
+class _Outbound(ClientFactory):
+    """Builds the SIPStreamProtocol of an outbound connection; the protocol
+    exists (and queues writes) before the connection is made."""
+
+    noisy = False
+    log = Logger()
+
+    def __init__(self, proto: SIPStreamProtocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> SIPStreamProtocol:  # type: ignore[override]
+        return self.proto
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.log.warn("cannot connect to {transport} {host}:{port}: {why}", transport=self.proto.transport_name,
+                      host=self.proto.remote[0], port=self.proto.remote[1], why=reason.getErrorMessage())
+        self.proto._closing = True
+
+
+class TransportDispatcher:
+    """The Sender the transaction layer uses: ``send(data, destination, flow)``."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.listeners: list[SIPListener] = []
+        self._client_tls: ssl.CertificateOptions | None = None
+
+    def add_listener(self, listener: SIPListener) -> None:
+        self.listeners.append(listener)
+
+    def listener_for(self, transport: str, host: str) -> SIPListener | None:
+        """The bound listener of that transport and address family."""
+        kind = transport.lower()
+        family = _family(host)
+        fallback = None
+        for listener in self.listeners:
+            if listener.config.kind != kind or listener.port is None:
+                continue
+            if _family(listener.config.interface) == family:
+                return listener
+            fallback = fallback or listener
+        return fallback
+
+    def local_address(self, transport: str, host: str) -> tuple[str, int] | None:
+        """The (host, port) to put in Via and Record-Route for that transport."""
+        listener = self.listener_for(transport, host)
+        if listener is None:
+            return None
+        return listener.address
+
+    def send(self, data: bytes, destination: Destination, flow: Flow | None = None) -> Flow | None:
+        """Send ``data``; returns the flow used, or None when nothing can carry it."""
+        if flow is not None and not getattr(flow, "_closing", False):
+            flow.send(data)
+            return flow
+        transport, host, port = destination
+        host = host.strip("[]")
+        listener = self.listener_for(transport, host)
+        if listener is None:
+            return None
+        if transport == "UDP":
+            udp = DatagramFlow(listener.port, listener.address, (host, port))
+            udp.send(data)
+            return udp
+        factory = listener.factory
+        if factory is None:
+            return None
+        existing = factory.connections.get((host, port))
+        if existing is not None and not existing._closing:
+            existing.send(data)
+            return existing
+        return self._connect(factory, transport, host, port, data)
+
+    def _connect(self, factory: SIPStreamFactory, transport: str, host: str, port: int, data: bytes) -> Flow:
+        proto = SIPStreamProtocol(factory, (host, port))
+        proto.send(data)
+        outbound = _Outbound(proto)
+        if transport == "TLS":
+            self.reactor.connectSSL(host, port, outbound, self._tls_options(host), timeout=10)
+        else:
+            self.reactor.connectTCP(host, port, outbound, timeout=10)
+        return proto
+
+    def _tls_options(self, host: str) -> Any:
+        # Outbound TLS verifies the peer against the platform's trust roots
+        # and the peer's name (RFC 5922); a failure closes the connection.
+        return ssl.optionsForClientTLS(host)
