@@ -1,14 +1,19 @@
 """Throughput of the sans-IO SIP parser and serialiser.
 
 Run ``python bench/bench_parser.py`` (about 10 s) or ``--quick`` for a short
-smoke run; ``--profile`` prints a cProfile of the INVITE proxy path.
-Target: >= 50,000 INVITE parse+serialise per second on one core.
+smoke run; ``--profile`` prints a cProfile of the INVITE proxy path and
+``--json FILE`` also writes the machine line and the figures to FILE (quoted by
+docs/performance.md). Target: >= 50,000 INVITE parse+edit+serialise per second
+on one core.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import datetime
+import json
+import os
 import platform
 import pstats
 import sys
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="about one second in total")
     parser.add_argument("--profile", action="store_true", help="cProfile the INVITE proxy path")
+    parser.add_argument("--json", metavar="FILE", help="also write the machine line and the figures to FILE as JSON")
     args = parser.parse_args(argv)
     if args.profile:
         prof = cProfile.Profile()
@@ -151,7 +157,13 @@ def main(argv: list[str] | None = None) -> int:
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
         return 0
     seconds = 0.15 if args.quick else 1.5
-    print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {_cpu_model()}")
+    machine = {
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "date": datetime.date.today().isoformat(),
+    }
+    print(f"machine: {machine['cpu']} ({machine['cpus']} CPUs), {machine['python']}, {machine['date']}")
     print(f"INVITE {len(INVITE)} bytes, REGISTER {len(REGISTER)} bytes")
     print(f"{'case':40} {'msgs/s':>10} {'us/msg':>8}")
     results = {}
@@ -163,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:40} {rate:10,.0f} {1e6 / rate:8.2f}")
     proxy = results[CASES[0][0]]
     print(f"target {TARGET:,}/s for INVITE parse+edit+serialise: {'met' if proxy >= TARGET else 'NOT met'}")
+    if args.json:
+        report = {
+            "machine": machine,
+            "quick": args.quick,
+            "cases": {name: {"msgs_per_s": round(rate), "us_per_msg": round(1e6 / rate, 2)} for name, rate in results.items()},
+            "target_msgs_per_s": TARGET,
+            "target_met": proxy >= TARGET,
+        }
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
 

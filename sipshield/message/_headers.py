@@ -5,7 +5,10 @@ RFC 3261 7.3 (header fields), 20 (header field definitions) and 25.1 (ABNF).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
+from operator import itemgetter
 
 from ._errors import ParseError
 from ._grammar import (
@@ -174,6 +177,7 @@ def _check_value(value: str) -> str:
 # One header line: (key, name, value, raw). ``raw`` is the line as received
 # (including any folding) or None once it has been built or changed.
 _Entry = tuple[str, str, str, "str | None"]
+_entry_key = itemgetter(0)
 
 
 class Headers:
@@ -309,9 +313,9 @@ class Headers:
         for index, existing in enumerate(entries):
             if existing[0] == key:
                 entries[index] = entry
-                rest = [e for e in entries[index + 1 :] if e[0] != key]
-                if len(rest) != len(entries) - index - 1:
-                    self._entries = entries[: index + 1] + rest
+                # Usually the only line: look for more without building a list.
+                if key in map(_entry_key, islice(entries, index + 1, None)):
+                    self._entries = entries[: index + 1] + [e for e in entries[index + 1 :] if e[0] != key]
                 break
         else:
             entries.append(entry)
@@ -375,6 +379,21 @@ def parse_params(text: str, pos: int = 0, what: str = "Header") -> dict[str, str
     return params
 
 
+def _fast_params(text: str) -> dict[str, str | None]:
+    """``parse_params`` for the parameter text a fast-path expression matched.
+
+    ``FAST_VIA_RE`` and ``FAST_ADDRESS_RE`` only match ``;token[=value]`` items
+    without LWS, quotes, ``;`` or ``=`` inside a value, so splitting gives the
+    same names and values as the full grammar.
+    """
+    params: dict[str, str | None] = {}
+    if text:
+        for item in text[1:].split(";"):
+            name, eq, value = item.partition("=")
+            params[name.lower()] = value if eq else None
+    return params
+
+
 def format_params(params: Mapping[str, str | None]) -> str:
     """Render a parameter mapping as ``;name=value;flag``."""
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
@@ -413,6 +432,23 @@ class Via:
         else:
             via.port = None
         via.params = parse_params(text, m.end(), "Via") if m.end() < len(text) else {}
+        return via
+
+    @classmethod
+    def _from_fast(cls, m: re.Match[str]) -> Via:
+        """Build the Via a ``FAST_VIA_RE`` match describes; equal to ``Via.parse(m.string)``."""
+        transport, host, port, ptext = m.groups()
+        via = cls.__new__(cls)
+        via.protocol = "SIP/2.0"
+        via.transport = transport
+        via.host = host.lower()
+        if port is not None:
+            via.port = int(port)
+            if via.port > 65535:
+                raise ParseError("Via: port out of range")
+        else:
+            via.port = None
+        via.params = _fast_params(ptext)
         return via
 
     def __str__(self) -> str:
@@ -523,6 +559,27 @@ class Address:
         self._parse_into(text)
         return self
 
+    @classmethod
+    def _from_fast(cls, m: re.Match[str]) -> Address:
+        """Build the address a ``FAST_ADDRESS_RE`` match describes; equal to ``Address.parse(m.string)``."""
+        self = cls.__new__(cls)
+        if not self._fill_fast(m):
+            return cls.parse(m.string)  # raises the full parser's error
+        return self
+
+    def _fill_fast(self, m: re.Match[str]) -> bool:
+        quoted, tokens, uri_text, user, host, port, uri_params, ptext = m.groups()
+        uri = URI._from_fast(uri_text, user, host, port, uri_params)
+        if uri is None:
+            return False
+        if quoted is not None:
+            self.display_name = quoted
+        else:
+            self.display_name = tokens[:-1] if tokens else None
+        self.uri = uri
+        self.params = _fast_params(ptext)
+        return True
+
     def _parse_into(self, text: str) -> None:
         m = NAME_ADDR_HEAD_RE.match(text)
         if m is not None:
@@ -583,6 +640,15 @@ class Contact(Address):
             return self
         self.is_star = False
         self._parse_into(text)
+        return self
+
+    @classmethod
+    def _from_fast(cls, m: re.Match[str]) -> Contact:
+        """Build the Contact a ``FAST_ADDRESS_RE`` match describes; equal to ``Contact.parse(m.string)``."""
+        self = cls.__new__(cls)
+        self.is_star = False
+        if not self._fill_fast(m):
+            return cls.parse(m.string)
         return self
 
     def _what(self) -> str:

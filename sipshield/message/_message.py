@@ -7,6 +7,7 @@ RFC 3261 7 (SIP messages), 8.2.6 (building responses), 18.3 (framing),
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from typing import Any
 
 from ._errors import ParseError
@@ -92,6 +93,8 @@ _CLASS_REASONS = {1: "Provisional", 2: "Successful", 3: "Redirection", 4: "Clien
 _SINGLE = frozenset({"to", "from", "call-id", "cseq", "max-forwards", "content-length"})
 _REQUIRED = (("to", "To"), ("from", "From"), ("call-id", "Call-ID"), ("cseq", "CSeq"), ("via", "Via"))
 _MAX_CONTENT_LENGTH = 2**31 - 1
+# Methods that are known tokens, so the Request-Line check can skip TOKEN_RE.
+_METHODS = frozenset({"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"})
 _fast_via = FAST_VIA_RE.fullmatch
 _fast_address = FAST_ADDRESS_RE.fullmatch
 
@@ -174,6 +177,10 @@ class Message:
             raise ParseError(f"Missing header: {name}")
         return value
 
+    # parse_message leaves the fast-path match (see _grammar) of the top Via, From,
+    # To and CSeq in the cache under the accessor's key; the first access turns it
+    # into the typed value. Headers._changed drops both.
+
     @property
     def vias(self) -> list[Via]:
         """Every Via value, top first, across all Via lines (RFC 3261 20.42)."""
@@ -183,6 +190,10 @@ class Message:
             return cached  # type: ignore[return-value]
         vias: list[Via] = []
         for line in self.headers.get_all("via"):
+            m = _fast_via(line)
+            if m is not None:
+                vias.append(Via._from_fast(m))
+                continue
             for item in split_commas(line):
                 if not item:
                     raise ParseError("Via: empty value")
@@ -195,10 +206,13 @@ class Message:
         """The topmost Via value (RFC 3261 16.7 step 3, 17.1.3, 17.2.3)."""
         cache = self.headers._cache
         via = cache.get("top_via")
-        if via is None:
-            line = self._require("via", "Via")
-            first = split_commas(line)[0] if ("," in line) else line
-            via = cache["top_via"] = Via.parse(first)
+        if via.__class__ is not Via:
+            if via is not None:
+                via = cache["top_via"] = Via._from_fast(via)  # type: ignore[arg-type]
+            else:
+                line = self._require("via", "Via")
+                first = split_commas(line)[0] if ("," in line) else line
+                via = cache["top_via"] = Via.parse(first)
         return via  # type: ignore[return-value]
 
     @property
@@ -211,27 +225,33 @@ class Message:
         """The CSeq (RFC 3261 20.16)."""
         cache = self.headers._cache
         cseq = cache.get("cseq")
-        if cseq is None:
-            cseq = cache["cseq"] = CSeq.parse(self._require("cseq", "CSeq"))
+        if cseq.__class__ is not CSeq:
+            if cseq is not None:
+                # parse_message matched CSEQ_RE and checked the range already.
+                cseq = cache["cseq"] = CSeq(int(cseq[1]), cseq[2])  # type: ignore[index]
+            else:
+                cseq = cache["cseq"] = CSeq.parse(self._require("cseq", "CSeq"))
         return cseq  # type: ignore[return-value]
+
+    def _address(self, key: str, name: str) -> Address:
+        cache = self.headers._cache
+        addr = cache.get(key)
+        if addr.__class__ is not Address:
+            if addr is not None:
+                addr = cache[key] = Address._from_fast(addr)  # type: ignore[arg-type]
+            else:
+                addr = cache[key] = Address.parse(self._require(key, name))
+        return addr  # type: ignore[return-value]
 
     @property
     def from_(self) -> Address:
         """The From address (RFC 3261 20.20)."""
-        cache = self.headers._cache
-        addr = cache.get("from")
-        if addr is None:
-            addr = cache["from"] = Address.parse(self._require("from", "From"))
-        return addr  # type: ignore[return-value]
+        return self._address("from", "From")
 
     @property
     def to(self) -> Address:
         """The To address (RFC 3261 20.39)."""
-        cache = self.headers._cache
-        addr = cache.get("to")
-        if addr is None:
-            addr = cache["to"] = Address.parse(self._require("to", "To"))
-        return addr  # type: ignore[return-value]
+        return self._address("to", "To")
 
     @property
     def max_forwards(self) -> int | None:
@@ -253,6 +273,10 @@ class Message:
             return cached  # type: ignore[return-value]
         result: list[Any] = []
         for line in self.headers.get_all(key):
+            m = _fast_address(line)
+            if m is not None:
+                result.append(cls._from_fast(m))
+                continue
             for item in split_commas(line):
                 if not item:
                     raise ParseError(f"{key}: empty value")
@@ -446,6 +470,8 @@ def _parse_max_forwards(value: str) -> int:
 
 
 def _parse_content_length(value: str) -> int:
+    if len(value) <= 9 and value.isdigit() and value.isascii():
+        return int(value)  # below 10**9: in range
     if not DIGITS_RE.fullmatch(value):
         raise ParseError("Content-Length: invalid value")
     result = int(value)
@@ -485,9 +511,14 @@ def _check_headers(msg: Message, single: dict[str, str], vias: list[str], others
 
     Returns the Content-Length value (None when absent).
     """
+    cache = msg.headers._cache
     for value in vias:
-        if not _fast_via(value) and not VIAS_RE.fullmatch(value):
-            raise ParseError("Via: malformed value", message=msg)
+        m = _fast_via(value)
+        if m is None:
+            if not VIAS_RE.fullmatch(value):
+                raise ParseError("Via: malformed value", message=msg)
+        elif value is vias[0]:
+            cache["top_via"] = m
     for key, value in others:
         if key == "contact":
             if not _fast_address(value) and not CONTACTS_RE.fullmatch(value):
@@ -500,10 +531,16 @@ def _check_headers(msg: Message, single: dict[str, str], vias: list[str], others
                 raise ParseError(f"Missing header: {name}", message=msg)
     try:
         value = single["from"]
-        if not _fast_address(value) and not ADDRESS_RE.fullmatch(value):
+        fm = _fast_address(value)
+        if fm is not None:
+            cache["from"] = fm
+        elif not ADDRESS_RE.fullmatch(value):
             raise ParseError("From: malformed name-addr or addr-spec")
         value = single["to"]
-        if not _fast_address(value) and not ADDRESS_RE.fullmatch(value):
+        fm = _fast_address(value)
+        if fm is not None:
+            cache["to"] = fm
+        elif not ADDRESS_RE.fullmatch(value):
             raise ParseError("To: malformed name-addr or addr-spec")
         if not CALLID_RE.fullmatch(single["call-id"]):
             raise ParseError("Call-ID: malformed value")
@@ -514,8 +551,9 @@ def _check_headers(msg: Message, single: dict[str, str], vias: list[str], others
             raise ParseError("CSeq: sequence number out of range")
         if is_request and m.group(2) != method:
             raise ParseError("CSeq: method does not match request method")
+        cache["cseq"] = m
         mf = single.get("max-forwards")
-        msg.headers._cache["max-forwards"] = None if mf is None else _parse_max_forwards(mf)
+        cache["max-forwards"] = None if mf is None else _parse_max_forwards(mf)
         cl = single.get("content-length")
         return None if cl is None else _parse_content_length(cl)
     except ParseError as exc:
@@ -530,8 +568,11 @@ class _Folded(Exception):
 _Lines = tuple[list[_Entry], dict[str, str], list[str], list[tuple[str, str]], "str | None"]
 
 
-def _header_lines(lines: list[str], folded: bool) -> _Lines:
-    """Split header lines into (key, name, value, raw) entries and collect what must be checked."""
+def _plain_header_lines(lines: list[str]) -> _Lines:
+    """Split header lines into (key, name, value, raw) entries and collect what must be checked.
+
+    Raises :class:`_Folded` at the first continuation line.
+    """
     known = KNOWN
     entries: list[_Entry] = []
     append = entries.append
@@ -539,20 +580,49 @@ def _header_lines(lines: list[str], folded: bool) -> _Lines:
     vias: list[str] = []
     others: list[tuple[str, str]] = []
     duplicate: str | None = None
-    lines_iter = iter(lines)
-    next(lines_iter)  # the start line
-    for line in lines_iter:
+    for line in islice(lines, 1, None):
+        name, sep, value = line.partition(":")
+        info = known.get(name)
+        if info is None or not sep:
+            # Rare: a continuation line, a line without colon, or a name not
+            # spelt as in KNOWN.
+            if line[:1] in (" ", "\t"):
+                raise _Folded
+            if not sep:
+                raise ParseError("Malformed header line")
+            info = _unknown_name(name)
+        key, display, check = info
+        value = value.strip(" \t")
+        append((key, display, value, line))
+        if check:
+            if check == 1:
+                if key in single:
+                    duplicate = duplicate or display
+                single[key] = value
+            elif check == 2:
+                vias.append(value)
+            else:
+                others.append((key, value))
+    return entries, single, vias, others, duplicate
+
+
+def _folded_header_lines(lines: list[str]) -> _Lines:
+    """:func:`_plain_header_lines` for lines merged by :func:`_split_lines`: unfold each value (RFC 3261 7.3.1)."""
+    known = KNOWN
+    entries: list[_Entry] = []
+    append = entries.append
+    single: dict[str, str] = {}
+    vias: list[str] = []
+    others: list[tuple[str, str]] = []
+    duplicate: str | None = None
+    for line in islice(lines, 1, None):
         name, sep, value = line.partition(":")
         if not sep:
-            if not folded and line[:1] in (" ", "\t"):
-                raise _Folded
             raise ParseError("Malformed header line")
         info = known.get(name)
         if info is None:
-            if not folded and line[:1] in (" ", "\t"):
-                raise _Folded
             info = _unknown_name(name)
-        if folded and "\r\n" in value:
+        if "\r\n" in value:
             value = " ".join(part.strip(" \t") for part in value.split("\r\n"))
         value = value.strip(" \t")
         key, display, check = info
@@ -566,7 +636,6 @@ def _header_lines(lines: list[str], folded: bool) -> _Lines:
                 vias.append(value)
             else:
                 others.append((key, value))
-
     return entries, single, vias, others, duplicate
 
 
@@ -611,10 +680,10 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
     if len(lines) - 1 > max_headers:
         raise ParseError("Too many header lines")
     try:
-        entries, single, vias, others, duplicate = _header_lines(lines, False)
+        entries, single, vias, others, duplicate = _plain_header_lines(lines)
     except _Folded:
         lines = _split_lines(head)
-        entries, single, vias, others, duplicate = _header_lines(lines, True)
+        entries, single, vias, others, duplicate = _folded_header_lines(lines)
 
     msg: Request | Response
     first = lines[0]
@@ -667,7 +736,7 @@ def _request_from_line(line: str) -> tuple[Request, ParseError | None]:
     req.version = version
     if error is not None:
         return req, error
-    if not TOKEN_RE.fullmatch(method):
+    if method not in _METHODS and not TOKEN_RE.fullmatch(method):
         return req, ParseError("Malformed Request-Line: invalid method")
     if version != SIP_VERSION:
         if version.upper() == SIP_VERSION:

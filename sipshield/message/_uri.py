@@ -175,6 +175,38 @@ class URI:
         return uri
 
     @classmethod
+    def _from_fast(cls, text: str, user: str | None, host: str, port: str | None, ptext: str) -> URI | None:
+        """Build a sip/sips URI from the groups of ``FAST_ADDRESS_RE`` (see ``_grammar``).
+
+        That expression only matches URIs :meth:`parse` accepts, with the same
+        split into user, host, port and parameters, so the result equals
+        ``URI.parse(text)``. Returns None for a port above 65535, so that the
+        caller falls back to :meth:`parse` and its error.
+        """
+        port_no: int | None = None
+        if port is not None:
+            port_no = int(port)
+            if port_no > 65535:
+                return None
+        params: dict[str, str | None] = {}
+        if ptext:
+            for item in ptext[1:].split(";"):
+                name, eq, value = item.partition("=")
+                params[name.lower()] = value if eq else None
+        uri = cls.__new__(cls)
+        uri.scheme = text[:4] if text[3] == "s" else "sip"
+        uri.user = user
+        uri.password = None
+        uri.host = host.lower()
+        uri.port = port_no
+        uri.params = params
+        uri.headers = None
+        uri.opaque = None
+        uri._text = text
+        uri._fp = uri._fingerprint()
+        return uri
+
+    @classmethod
     def _parse_tel(cls, rest: str) -> URI:
         """RFC 3966 telephone-subscriber: the number goes to ``user``."""
         number, _, ptext = rest.partition(";")

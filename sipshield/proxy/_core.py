@@ -30,6 +30,7 @@ __all__ = ["ProxyCore"]
 
 _LOOPBACK_NAMES = frozenset(("localhost", "localhost.localdomain"))
 RECORD_ROUTE_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
+_OWN_HEADERS_ALLOWANCE = 200  # our Via and up to two Record-Route values
 
 
 class ProxyCore:
@@ -210,6 +211,8 @@ class ProxyCore:
         if target.source is not None and not target.route and target.next_hop is None:
             # A registered phone: reach it where it registered from (NAT, TCP/TLS flow).
             hop = target.source
+        elif hop[0] == "UDP" and flow is None and self._too_big_for_udp(fwd, target):
+            hop = ("TCP", hop[1], hop[2])
         if not is_ip(hop[1]):
             resolving = self.reactor.resolve(hop[1])
             resolving.addCallbacks(
@@ -218,6 +221,14 @@ class ProxyCore:
             )
             return
         self._send_branch(rc, txn, fwd, hop, flow)
+
+    def _too_big_for_udp(self, fwd: Request, target: Target) -> bool:
+        """RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes
+        over TCP unless the URI insists on UDP (and we have a TCP listener).
+        Only big bodies can get there, so small requests are not measured."""
+        if len(fwd.body) < 400 or (target.next_hop or target.uri).transport == "udp":
+            return False
+        return len(fwd.serialise()) + _OWN_HEADERS_ALLOWANCE > 1300 and self.dispatcher.local_address("TCP", "127.0.0.1") is not None
 
     def _unresolvable(self, rc: ResponseContext, fwd: Request, hop: Hop, failure: Failure) -> None:
         self.log.warn("cannot resolve {host}: {why}", host=hop[1], why=failure.getErrorMessage())

@@ -382,3 +382,16 @@ def test_finished_calls_leave_no_state() -> None:
     assert core.contexts == {}
     assert core.transactions.counts()["server"] == 0 and core.transactions.counts()["client"] == 0
     assert clock.getDelayedCalls() == []
+
+
+def test_request_too_big_for_udp_goes_over_tcp_unless_uri_insists() -> None:
+    core, dispatcher, _ = make_core(Relay("sip:bob@192.0.2.20:5062"))
+    big = b"v=0\r\n" + b"a=x-padding:" + b"p" * 1200 + b"\r\n"
+    feed(core, request("sip:bob@example.com", "INVITE", body=big, extra="Content-Type: application/sdp\r\n"))
+    ((fwd, hop),) = dispatcher.sent
+    assert hop == ("TCP", "192.0.2.20", 5062) and fwd.top_via.transport == "TCP"
+
+    core, dispatcher, _ = make_core(Relay("sip:bob@192.0.2.20:5062;transport=udp"))
+    feed(core, request("sip:bob@example.com", "INVITE", body=big, extra="Content-Type: application/sdp\r\n"))
+    ((fwd, hop),) = dispatcher.sent
+    assert hop[0] == "UDP"

@@ -325,6 +325,32 @@ def test_typed_cache_invalidated_on_change() -> None:
     assert msg.top_via.branch == "z9hG4bK776asdhds"
 
 
+def test_typed_values_from_the_fast_path_are_dropped_when_the_header_changes() -> None:
+    msg = _invite()
+    msg.headers.set("To", "Carol <sip:carol@chicago.example.com>;tag=99")
+    msg.headers.set("From", "<sip:dave@example.com>;tag=7")
+    msg.headers.set("CSeq", "7 INVITE")
+    assert (msg.to.display_name, msg.to.uri.user, msg.to.tag) == ("Carol", "carol", "99")
+    assert (msg.from_.display_name, msg.from_.uri.user) == (None, "dave")
+    assert msg.cseq == CSeq(7, "INVITE")
+
+
+def test_fast_path_accessors_keep_the_full_parsers_errors_and_types() -> None:
+    data = INVITE.replace(b"To: Bob <sip:bob@biloxi.example.com>", b"To: Bob <sip:bob@biloxi.example.com:70000>")
+    msg = parse_message(data)  # the port is only checked when the URI is parsed
+    with pytest.raises(ParseError) as info:
+        msg.to  # noqa: B018
+    with pytest.raises(ParseError) as full:
+        Address.parse("Bob <sip:bob@biloxi.example.com:70000>")
+    assert info.value.reason == full.value.reason
+    via = parse_message(INVITE.replace(b"pc33.atlanta.example.com;", b"pc33.atlanta.example.com:99999;"))
+    with pytest.raises(ParseError, match="Via: port out of range"):
+        via.top_via  # noqa: B018
+    contacts = parse_message(INVITE.replace(b", sip:alice@[2001:db8::1]:5062", b"")).contacts
+    assert [(type(c), c.is_star, c.expires, c.q) for c in contacts] == [(Contact, False, 60, 0.5)]
+    assert type(parse_message(INVITE).to) is Address
+
+
 def test_proxy_edit_serialises_and_round_trips() -> None:
     msg = _invite()
     msg.headers.prepend("Via", "SIP/2.0/UDP proxy.example.com;branch=z9hG4bKproxy")

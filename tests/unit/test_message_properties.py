@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sipshield.message import Address, Message, ParseError, Request, Response, Via, parse_message
+from sipshield.message import Address, Contact, Message, ParseError, Request, Response, Via, parse_message
 
 CORPUS = Path(__file__).resolve().parent.parent / "data" / "rfc4475"
 
@@ -188,3 +188,101 @@ def test_fast_path_regexes_accept_a_subset_of_the_grammar(text: str) -> None:
         assert g.CONTACTS_RE.fullmatch(text)
     if g.FAST_VIA_RE.fullmatch(text):
         assert g.VIAS_RE.fullmatch(text)
+
+
+# -- fast paths (FAST_VIA_RE, FAST_ADDRESS_RE) agree with the full grammar ----------------
+
+
+def _uri_fields(uri: object) -> tuple[object, ...]:
+    return tuple(getattr(uri, slot) for slot in ("scheme", "user", "password", "host", "port", "params", "headers", "opaque")) + (str(uri),)
+
+
+def _address_fields(addr: Address) -> tuple[object, ...]:
+    return (type(addr), addr.display_name, _uri_fields(addr.uri), addr.params, str(addr))
+
+
+def _via_fields(via: Via) -> tuple[object, ...]:
+    return (via.protocol, via.transport, via.host, via.port, via.params, str(via))
+
+
+def _outcome(parse: object, *args: object) -> tuple[object, ...]:
+    """What a parser returns (as comparable fields) or the reason of the ParseError it raises."""
+    try:
+        value = parse(*args)  # type: ignore[operator]
+    except ParseError as exc:
+        return ("error", exc.reason, exc.status)
+    return _via_fields(value) if isinstance(value, Via) else _address_fields(value)
+
+
+# Pieces that build strings in and around the fast shapes: mixed case, odd
+# ports (0, above 65535), duplicate and valueless parameters, quotes, LWS.
+_case_tokens = st.text("aBcZ09-.!%*_+`'~", min_size=1, max_size=6)
+_fast_ports = st.one_of(st.none(), st.integers(0, 99999).map(str), st.sampled_from(["00005", "123456", ""]))
+_fast_params = st.lists(st.tuples(_case_tokens, st.one_of(st.none(), st.text("aZ09-.:!~", min_size=0, max_size=5))), max_size=4).map(
+    lambda items: "".join(f";{n}" if v is None else f";{n}={v}" for n, v in items)
+)
+_fast_hosts = st.one_of(hosts, st.text("aB0-.", min_size=1, max_size=8), st.sampled_from(["[::1]", "Example.COM", "a b"]))
+
+
+@st.composite
+def fast_shaped_addresses(draw: st.DrawFn) -> str:
+    display = draw(
+        st.one_of(
+            st.just(""),
+            st.text("aB \"\\,<>;é", max_size=6).map(lambda d: f'"{d}" '),
+            st.text("aB \"\\,<>;é", max_size=6).map(lambda d: f'"{d}"'),
+            st.lists(_case_tokens, min_size=1, max_size=3).map(lambda t: " ".join(t) + draw(st.sampled_from([" ", "", "  ", "\t"]))),
+        )
+    )
+    scheme = draw(st.sampled_from(["sip", "sips", "SIP", "tel", "sip "]))
+    user = draw(st.one_of(st.none(), st.text("aZ09-_.!~*'()&=+$,;?/%:@", min_size=0, max_size=8)))
+    port = draw(_fast_ports)
+    uri = f"{scheme}:" + ("" if user is None else f"{user}@") + draw(_fast_hosts) + ("" if port is None else f":{port}") + draw(_fast_params)
+    return f"{display}<{uri}>" + draw(_fast_params) + draw(st.sampled_from(["", " ", ",<sip:x>"]))
+
+
+@st.composite
+def fast_shaped_vias(draw: st.DrawFn) -> str:
+    proto = draw(st.sampled_from(["SIP/2.0/", "sip/2.0/", "SIP/2.0 / ", "SIP/3.0/"]))
+    transport = draw(st.sampled_from(["UDP", "TCP", "tls", "WSS", "X-Y"]))
+    port = draw(_fast_ports)
+    return f"{proto}{transport} " + draw(_fast_hosts) + ("" if port is None else f":{port}") + draw(_fast_params) + draw(st.sampled_from(["", " ", ", SIP/2.0/UDP h"]))
+
+
+@settings(max_examples=500)
+@given(st.one_of(addresses(), fast_shaped_addresses()))
+def test_fast_address_builds_what_the_full_grammar_parses(text: str) -> None:
+    from sipshield.message import _grammar as g
+
+    m = g.FAST_ADDRESS_RE.fullmatch(text)
+    if m is None:
+        return
+    assert g.ADDRESS_RE.fullmatch(text)
+    assert _outcome(Address._from_fast, m) == _outcome(Address.parse, text)
+    assert _outcome(Contact._from_fast, m) == _outcome(Contact.parse, text)
+
+
+@settings(max_examples=500)
+@given(st.one_of(vias(), fast_shaped_vias()))
+def test_fast_via_builds_what_the_full_grammar_parses(text: str) -> None:
+    from sipshield.message import _grammar as g
+
+    m = g.FAST_VIA_RE.fullmatch(text)
+    if m is None:
+        return
+    assert g.VIAS_RE.fullmatch(text)
+    assert _outcome(Via._from_fast, m) == _outcome(Via.parse, text)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(messages())
+def test_accessors_after_parse_equal_the_full_parsers(msg: Message) -> None:
+    parsed = parse_message(msg.serialise())
+    headers = parsed.headers
+    assert _via_fields(parsed.top_via) == _via_fields(Via.parse(headers.get_values("Via")[0]))
+    assert [_via_fields(v) for v in parsed.vias] == [_via_fields(Via.parse(v)) for v in headers.get_values("Via")]
+    assert _address_fields(parsed.from_) == _address_fields(Address.parse(headers.get("From") or ""))
+    assert _address_fields(parsed.to) == _address_fields(Address.parse(headers.get("To") or ""))
+    assert [_address_fields(c) for c in parsed.contacts] == [_address_fields(Contact.parse(c)) for c in headers.get_values("Contact")]
+    cseq = parsed.cseq
+    assert (type(cseq.seq), cseq.seq, cseq.method) == (int, int((headers.get("CSeq") or "").split()[0]), (headers.get("CSeq") or "").split()[1])
