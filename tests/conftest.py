@@ -54,7 +54,7 @@ class RunningServer:
         self.addresses: dict[str, tuple[str, int]] = {}
         self._scan = 0
         args = [*twistd_command(), "-n", "--pidfile=", "sipshield"]
-        if config_text is not None:
+        if config_text:
             config = workdir / "sipshield.toml"
             config.write_text(config_text)
             args += ["--config", str(config)]

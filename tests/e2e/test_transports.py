@@ -114,3 +114,26 @@ def test_tls_below_minimum_version_is_refused(start_server, tmp_path: Path) -> N
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises(ssl.SSLError), socket.create_connection((host, port), timeout=10) as raw:
         context.wrap_socket(raw, server_hostname="localhost")
+
+
+def _ports_free(*ports: tuple[int, int]) -> bool:
+    for kind, port in ports:
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def test_no_options_starts_the_embedded_default(start_server, tmp_path: Path) -> None:
+    """`twistd -n sipshield` alone: UDP+TCP 5060, TLS 5061 on loopback, a
+    self-signed certificate in ./sipshield-data with a 0600 key."""
+    if not _ports_free((socket.SOCK_DGRAM, 5060), (socket.SOCK_STREAM, 5060), (socket.SOCK_STREAM, 5061)):
+        pytest.skip("ports 5060/5061 on 127.0.0.1 are in use on this machine")
+    server = start_server(config_text="")
+    assert server.addresses == {"udp": ("127.0.0.1", 5060), "tcp": ("127.0.0.1", 5060), "tls": ("127.0.0.1", 5061)}
+    key = tmp_path / "sipshield-data" / "tls-selfsigned.key"
+    assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
+    answer = tls_options("127.0.0.1", 5061, tmp_path / "sipshield-data" / "tls-selfsigned.pem")
+    assert answer.startswith(b"SIP/2.0 200 OK\r\n")
