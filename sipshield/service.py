@@ -116,7 +116,9 @@ class SIPShieldService(MultiService):
         if start is not None:
             # The SQL store opens its engine and thread pool; until it has,
             # REGISTERs get 503 (fail closed) rather than waiting.
-            start().addErrback(lambda f: self.log.failure("location store failed to start", f))
+            started = start()
+            started.addCallback(lambda _: self.log.info("location store ready: {store}", store=type(self.location).__name__))
+            started.addErrback(lambda f: self.log.failure("location store failed to start", f))
         super().startService()
         for listener in self.listeners:
             self.core.add_local_address(*listener.address)
