@@ -92,6 +92,7 @@ class LimitsConfig:
     idle_timeout: float = 300.0
     max_connections_per_source: int = 64
     max_connections: int = 10000
+    udp_buffer_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         idle_timeout=float(lim.take_number("idle_timeout", 300.0, 1, 86400, False)),
         max_connections_per_source=lim.take_number("max_connections_per_source", 64, 1, 100000, True),
         max_connections=lim.take_number("max_connections", 10000, 1, 1000000, True),
+        udp_buffer_bytes=lim.take_number("udp_buffer_bytes", 4 * 1024 * 1024, 65536, 1 << 30, True),
     )
     lim.finish()
 

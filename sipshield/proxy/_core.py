@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sipshield.message import ParseError, Request, Response
+from sipshield.message import ParseError, Request, Response, Via
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, stateless_branch
 from sipshield.proxy._response import Branch, ResponseContext
@@ -85,6 +86,7 @@ class ProxyCore:
                 self.transactions.handle_response(message, flow)
             else:
                 self.counters["requests"] += 1
+                _mark_source(message, flow)
                 self.transactions.handle_request(message, flow)
         except ParseError as e:
             # A header a proxy reads only now (Route, Contact...) is malformed.
@@ -165,7 +167,7 @@ class ProxyCore:
         _, hop = next_hop(request)
         self._send_stateless(request, hop, stateless_branch(request))
 
-    def stray_response(self, response: Response, flow: Flow) -> None:
+    def stray_response(self, response: Response, flow: Flow | None) -> None:
         """A response matching no client transaction (e.g. a 2xx retransmission
         after the transaction ended): forward it statelessly (RFC 3261 16.7,
         RFC 6026 section 8.2) if the top Via is ours."""
@@ -258,13 +260,8 @@ class ProxyCore:
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(txn.request)}")
         branch = Branch(rc, fwd, hop, flow)
         rc.add_branch(branch)
-        branch.txn = self.transactions.send_request(
-            fwd, hop,
-            lambda t, r: rc.on_response(t, r, branch),
-            lambda t: rc.on_timeout(t, branch),
-            lambda t: rc.on_transport_error(t, branch),
-            flow=flow,
-        )
+        calls = _BranchCallbacks(branch, self)
+        branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=flow)
 
     def _send_stateless(self, request: Request, hop: Hop, branch: str) -> None:
         outbound = self.dispatcher.local_address(hop[0], hop[1])
@@ -297,6 +294,60 @@ class ProxyCore:
     def context_finished(self, rc: ResponseContext) -> None:
         rc.stop()
         self.contexts.pop(rc.server_txn, None)
+        for branch in rc.branches:
+            branch.context = None  # break branch <-> context; see _BranchCallbacks
+
+
+def _mark_source(request: Request, flow: Flow) -> None:
+    """RFC 3261 18.2.1 and RFC 3581 4: record where the request really came
+    from in its top Via (received when sent-by differs from the source
+    address, rport filled in when the client asked for it)."""
+    via = request.top_via
+    host, port = flow.remote
+    add_received = via.host.strip("[]") != host and via.received != host
+    fill_rport = via.rport == ""
+    if not (add_received or fill_rport):
+        return
+    params = dict(via.params)
+    if add_received:
+        params["received"] = host
+    if fill_rport:
+        params["rport"] = str(port)
+    request.headers.replace_first("Via", str(Via(via.transport, via.host, via.port, params, via.protocol)))
+
+
+class _BranchCallbacks:
+    """What a client transaction calls back, holding its branch weakly.
+
+    A client transaction outlives its response context (RFC 6026 Accepted
+    lasts 64*T1), and strong references both ways would make every call a
+    reference cycle left to the cyclic garbage collector, whose full passes
+    stall the reactor under load.  Once the context is gone, a 2xx
+    retransmission is forwarded statelessly (RFC 3261 16.7, RFC 6026 8.2).
+    """
+
+    __slots__ = ("_branch", "_core")
+
+    def __init__(self, branch: Branch, core: ProxyCore) -> None:
+        self._branch = weakref.ref(branch)
+        self._core = core
+
+    def response(self, txn: Any, response: Response) -> None:
+        branch = self._branch()
+        if branch is not None and branch.context is not None:
+            branch.context.on_response(txn, response, branch)
+        elif 200 <= response.status < 300:
+            self._core.stray_response(response, None)
+
+    def timeout(self, txn: Any) -> None:
+        branch = self._branch()
+        if branch is not None and branch.context is not None:
+            branch.context.on_timeout(txn, branch)
+
+    def error(self, txn: Any) -> None:
+        branch = self._branch()
+        if branch is not None and branch.context is not None:
+            branch.context.on_transport_error(txn, branch)
 
 
 def _ignore(txn: Any) -> None:

@@ -19,10 +19,10 @@ __all__ = ["Branch", "ResponseContext"]
 class Branch:
     """One forwarded copy of the request and its client transaction."""
 
-    __slots__ = ("context", "request", "hop", "flow", "txn", "final", "provisional", "cancel_pending", "cancelled", "timer_c")
+    __slots__ = ("context", "request", "hop", "flow", "txn", "final", "provisional", "cancel_pending", "cancelled", "timer_c", "__weakref__")
 
     def __init__(self, context: ResponseContext, request: Request, hop: tuple[str, str, int], flow: Any) -> None:
-        self.context = context
+        self.context: ResponseContext | None = context
         self.request = request
         self.hop = hop
         self.flow = flow

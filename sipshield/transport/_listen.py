@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.application.service import Service
@@ -66,6 +67,7 @@ class SIPListener(Service):
             if cfg.kind == "udp":
                 proto = SIPDatagramProtocol(self.handler, self.limits.max_message_bytes)
                 self.port = self.reactor.listenUDP(cfg.port, proto, interface=cfg.interface, maxPacketSize=65535)
+                self._size_udp_buffers()
             else:
                 self.factory = SIPStreamFactory(self.handler, self.limits, self.reactor, cfg.kind.upper())
                 if cfg.kind == "tcp":
@@ -79,6 +81,24 @@ class SIPListener(Service):
         host, port = self.address
         shown = f"[{host}]" if ":" in host else host
         self.log.info("sipshield listening on {kind} {where}", kind=cfg.kind, where=f"{shown}:{port}", listener=cfg.kind, host=host, port=port)
+
+    def _size_udp_buffers(self) -> None:
+        """A burst of datagrams must not overflow the default ~200 KB socket
+        buffer while the reactor is busy; the kernel caps the size at
+        net.core.rmem_max / wmem_max."""
+        sock = getattr(self.port, "socket", None)
+        if sock is None:
+            return
+        wanted = self.limits.udp_buffer_bytes
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wanted)
+        except OSError as e:
+            self.log.warn("cannot size UDP buffers on {listener}: {why}", listener=self.config.description, why=e.strerror)
+            return
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if got < wanted:
+            self.log.info("UDP receive buffer on {listener} is {got} bytes (kernel limit net.core.rmem_max)", listener=self.config.description, got=got)
 
     def privilegedStartService(self) -> None:
         # Bind early so a port below 1024 can be opened before twistd drops privileges.

@@ -395,3 +395,13 @@ def test_request_too_big_for_udp_goes_over_tcp_unless_uri_insists() -> None:
     feed(core, request("sip:bob@example.com", "INVITE", body=big, extra="Content-Type: application/sdp\r\n"))
     ((fwd, hop),) = dispatcher.sent
     assert hop[0] == "UDP"
+
+
+def test_top_via_gets_received_and_rport_filled_in() -> None:
+    core, dispatcher, _ = make_core(Relay("sip:bob@192.0.2.20:5062"))
+    upstream = feed(core, request("sip:bob@example.com", "INVITE", via="SIP/2.0/UDP phone.example.com:5070;branch=z9hG4bKr;rport"))
+    ((fwd, _),) = dispatcher.sent
+    theirs = fwd.vias[1]
+    assert (theirs.received, theirs.rport) == ("192.0.2.9", "40000")
+    (trying,) = upstream.messages()
+    assert trying.top_via.rport == "40000" and upstream.sent[0][1] == ("192.0.2.9", 40000)
