@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from sipshield.config import ConfigError
+from sipshield.config import Config, ConfigError
 
 __all__ = ["main"]
 
@@ -48,6 +50,194 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sipshield user ---------------------------------------------------------------------
+
+
+class _UserCommandError(Exception):
+    """A ``sipshield user`` failure to print as one line on stderr (exit 1)."""
+
+
+def _user_config(args: argparse.Namespace) -> Config:
+    from sipshield.config import default_config, load_config
+
+    return load_config(args.config) if args.config else default_config()
+
+
+def _user_domain(args: argparse.Namespace, config: Config) -> str:
+    if args.domain:
+        return str(args.domain)
+    return config.server.domains[0] if config.server.domains else "localhost"
+
+
+def _open_user_store(args: argparse.Namespace, config: Config) -> Any:
+    """The store the command works on: the config's SQL database (schema
+    created if missing), or an htdigest file with ``--backend file``."""
+    backend = args.backend or ("file" if args.file else "sql")
+    if backend == "file":
+        from sipshield.auth._htdigest import HtdigestUserStore
+
+        if not args.file:
+            raise _UserCommandError("--backend file needs --file PATH (an htdigest file)")
+        return HtdigestUserStore(args.file)
+    if args.file:
+        raise _UserCommandError("--file is only for --backend file")
+    from sipshield.auth._users import UserStore
+
+    if config.database_url is None:
+        # The default SQLite file lives in data_dir: create it as the server
+        # would (owner only), so the running server sees the same users.
+        data_dir = config.server.data_dir
+        if not data_dir.exists():
+            data_dir.mkdir(parents=True, mode=0o700)
+    store = UserStore(config.database)
+    try:
+        store.create_schema()
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _read_password(args: argparse.Namespace, name: str) -> str:
+    """One line of stdin with ``--password-stdin``, else a prompt asked twice.
+    Passwords never come from the command line (they would show in ps and
+    shell history)."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise _UserCommandError("no password on standard input")
+        return password
+    try:
+        password = getpass.getpass(f"Password for {name}: ")
+        again = getpass.getpass("Again: ")
+    except EOFError:
+        raise _UserCommandError("no password given") from None
+    if password != again:
+        raise _UserCommandError("passwords do not match")
+    if not password:
+        raise _UserCommandError("the password must not be empty")
+    return password
+
+
+def _user_add(args: argparse.Namespace, store: Any, domain: str) -> str:
+    from sipshield.auth._users import check_domain, check_username, normalize_roles
+
+    name, domain = check_username(args.name), check_domain(domain)
+    roles = normalize_roles(args.roles or "")
+    if args.admin and args.backend_kind == "file":
+        raise _UserCommandError("--admin needs the SQL backend (an htdigest file holds no admin hash)")
+    password = _read_password(args, f"{name}@{domain}")
+    if args.admin:
+        store.add(name, domain, password, roles=roles, admin=True)
+    else:
+        store.add(name, domain, password, roles=roles)
+    return f"added {name}@{domain}"
+
+
+def _user_remove(args: argparse.Namespace, store: Any, domain: str) -> str:
+    from sipshield.auth._users import UnknownUserError
+
+    if not store.remove(args.name, domain):
+        raise UnknownUserError(args.name, domain.lower())
+    return f"removed {args.name}@{domain.lower()}"
+
+
+def _user_passwd(args: argparse.Namespace, store: Any, domain: str) -> str:
+    from sipshield.auth._users import UnknownUserError, check_domain, check_username
+
+    name, domain = check_username(args.name), check_domain(domain)
+    if store.get(name, domain) is None:
+        # Say so before prompting for a password that would go nowhere.
+        raise UnknownUserError(name, domain)
+    store.set_password(name, domain, _read_password(args, f"{name}@{domain}"))
+    return f"password changed for {name}@{domain}"
+
+
+def _user_roles(args: argparse.Namespace, store: Any, domain: str) -> str:
+    from sipshield.auth._users import UnknownUserError, check_domain, check_username, normalize_roles
+
+    name, domain = check_username(args.name), check_domain(domain)
+    record = store.get(name, domain)
+    if record is None:
+        raise UnknownUserError(name, domain)
+    if args.set is not None:
+        roles = set(normalize_roles(args.set))
+    else:
+        roles = set(record.roles)
+    roles |= set(normalize_roles(args.add or ""))
+    roles -= set(normalize_roles(args.remove or ""))
+    if args.set is not None or args.add or args.remove:
+        store.set_roles(name, domain, sorted(roles))
+    return f"{name}@{domain}: {','.join(sorted(roles)) or '(no roles)'}"
+
+
+def _user_list(args: argparse.Namespace, store: Any, domain: str | None) -> str:
+    rows = [("user", "domain", "roles", "enabled", "algorithms")]
+    for r in store.list(args.domain):
+        rows.append((r.username, r.domain, ",".join(r.roles) or "-", "yes" if r.enabled else "no", ",".join(r.algorithms)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _user(args: argparse.Namespace) -> int:
+    from sipshield.auth._users import CredentialStoreError
+
+    try:
+        config = _user_config(args)
+        args.backend_kind = args.backend or ("file" if args.file else "sql")
+        store = _open_user_store(args, config)
+        try:
+            out = args.user_func(args, store, _user_domain(args, config))
+        finally:
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
+    except (_UserCommandError, ConfigError, CredentialStoreError, ValueError, LookupError, OSError) as e:
+        message = e.args[0] if isinstance(e, LookupError) and e.args else e
+        print(f"sipshield user {args.user_command}: {message}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+def _add_user_parser(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
+    common.add_argument("--domain", metavar="D", help="domain, also the digest realm (default: the first [server] domains, else localhost)")
+    common.add_argument("--backend", choices=("sql", "file"), help="sql: the configured database (default); file: an htdigest file (MD5 only)")
+    common.add_argument("--file", metavar="PATH", help="the htdigest file for --backend file (roles in PATH.roles)")
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument("--password-stdin", action="store_true", help="read the password from one line of standard input instead of a prompt")
+
+    user = sub.add_parser("user", help="manage SIP users and their digest credentials")
+    commands = user.add_subparsers(dest="user_command", required=True, metavar="{add,remove,list,passwd,roles}")
+    user.set_defaults(func=_user)
+
+    add = commands.add_parser("add", parents=[common, password], help="add a user (password prompted twice, or --password-stdin)")
+    add.add_argument("name", help="SIP user name (RFC 3261 user part)")
+    add.add_argument("--roles", metavar="r1,r2", help="comma-separated roles")
+    add.add_argument("--admin", action="store_true", help="also store an argon2/bcrypt hash for the admin API")
+    add.set_defaults(user_func=_user_add)
+
+    remove = commands.add_parser("remove", parents=[common], help="remove a user")
+    remove.add_argument("name")
+    remove.set_defaults(user_func=_user_remove)
+
+    listing = commands.add_parser("list", parents=[common], help="list users (of --domain only, when given)")
+    listing.set_defaults(user_func=_user_list)
+
+    passwd = commands.add_parser("passwd", parents=[common, password], help="set a new password")
+    passwd.add_argument("name")
+    passwd.set_defaults(user_func=_user_passwd)
+
+    roles = commands.add_parser("roles", parents=[common], help="show or change a user's roles")
+    roles.add_argument("name")
+    roles.add_argument("--set", metavar="r1,r2", help="replace the roles ('' for none)")
+    roles.add_argument("--add", metavar="r1,r2", help="add roles")
+    roles.add_argument("--remove", metavar="r1,r2", help="remove roles")
+    roles.set_defaults(user_func=_user_roles)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipshield", description="sipshield operator tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.set_defaults(func=_check_config)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(__import__("sipshield").__version__) or 0)
+    _add_user_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -1,0 +1,241 @@
+"""Stateless HMAC-signed digest nonces with bounded replay tracking (RFC 7616 3.3, 5.4).
+
+A nonce carries its own issue time and a random salt, signed with HMAC-SHA256
+over (time, salt, realm, source) under a server secret, so any node holding
+the secret can check it without shared state (RFC 7616 3.3 suggests
+``time-stamp H(time-stamp ":" ETag ":" secret-data)``; this is the keyed-MAC
+form of that idea). Only the nonce-count (nc) of nonces actually used is
+remembered, for replay protection, and that memory is bounded.
+
+Time comes from an injected IReactorTime (``reactor.seconds()``) so tests
+drive it with ``twisted.internet.task.Clock``; nothing here imports the
+global reactor.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import hmac
+import os
+import re
+import secrets
+import stat
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["NonceManager", "load_or_create_secret"]
+
+_TIME = struct.Struct(">Q")  # issue time, integer milliseconds of reactor.seconds()
+_LENGTH = struct.Struct(">I")
+_SALT_BYTES = 8
+_MAC_BYTES = 32  # full HMAC-SHA256
+_HEAD_BYTES = _TIME.size + _SALT_BYTES
+_RAW_BYTES = _HEAD_BYTES + _MAC_BYTES
+# 48 raw bytes are a multiple of 3, so the base64url text has no padding and
+# exactly one spelling per value: a re-encoded nonce cannot dodge the
+# replay table, which is keyed by the text.
+_ENCODED_RE = re.compile(rf"[A-Za-z0-9_-]{{{_RAW_BYTES * 4 // 3}}}")
+_NC_RE = re.compile(r"[0-9a-fA-F]{8}")
+
+_MIN_SECRET_BYTES = 16
+_SECRET_BYTES = 32
+
+
+def _field(text: str) -> bytes:
+    """Length-prefixed UTF-8, so that (realm, source) pairs cannot run into each other."""
+    data = text.encode("utf-8", "surrogatepass")
+    return _LENGTH.pack(len(data)) + data
+
+
+def _decode(nonce: str) -> tuple[int, bytes, bytes] | None:
+    """(issue time in ms, signed head, mac) of a well-formed nonce, else None."""
+    if not _ENCODED_RE.fullmatch(nonce):
+        return None
+    raw = base64.urlsafe_b64decode(nonce)
+    head = raw[:_HEAD_BYTES]
+    return _TIME.unpack_from(head)[0], head, raw[_HEAD_BYTES:]
+
+
+def _parse_nc(nc: str) -> int | None:
+    """The nonce-count as an int (RFC 7616 3.4: nc-value = 8LHEX), else None."""
+    if not _NC_RE.fullmatch(nc):
+        return None
+    return int(nc, 16)
+
+
+class NonceManager:
+    """Issues and checks digest nonces and refuses replays (RFC 7616 3.3, 5.4; RFC 3261 22.4).
+
+    *secret* (at least 16 bytes; see :func:`load_or_create_secret`) keys the
+    HMAC. *reactor* provides IReactorTime. A nonce is fresh for *lifetime*
+    seconds; after that it is ``"stale"`` and the challenge says
+    ``stale=true`` so the client retries with the same credentials
+    (RFC 7616 3.3). At most *max_tracked* used nonces are remembered for
+    replay protection; when the table is full the oldest-issued entries are
+    evicted and every nonce issued no later than an evicted one then counts
+    as stale, so an evicted nonce can never be replayed.
+    """
+
+    def __init__(self, secret: bytes, reactor: IReactorTime, lifetime: float = 300.0, max_tracked: int = 100_000) -> None:
+        if len(secret) < _MIN_SECRET_BYTES:
+            raise ValueError(f"nonce secret must be at least {_MIN_SECRET_BYTES} bytes")
+        if not lifetime > 0:
+            raise ValueError("nonce lifetime must be positive")
+        if max_tracked < 1:
+            raise ValueError("max_tracked must be at least 1")
+        self._secret = bytes(secret)
+        self._reactor = reactor
+        self._lifetime_ms = round(lifetime * 1000)
+        self._max_tracked = max_tracked
+        # nonce -> highest nc accepted, or None when used once without qop.
+        self._last_nc: dict[str, int | None] = {}
+        # (issue ms, nonce) for every key of _last_nc: a min-heap, oldest first.
+        self._by_issue: list[tuple[int, str]] = []
+        # Issue time of the newest nonce evicted for space; -1 when none was.
+        self._evicted_through = -1
+
+    @property
+    def tracked(self) -> int:
+        """How many used nonces are remembered (for metrics and leak tests)."""
+        return len(self._last_nc)
+
+    def _now_ms(self) -> int:
+        return round(self._reactor.seconds() * 1000)
+
+    def _mac(self, head: bytes, realm: str, source: str) -> bytes:
+        message = head + _field(realm) + _field(source)
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def issue(self, realm: str, source: str) -> str:
+        """A new nonce for a challenge in *realm* to the client at *source* (RFC 7616 3.3).
+
+        *source* is whatever the caller binds the nonce to (typically the
+        client's IP address); :meth:`check` must be given the same value.
+        The result is base64url without padding (64 characters), safe in a
+        quoted-string.
+        """
+        head = _TIME.pack(self._now_ms()) + secrets.token_bytes(_SALT_BYTES)
+        return base64.urlsafe_b64encode(head + self._mac(head, realm, source)).decode("ascii")
+
+    def check(self, nonce: str, realm: str, source: str) -> str:
+        """Classify *nonce* from credentials for *realm* sent from *source*.
+
+        ``"valid"``: we issued it for this realm and source, and it is fresh.
+        ``"stale"``: authentic but older than the lifetime, or older than a
+        nonce evicted from the replay table; answer with a new nonce and
+        ``stale=true`` (RFC 7616 3.3). ``"invalid"``: malformed, forged,
+        signed for another realm or source or under another secret, or
+        issued in the future. The MAC is compared in constant time.
+        """
+        decoded = _decode(nonce)
+        if decoded is None:
+            return "invalid"
+        issued, head, mac = decoded
+        if not hmac.compare_digest(mac, self._mac(head, realm, source)):
+            return "invalid"
+        now = self._now_ms()
+        if issued > now:
+            return "invalid"
+        if now - issued > self._lifetime_ms:
+            return "stale"
+        if issued <= self._evicted_through and nonce not in self._last_nc:
+            return "stale"
+        return "valid"
+
+    def use(self, nonce: str, nc: str | None) -> bool:
+        """Record one use of *nonce*; False for a replay (RFC 7616 5.4, RFC 3261 22.4).
+
+        Call it only after :meth:`check` said ``"valid"`` and the response
+        digest verified. With qop, *nc* is the 8-hex-digit nonce-count and
+        must be strictly greater than any accepted before for this nonce
+        (the same nc twice is a replay). Without qop pass ``None``: such a
+        nonce may then be used exactly once. A False result means "challenge
+        again"; a nonce that is expired or was evicted from the table is
+        refused here too, as stale.
+        """
+        decoded = _decode(nonce)
+        if decoded is None:
+            return False
+        issued = decoded[0]
+        now = self._now_ms()
+        self._expire(now)
+        if issued > now or now - issued > self._lifetime_ms:
+            return False
+        known = nonce in self._last_nc
+        if not known and issued <= self._evicted_through:
+            return False
+        if nc is None:
+            if known:
+                return False
+            self._track(nonce, issued, None)
+            return True
+        count = _parse_nc(nc)
+        if count is None:
+            return False
+        if known:
+            last = self._last_nc[nonce]
+            if last is None or count <= last:
+                return False
+            self._last_nc[nonce] = count
+            return True
+        if count < 1:
+            return False
+        self._track(nonce, issued, count)
+        return True
+
+    def _track(self, nonce: str, issued: int, count: int | None) -> None:
+        self._last_nc[nonce] = count
+        heapq.heappush(self._by_issue, (issued, nonce))
+        while len(self._last_nc) > self._max_tracked:
+            old_issued, old_nonce = heapq.heappop(self._by_issue)
+            del self._last_nc[old_nonce]
+            if old_issued > self._evicted_through:
+                self._evicted_through = old_issued
+
+    def _expire(self, now: int) -> None:
+        """Forget nonces past their lifetime: time alone now refuses them."""
+        heap = self._by_issue
+        while heap and now - heap[0][0] > self._lifetime_ms:
+            _, nonce = heapq.heappop(heap)
+            del self._last_nc[nonce]
+
+
+def load_or_create_secret(path: Path) -> bytes:
+    """The nonce secret stored at *path*, created on first start (the "secret-data" of RFC 7616 3.3).
+
+    A new file gets 32 bytes from :mod:`secrets`, is created exclusively
+    (``O_CREAT | O_EXCL``, never following a planted file) with mode 0600,
+    and is reused on later starts so nonces survive restarts. Raises
+    PermissionError if an existing file is accessible to group or others,
+    and ValueError if it holds fewer than 16 bytes (a truncated write).
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        secret = secrets.token_bytes(_SECRET_BYTES)
+        try:
+            view = memoryview(secret)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return secret
+
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise PermissionError(f"{path}: nonce secret is accessible to group or others (mode {mode:04o}); chmod 600 it")
+    secret = path.read_bytes()
+    if len(secret) < _MIN_SECRET_BYTES:
+        raise ValueError(f"{path}: nonce secret is shorter than {_MIN_SECRET_BYTES} bytes; delete it to regenerate")
+    return secret
