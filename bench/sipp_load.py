@@ -225,7 +225,11 @@ class Sipshield(System):
             'domains = ["example.com"]\n\n'
             "[[routes]]\n"
             f'match_domain = "{BENCH_DOMAIN}"\n'
-            f'target = "sip:127.0.0.1:{self.uas_port};transport=udp"\n'
+            f'target = "sip:127.0.0.1:{self.uas_port};transport=udp"\n\n'
+            # Like the Kamailio config: the SIPp pair is a trusted peer (no digest).
+            "[auth]\n"
+            'trusted_sources = ["127.0.0.1/32"]\n'
+            'trusted_role = "trunk"\n'
         )
         twistd = Path(sys.executable).parent / "twistd"
         runner = [str(twistd)] if twistd.exists() else [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]

@@ -123,7 +123,27 @@ class TimerConfig:
     timer_c: float = 180.0
 
 
-DEFAULT_STAGES = ("sanity", "options", "dialog", "registrar", "location", "routes", "final")
+DEFAULT_STAGES = ("sanity", "options", "auth", "rbac", "dialog", "registrar", "location", "routes", "final")
+AUTH_ALGORITHMS = ("SHA-512-256", "SHA-256", "MD5")
+DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
+    "agent": ("register",),
+    "staff": ("register", "call"),
+    "admin": ("register", "call", "call:external", "manage"),
+    "trunk": ("call", "call:external"),
+}
+PERMISSIONS = ("register", "call", "call:external", "manage")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: digest backends and who is trusted without a challenge."""
+
+    backends: tuple[str, ...] = ("sql",)
+    algorithms: tuple[str, ...] = ("SHA-256", "SHA-512-256")
+    trusted_sources: tuple[str, ...] = ()
+    trusted_role: str | None = None
+    nonce_lifetime: float = 300.0
+    file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +157,8 @@ class Config:
     stages: tuple[str, ...] = DEFAULT_STAGES
     stage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     database_url: str | None = None
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    roles: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ROLES))
     source: str | None = None
 
     @property
@@ -265,7 +287,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     directory), or the working directory when there is no file.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -392,9 +414,52 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     if url is not None and "://" not in url:
         raise db.error("url", f"{url!r} is not a database URL (postgresql://... or sqlite:///...)")
     db.finish()
+
+    ro = _Section("roles", data.get("roles", {}), source)
+    roles = dict(DEFAULT_ROLES) if "roles" not in data else {}
+    for role in list(ro.table):
+        perms = ro.take_str_list(role, ())
+        for perm in perms:
+            if perm not in PERMISSIONS:
+                raise ro.error(role, f"unknown permission {perm!r} (known: {', '.join(PERMISSIONS)})")
+        roles[role] = perms
+    ro.finish()
+
+    au = _Section("auth", data.get("auth", {}), source)
+    backends = au.take_str_list("backends", ("sql",))
+    for backend in backends:
+        if backend not in ("sql", "file"):
+            raise au.error("backends", f"unknown backend {backend!r} (known: sql, file)")
+    algorithms = au.take_str_list("algorithms", ("SHA-256", "SHA-512-256"))
+    if not algorithms:
+        raise au.error("algorithms", "at least one algorithm is needed")
+    for algorithm in algorithms:
+        if algorithm not in AUTH_ALGORITHMS:
+            raise au.error("algorithms", f"unknown algorithm {algorithm!r} (known: {', '.join(AUTH_ALGORITHMS)})")
+    algorithms = tuple(a for a in AUTH_ALGORITHMS if a in algorithms)  # strongest first (RFC 8760)
+    if "file" in backends and "MD5" not in algorithms:
+        raise au.error("backends", "the file (htdigest) backend holds MD5 only: add \"MD5\" to auth.algorithms")
+    trusted = au.take_str_list("trusted_sources", ())
+    for network in trusted:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise au.error("trusted_sources", f"{network!r} is not an address or network") from None
+    trusted_role = au.take("trusted_role", str, None)
+    if trusted_role is not None and trusted_role not in roles:
+        raise au.error("trusted_role", f"{trusted_role!r} is not a role in [roles] (known: {', '.join(sorted(roles))})")
+    auth = AuthConfig(
+        backends=backends, algorithms=algorithms, trusted_sources=trusted, trusted_role=trusted_role,
+        nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
+        file=path(au, "file", None),
+    )
+    if "file" in backends and auth.file is None:
+        raise au.error("file", "the file backend needs auth.file (an htdigest file)")
+    au.finish()
     return Config(
         server=server, tls=tls, limits=limits, routes=tuple(routes), registrar=registrar, timers=timers,
         stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
+        auth=auth, roles=roles,
     )
 
 

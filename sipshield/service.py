@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from sipshield.config import Config
@@ -55,6 +56,7 @@ class SIPShieldService(MultiService):
         self.core.dispatcher = self.dispatcher
         self.core.transactions = self.transactions
         self.location = self._make_location_store()
+        self._make_auth()
         self.pipeline = Pipeline(build_stages(config.stages, self, config.server.plugins, config.stage_options))
         self.core.pipeline = self.pipeline
         self.tls_context: ServerTLSContext | None = None
@@ -67,6 +69,32 @@ class SIPShieldService(MultiService):
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
+
+    def _make_auth(self) -> None:
+        """Credential backends behind one Portal; their blocking calls run in
+        a thread pool of their own.  The nonce secret is read at start."""
+        from twisted.python.threadpool import ThreadPool
+
+        from sipshield.auth import HtdigestUserStore, UserStore
+        from sipshield.auth._checkers import StoreChecker, make_portal
+
+        auth = self.config.auth
+        self.auth_pool = ThreadPool(minthreads=0, maxthreads=4, name="sipshield-auth")
+        self.user_stores: list[Any] = []
+        for backend in auth.backends:
+            if backend == "sql":
+                self.user_stores.append(UserStore(self.config.database, algorithms=[a for a in auth.algorithms]))
+            elif auth.file is not None:
+                self.user_stores.append(HtdigestUserStore(auth.file))
+        self.portal = make_portal([StoreChecker(store, self.reactor, self.auth_pool) for store in self.user_stores])
+        self.nonces: Any = None
+
+    def _prepare_auth(self) -> None:
+        from sipshield.auth import NonceManager, load_or_create_secret
+
+        if self.nonces is None:
+            secret = load_or_create_secret(self.config.server.data_dir / "nonce.secret")
+            self.nonces = NonceManager(secret, self.reactor, lifetime=self.config.auth.nonce_lifetime)
 
     def _make_location_store(self) -> Any:
         from sipshield.state import MemoryLocationStore, SQLLocationStore
@@ -101,6 +129,7 @@ class SIPShieldService(MultiService):
 
     def privilegedStartService(self) -> None:
         self._prepare_data_dir()
+        self._prepare_auth()
         self._prepare_tls()
         super().privilegedStartService()
         for listener in self.listeners:
@@ -111,6 +140,7 @@ class SIPShieldService(MultiService):
         if not self.listeners or self.listeners[0].port is None:
             # Started without privilegedStartService (some embedding hosts do).
             self._prepare_data_dir()
+            self._prepare_auth()
             self._prepare_tls()
         start = getattr(self.location, "start", None)
         if start is not None:
@@ -119,6 +149,12 @@ class SIPShieldService(MultiService):
             started = start()
             started.addCallback(lambda _: self.log.info("location store ready: {store}", store=type(self.location).__name__))
             started.addErrback(lambda f: self.log.failure("location store failed to start", f))
+        self.auth_pool.start()
+        for store in self.user_stores:
+            create = getattr(store, "create_schema", None)
+            if create is not None:
+                deferToThreadPool(self.reactor, self.auth_pool, create).addErrback(
+                    lambda f: self.log.error("user store unavailable: {why}", why=f.getErrorMessage()))
         super().startService()
         for listener in self.listeners:
             self.core.add_local_address(*listener.address)
@@ -129,10 +165,18 @@ class SIPShieldService(MultiService):
             rc.stop()
         self.core.contexts.clear()
         stopped = super().stopService()
+        stopped.addCallback(lambda _: self._stop_auth())
         stop = getattr(self.location, "stop", None)
         if stop is not None:
             stopped.addCallback(lambda _: stop())
         return stopped
+
+    def _stop_auth(self) -> None:
+        self.auth_pool.stop()
+        for store in self.user_stores:
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
 
     def addresses(self) -> dict[str, tuple[str, int]]:
         """Bound address of each listener, keyed by kind (first of each kind)."""

@@ -147,10 +147,19 @@ domains = ["example.com"]
 {extra}
 """
 
+# SIPp and the other tools send from 127.0.0.1 / ::1 without credentials: the
+# tests that are not about authentication trust those two addresses.
+# Authentication tests pass trusted=False and send from 127.0.0.2.
+TRUSTED_LOOPBACK = """
+[auth]
+trusted_sources = ["127.0.0.1/32", "::1/128"]
+trusted_role = "admin"
+"""
 
-def ephemeral_config(host: str = "127.0.0.1", extra: str = "") -> str:
+
+def ephemeral_config(host: str = "127.0.0.1", extra: str = "", trusted: bool = True) -> str:
     escaped = host.replace(":", "\\\\:")
-    return EPHEMERAL.format(host=escaped, extra=extra)
+    return EPHEMERAL.format(host=escaped, extra=extra + (TRUSTED_LOOPBACK if trusted else ""))
 
 
 @pytest.fixture

@@ -61,3 +61,28 @@ registrar = StageFactory("registrar", "REGISTER for the proxy's domains (RFC 326
 location = StageFactory("location", "relay to the registered contacts of an address-of-record", _location)
 routes = StageFactory("routes", "static [[routes]] by domain and user prefix", _routes)
 final = StageFactory("final", "404 for the proxy's domains, 403 otherwise", _final)
+
+
+def _domain_map(service: Any) -> Any:
+    from sipshield.auth._stages import DomainMap
+
+    return DomainMap(list(service.config.server.domains), service.core.is_local)
+
+
+def _auth(service: Any, options: dict[str, Any]) -> Any:
+    from sipshield.auth._stages import DigestAuthStage
+
+    auth = service.config.auth
+    return DigestAuthStage(service.portal, lambda: service.nonces, _domain_map(service), auth.algorithms, auth.trusted_sources, auth.trusted_role)
+
+
+def _rbac(service: Any, options: dict[str, Any]) -> Any:
+    from sipshield.auth._stages import RBACStage
+    from sipshield.routing._stages import StaticRoute
+
+    external = [StaticRoute(r.target, r.match_domain, r.match_user_prefix, r.external) for r in service.config.routes if r.external]
+    return RBACStage(service.config.roles, _domain_map(service), lambda request: any(route.matches(request) for route in external))
+
+
+auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled); trusted sources", _auth)
+rbac = StageFactory("rbac", "role permissions: register, call, call:external; own AOR and From only", _rbac)

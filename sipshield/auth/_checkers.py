@@ -1,0 +1,131 @@
+"""twisted.cred wiring: credential checkers over the user stores, the chain
+that stacks backends, and the realm that turns an avatar id into an identity."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from zope.interface import Interface, implementer
+
+from sipshield.auth._credentials import ISIPDigestCredentials
+from sipshield.auth._digest import compute_ha1
+from sipshield.auth._users import CredentialStoreError
+
+__all__ = ["BackendUnavailable", "ChainedChecker", "IIdentity", "Identity", "SIPRealm", "StoreChecker", "UnknownUser", "make_portal"]
+
+# An unknown user still costs one HA1 and one verify, so that timing does not
+# tell an attacker which users exist.
+_DECOY_PASSWORD = "sipshield-decoy"
+
+
+class UnknownUser(UnauthorizedLogin):
+    """No such user in this backend: the chain asks the next one."""
+
+
+class BackendUnavailable(Exception):
+    """A backend could not answer (database or directory down): fail closed, 503."""
+
+
+class IIdentity(Interface):
+    """The avatar interface: who the request comes from and what they may do."""
+
+
+@implementer(IIdentity)
+@dataclass(frozen=True)
+class Identity:
+    username: str
+    domain: str
+    roles: frozenset[str]
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.username}@{self.domain}"
+
+
+class AvatarId(str):
+    """``user@domain``, carrying the roles found with the secret (one lookup)."""
+
+    roles: tuple[str, ...] = ()
+
+
+def _base_algorithm(algorithm: str) -> str:
+    return algorithm[:-5] if algorithm.endswith("-sess") else algorithm
+
+
+@implementer(ICredentialsChecker)
+class StoreChecker:
+    """Digest credentials against a UserStore or HtdigestUserStore, whose
+    blocking calls run in ``threadpool`` (never on the reactor thread)."""
+
+    credentialInterfaces = (ISIPDigestCredentials,)
+
+    def __init__(self, store: Any, reactor: Any, threadpool: Any) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.threadpool = threadpool
+
+    def _lookup(self, username: str, domain: str, algorithm: str) -> tuple[str | None, tuple[str, ...] | None]:
+        try:
+            return self.store.ha1(username, domain, algorithm), self.store.roles(username, domain)
+        except CredentialStoreError as e:
+            raise BackendUnavailable(str(e)) from None
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        algorithm = _base_algorithm(credentials.algorithm)
+        d = deferToThreadPool(self.reactor, self.threadpool, self._lookup, credentials.username, credentials.realm, algorithm)
+        return d.addCallback(self._decide, credentials, algorithm)
+
+    def _decide(self, found: tuple[str | None, tuple[str, ...] | None], credentials: Any, algorithm: str) -> AvatarId:
+        ha1, roles = found
+        if ha1 is None or roles is None:
+            credentials.checkHash(compute_ha1(algorithm, credentials.username, credentials.realm, _DECOY_PASSWORD))
+            raise UnknownUser()
+        if not credentials.checkHash(ha1):
+            raise UnauthorizedLogin()
+        avatar = AvatarId(f"{credentials.username}@{credentials.realm}")
+        avatar.roles = roles
+        return avatar
+
+
+@implementer(ICredentialsChecker)
+class ChainedChecker:
+    """Several backends in order (a Portal keeps one checker per interface).
+
+    "No such user" moves on to the next backend; a wrong password stops the
+    chain (otherwise the chain would tell which backend knows the user); a
+    backend that is down fails the whole login closed."""
+
+    credentialInterfaces = (ISIPDigestCredentials,)
+
+    def __init__(self, checkers: Sequence[Any]) -> None:
+        self.checkers = list(checkers)
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, credentials: Any) -> Any:
+        for checker in self.checkers:
+            try:
+                avatar = yield checker.requestAvatarId(credentials)
+            except UnknownUser:
+                continue
+            return avatar
+        raise UnauthorizedLogin()
+
+
+@implementer(IRealm)
+class SIPRealm:
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> tuple[Any, Identity, Any]:
+        if IIdentity not in interfaces:
+            raise NotImplementedError("sipshield avatars provide IIdentity only")
+        username, _, domain = str(avatarId).rpartition("@")
+        return IIdentity, Identity(username, domain, frozenset(getattr(avatarId, "roles", ()))), lambda: None
+
+
+def make_portal(checkers: Sequence[Any]) -> Portal:
+    return Portal(SIPRealm(), [ChainedChecker(checkers)])

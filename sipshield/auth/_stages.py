@@ -1,0 +1,239 @@
+"""The authentication and authorization pipeline stages.
+
+``auth`` challenges and verifies SIP digest (RFC 3261 22, RFC 7616,
+RFC 8760) through a twisted.cred Portal; ``rbac`` enforces what the
+authenticated identity's roles allow (register, call, call:external).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sipshield.auth._checkers import BackendUnavailable, IIdentity
+from sipshield.auth._credentials import SIPDigestCredentials
+from sipshield.auth._digest import DigestResponse, challenge_values
+from sipshield.interfaces import IPipelineStage
+from sipshield.message import URI, ParseError, Request, parse_auth
+from sipshield.routing import CONTINUE, Decision, RequestContext
+
+__all__ = ["DigestAuthStage", "RBACStage", "DomainMap"]
+
+IsLocal = Callable[[str, "int | None"], bool]
+_NO_CHALLENGE = frozenset(("ACK", "CANCEL"))
+
+
+class DomainMap:
+    """Which domain (digest realm) a host stands for: one of ours as itself,
+    one of the proxy's own addresses as the default domain, others as given."""
+
+    def __init__(self, domains: Sequence[str], is_local: IsLocal) -> None:
+        self.domains = frozenset(domains)
+        self.default = domains[0] if domains else "localhost"
+        self.is_local = is_local
+
+    def domain_of(self, uri: URI) -> str | None:
+        if not uri.is_sip or not uri.host:
+            return None
+        host = uri.host.lower()
+        if host in self.domains:
+            return host
+        if self.is_local(host, None):
+            return self.default
+        return host
+
+    def same_user(self, uri: URI, username: str, domain: str) -> bool:
+        return uri.is_sip and uri.user == username and self.domain_of(uri) == domain
+
+
+@implementer(IPipelineStage)
+class DigestAuthStage:
+    """Challenge out-of-dialog requests and verify the answer.
+
+    REGISTER gets 401/WWW-Authenticate, other requests 407/Proxy-Authenticate
+    (RFC 3261 22.1, 22.3); one challenge per algorithm, strongest first
+    (RFC 8760).  Unknown users and wrong passwords get the same answer.  A
+    backend that is down gives 503 with Retry-After (fail closed).  Requests
+    from ``trusted`` networks are not challenged and act with ``trusted_role``.
+    In-dialog requests (To tag) are not challenged: the dialog was.
+    """
+
+    name = "auth"
+    log = Logger()
+
+    def __init__(
+        self, portal: Any, nonces: Callable[[], Any], domains: DomainMap, algorithms: Sequence[str],
+        trusted: Sequence[str] = (), trusted_role: str | None = None, retry_after: int = 30,
+    ) -> None:
+        self.portal = portal
+        self.nonces = nonces
+        self.domains = domains
+        self.algorithms = tuple(algorithms)
+        self.accepted = frozenset(self.algorithms) | frozenset(a + "-sess" for a in self.algorithms)
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+        self.trusted_role = trusted_role
+        self.retry_after = str(retry_after)
+
+    def _is_trusted(self, host: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def process(self, context: RequestContext) -> Decision | defer.Deferred[Decision]:
+        request = context.request
+        method = request.method
+        if method in _NO_CHALLENGE:
+            return CONTINUE
+        if self._is_trusted(context.source[0]):
+            context.attributes["trusted"] = True
+            context.roles = frozenset((self.trusted_role,)) if self.trusted_role else frozenset()
+            return CONTINUE
+        if method != "REGISTER" and request.to.tag is not None:
+            return CONTINUE
+        uri = request.uri
+        if method == "OPTIONS" and uri.is_sip and not uri.user and self.domains.is_local(uri.host or "", uri.port):
+            return CONTINUE  # OPTIONS to the proxy itself needs no credentials
+        realm = self.domains.domain_of(request.to.uri if method == "REGISTER" else request.from_.uri) or self.domains.default
+        if realm not in self.domains.domains and realm != self.domains.default:
+            realm = self.domains.default
+        header = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
+        response = self._credentials(request, header, realm)
+        if response is None:
+            return self._challenge(request, context, realm, stale=False)
+        nonces = self.nonces()
+        state = nonces.check(response.nonce, realm, context.source[0])
+        if state != "valid":
+            return self._challenge(request, context, realm, stale=state == "stale")
+        if response.algorithm not in self.accepted or not _same_uri(response.uri, request):
+            return self._challenge(request, context, realm, stale=False)
+        credentials = SIPDigestCredentials(response, method, request.body)
+        d = self.portal.login(credentials, None, IIdentity)
+        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm))
+        return d
+
+    def _credentials(self, request: Request, header: str, realm: str) -> DigestResponse | None:
+        for value in request.headers.get_all(header):
+            try:
+                auth = parse_auth(value)
+            except ParseError:
+                continue
+            if auth.scheme.lower() != "digest" or auth.params.get("realm") != realm:
+                continue
+            try:
+                return DigestResponse.parse(value)
+            except ValueError:
+                return None
+        return None
+
+    def _challenge(self, request: Request, context: RequestContext, realm: str, stale: bool) -> Decision:
+        register = request.method == "REGISTER"
+        name = "WWW-Authenticate" if register else "Proxy-Authenticate"
+        nonce = self.nonces().issue(realm, context.source[0])
+        values = challenge_values(realm, nonce, self.algorithms, stale=stale)
+        return Decision.reply(401 if register else 407, "Unauthorized" if register else "Proxy Authentication Required", [(name, v) for v in values])
+
+    def _logged_in(self, result: tuple[Any, Any, Any], context: RequestContext, response: DigestResponse, realm: str, header: str) -> Decision:
+        _, identity, _ = result
+        if not self.nonces().use(response.nonce, response.nc):
+            # A replayed (nonce, nc): make the client start over with a fresh nonce.
+            return self._challenge(context.request, context, realm, stale=True)
+        context.identity = identity.aor
+        context.roles = identity.roles
+        context.attributes["user"] = (identity.username, identity.domain)
+        if header == "Proxy-Authorization":
+            # RFC 3261 22.3: credentials for our realm stop here.
+            _remove_realm(context.request, header, realm)
+        return CONTINUE
+
+    def _refused(self, failure: Failure, context: RequestContext, realm: str) -> Decision:
+        if failure.check(UnauthorizedLogin):
+            return self._challenge(context.request, context, realm, stale=False)
+        if failure.check(BackendUnavailable):
+            self.log.error("credential backend unavailable: {why}", why=failure.getErrorMessage())
+            return Decision.reply(503, "Authentication Backend Unavailable", [("Retry-After", self.retry_after)])
+        self.log.failure("authentication failed", failure)
+        return Decision.reply(500, "Authentication Error")
+
+
+def _same_uri(digest_uri: str, request: Request) -> bool:
+    """RFC 7616 3.4.6: the digest-uri must be the Request-URI."""
+    if digest_uri == str(request.uri):
+        return True
+    try:
+        return URI.parse(digest_uri) == request.uri
+    except ParseError:
+        return False
+
+
+def _remove_realm(request: Request, header: str, realm: str) -> None:
+    keep = []
+    for value in request.headers.get_all(header):
+        try:
+            if parse_auth(value).params.get("realm") == realm:
+                continue
+        except ParseError:
+            pass
+        keep.append(value)
+    request.headers.remove(header)
+    for value in keep:
+        request.headers.add(header, value)
+
+
+@implementer(IPipelineStage)
+class RBACStage:
+    """Roles -> permissions (RFC-free policy, the design's RBAC).
+
+    REGISTER needs ``register`` and may bind only the identity's own AOR;
+    an out-of-dialog INVITE needs ``call`` (``call:external`` too when a
+    route marked external would carry it) and its From must be the
+    identity.  A denial is a 403 whose reason names what is missing.
+    """
+
+    name = "rbac"
+
+    def __init__(self, roles: Mapping[str, Sequence[str]], domains: DomainMap, is_external: Callable[[Request], bool] = lambda r: False) -> None:
+        self.roles = {role: frozenset(perms) for role, perms in roles.items()}
+        self.domains = domains
+        self.is_external = is_external
+
+    def permissions(self, roles: frozenset[str]) -> frozenset[str]:
+        perms: frozenset[str] = frozenset()
+        for role in roles:
+            perms |= self.roles.get(role, frozenset())
+        return perms
+
+    def process(self, context: RequestContext) -> Decision:
+        request = context.request
+        method = request.method
+        if method == "REGISTER":
+            needed = ["register"]
+        elif method == "INVITE" and request.to.tag is None:
+            needed = ["call"] + (["call:external"] if self.is_external(request) else [])
+        else:
+            return CONTINUE
+        perms = self.permissions(context.roles)
+        for permission in needed:
+            if permission not in perms:
+                return Decision.reply(403, f"Forbidden: missing permission {permission}")
+        user = context.attributes.get("user")
+        if user is None:
+            if context.attributes.get("trusted"):
+                return CONTINUE
+            return Decision.reply(403, "Forbidden: not authenticated")
+        username, domain = user
+        if method == "REGISTER" and not self.domains.same_user(request.to.uri, username, domain):
+            return Decision.reply(403, "Forbidden: may only register your own address")
+        if method == "INVITE" and not self.domains.same_user(request.from_.uri, username, domain):
+            return Decision.reply(403, "Forbidden: From does not match the authenticated user")
+        return CONTINUE

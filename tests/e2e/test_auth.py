@@ -1,0 +1,176 @@
+"""End to end: digest authentication and RBAC against the real twistd service,
+with users added by the `sipshield user` CLI and a digest client written here
+from RFC 7616 (hashlib only, nothing from sipshield.auth)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ephemeral_config
+
+pytestmark = pytest.mark.e2e
+CLIENT_IP = "127.0.0.2"  # not trusted: only 127.0.0.1 and ::1 are, and only when asked
+HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
+
+
+def H(algorithm: str, text: str) -> str:
+    return hashlib.new(HASHES[algorithm], text.encode()).hexdigest()
+
+
+class Client:
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((CLIENT_IP, 0))
+        except OSError:
+            pytest.skip(f"cannot bind {CLIENT_IP} on this machine's loopback")
+        self.port = self.sock.getsockname()[1]
+        self.cseq = 0
+
+    def send(self, method: str, uri: str, user: str, to: str, auth: str | None = None, extra: str = "") -> tuple[int, str, bytes]:
+        self.cseq += 1
+        header = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
+        lines = [
+            f"{method} {uri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {CLIENT_IP}:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+            "Max-Forwards: 70",
+            f"From: <sip:{user}@example.com>;tag={secrets.token_hex(4)}",
+            f"To: <{to}>",
+            f"Call-ID: auth-{user}-{self.cseq}@test" if method != "REGISTER" else f"Call-ID: reg-{user}@test",
+            f"CSeq: {self.cseq} {method}",
+            f"Contact: <sip:{user}@{CLIENT_IP}:{self.port}>",
+        ]
+        if auth:
+            lines.append(f"{header}: {auth}")
+        raw = "\r\n".join(lines) + "\r\n" + extra + "Content-Length: 0\r\n\r\n"
+        return self.send_raw(raw.encode())
+
+    def send_raw(self, data: bytes) -> tuple[int, str, bytes]:
+        self.sock.sendto(data, self.server)
+        self.sock.settimeout(10)
+        while True:
+            answer = self.sock.recv(65535)
+            status = int(answer.split(b" ", 2)[1])
+            if status >= 200:
+                return status, answer.split(b"\r\n", 1)[0].decode(), answer
+
+
+def challenges(answer: bytes, header: str) -> list[dict[str, str]]:
+    found = []
+    for line in answer.decode().split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() == header.lower():
+            found.append(dict(re.findall(r'(\w+)="?([^",]*)"?', value)))
+    return found
+
+
+def authorization(challenge: dict[str, str], algorithm: str, user: str, password: str, method: str, uri: str, nc: str = "00000001") -> str:
+    cnonce = secrets.token_hex(8)
+    ha1 = H(algorithm, f"{user}:{challenge['realm']}:{password}")
+    ha2 = H(algorithm, f"{method}:{uri}")
+    response = H(algorithm, f"{ha1}:{challenge['nonce']}:{nc}:{cnonce}:auth:{ha2}")
+    return (
+        f'Digest username="{user}", realm="{challenge["realm"]}", nonce="{challenge["nonce"]}", uri="{uri}", '
+        f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, nc={nc}'
+    )
+
+
+def add_user(workdir: Path, name: str, password: str, roles: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sipshield.cli", "user", "add", name, "--domain", "example.com", "--roles", roles,
+         "--config", str(workdir / "sipshield.toml"), "--password-stdin"],
+        input=password + "\n", capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.fixture
+def secured(start_server, tmp_path: Path):
+    server = start_server(ephemeral_config(trusted=False))
+    add_user(tmp_path, "alice", "alice-secret", "staff")
+    add_user(tmp_path, "agent7", "agent-secret", "agent")
+    return server, Client(server.addresses["udp"])
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "SHA-512-256"])
+def test_register_with_sha2_digest(secured, algorithm: str) -> None:
+    server, client = secured
+    status, _, answer = client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com")
+    assert status == 401
+    offered = challenges(answer, "WWW-Authenticate")
+    assert [c["algorithm"] for c in offered] == ["SHA-512-256", "SHA-256"]  # strongest first, no MD5
+    challenge = next(c for c in offered if c["algorithm"] == algorithm)
+    assert challenge["realm"] == "example.com"
+    auth = authorization(challenge, algorithm, "alice", "alice-secret", "REGISTER", "sip:example.com")
+    status, line, answer = client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com", auth)
+    assert status == 200, line
+    assert f"<sip:alice@{CLIENT_IP}:{client.port}>".encode() in answer
+    assert "Traceback" not in server.log
+
+
+def test_wrong_password_and_unknown_user_cannot_be_told_apart(secured) -> None:
+    _, client = secured
+    answers = []
+    for user, password in (("alice", "wrong"), ("mallory", "whatever")):
+        _, _, first = client.send("REGISTER", "sip:example.com", user, f"sip:{user}@example.com")
+        challenge = challenges(first, "WWW-Authenticate")[0]
+        status, line, answer = client.send("REGISTER", "sip:example.com", user, f"sip:{user}@example.com",
+                                           authorization(challenge, challenge["algorithm"], user, password, "REGISTER", "sip:example.com"))
+        shape = [(k, sorted(v)) for k, v in ((c["algorithm"], c.keys()) for c in challenges(answer, "WWW-Authenticate"))]
+        names = sorted(line.split(":", 1)[0].lower() for line in answer.decode().split("\r\n")[1:] if ":" in line)
+        answers.append((status, line, shape, names))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 401
+
+
+def test_replayed_nonce_count_is_refused(secured) -> None:
+    _, client = secured
+    _, _, first = client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com")
+    challenge = challenges(first, "WWW-Authenticate")[0]
+    auth = authorization(challenge, challenge["algorithm"], "alice", "alice-secret", "REGISTER", "sip:example.com")
+    assert client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com", auth)[0] == 200
+    status, _, answer = client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com", auth)
+    assert status == 401
+    assert challenges(answer, "WWW-Authenticate")[0].get("stale") == "true"
+
+
+def test_invite_needs_proxy_auth_and_from_must_match(secured) -> None:
+    _, client = secured
+    status, _, answer = client.send("INVITE", "sip:bob@example.com", "alice", "sip:bob@example.com")
+    assert status == 407
+    challenge = challenges(answer, "Proxy-Authenticate")[0]
+    auth = authorization(challenge, challenge["algorithm"], "alice", "alice-secret", "INVITE", "sip:bob@example.com")
+    status, line, _ = client.send("INVITE", "sip:bob@example.com", "alice", "sip:bob@example.com", auth)
+    assert status == 404, line  # authenticated and allowed to call; bob is simply not registered
+    _, _, answer = client.send("INVITE", "sip:bob@example.com", "alice", "sip:bob@example.com")
+    challenge = challenges(answer, "Proxy-Authenticate")[0]
+    auth = authorization(challenge, challenge["algorithm"], "alice", "alice-secret", "INVITE", "sip:bob@example.com")
+    raw_from = "From: <sip:carol@example.com>;tag=x\r\n"
+    status, line, _ = client.send_raw(
+        (f"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT_IP}:{client.port};branch=z9hG4bKforge;rport\r\n"
+         f"Max-Forwards: 70\r\n{raw_from}To: <sip:bob@example.com>\r\nCall-ID: forged@test\r\nCSeq: 1 INVITE\r\n"
+         f"Proxy-Authorization: {auth}\r\nContent-Length: 0\r\n\r\n").encode()
+    )
+    assert (status, line) == (403, "SIP/2.0 403 Forbidden: From does not match the authenticated user")
+
+
+def test_role_without_call_permission_is_refused(secured) -> None:
+    _, client = secured
+    _, _, answer = client.send("INVITE", "sip:alice@example.com", "agent7", "sip:alice@example.com")
+    challenge = challenges(answer, "Proxy-Authenticate")[0]
+    auth = authorization(challenge, challenge["algorithm"], "agent7", "agent-secret", "INVITE", "sip:alice@example.com")
+    status, line, _ = client.send("INVITE", "sip:alice@example.com", "agent7", "sip:alice@example.com", auth)
+    assert (status, line) == (403, "SIP/2.0 403 Forbidden: missing permission call")
+
+
+def test_options_to_the_proxy_needs_no_credentials(secured) -> None:
+    _, client = secured
+    assert client.send("OPTIONS", "sip:127.0.0.1", "alice", "sip:127.0.0.1")[0] == 200
