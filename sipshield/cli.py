@@ -76,9 +76,10 @@ def _open_user_store(args: argparse.Namespace, config: Config) -> Any:
     if backend == "file":
         from sipshield.auth._htdigest import HtdigestUserStore
 
-        if not args.file:
-            raise _UserCommandError("--backend file needs --file PATH (an htdigest file)")
-        return HtdigestUserStore(args.file)
+        path = args.file or config.auth.file
+        if not path:
+            raise _UserCommandError("--backend file needs --file PATH (an htdigest file) or [auth] file")
+        return HtdigestUserStore(path)
     if args.file:
         raise _UserCommandError("--file is only for --backend file")
     from sipshield.auth._users import UserStore
@@ -89,7 +90,8 @@ def _open_user_store(args: argparse.Namespace, config: Config) -> Any:
         data_dir = config.server.data_dir
         if not data_dir.exists():
             data_dir.mkdir(parents=True, mode=0o700)
-    store = UserStore(config.database)
+    # One HA1 per algorithm the server offers ([auth] algorithms).
+    store = UserStore(config.database, algorithms=list(config.auth.algorithms))
     try:
         store.create_schema()
     except BaseException:

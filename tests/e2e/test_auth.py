@@ -174,3 +174,19 @@ def test_role_without_call_permission_is_refused(secured) -> None:
 def test_options_to_the_proxy_needs_no_credentials(secured) -> None:
     _, client = secured
     assert client.send("OPTIONS", "sip:127.0.0.1", "alice", "sip:127.0.0.1")[0] == 200
+
+
+def test_sipp_registers_and_calls_with_md5_when_enabled(start_server, tmp_path: Path) -> None:
+    from conftest import require_tool
+
+    sipp = require_tool("sipp", "sip-tester")
+    server = start_server(ephemeral_config(extra='[auth]\nalgorithms = ["MD5"]', trusted=False))
+    add_user(tmp_path, "legacy", "phone-secret", "staff")
+    host, port = server.addresses["udp"]
+    result = subprocess.run(
+        [sipp, f"{host}:{port}", "-sf", str(Path(__file__).parent / "scenarios" / "register_auth.xml"), "-s", "legacy",
+         "-au", "legacy", "-ap", "phone-secret", "-i", CLIENT_IP, "-p", "0", "-m", "1", "-timeout", "20", "-timeout_error", "-nostdin"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr + server.log
+    assert "Traceback" not in server.log

@@ -227,7 +227,7 @@ def test_file_backend_refuses_admin_and_needs_a_path(workdir: Path, monkeypatch,
     code, _, err = run(monkeypatch, capsys, "user", "add", "a", "--file", str(workdir / "h"), "--admin", "--password-stdin", stdin=PASSWORD)
     assert code == 1 and "--admin needs the SQL backend" in err
     code, _, err = run(monkeypatch, capsys, "user", "list", "--backend", "file")
-    assert code == 1 and err == "sipshield user list: --backend file needs --file PATH (an htdigest file)\n"
+    assert code == 1 and err == "sipshield user list: --backend file needs --file PATH (an htdigest file) or [auth] file\n"
 
 
 # -- the other subcommands still work ------------------------------------------------------------------
