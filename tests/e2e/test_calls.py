@@ -111,12 +111,15 @@ class Sipp:
     def wait_listening(self, port: int, timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"sipp {self.name} exited early:\n{self.result(self.process.returncode).describe()}")
-            if udp_port_bound(port):
-                time.sleep(0.1)
-                return
-            time.sleep(0.05)
+            bound = udp_port_bound(port)
+            # Waiting on the process is the poll interval, and sees an early exit.
+            try:
+                self.process.wait(timeout=0.1 if bound else 0.05)
+            except subprocess.TimeoutExpired:
+                if bound:
+                    return  # bound, and still running a moment later: it reads its socket
+                continue
+            pytest.fail(f"sipp {self.name} exited early:\n{self.result(self.process.returncode).describe()}")
         pytest.fail(f"sipp {self.name} did not bind udp {port} within {timeout}s")
 
     def kill(self) -> None:
