@@ -80,3 +80,11 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_ipv6_listener_with_escaped_colons() -> None:
     assert parse_listener(r"tls:5061:interface=\:\:1") == ListenerConfig("tls", 5061, "::1")
     assert parse_listener(r"udp:0:interface=\:\:1").description == "udp:[::1]:0"
+
+
+def test_the_example_configuration_is_valid() -> None:
+    example = Path(__file__).parent.parent.parent / "examples" / "sipshield.toml"
+    config = load_config(example)
+    assert config.registrar.store == "sql" and config.auth.trusted_role == "trunk"
+    assert config.routes[0].external and "call:external" in config.roles["trunk"]
+    assert config.stages[2:4] == ("auth", "rbac")
