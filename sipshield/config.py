@@ -144,6 +144,10 @@ class AuthConfig:
     trusted_role: str | None = None
     nonce_lifetime: float = 300.0
     file: Path | None = None
+    trunks: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = ()
+    """``[[auth.tls.trunks]]``: (identity, name, domain, roles) for mutual-TLS trunks."""
+    bearer: dict[str, Any] | None = None
+    """``[auth.bearer]`` as given (paths resolved); checked when the service is built."""
 
 
 @dataclass(frozen=True)
@@ -448,10 +452,36 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     trusted_role = au.take("trusted_role", str, None)
     if trusted_role is not None and trusted_role not in roles:
         raise au.error("trusted_role", f"{trusted_role!r} is not a role in [roles] (known: {', '.join(sorted(roles))})")
+    trunks = []
+    tls_table = au.take("tls", dict, None)
+    if tls_table is not None:
+        tt = _Section("auth.tls", tls_table, source)
+        entries = tt.take("trunks", list, [])
+        tt.finish()
+        for index, entry in enumerate(entries):
+            tr = _Section(f"auth.tls.trunks[{index}]", entry, source)
+            identity = tr.take("identity", str, None)
+            name = tr.take("name", str, None)
+            if identity is None or name is None:
+                raise tr.error("identity" if identity is None else "name", "is required")
+            trunk_roles = tr.take_str_list("roles", ("trunk",))
+            for role in trunk_roles:
+                if role not in roles:
+                    raise tr.error("roles", f"{role!r} is not a role in [roles]")
+            trunks.append((identity, name, tr.take("domain", str, None), trunk_roles))
+            tr.finish()
+        if trunks and tls.client_ca is None:
+            raise ConfigError("mutual-TLS trunks need [tls] client_ca (the CA their certificates chain to)", key="auth.tls.trunks", source=source)
+    bearer = au.take("bearer", dict, None)
+    if bearer is not None:
+        bearer = dict(bearer)
+        if isinstance(bearer.get("keys"), str):
+            keys = Path(os.path.expanduser(bearer["keys"]))
+            bearer["keys"] = keys if keys.is_absolute() else base / keys
     auth = AuthConfig(
         backends=backends, algorithms=algorithms, trusted_sources=trusted, trusted_role=trusted_role,
         nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
-        file=path(au, "file", None),
+        file=path(au, "file", None), trunks=tuple(trunks), bearer=bearer,
     )
     if "file" in backends and auth.file is None:
         raise au.error("file", "the file backend needs auth.file (an htdigest file)")

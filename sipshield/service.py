@@ -88,6 +88,10 @@ class SIPShieldService(MultiService):
                 self.user_stores.append(HtdigestUserStore(auth.file))
         self.portal = make_portal([StoreChecker(store, self.reactor, self.auth_pool) for store in self.user_stores])
         self.nonces: Any = None
+        from sipshield.auth._setup import build_bearer, build_trunks
+
+        self.trunks = build_trunks(self.config)
+        self.bearer = build_bearer(self.config, self.reactor)
 
     def _prepare_auth(self) -> None:
         from sipshield.auth import NonceManager, load_or_create_secret

@@ -46,6 +46,12 @@ def build_config(path: str | None, data_dir: str | None = None) -> Config:
     if any(lc.kind == "tls" for lc in config.server.listen) or config.tls.certificate:
         load_tls_material(config.tls, config.server.data_dir, source=config.source)
     _check_stages(config)
+    from twisted.internet.task import Clock
+
+    from sipshield.auth._setup import build_bearer, build_trunks
+
+    build_trunks(config)
+    build_bearer(config, Clock())  # reads and checks the key set; the clock is not used here
     return config
 
 

@@ -111,6 +111,8 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait(timeout=15)
         self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self._drain()
         return self.process.returncode
 

@@ -1,13 +1,24 @@
 """Authentication: SIP digest (RFC 7616, RFC 8760), nonces, credential stores."""
 
+from sipshield.auth._bearer import BearerChecker, BearerCredentials, BearerSettings, BearerValidator, InvalidToken, parse_bearer
 from sipshield.auth._credentials import ISIPDigestCredentials, SIPDigestCredentials
 from sipshield.auth._digest import ALGORITHMS, DigestResponse, challenge_values, compute_ha1, verify
 from sipshield.auth._htdigest import HtdigestUserStore
+from sipshield.auth._mtls import TrunkAccount, TrunkMap, certificate_identities
 from sipshield.auth._nonce import NonceManager, load_or_create_secret
 from sipshield.auth._users import CredentialStoreError, UnknownUserError, UserRecord, UserStore
 
 __all__ = [
     "ALGORITHMS",
+    "BearerChecker",
+    "BearerCredentials",
+    "BearerSettings",
+    "BearerValidator",
+    "InvalidToken",
+    "TrunkAccount",
+    "TrunkMap",
+    "certificate_identities",
+    "parse_bearer",
     "CredentialStoreError",
     "DigestResponse",
     "HtdigestUserStore",

@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sipshield.auth._bearer import InvalidToken, parse_bearer
+from sipshield.auth._bearer import challenge_value as bearer_challenge
 from sipshield.auth._checkers import BackendUnavailable, IIdentity
 from sipshield.auth._credentials import SIPDigestCredentials
 from sipshield.auth._digest import DigestResponse, challenge_values
@@ -71,7 +73,10 @@ class DigestAuthStage:
     def __init__(
         self, portal: Any, nonces: Callable[[], Any], domains: DomainMap, algorithms: Sequence[str],
         trusted: Sequence[str] = (), trusted_role: str | None = None, retry_after: int = 30,
+        trunks: Any = None, bearer: Any = None,
     ) -> None:
+        self.trunks = trunks
+        self.bearer = bearer
         self.portal = portal
         self.nonces = nonces
         self.domains = domains
@@ -99,6 +104,14 @@ class DigestAuthStage:
             context.attributes["trusted"] = True
             context.roles = frozenset((self.trusted_role,)) if self.trusted_role else frozenset()
             return CONTINUE
+        if self.trunks is not None and context.flow.transport_name == "TLS":
+            # RFC 5922: a client certificate that chained to [tls] client_ca
+            # (checked in the handshake) and names a configured trunk.
+            account = self.trunks.match(context.peer_certificate)
+            if account is not None:
+                self._authenticated(context, account.identity())
+                context.attributes["trunk"] = account.name
+                return CONTINUE
         if method != "REGISTER" and request.to.tag is not None:
             return CONTINUE
         uri = request.uri
@@ -108,6 +121,10 @@ class DigestAuthStage:
         if realm not in self.domains.domains and realm != self.domains.default:
             realm = self.domains.default
         header = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
+        if self.bearer is not None:
+            token = self._bearer_token(request, header)
+            if token is not None:
+                return self._check_bearer(token, context, realm, header)
         response = self._credentials(request, header, realm)
         if response is None:
             return self._challenge(request, context, realm, stale=False)
@@ -136,21 +153,49 @@ class DigestAuthStage:
                 return None
         return None
 
-    def _challenge(self, request: Request, context: RequestContext, realm: str, stale: bool) -> Decision:
+    def _challenge(self, request: Request, context: RequestContext, realm: str, stale: bool, bearer_error: str | None = None) -> Decision:
         register = request.method == "REGISTER"
         name = "WWW-Authenticate" if register else "Proxy-Authenticate"
         nonce = self.nonces().issue(realm, context.source[0])
         values = challenge_values(realm, nonce, self.algorithms, stale=stale)
+        if self.bearer is not None and (context.flow.transport_name == "TLS" or not self.bearer.require_tls):
+            # RFC 8898 2.3: offer Bearer beside Digest.
+            values.append(bearer_challenge(realm, self.bearer.authz_server, bearer_error))
         return Decision.reply(401 if register else 407, "Unauthorized" if register else "Proxy Authentication Required", [(name, v) for v in values])
+
+    def _bearer_token(self, request: Request, header: str) -> str | None:
+        for value in request.headers.get_all(header):
+            token = parse_bearer(value)
+            if token is not None:
+                return token
+        return None
+
+    def _check_bearer(self, token: str, context: RequestContext, realm: str, header: str) -> Decision:
+        """RFC 8898: a Bearer access token instead of Digest; only over TLS
+        unless configured otherwise (RFC 6750 5.3)."""
+        if self.bearer.require_tls and context.flow.transport_name != "TLS":
+            return Decision.reply(403, "Forbidden: bearer tokens only over TLS")
+        try:
+            identity = self.bearer.validator.validate(token)
+        except InvalidToken as e:
+            self.log.info("bearer token refused from {host}: {why}", host=context.source[0], why=e.reason)
+            return self._challenge(context.request, context, realm, stale=False, bearer_error="invalid_token")
+        self._authenticated(context, identity)
+        _remove_bearer(context.request, header)  # the token must not travel downstream
+        return CONTINUE
+
+    @staticmethod
+    def _authenticated(context: RequestContext, identity: Any) -> None:
+        context.identity = identity.aor
+        context.roles = identity.roles
+        context.attributes["user"] = (identity.username, identity.domain)
 
     def _logged_in(self, result: tuple[Any, Any, Any], context: RequestContext, response: DigestResponse, realm: str, header: str) -> Decision:
         _, identity, _ = result
         if not self.nonces().use(response.nonce, response.nc):
             # A replayed (nonce, nc): make the client start over with a fresh nonce.
             return self._challenge(context.request, context, realm, stale=True)
-        context.identity = identity.aor
-        context.roles = identity.roles
-        context.attributes["user"] = (identity.username, identity.domain)
+        self._authenticated(context, identity)
         if header == "Proxy-Authorization":
             # RFC 3261 22.3: credentials for our realm stop here.
             _remove_realm(context.request, header, realm)
@@ -174,6 +219,13 @@ def _same_uri(digest_uri: str, request: Request) -> bool:
         return URI.parse(digest_uri) == request.uri
     except ParseError:
         return False
+
+
+def _remove_bearer(request: Request, header: str) -> None:
+    keep = [value for value in request.headers.get_all(header) if parse_bearer(value) is None]
+    request.headers.remove(header)
+    for value in keep:
+        request.headers.add(header, value)
 
 
 def _remove_realm(request: Request, header: str, realm: str) -> None:
@@ -234,6 +286,7 @@ class RBACStage:
         username, domain = user
         if method == "REGISTER" and not self.domains.same_user(request.to.uri, username, domain):
             return Decision.reply(403, "Forbidden: may only register your own address")
-        if method == "INVITE" and not self.domains.same_user(request.from_.uri, username, domain):
+        # A trunk carries other people's calls: its From is the caller, not the trunk.
+        if method == "INVITE" and "trunk" not in context.attributes and not self.domains.same_user(request.from_.uri, username, domain):
             return Decision.reply(403, "Forbidden: From does not match the authenticated user")
         return CONTINUE

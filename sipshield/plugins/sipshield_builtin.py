@@ -73,7 +73,10 @@ def _auth(service: Any, options: dict[str, Any]) -> Any:
     from sipshield.auth._stages import DigestAuthStage
 
     auth = service.config.auth
-    return DigestAuthStage(service.portal, lambda: service.nonces, _domain_map(service), auth.algorithms, auth.trusted_sources, auth.trusted_role)
+    return DigestAuthStage(
+        service.portal, lambda: service.nonces, _domain_map(service), auth.algorithms, auth.trusted_sources, auth.trusted_role,
+        trunks=service.trunks, bearer=service.bearer,
+    )
 
 
 def _rbac(service: Any, options: dict[str, Any]) -> Any:

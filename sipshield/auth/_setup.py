@@ -1,0 +1,66 @@
+"""Building the optional auth mechanisms from configuration (used by the
+service and by ``sipshield check-config``, so both refuse the same mistakes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sipshield.auth._bearer import BearerSettings, BearerValidator
+from sipshield.auth._mtls import TrunkAccount, TrunkMap, normalize_identity
+from sipshield.config import Config, ConfigError
+
+__all__ = ["BearerSetup", "build_bearer", "build_trunks"]
+
+_BEARER_KEYS = {"issuer", "audience", "keys", "algorithms", "identity_claim", "roles_claim", "leeway", "default_domain", "domains", "authz_server", "require_tls"}
+
+
+class BearerSetup:
+    """The validator plus how to challenge for and accept tokens."""
+
+    def __init__(self, validator: BearerValidator, authz_server: str | None, require_tls: bool) -> None:
+        self.validator = validator
+        self.authz_server = authz_server
+        self.require_tls = require_tls
+
+
+def build_trunks(config: Config) -> TrunkMap | None:
+    if not config.auth.trunks:
+        return None
+    mapping = {}
+    for index, (identity, name, domain, roles) in enumerate(config.auth.trunks):
+        try:
+            key = normalize_identity(identity)
+        except ValueError as e:
+            raise ConfigError(str(e), key=f"auth.tls.trunks[{index}].identity", source=config.source) from None
+        mapping[key] = TrunkAccount(name, domain or key.removeprefix("sip:"), tuple(roles))
+    try:
+        return TrunkMap(mapping)
+    except ValueError as e:
+        raise ConfigError(str(e), key="auth.tls.trunks", source=config.source) from None
+
+
+def build_bearer(config: Config, reactor: Any) -> BearerSetup | None:
+    raw = config.auth.bearer
+    if raw is None:
+        return None
+    unknown = sorted(set(raw) - _BEARER_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown key(s): {', '.join(unknown)}", key="auth.bearer", source=config.source)
+    missing = [k for k in ("issuer", "audience", "keys") if k not in raw]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} required", key="auth.bearer", source=config.source)
+    domains = config.server.domains
+    try:
+        settings = BearerSettings(
+            issuer=str(raw["issuer"]), audience=str(raw["audience"]), keys=raw["keys"],
+            algorithms=tuple(raw.get("algorithms", ("RS256", "ES256"))),
+            identity_claim=str(raw.get("identity_claim", "sub")), roles_claim=str(raw.get("roles_claim", "roles")),
+            leeway=int(raw.get("leeway", 30)), default_domain=raw.get("default_domain", domains[0] if domains else None),
+            domains=tuple(raw.get("domains", domains)),
+        )
+        validator = BearerValidator(settings, reactor)
+    except ConfigError as e:
+        raise ConfigError(str(e), source=config.source) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e), key="auth.bearer", source=config.source) from None
+    return BearerSetup(validator, raw.get("authz_server"), bool(raw.get("require_tls", True)))
