@@ -163,6 +163,8 @@ class Config:
     database_url: str | None = None
     auth: AuthConfig = field(default_factory=AuthConfig)
     roles: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ROLES))
+    ldap: dict[str, Any] | None = None
+    """``[ldap]`` as given (bind_password_file read); checked when the service is built."""
     source: str | None = None
 
     @property
@@ -291,7 +293,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     directory), or the working directory when there is no file.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -432,8 +434,8 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     au = _Section("auth", data.get("auth", {}), source)
     backends = au.take_str_list("backends", ("sql",))
     for backend in backends:
-        if backend not in ("sql", "file"):
-            raise au.error("backends", f"unknown backend {backend!r} (known: sql, file)")
+        if backend not in ("sql", "file", "ldap"):
+            raise au.error("backends", f"unknown backend {backend!r} (known: sql, file, ldap)")
     algorithms = au.take_str_list("algorithms", ("SHA-256", "SHA-512-256"))
     if not algorithms:
         raise au.error("algorithms", "at least one algorithm is needed")
@@ -486,10 +488,26 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     if "file" in backends and auth.file is None:
         raise au.error("file", "the file backend needs auth.file (an htdigest file)")
     au.finish()
+
+    ldap = data.get("ldap")
+    if ldap is not None:
+        if not isinstance(ldap, dict):
+            raise ConfigError("must be a table", key="ldap", source=source)
+        ldap = dict(ldap)
+        secret_file = ldap.pop("bind_password_file", None)
+        if secret_file is not None:
+            secret_path = Path(os.path.expanduser(str(secret_file)))
+            secret_path = secret_path if secret_path.is_absolute() else base / secret_path
+            try:
+                ldap["bind_password"] = secret_path.read_text().strip()
+            except OSError as e:
+                raise ConfigError(f"cannot read {secret_path}: {e.strerror}", key="ldap.bind_password_file", source=source) from None
+    if "ldap" in backends and ldap is None:
+        raise ConfigError("the ldap backend needs an [ldap] section (url, base_dn...)", key="auth.backends", source=source)
     return Config(
         server=server, tls=tls, limits=limits, routes=tuple(routes), registrar=registrar, timers=timers,
         stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
-        auth=auth, roles=roles,
+        auth=auth, roles=roles, ldap=ldap,
     )
 
 

@@ -84,11 +84,15 @@ class SIPShieldService(MultiService):
         for backend in auth.backends:
             if backend == "sql":
                 self.user_stores.append(UserStore(self.config.database, algorithms=[a for a in auth.algorithms]))
-            elif auth.file is not None:
+            elif backend == "file" and auth.file is not None:
                 self.user_stores.append(HtdigestUserStore(auth.file))
-        self.portal = make_portal([StoreChecker(store, self.reactor, self.auth_pool) for store in self.user_stores])
+        from sipshield.auth._setup import build_bearer, build_ldap, build_trunks
+
+        stores = iter(self.user_stores)
+        self.ldap = build_ldap(self.config, self.reactor)
+        checkers = [self.ldap if backend == "ldap" else StoreChecker(next(stores), self.reactor, self.auth_pool) for backend in auth.backends]
+        self.portal = make_portal(checkers)  # in [auth] backends order
         self.nonces: Any = None
-        from sipshield.auth._setup import build_bearer, build_trunks
 
         self.trunks = build_trunks(self.config)
         self.bearer = build_bearer(self.config, self.reactor)
@@ -177,6 +181,8 @@ class SIPShieldService(MultiService):
 
     def _stop_auth(self) -> None:
         self.auth_pool.stop()
+        if self.ldap is not None:
+            self.ldap.close()
         for store in self.user_stores:
             close = getattr(store, "close", None)
             if close is not None:

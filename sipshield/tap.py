@@ -48,10 +48,13 @@ def build_config(path: str | None, data_dir: str | None = None) -> Config:
     _check_stages(config)
     from twisted.internet.task import Clock
 
-    from sipshield.auth._setup import build_bearer, build_trunks
+    from sipshield.auth._setup import build_bearer, build_ldap, build_trunks
 
     build_trunks(config)
     build_bearer(config, Clock())  # reads and checks the key set; the clock is not used here
+    checker = build_ldap(config, Clock())  # checks the settings; connects only when used
+    if checker is not None:
+        checker.close()
     return config
 
 

@@ -9,7 +9,7 @@ from sipshield.auth._bearer import BearerSettings, BearerValidator
 from sipshield.auth._mtls import TrunkAccount, TrunkMap, normalize_identity
 from sipshield.config import Config, ConfigError
 
-__all__ = ["BearerSetup", "build_bearer", "build_trunks"]
+__all__ = ["BearerSetup", "build_bearer", "build_ldap", "build_trunks"]
 
 _BEARER_KEYS = {"issuer", "audience", "keys", "algorithms", "identity_claim", "roles_claim", "leeway", "default_domain", "domains", "authz_server", "require_tls"}
 
@@ -64,3 +64,27 @@ def build_bearer(config: Config, reactor: Any) -> BearerSetup | None:
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e), key="auth.bearer", source=config.source) from None
     return BearerSetup(validator, raw.get("authz_server"), bool(raw.get("require_tls", True)))
+
+
+def build_ldap(config: Config, reactor: Any) -> Any:
+    """The LDAPChecker for ``[ldap]``, or None when the ldap backend is not used.
+    ldaptor is imported only here: installs without LDAP never load it."""
+    if "ldap" not in config.auth.backends or config.ldap is None:
+        return None
+    try:
+        from sipshield.auth._ldap import LDAPChecker, LDAPSettings
+    except ImportError as e:
+        raise ConfigError(
+            f"the ldap backend needs ldaptor ({e}): pip install --no-deps ldaptor && pip install pyparsing six",
+            key="auth.backends", source=config.source,
+        ) from None
+    raw = dict(config.ldap)
+    if "group_roles" in raw:
+        raw["group_roles"] = {str(k): tuple(v) for k, v in dict(raw["group_roles"]).items()}
+    try:
+        settings = LDAPSettings(**raw)
+    except TypeError as e:
+        raise ConfigError(f"unknown or missing key: {e}", key="ldap", source=config.source) from None
+    except ValueError as e:
+        raise ConfigError(str(e), key="ldap", source=config.source) from None
+    return LDAPChecker(settings, reactor)

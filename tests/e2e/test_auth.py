@@ -190,3 +190,29 @@ def test_sipp_registers_and_calls_with_md5_when_enabled(start_server, tmp_path: 
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr + server.log
     assert "Traceback" not in server.log
+
+
+def test_ldap_backend_from_config_registers_a_directory_user(start_server, tmp_path: Path) -> None:
+    """[auth] backends = ["ldap", "sql"] against a private slapd: a directory
+    user registers with SHA-256, and its LDAP group gives it the staff role."""
+    import ldap_support
+
+    slapd = ldap_support.start_slapd(tmp_path / "slapd")
+    try:
+        (tmp_path / "ldap.secret").write_text(ldap_support.SERVICE_PASSWORD + "\n")
+        config = ephemeral_config(trusted=False, extra=(
+            '[auth]\nbackends = ["ldap", "sql"]\n'
+            f'[ldap]\nurl = "{slapd.url}"\nbase_dn = "{ldap_support.PEOPLE_DN}"\nbind_dn = "{ldap_support.SERVICE_DN}"\n'
+            f'bind_password_file = "ldap.secret"\ngroup_base_dn = "{ldap_support.GROUPS_DN}"\n'
+            '[ldap.group_roles]\n"sip-staff" = ["staff"]\n'
+        ))
+        server = start_server(config)
+        client = Client(server.addresses["udp"])
+        _, _, first = client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com")
+        challenge = next(c for c in challenges(first, "WWW-Authenticate") if c["algorithm"] == "SHA-256")
+        password = ldap_support.USERS["alice"][0]
+        auth = authorization(challenge, "SHA-256", "alice", password, "REGISTER", "sip:example.com")
+        status, line, _ = client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com", auth)
+        assert status == 200, line + server.log
+    finally:
+        slapd.stop()
