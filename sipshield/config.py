@@ -69,6 +69,9 @@ class ServerConfig:
     listen: tuple[ListenerConfig, ...] = ()
     domains: tuple[str, ...] = ()
     plugins: tuple[str, ...] = ()
+    advertise: str | None = None
+    """Host put in Via and Record-Route for listeners bound to 0.0.0.0 or ::
+    (default: the first domain)."""
 
 
 @dataclass(frozen=True)
@@ -329,8 +332,13 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         if not d or any(c in d for c in " ;:@<>/"):
             raise s.error("domains", f"{d!r} is not a domain name")
     plugins = s.take_str_list("plugins", ())
+    advertise = s.take("advertise", str, None)
+    if advertise is not None and (not advertise or any(c in advertise for c in " ;@<>/")):
+        raise s.error("advertise", f"{advertise!r} is not a host name or address")
     s.finish()
-    server = ServerConfig(data_dir=data_dir, listen=tuple(listeners), domains=domains, plugins=plugins)
+    if advertise is None and any(lc.interface in ("0.0.0.0", "::") for lc in listeners) and not domains:
+        raise s.error("advertise", "listeners on 0.0.0.0 or :: need [server] advertise (or domains) for Via and Record-Route")
+    server = ServerConfig(data_dir=data_dir, listen=tuple(listeners), domains=domains, plugins=plugins, advertise=advertise)
 
     t = _Section("tls", data.get("tls", {}), source)
     certificate = path(t, "certificate", None)

@@ -51,7 +51,8 @@ class SIPShieldService(MultiService):
         timers = config.timers
         self.core = ProxyCore(config.server.domains, reactor, timer_c=timers.timer_c)
         self.core.service = self
-        self.dispatcher = TransportDispatcher(reactor)
+        server = config.server
+        self.dispatcher = TransportDispatcher(reactor, server.advertise or (server.domains[0] if server.domains else None))
         self.transactions = TransactionLayer(reactor, self.core, self.dispatcher, TimerSettings(timers.t1, timers.t2, timers.t4))
         self.core.dispatcher = self.dispatcher
         self.core.transactions = self.transactions

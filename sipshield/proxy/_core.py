@@ -249,7 +249,7 @@ class ProxyCore:
             return
         if fwd.method in RECORD_ROUTE_METHODS and fwd.to.tag is None:
             local_host, local_port = txn.flow.local
-            inbound: Hop = (txn.flow.transport_name, local_host, local_port)
+            inbound: Hop = (txn.flow.transport_name, self.dispatcher.advertised(local_host), local_port)
             outbound_side: Hop = (transport, outbound[0], outbound[1])
             double = inbound != outbound_side
             if double:

@@ -54,8 +54,9 @@ class TransportDispatcher:
 
     log = Logger()
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, advertise: str | None = None) -> None:
         self.reactor = reactor
+        self.advertise = advertise
         self.listeners: list[SIPListener] = []
         self._client_tls: ssl.CertificateOptions | None = None
 
@@ -80,7 +81,15 @@ class TransportDispatcher:
         listener = self.listener_for(transport, host)
         if listener is None:
             return None
-        return listener.address
+        bound, port = listener.address
+        return self.advertised(bound), port
+
+    def advertised(self, host: str) -> str:
+        """A wildcard-bound address cannot go in a Via or Record-Route: use
+        the configured public name instead."""
+        if host in ("0.0.0.0", "::") and self.advertise:
+            return self.advertise
+        return host
 
     def send(self, data: bytes, destination: Destination, flow: Flow | None = None) -> Flow | None:
         """Send ``data``; returns the flow used, or None when nothing can carry it."""

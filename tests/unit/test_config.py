@@ -88,3 +88,10 @@ def test_the_example_configuration_is_valid() -> None:
     assert config.registrar.store == "sql" and config.auth.trusted_role == "trunk"
     assert config.routes[0].external and "call:external" in config.roles["trunk"]
     assert config.stages[2:4] == ("auth", "rbac")
+
+
+def test_wildcard_listeners_need_an_advertised_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="server.advertise: listeners on 0.0.0.0"):
+        load_config(write(tmp_path, "[server]\nlisten = ['udp:5060:interface=0.0.0.0']\n"))
+    config = load_config(write(tmp_path, "[server]\nlisten = ['udp:5060:interface=0.0.0.0']\nadvertise = 'sip.example.com'\n"))
+    assert config.server.advertise == "sip.example.com"

@@ -57,6 +57,9 @@ class RecordingDispatcher:
     def local_address(self, transport: str, host: str):
         return ("127.0.0.1", 5061 if transport == "TLS" else 5060)
 
+    def advertised(self, host: str) -> str:
+        return host
+
     def requests(self, method: str | None = None) -> list[Request]:
         return [m for m, _ in self.sent if isinstance(m, Request) and (method is None or m.method == method)]
 

@@ -147,3 +147,12 @@ def test_udp_datagrams_keepalives_and_stun_are_filtered() -> None:
     flow.send(b"x")
     assert writer.written == [(b"x", ("192.0.2.1", 5060))]
     assert len(handler.errors) == 1
+
+
+def test_dispatcher_advertises_a_name_for_wildcard_listeners() -> None:
+    from sipshield.transport._dispatch import TransportDispatcher
+
+    dispatcher = TransportDispatcher(MemoryReactorClock(), advertise="sip.example.com")
+    assert dispatcher.advertised("0.0.0.0") == "sip.example.com"
+    assert dispatcher.advertised("::") == "sip.example.com"
+    assert dispatcher.advertised("192.0.2.1") == "192.0.2.1"
