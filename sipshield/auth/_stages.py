@@ -64,7 +64,8 @@ class DigestAuthStage:
     (RFC 8760).  Unknown users and wrong passwords get the same answer.  A
     backend that is down gives 503 with Retry-After (fail closed).  Requests
     from ``trusted`` networks are not challenged and act with ``trusted_role``.
-    In-dialog requests (To tag) are not challenged: the dialog was.
+    In-dialog requests (To tag) that come through our Record-Route are not
+    challenged (the dialog was); a To tag alone does not exempt a request.
     """
 
     name = "auth"
@@ -112,8 +113,8 @@ class DigestAuthStage:
                 self._authenticated(context, account.identity())
                 context.attributes["trunk"] = account.name
                 return CONTINUE
-        if method != "REGISTER" and request.to.tag is not None:
-            return CONTINUE
+        if method != "REGISTER" and request.to.tag is not None and context.attributes.get("route_set"):
+            return CONTINUE  # in a dialog record-routed through us: the dialog was authorized
         uri = request.uri
         if method == "OPTIONS" and uri.is_sip and not uri.user and self.domains.is_local(uri.host or "", uri.port):
             return CONTINUE  # OPTIONS to the proxy itself needs no credentials

@@ -115,10 +115,12 @@ class ProxyCore:
         if request.method == "CANCEL":
             self._cancel_received(txn)
             return
-        preprocess_route(request, self.is_local)
+        routed = preprocess_route(request, self.is_local)
         from sipshield.routing import RequestContext
 
         context = RequestContext(request, txn.flow, service=self.service, now=self.reactor.seconds())
+        if routed:
+            context.attributes["route_set"] = True  # it follows a dialog we record-routed
         assert self.pipeline is not None
         decision = self.pipeline.run(context)
         if isinstance(decision, Deferred):
@@ -157,9 +159,10 @@ class ProxyCore:
     def stray_ack(self, request: Request, flow: Flow) -> None:
         """An ACK for a 2xx (its own end-to-end transaction): forward it
         statelessly along its route set (RFC 3261 16.11)."""
-        preprocess_route(request, self.is_local)
-        if not request.headers.get_values("Route") and request.uri.is_sip and request.uri.host and self.is_local(request.uri.host, request.uri.port):
-            return  # for us: absorb
+        if not preprocess_route(request, self.is_local):
+            # Not on a route set through us: nothing of ours to forward (and
+            # forwarding it anywhere would make the proxy an open relay).
+            return
         mf = request.max_forwards
         if mf is not None and mf <= 0:
             return

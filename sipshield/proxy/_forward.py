@@ -42,14 +42,17 @@ def _route_uri(value: str) -> URI:
     return Address.parse(value).uri
 
 
-def preprocess_route(request: Request, is_local: IsLocal) -> None:
+def preprocess_route(request: Request, is_local: IsLocal) -> bool:
     """RFC 3261 16.4: undo a strict router's rewrite, then drop our own Route(s).
 
     If the Request-URI is a URI this proxy put in a Record-Route, the previous
     hop was a strict router: the real Request-URI is the last Route value.
-    With double Record-Route two Routes in a row can be ours.
+    With double Record-Route two Routes in a row can be ours.  Returns True
+    when the request was routed to us by a route set (one of our
+    Record-Route values), i.e. it follows a dialog this proxy is on.
     """
     uri = request.uri
+    strict = False
     if uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port):
         routes = request.headers.get_values("Route")
         if routes:
@@ -59,19 +62,23 @@ def preprocess_route(request: Request, is_local: IsLocal) -> None:
             request.headers.remove("Route")
             for value in values:
                 request.headers.add("Route", value)
-    strip_own_routes(request, is_local)
+            strict = True
+    return strip_own_routes(request, is_local) or strict
 
 
-def strip_own_routes(request: Request, is_local: IsLocal) -> None:
+def strip_own_routes(request: Request, is_local: IsLocal) -> bool:
+    """Remove the Route values at the top that are ours; True if there were any."""
     headers = request.headers
+    removed = False
     while True:
         top = headers.get_values("Route")[:1]
         if not top:
-            return
+            return removed
         uri = _route_uri(top[0])
         if not (uri.is_sip and uri.host and is_local(uri.host, uri.port)):
-            return
+            return removed
         headers.remove_first("Route")
+        removed = True
 
 
 def next_hop(request: Request, override: URI | None = None) -> tuple[URI, Hop]:

@@ -155,8 +155,10 @@ class FinalStage:
 class DialogStage:
     """In-dialog and pre-routed requests follow their route set (RFC 3261
     16.4, 16.12): a request that still carries Route headers after the proxy
-    removed its own, or that is inside a dialog (To tag), is relayed to its
-    Request-URI (the remote target) via the first Route."""
+    removed its own, or that is inside a dialog (To tag) and came through
+    our Record-Route, is relayed to its Request-URI (the remote target) via
+    the first Route.  A To-tagged request that did not come through our
+    route set gets 404 (as Kamailio's default config answers "Not here")."""
 
     name = "dialog"
 
@@ -167,10 +169,15 @@ class DialogStage:
         request = context.request
         if request.method == "REGISTER":
             return CONTINUE
-        if "Route" in request.headers or request.to.tag is not None:
+        in_dialog = request.to.tag is not None
+        if in_dialog and not context.attributes.get("route_set"):
+            # A mid-dialog request must come through a route set we
+            # record-routed; anything else would turn the proxy into an open
+            # relay for requests that merely carry a To tag.
+            return Decision.reply(404, "Not Here")
+        if in_dialog or "Route" in request.headers:
             host = _request_host(request)
             if host is not None and self.is_local(host, request.uri.port) and "Route" not in request.headers:
-                # In-dialog but addressed to us: nothing to follow.
-                return CONTINUE
+                return CONTINUE  # addressed to us: nothing to follow
             return Decision.relay([Target(uri=request.uri)])
         return CONTINUE

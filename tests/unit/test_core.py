@@ -408,3 +408,13 @@ def test_top_via_gets_received_and_rport_filled_in() -> None:
     assert (theirs.received, theirs.rport) == ("192.0.2.9", "40000")
     (trying,) = upstream.messages()
     assert trying.top_via.rport == "40000" and upstream.sent[0][1] == ("192.0.2.9", 40000)
+
+
+def test_to_tag_without_our_route_set_is_not_relayed() -> None:
+    """Toll-fraud guard: a fresh INVITE with a forged To tag must not ride the
+    in-dialog path to an arbitrary host, and neither may a stray ACK."""
+    core, dispatcher, _ = make_core()
+    upstream = feed(core, request("sip:+19005550100@198.51.100.7", "INVITE", to_tag="forged"))
+    assert upstream.statuses() == [100, 404] and dispatcher.sent == []
+    feed(core, request("sip:+19005550100@198.51.100.7", "ACK", to_tag="forged"))
+    assert dispatcher.sent == []

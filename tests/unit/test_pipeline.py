@@ -141,8 +141,13 @@ def test_final_stage_404_for_own_domain_403_for_others() -> None:
 
 def test_dialog_stage_follows_route_set() -> None:
     assert DialogStage(is_local).process(request()) is CONTINUE
-    in_dialog = DialogStage(is_local).process(request("sip:bob@192.0.2.20:5062", "BYE", to_tag="t1"))
+    routed = request("sip:bob@192.0.2.20:5062", "BYE", to_tag="t1")
+    routed.attributes["route_set"] = True
+    in_dialog = DialogStage(is_local).process(routed)
     assert in_dialog.kind == "relay" and in_dialog.targets[0].uri.port == 5062
+    # A To tag alone, without our route set, is not a dialog we are on: no open relay.
+    stray = DialogStage(is_local).process(request("sip:+19005550100@198.51.100.7", "INVITE", to_tag="forged"))
+    assert (stray.status, stray.reason) == (404, "Not Here")
     routed = DialogStage(is_local).process(request("sip:bob@192.0.2.20", "INVITE", extra="Route: <sip:192.0.2.30;lr>\r\n"))
     assert routed.kind == "relay"
 
