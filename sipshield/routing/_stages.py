@@ -175,6 +175,10 @@ class DialogStage:
             # record-routed; anything else would turn the proxy into an open
             # relay for requests that merely carry a To tag.
             return Decision.reply(404, "Not Here")
+        if not in_dialog and "Route" in request.headers and not context.attributes.get("trusted"):
+            # A route set pre-loaded by an untrusted client would let it pick
+            # any next hop (a gateway) past the routing and its permissions.
+            return Decision.reply(403, "Forbidden: preloaded Route")
         if in_dialog or "Route" in request.headers:
             host = _request_host(request)
             if host is not None and self.is_local(host, request.uri.port) and "Route" not in request.headers:
