@@ -20,6 +20,13 @@ account, shared by concurrent requests and re-opened after a failure.  A
 directory that is unreachable, refuses the bind or does not answer within
 ``timeout`` fails the login closed with :class:`BackendUnavailable`.
 
+``ldaps://`` URLs speak TLS from the first byte (port 636 by default).  The
+directory's certificate must chain to ``ca_file`` (a PEM bundle) or, without
+one, to the platform's trust store, and must name the URL's host (a DNS name
+or an IP address, RFC 6125); a certificate that does not verify fails the
+login closed like an unreachable directory, and the bind password is never
+sent.  StartTLS on ``ldap://`` is not supported.
+
 Filters (RFC 4515) are parsed once, with a placeholder where ``{username}``
 or ``{dn}`` stands; per request the peer's value is put into the parsed
 filter as an assertion value, never into filter text.  That is what RFC 4515
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,13 +47,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from ldaptor.protocols import pureldap
 from ldaptor.protocols.ldap import ldapclient, ldaperrors
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, error
+from twisted.internet import defer, error, ssl
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -86,8 +98,15 @@ _SIZE_LIMIT_EXCEEDED = 4
 _HA1_HEX_LENGTH = {"MD5": 32, "SHA-256": 64, "SHA-512-256": 64}
 _HEX = re.compile(r"[0-9a-fA-F]+")
 
-# Failures that mean "the directory cannot answer now": fail closed.
+# url scheme -> default port (RFC 4516 2; ldaps: IANA).
+_DEFAULT_PORTS = {"ldap": 389, "ldaps": 636}
+
+# Failures that mean "the directory cannot answer now": fail closed.  A TLS
+# handshake that fails (SSL.Error) or a certificate that does not name the
+# host (VerificationError) is one of them.
 _UNAVAILABLE = (
+    SSL.Error,
+    VerificationError,
     error.ConnectError,
     error.ConnectionLost,
     error.ConnectionDone,
@@ -103,7 +122,11 @@ _UNAVAILABLE = (
 class LDAPSettings:
     """Where the directory is and how users, secrets and roles are found in it.
 
-    ``url``: ``ldap://host[:port]`` (port 389 by default).  ``base_dn``: where
+    ``url``: ``ldap://host[:port]`` (port 389 by default) or
+    ``ldaps://host[:port]`` (TLS, port 636 by default).  ``ca_file``: for
+    ldaps, a PEM file of the CA certificates the directory's certificate must
+    chain to (None: the platform's trust store); the path is used as given.
+    ``base_dn``: where
     users are searched (whole subtree).  ``bind_dn``/``bind_password``: the
     service account the checker binds as (simple bind, RFC 4513 5.1.3); an
     empty ``bind_dn`` binds anonymously.  ``user_filter``: RFC 4515 filter
@@ -129,9 +152,14 @@ class LDAPSettings:
     group_filter: str = "(&(objectClass=groupOfNames)(member={dn}))"
     group_roles: Mapping[str, Sequence[str]] = field(default_factory=dict)
     timeout: float = 5.0
+    ca_file: str | None = None
 
     def __post_init__(self) -> None:
         self.endpoint_address()
+        if self.ca_file is not None:
+            if not self.tls:
+                raise ValueError("ldap: ca_file is only used with an ldaps:// url")
+            _load_ca_file(self.ca_file)
         if not self.base_dn:
             raise ValueError("ldap: base_dn must not be empty")
         if self.bind_dn and not self.bind_password:
@@ -148,16 +176,40 @@ class LDAPSettings:
         if not (isinstance(self.timeout, int | float) and 0 < self.timeout <= 300):
             raise ValueError("ldap: timeout must be a number of seconds in (0, 300]")
 
+    @property
+    def tls(self) -> bool:
+        """Whether ``url`` is ``ldaps://`` (TLS from the first byte)."""
+        return urlsplit(self.url).scheme.lower() == "ldaps"
+
     def endpoint_address(self) -> tuple[str, int]:
-        """``(host, port)`` from ``url``; ValueError unless it is ``ldap://host[:port]``."""
+        """``(host, port)`` from ``url``; ValueError unless it is ``ldap[s]://host[:port]``."""
         parts = urlsplit(self.url)
-        if parts.scheme.lower() != "ldap" or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
-            raise ValueError(f"ldap: url must be ldap://host[:port], not {self.url!r}")
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
+            raise ValueError(f"ldap: url must be ldap://host[:port] or ldaps://host[:port], not {self.url!r}")
         try:
-            port = parts.port or 389
+            port = parts.port or _DEFAULT_PORTS[scheme]
         except ValueError:
             raise ValueError(f"ldap: bad port in url {self.url!r}") from None
         return parts.hostname, port
+
+
+def _load_ca_file(path: str) -> list[ssl.Certificate]:
+    """The CA certificates in the PEM file *path*; ValueError if unreadable or without any."""
+    if not isinstance(path, str) or not path:
+        raise ValueError("ldap: ca_file must be the path of a PEM file")
+    if not os.path.isfile(path):
+        raise ValueError(f"ldap: ca_file {path!r} does not exist or is not a file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"ldap: cannot read ca_file {path!r}: {e.strerror}") from None
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise ValueError(f"ldap: ca_file {path!r} holds no PEM certificate") from None
+    return [ssl.Certificate.loadPEM(cert.public_bytes(Encoding.PEM)) for cert in certs]
 
 
 class _FilterTemplate:
@@ -243,6 +295,7 @@ class LDAPChecker:
         self._group_filter = _FilterTemplate(settings.group_filter, _DN) if settings.group_base_dn else None
         self._group_roles = {cn.lower(): tuple(roles) for cn, roles in settings.group_roles.items()}
         self._host, self._port = settings.endpoint_address()
+        self._tls_options = self._client_tls_options() if settings.tls else None
         self._client: Any = None
         self._waiting: list[defer.Deferred[Any]] = []
 
@@ -351,6 +404,15 @@ class LDAPChecker:
 
     # -- the connection -------------------------------------------------------------------
 
+    def _client_tls_options(self) -> Any:
+        """TLS client options that verify the chain (``ca_file`` or the platform
+        trust store) and that the certificate names ``self._host`` (DNS or IP)."""
+        if self.settings.ca_file is not None:
+            trust_root: Any = ssl.trustRootFromCertificates(_load_ca_file(self.settings.ca_file))
+        else:
+            trust_root = ssl.platformTrust()
+        return ssl.optionsForClientTLS(self._host, trustRoot=trust_root)
+
     def _connected(self) -> defer.Deferred[Any]:
         """The bound client, opening and binding a connection if there is none.
 
@@ -379,6 +441,9 @@ class LDAPChecker:
             endpoint = TCP6ClientEndpoint(self.reactor, self._host, self._port, timeout=connect_timeout)
         else:
             endpoint = HostnameEndpoint(self.reactor, self._host, self._port, timeout=connect_timeout)
+        if self._tls_options is not None:
+            # TLS from the first byte; the bind waits for a verified handshake.
+            endpoint = wrapClientTLS(self._tls_options, endpoint)
         client = await connectProtocol(endpoint, ldapclient.LDAPClient())
         try:
             response = await client.send(pureldap.LDAPBindRequest(dn=self.settings.bind_dn, auth=self.settings.bind_password))
@@ -426,4 +491,9 @@ def _valid_username(username: Any) -> bool:
 def _describe(e: BaseException) -> str:
     if isinstance(e, defer.CancelledError | defer.TimeoutError | error.TimeoutError):
         return "no answer in time"
+    if isinstance(e, VerificationError):
+        return f"TLS certificate does not match the host: {e}"
+    if isinstance(e, SSL.Error):
+        reasons = [str(part[-1]) for part in e.args[0] if isinstance(part, tuple) and part] if e.args and isinstance(e.args[0], list) else []
+        return f"TLS handshake failed: {', '.join(reasons) or e}"
     return str(e) or type(e).__name__

@@ -1,7 +1,7 @@
 """The LDAP credential backend against a real, private slapd (see ``ldap_support``):
 HA1s per algorithm from the directory, roles from groups, unknown users, filter
-injection, fail-closed when the directory is down or silent, reconnection, and
-chaining with the SQL store."""
+injection, fail-closed when the directory is down or silent, reconnection,
+ldaps with certificate verification, and chaining with the SQL store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest_twisted
 from ldap_support import REALM, SERVICE_DN, SERVICE_PASSWORD, Slapd, start_slapd
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import reactor
+from twisted.internet import reactor, ssl
 from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
@@ -57,7 +57,8 @@ def settings_for(url: str, **overrides: object) -> LDAPSettings:
 
 @pytest.fixture(scope="module")
 def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
-    server = start_slapd(tmp_path_factory.mktemp("slapd"))
+    # Plain ldap:// for most tests, ldaps:// (test CA) as well for the TLS ones.
+    server = start_slapd(tmp_path_factory.mktemp("slapd"), tls=True)
     yield server
     server.stop()
 
@@ -251,7 +252,9 @@ def test_chain_of_ldap_and_sql_finds_users_in_either(checker: LDAPChecker, sqlit
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"url": "ldaps://h"}, "url"),
+        ({"url": "ldapi://h"}, "url"),
+        ({"url": "https://h"}, "url"),
+        ({"url": "ldaps://h:x"}, "port"),
         ({"url": "ldap://"}, "url"),
         ({"base_dn": ""}, "base_dn"),
         ({"bind_password": ""}, "bind_password"),
@@ -265,6 +268,78 @@ def test_chain_of_ldap_and_sql_finds_users_in_either(checker: LDAPChecker, sqlit
 def test_settings_reject_unusable_values(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("{", "\\{").replace("}", "\\}")):
         settings_for(str(overrides.pop("url", "ldap://127.0.0.1:389")), **overrides)
+
+
+@pytest.mark.parametrize(("url", "address"), [("ldaps://h", ("h", 636)), ("LDAPS://h:1636/", ("h", 1636)), ("ldap://h", ("h", 389))])
+def test_settings_ldaps_default_port(url: str, address: tuple[str, int]) -> None:
+    settings = settings_for(url)
+    assert settings.endpoint_address() == address
+    assert settings.tls == url.lower().startswith("ldaps:")
+
+
+def test_settings_ca_file_must_be_a_pem_file_and_only_for_ldaps(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ca_file"):
+        settings_for("ldaps://h", ca_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="ca_file"):
+        settings_for("ldaps://h", ca_file=str(tmp_path))
+    (tmp_path / "empty.pem").write_text("not a certificate\n")
+    with pytest.raises(ValueError, match="no PEM certificate"):
+        settings_for("ldaps://h", ca_file=str(tmp_path / "empty.pem"))
+    ca, _key = ldap_support.make_ca(tmp_path)
+    with pytest.raises(ValueError, match="ldaps"):
+        settings_for("ldap://h", ca_file=str(ca))
+    assert settings_for("ldaps://h", ca_file=str(ca)).ca_file == str(ca)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest_twisted.inlineCallbacks
+def test_ldaps_login_verifies_against_the_ca_file(slapd: Slapd, host: str) -> Iterator:
+    # The server certificate names 127.0.0.1 (IP SAN) and localhost (DNS SAN).
+    checker = LDAPChecker(settings_for(f"ldaps://{host}:{slapd.tls_port}", ca_file=str(slapd.ca_file)), reactor)
+    try:
+        avatar = yield checker.requestAvatarId(digest_credentials("alice", ALICE_PASSWORD, "SHA-256"))
+        assert checker._client.transport.getPeerCertificate() is not None
+    finally:
+        checker.close()
+    assert avatar == "alice@example.com"
+    assert avatar.roles == ("staff",)
+
+
+@pytest_twisted.inlineCallbacks
+def test_ldaps_with_a_ca_that_did_not_sign_the_certificate_fails_closed(slapd: Slapd, tmp_path: Path) -> Iterator:
+    other_ca, _key = ldap_support.make_ca(tmp_path, "other-ca")
+    checker = LDAPChecker(settings_for(slapd.ldaps_url, ca_file=str(other_ca)), reactor)
+    try:
+        with pytest.raises(BackendUnavailable) as raised:
+            yield checker.requestAvatarId(digest_credentials("alice", ALICE_PASSWORD))
+    finally:
+        checker.close()
+    assert "TLS" in str(raised.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_ldaps_without_ca_file_uses_the_platform_trust_and_fails_closed(slapd: Slapd) -> Iterator:
+    # The test CA is not in the platform's trust store.
+    checker = LDAPChecker(settings_for(slapd.ldaps_url), reactor)
+    try:
+        with pytest.raises(BackendUnavailable):
+            yield checker.requestAvatarId(digest_credentials("alice", ALICE_PASSWORD))
+    finally:
+        checker.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_ldaps_certificate_for_another_host_fails_closed(slapd: Slapd) -> Iterator:
+    checker = LDAPChecker(settings_for(slapd.ldaps_url, ca_file=str(slapd.ca_file)), reactor)
+    # A trusted chain that does not name the host the checker expects.
+    trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(slapd.ca_file.read_bytes())])
+    checker._tls_options = ssl.optionsForClientTLS("ldap.example.net", trustRoot=trust)
+    try:
+        with pytest.raises(BackendUnavailable) as raised:
+            yield checker.requestAvatarId(digest_credentials("alice", ALICE_PASSWORD))
+    finally:
+        checker.close()
+    assert "TLS" in str(raised.value)
 
 
 @pytest.mark.parametrize("user_filter", ["(uid={username}", "({username}=alice)"])
