@@ -181,8 +181,8 @@ def start_server(tmp_path: Path) -> Iterator:
         server.stop()
 
 
-@pytest.fixture(scope="session")
-def free_port() -> int:
-    with socket.socket() as s:
+def free_udp_port() -> int:
+    """An ephemeral UDP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -103,32 +103,30 @@ class ResponseContext:
             return  # a retransmitted non-2xx final: already handled
         if status >= 600 and self.is_invite:
             self._cancel_pending()
-        if self.best is None or _rank(status) < _rank(self.best.status):
-            self.best = response
-        self._maybe_finish()
+        self._consider(response)
 
     def on_timeout(self, txn: Any, branch: Branch) -> None:
         """Timer B/F fired: the branch behaves as if it got 408 (16.7 step 2)."""
-        if branch.final is not None:
-            return
-        self._stop_timer(branch)
-        timeout = branch.request.make_response(408, "Request Timeout")
-        timeout.headers.remove_first("Via")
-        branch.final = timeout
-        if self.best is None or _rank(408) < _rank(self.best.status):
-            self.best = timeout
-        self._maybe_finish()
+        self._local_final(branch, 408, "Request Timeout")
 
     def on_transport_error(self, txn: Any, branch: Branch) -> None:
         """RFC 3261 16.9: a transport error counts as 503 on that branch."""
+        self._local_final(branch, 503, "Service Unavailable")
+
+    def _local_final(self, branch: Branch, status: int, reason: str) -> None:
+        """A final answer the proxy makes up for a branch that gave none."""
         if branch.final is not None:
             return
         self._stop_timer(branch)
-        error = branch.request.make_response(503, "Service Unavailable")
-        error.headers.remove_first("Via")
-        branch.final = error
-        if self.best is None or _rank(503) < _rank(self.best.status):
-            self.best = error
+        response = branch.request.make_response(status, reason)
+        response.headers.remove_first("Via")
+        branch.final = response
+        self._consider(response)
+
+    def _consider(self, response: Response) -> None:
+        """Keep the best final so far (16.7 step 6), then finish if all are in."""
+        if self.best is None or _rank(response.status) < _rank(self.best.status):
+            self.best = response
         self._maybe_finish()
 
     # -- finishing ------------------------------------------------------

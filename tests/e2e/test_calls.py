@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ephemeral_config, require_tool
+from conftest import ephemeral_config, free_udp_port, require_tool
 
 pytestmark = pytest.mark.e2e
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -32,12 +32,6 @@ TIMER_C = 3
 CALL_CONFIG = ephemeral_config(extra=f"[timers]\ntimer_c = {TIMER_C}\n")
 SIPP_TIMEOUT = 20  # seconds: SIPp's -timeout (then -timeout_error makes it fail)
 WAIT_SLACK = 15  # seconds on top of that before we kill it ourselves
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def udp_port_bound(port: int) -> bool:
