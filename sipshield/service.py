@@ -60,6 +60,7 @@ class SIPShieldService(MultiService):
         self._make_auth()
         self.pipeline = Pipeline(build_stages(config.stages, self, config.server.plugins, config.stage_options))
         self.core.pipeline = self.pipeline
+        self.core.admission = tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
         self.tls_context: ServerTLSContext | None = None
         self.listeners: list[SIPListener] = []
         for lc in config.server.listen:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
@@ -55,6 +55,14 @@ class DomainMap:
         return uri.is_sip and uri.user == username and self.domain_of(uri) == domain
 
 
+class _BearerAnswer(NamedTuple):
+    """A Bearer token offered for ``realm`` in ``header`` (RFC 8898), to validate."""
+
+    token: str
+    realm: str
+    header: str
+
+
 @implementer(IPipelineStage)
 class DigestAuthStage:
     """Challenge out-of-dialog requests and verify the answer.
@@ -97,6 +105,39 @@ class DigestAuthStage:
         return any(ip in net for net in self.trusted)
 
     def process(self, context: RequestContext) -> Decision | defer.Deferred[Decision]:
+        screened = self._screen(context)
+        if isinstance(screened, Decision):
+            return screened
+        if isinstance(screened, _BearerAnswer):
+            return self._check_bearer(screened.token, context, screened.realm, screened.header)
+        response, realm, header = screened
+        credentials = SIPDigestCredentials(response, context.request.method, context.request.body)
+        d = self.portal.login(credentials, None, IIdentity)
+        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm))
+        return d
+
+    def admission(self, request: Request, flow: Any) -> Decision | None:
+        """The challenge decision, synchronously and before any transaction
+        exists: a request that carries no credentials for our realm, or whose
+        nonce this proxy did not issue to that source address (a source that
+        has not proven its return path), gets a challenge to send
+        statelessly (RFC 3261 26.3.2.4: no retransmission of 401/407).
+        None admits the request to a transaction and to ``process``.
+
+        In-dialog requests that carry a Route are left to ``process``: only
+        the route set tells whether the dialog went through us.
+        """
+        if request.to.tag is not None and "Route" in request.headers and request.method != "REGISTER":
+            return None
+        screened = self._screen(RequestContext(request, flow))
+        if isinstance(screened, Decision) and screened.kind == "reply":
+            return screened
+        return None
+
+    def _screen(self, context: RequestContext) -> Decision | _BearerAnswer | tuple[DigestResponse, str, str]:
+        """Everything decided without the credential backends: CONTINUE (no
+        challenge here), a challenge Decision, a bearer token to check, or
+        the digest answer to verify with its realm and header."""
         request = context.request
         method = request.method
         if method in _NO_CHALLENGE:
@@ -125,20 +166,16 @@ class DigestAuthStage:
         if self.bearer is not None:
             token = self._bearer_token(request, header)
             if token is not None:
-                return self._check_bearer(token, context, realm, header)
+                return _BearerAnswer(token, realm, header)
         response = self._credentials(request, header, realm)
         if response is None:
             return self._challenge(request, context, realm, stale=False)
-        nonces = self.nonces()
-        state = nonces.check(response.nonce, realm, context.source[0])
+        state = self.nonces().check(response.nonce, realm, context.source[0])
         if state != "valid":
             return self._challenge(request, context, realm, stale=state == "stale")
         if response.algorithm not in self.accepted or not _same_uri(response.uri, request):
             return self._challenge(request, context, realm, stale=False)
-        credentials = SIPDigestCredentials(response, method, request.body)
-        d = self.portal.login(credentials, None, IIdentity)
-        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm))
-        return d
+        return response, realm, header
 
     def _credentials(self, request: Request, header: str, realm: str) -> DigestResponse | None:
         for value in request.headers.get_all(header):

@@ -51,7 +51,10 @@ class ProxyCore:
         self.dispatcher: Any = None
         self.service: Any = None
         self.contexts: dict[Any, ResponseContext] = {}
-        self.counters = {"requests": 0, "responses": 0, "malformed": 0}
+        self.admission: tuple[Any, ...] = ()
+        """Steps asked before any transaction exists: each has
+        ``admission(request, flow) -> Decision | None`` (None: no objection)."""
+        self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0}
 
     # -- who we are -----------------------------------------------------
     def add_local_address(self, host: str, port: int) -> None:
@@ -107,6 +110,30 @@ class ProxyCore:
             # The Via of a malformed request cannot be trusted: answer the
             # address the bytes came from (as RFC 3581 would).
             flow.send(response.serialise())
+
+    # -- admission (before any state) ---------------------------------------
+    def admit(self, request: Request, flow: Flow) -> bool:
+        """Run the admission steps on a request that matched no transaction.
+
+        A reply is sent statelessly, once, to the address the request came
+        from (no transaction, no 100 Trying, no retransmission: a forged
+        source gets one datagram at most); a drop sends nothing.  Returns
+        True to admit the request to a server transaction.
+        """
+        for step in self.admission:
+            decision = step.admission(request, flow)
+            if decision is None:
+                continue
+            if decision.kind == "reply":
+                self.counters["stateless_replies"] += 1
+                response = request.make_response(decision.status, decision.reason, to_tag=secrets.token_hex(6))
+                for name, value in decision.headers:
+                    response.headers.add(name, value)
+                flow.send(response.serialise())
+            else:
+                self.counters["admission_drops"] += 1
+            return False
+        return True
 
     # -- transaction user -------------------------------------------------
     def request_received(self, txn: Any) -> None:

@@ -83,7 +83,10 @@ class TransactionUser(Protocol):
     define ``transaction_timeout(transaction: ServerTransaction) -> None``,
     called when Timer H fires on an INVITE server transaction (no ACK for
     a non-2xx final response, RFC 3261 17.2.1 "MUST indicate to the TU
-    that a transaction failure has occurred").
+    that a transaction failure has occurred"), and
+    ``admit(request: Request, flow: Flow) -> bool``, asked before a new
+    server transaction is created: False means the TU answered the request
+    statelessly or dropped it, and no transaction (nor 100 Trying) exists.
     """
 
     def request_received(self, transaction: ServerTransaction) -> None:

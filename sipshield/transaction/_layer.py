@@ -42,6 +42,7 @@ class TransactionLayer:
         "_call_later",
         "_seconds",
         "_on_server_timeout",
+        "_admit",
     )
 
     def __init__(
@@ -64,6 +65,7 @@ class TransactionLayer:
         self._call_later = reactor.callLater
         self._seconds = reactor.seconds
         self._on_server_timeout = getattr(user, "transaction_timeout", None)
+        self._admit = getattr(user, "admit", None)
 
     # -- server side ---------------------------------------------------------------
 
@@ -74,7 +76,9 @@ class TransactionLayer:
         response), an ACK to its INVITE transaction (3xx-6xx: absorbed,
         -> Confirmed); an ACK matching nothing (the ACK for a 2xx) goes to
         ``user.stray_ack``. A new request creates a transaction and is
-        passed to ``user.request_received``.
+        passed to ``user.request_received``, unless the TU's optional
+        ``admit(request, flow) -> bool`` refuses it first (it has then
+        answered statelessly, or dropped it).
         """
         method = request.method
         via = request.top_via
@@ -93,6 +97,8 @@ class TransactionLayer:
         if method == "ACK":
             self._user.stray_ack(request, flow)
             return
+        if self._admit is not None and not self._admit(request, flow):
+            return  # answered statelessly or dropped: no transaction, no 100 Trying
         server: ServerTransaction
         if method == "INVITE":
             server = InviteServerTransaction(self, key, request, flow, PROCEEDING)

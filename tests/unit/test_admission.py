@@ -1,0 +1,105 @@
+"""Admission before any state: what an unauthenticated UDP source gets back.
+
+The whole service (its real pipeline, auth stage included) on Clock time, fed
+parsed requests as its UDP listener would.  For every request kind from a
+source that has not proven its return path: at most one datagram back, at
+most 4 times the request's size, to the address the datagram came from, and
+no transaction (nor timer) left behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_core import RecordingFlow as _Flow
+from twisted.internet.task import Clock
+
+from sipshield.config import parse_config
+from sipshield.message import Response, parse_message
+from sipshield.service import makeService
+
+PROXY = ("127.0.0.1", 5060)
+ATTACKER = ("127.0.0.2", 40000)
+
+
+def RecordingFlow() -> _Flow:
+    return _Flow(remote=ATTACKER, local=PROXY)
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}})
+    clock = Clock()
+    clock.advance(1_000_000)  # a wall-clock-like now, so nonces issued at t are not 'older than the evicted'
+    svc = makeService(config, clock)
+    svc._prepare_data_dir()
+    svc._prepare_auth()
+    svc.core.add_local_address(*PROXY)
+    yield svc, clock
+    svc.transactions.stop()
+
+
+def request(method: str, *, via_extra: str = "", auth: str = "", ruri: str = "sip:bob@example.com") -> bytes:
+    return (
+        f"{method} {ruri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.9:5099;branch=z9hG4bK{method.lower()}77{via_extra}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n"
+        f"Call-ID: adm-{method}\r\nCSeq: 1 {method}\r\n" + (f"{auth}\r\n" if auth else "") + "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+BOGUS = ('Proxy-Authorization: Digest username="alice", realm="example.com", nonce="forged", '
+         'uri="sip:bob@example.com", response="0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", algorithm=SHA-256, '
+         'qop=auth, nc=00000001, cnonce="c0ffee"')
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (request("INVITE"), 407),
+        (request("INVITE", auth=BOGUS), 407),
+        (request("INVITE", via_extra=";maddr=127.0.0.7"), 407),
+        (request("REGISTER", ruri="sip:example.com"), 401),
+        (request("MESSAGE"), 407),
+        (request("SUBSCRIBE"), 407),
+        (request("OPTIONS"), 407),
+    ],
+    ids=["invite", "invite-forged-nonce", "invite-maddr", "register", "message", "subscribe", "options-to-user"],
+)
+def test_unauthenticated_request_gets_one_small_datagram_and_leaves_no_state(service, data: bytes, status: int) -> None:
+    svc, clock = service
+    flow = RecordingFlow()
+    svc.core.message_received(parse_message(data), flow)
+    clock.advance(64 * 0.5 + 1)  # past every retransmission timer and Timer H/J
+    assert len(flow.sent) == 1, [d[:40] for d, _ in flow.sent]
+    answer, where = flow.sent[0]
+    assert where == ATTACKER  # the datagram's source, never the Via sent-by or maddr
+    assert len(answer) <= 4 * len(data)
+    response = parse_message(answer)
+    assert isinstance(response, Response) and response.status == status
+    assert svc.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0}
+    assert not clock.getDelayedCalls()
+    assert svc.core.counters["stateless_replies"] == 1
+
+
+def test_answer_with_a_nonce_issued_to_this_source_is_admitted(service) -> None:
+    """A nonce this proxy sent to the source proves the return path: the
+    request gets a transaction (and the backend's verdict)."""
+    svc, clock = service
+    nonce = svc.nonces.issue("example.com", ATTACKER[0])
+    auth = BOGUS.replace('nonce="forged"', f'nonce="{nonce}"')
+    flow = RecordingFlow()
+    svc.core.message_received(parse_message(request("MESSAGE", auth=auth)), flow)
+    assert svc.core.counters["stateless_replies"] == 0
+    assert svc.transactions.counts()["server"] == 1
+
+
+def test_nonce_issued_to_another_source_is_challenged_statelessly(service) -> None:
+    svc, clock = service
+    nonce = svc.nonces.issue("example.com", "127.0.0.99")
+    auth = BOGUS.replace('nonce="forged"', f'nonce="{nonce}"')
+    flow = RecordingFlow()
+    svc.core.message_received(parse_message(request("INVITE", auth=auth)), flow)
+    assert svc.core.counters["stateless_replies"] == 1
+    assert svc.transactions.counts()["server"] == 0
