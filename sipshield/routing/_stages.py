@@ -52,7 +52,11 @@ class SanityStage:
         self.is_local = is_local
 
     def process(self, context: RequestContext) -> Decision:
-        request = context.request
+        return self.admission(context.request, context.flow) or CONTINUE
+
+    def admission(self, request: Request, flow: object) -> Decision | None:
+        """The same checks before any transaction exists: a refusal is sent
+        statelessly (the proxy core's admission step)."""
         uri = request.uri
         if uri.scheme not in ROUTABLE_SCHEMES:
             return Decision.reply(416, "Unsupported URI Scheme")
@@ -63,7 +67,7 @@ class SanityStage:
         unsupported = [o for o in request.headers.get_values("Proxy-Require") if o.lower() not in KNOWN_PROXY_EXTENSIONS]
         if unsupported:
             return Decision.reply(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
-        return CONTINUE
+        return None
 
 
 def _to_self(request: Request, is_local: IsLocal) -> bool:

@@ -40,11 +40,11 @@ def service(tmp_path: Path):
     svc.transactions.stop()
 
 
-def request(method: str, *, via_extra: str = "", auth: str = "", ruri: str = "sip:bob@example.com") -> bytes:
+def request(method: str, *, via_extra: str = "", auth: str = "", ruri: str = "sip:bob@example.com", max_forwards: int = 70, extra: str = "") -> bytes:
     return (
         f"{method} {ruri} SIP/2.0\r\n"
         f"Via: SIP/2.0/UDP 127.0.0.9:5099;branch=z9hG4bK{method.lower()}77{via_extra}\r\n"
-        "Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n"
+        f"Max-Forwards: {max_forwards}\r\n{extra}From: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n"
         f"Call-ID: adm-{method}\r\nCSeq: 1 {method}\r\n" + (f"{auth}\r\n" if auth else "") + "Content-Length: 0\r\n\r\n"
     ).encode()
 
@@ -64,8 +64,11 @@ BOGUS = ('Proxy-Authorization: Digest username="alice", realm="example.com", non
         (request("MESSAGE"), 407),
         (request("SUBSCRIBE"), 407),
         (request("OPTIONS"), 407),
+        (request("INVITE", max_forwards=0), 483),
+        (request("INVITE", extra="Proxy-Require: x-unknown\r\n"), 420),
+        (request("INVITE", ruri="mailto:bob@example.com"), 416),
     ],
-    ids=["invite", "invite-forged-nonce", "invite-maddr", "register", "message", "subscribe", "options-to-user"],
+    ids=["invite", "invite-forged-nonce", "invite-maddr", "register", "message", "subscribe", "options-to-user", "too-many-hops", "bad-extension", "bad-scheme"],
 )
 def test_unauthenticated_request_gets_one_small_datagram_and_leaves_no_state(service, data: bytes, status: int) -> None:
     svc, clock = service
