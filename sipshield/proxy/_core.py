@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sipshield._ratelog import ThrottledLog
 from sipshield.message import ParseError, Request, Response, Via
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, stateless_branch
@@ -55,6 +56,8 @@ class ProxyCore:
         """Steps asked before any transaction exists: each has
         ``admission(request, flow) -> Decision | None`` (None: no objection)."""
         self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0}
+        self.remote_log = ThrottledLog(self.log, reactor) if reactor is not None else None
+        """Lines caused by remote input go through this (per source and kind, bounded)."""
 
     # -- who we are -----------------------------------------------------
     def add_local_address(self, host: str, port: int) -> None:
@@ -98,10 +101,11 @@ class ProxyCore:
     def bad_message(self, error: ParseError, flow: Flow) -> None:
         self.counters["malformed"] += 1
         message = error.message
-        self.log.warn(
-            "malformed message from {transport} {host}:{port}: {reason}",
-            transport=flow.transport_name, host=flow.remote[0], port=flow.remote[1], reason=error.reason,
-        )
+        if self.remote_log is not None:
+            self.remote_log.warn(
+                "malformed", flow.remote[0], "malformed message from {transport} {host}:{port}: {reason}",
+                transport=flow.transport_name, host=flow.remote[0], port=flow.remote[1], reason=error.reason,
+            )
         if isinstance(message, Request) and message.method != "ACK":
             try:
                 response = message.make_response(error.status, error.reason, to_tag=secrets.token_hex(6))

@@ -9,6 +9,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 
+from sipshield._ratelog import ThrottledLog
 from sipshield.message import KEEPALIVE, FramingError, ParseError, StreamFramer, parse_message
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
         self.local = (host.host, host.port)  # type: ignore[union-attr]
         refusal = self.factory.connection_opened(self)
         if refusal is not None:
-            self.log.warn("closing {transport} connection from {host}:{port}: {reason}", transport=self.transport_name, host=self.remote[0], port=self.remote[1], reason=refusal)
+            self.factory.remote_log.warn("connection refused", self.remote[0], "closing {transport} connection from {host}:{port}: {reason}",
+                                         transport=self.transport_name, host=self.remote[0], port=self.remote[1], reason=refusal)
             self._closing = True
             self.transport.abortConnection()  # type: ignore[union-attr]
             return
@@ -98,7 +100,8 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
                 event = framer.next_event()
             except FramingError as e:
                 handler.bad_message(e, self)
-                self.log.warn("closing {transport} connection from {host}:{port}: {reason}", transport=self.transport_name, host=self.remote[0], port=self.remote[1], reason=e.reason)
+                self.factory.remote_log.warn("framing error", self.remote[0], "closing {transport} connection from {host}:{port}: {reason}",
+                                             transport=self.transport_name, host=self.remote[0], port=self.remote[1], reason=e.reason)
                 self.close()
                 return
             if event is None:
@@ -134,6 +137,7 @@ class SIPStreamFactory(Factory):
         self.reactor = reactor
         self.transport_name = transport_name
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
+        self.remote_log = ThrottledLog(self.log, reactor)
         self._per_source: dict[str, int] = {}
 
     def buildProtocol(self, addr: Any) -> SIPStreamProtocol | None:  # type: ignore[override]
