@@ -95,6 +95,7 @@ class SIPShieldService(MultiService):
         checkers = [self.ldap if backend == "ldap" else StoreChecker(next(stores), self.reactor, self.auth_pool) for backend in auth.backends]
         self.portal = make_portal(checkers)  # in [auth] backends order
         self.nonces: Any = None
+        self._route_secret_loaded = False
 
         self.trunks = build_trunks(self.config)
         self.bearer = build_bearer(self.config, self.reactor)
@@ -105,6 +106,13 @@ class SIPShieldService(MultiService):
         if self.nonces is None:
             secret = load_or_create_secret(self.config.server.data_dir / "nonce.secret")
             self.nonces = NonceManager(secret, self.reactor, lifetime=self.config.auth.nonce_lifetime)
+        if not self._route_secret_loaded:
+            # Keys the tokens in our Record-Route values (no open relay in
+            # dialog); kept so that dialogs outlive a restart.
+            from sipshield.proxy import RecordRouteSigner
+
+            self.core.signer = RecordRouteSigner(load_or_create_secret(self.config.server.data_dir / "record-route.secret"))
+            self._route_secret_loaded = True
 
     def _make_location_store(self) -> Any:
         from sipshield.state import MemoryLocationStore, SQLLocationStore

@@ -207,7 +207,8 @@ class NonceManager:
 
 
 def load_or_create_secret(path: Path) -> bytes:
-    """The nonce secret stored at *path*, created on first start (the "secret-data" of RFC 7616 3.3).
+    """The secret stored at *path*, created on first start (the nonce "secret-data" of RFC 7616 3.3;
+    also the Record-Route token key).
 
     A new file gets 32 bytes from :mod:`secrets`, is created exclusively
     (``O_CREAT | O_EXCL``, never following a planted file) with mode 0600,
@@ -234,8 +235,8 @@ def load_or_create_secret(path: Path) -> bytes:
 
     mode = stat.S_IMODE(os.stat(path).st_mode)
     if mode & 0o077:
-        raise PermissionError(f"{path}: nonce secret is accessible to group or others (mode {mode:04o}); chmod 600 it")
+        raise PermissionError(f"{path}: secret is accessible to group or others (mode {mode:04o}); chmod 600 it")
     secret = path.read_bytes()
     if len(secret) < _MIN_SECRET_BYTES:
-        raise ValueError(f"{path}: nonce secret is shorter than {_MIN_SECRET_BYTES} bytes; delete it to regenerate")
+        raise ValueError(f"{path}: secret is shorter than {_MIN_SECRET_BYTES} bytes; delete it to regenerate")
     return secret

@@ -2,5 +2,6 @@
 
 from sipshield.proxy._core import ProxyCore
 from sipshield.proxy._response import ResponseContext
+from sipshield.proxy._signer import RecordRouteSigner
 
-__all__ = ["ProxyCore", "ResponseContext"]
+__all__ = ["ProxyCore", "RecordRouteSigner", "ResponseContext"]

@@ -23,6 +23,7 @@ from sipshield.message import ParseError, Request, Response, Via
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, stateless_branch
 from sipshield.proxy._response import Branch, ResponseContext
+from sipshield.proxy._signer import RecordRouteSigner
 
 if TYPE_CHECKING:
     from sipshield.routing import Decision, Pipeline, RequestContext, Target
@@ -41,7 +42,12 @@ class ProxyCore:
 
     log = Logger()
 
-    def __init__(self, domains: Iterable[str] = (), reactor: Any = None, timer_c: float = 180.0) -> None:
+    def __init__(
+        self, domains: Iterable[str] = (), reactor: Any = None, timer_c: float = 180.0, signer: RecordRouteSigner | None = None,
+    ) -> None:
+        # Signs our Record-Route values and verifies the Routes that come
+        # back; the service replaces it with one keyed from data_dir at start.
+        self.signer = signer if signer is not None else RecordRouteSigner()
         self.domains = frozenset(d.lower() for d in domains)
         self.reactor = reactor
         self.timer_c = timer_c
@@ -146,12 +152,12 @@ class ProxyCore:
         if request.method == "CANCEL":
             self._cancel_received(txn)
             return
-        routed = preprocess_route(request, self.is_local)
+        routed = preprocess_route(request, self.is_local, self.signer)
         from sipshield.routing import RequestContext
 
         context = RequestContext(request, txn.flow, service=self.service, now=self.reactor.seconds())
         if routed:
-            context.attributes["route_set"] = True  # it follows a dialog we record-routed
+            context.attributes["route_set"] = True  # it follows a dialog we record-routed (token verified)
         assert self.pipeline is not None
         decision = self.pipeline.run(context)
         if isinstance(decision, Deferred):
@@ -190,9 +196,9 @@ class ProxyCore:
     def stray_ack(self, request: Request, flow: Flow) -> None:
         """An ACK for a 2xx (its own end-to-end transaction): forward it
         statelessly along its route set (RFC 3261 16.11)."""
-        if not preprocess_route(request, self.is_local):
-            # Not on a route set through us: nothing of ours to forward (and
-            # forwarding it anywhere would make the proxy an open relay).
+        if not preprocess_route(request, self.is_local, self.signer):
+            # Not on a route set we can verify we made: nothing of ours to
+            # forward (forwarding it would make the proxy an open relay).
             return
         mf = request.max_forwards
         if mf is not None and mf <= 0:
@@ -286,9 +292,10 @@ class ProxyCore:
             inbound: Hop = (txn.flow.transport_name, self.dispatcher.advertised(local_host), local_port)
             outbound_side: Hop = (transport, outbound[0], outbound[1])
             double = inbound != outbound_side
+            token = self.signer.token(fwd.call_id, fwd.from_.tag)
             if double:
-                fwd.headers.prepend("Record-Route", record_route_uri(inbound, double=True))
-            fwd.headers.prepend("Record-Route", record_route_uri(outbound_side, double=double))
+                fwd.headers.prepend("Record-Route", record_route_uri(inbound, double=True, token=token))
+            fwd.headers.prepend("Record-Route", record_route_uri(outbound_side, double=double, token=token))
         host, port = outbound
         shown = f"[{host}]" if ":" in host else host
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(txn.request)}")

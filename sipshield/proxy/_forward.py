@@ -7,6 +7,7 @@ import ipaddress
 from collections.abc import Callable
 
 from sipshield.message import URI, Address, Request
+from sipshield.proxy._signer import TOKEN_PARAM, RecordRouteSigner
 
 __all__ = ["Hop", "next_hop", "preprocess_route", "record_route_uri", "strip_own_routes", "stateless_branch"]
 
@@ -42,18 +43,22 @@ def _route_uri(value: str) -> URI:
     return Address.parse(value).uri
 
 
-def preprocess_route(request: Request, is_local: IsLocal) -> bool:
+def preprocess_route(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
     """RFC 3261 16.4: undo a strict router's rewrite, then drop our own Route(s).
 
     If the Request-URI is a URI this proxy put in a Record-Route, the previous
     hop was a strict router: the real Request-URI is the last Route value.
     With double Record-Route two Routes in a row can be ours.  Returns True
-    when the request was routed to us by a route set (one of our
-    Record-Route values), i.e. it follows a dialog this proxy is on.
+    only when the request was routed to us by a route set we can prove we
+    made: a Route (or strict-routed Request-URI) naming us that carries a
+    valid *signer* token for this request's Call-ID and its From or To tag.
+    A Route naming us without one is removed all the same, but does not make
+    the request in-dialog (it gets the out-of-dialog path), and a
+    strict-routed Request-URI without one is not rewritten at all.
     """
     uri = request.uri
     strict = False
-    if uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port):
+    if uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port) and _signed(uri, request, signer):
         routes = request.headers.get_values("Route")
         if routes:
             last = routes[-1]
@@ -63,22 +68,27 @@ def preprocess_route(request: Request, is_local: IsLocal) -> bool:
             for value in values:
                 request.headers.add("Route", value)
             strict = True
-    return strip_own_routes(request, is_local) or strict
+    return strip_own_routes(request, is_local, signer) or strict
 
 
-def strip_own_routes(request: Request, is_local: IsLocal) -> bool:
-    """Remove the Route values at the top that are ours; True if there were any."""
+def _signed(uri: URI, request: Request, signer: RecordRouteSigner) -> bool:
+    return signer.verify(uri.params.get(TOKEN_PARAM), request.call_id, (request.from_.tag, request.to.tag))
+
+
+def strip_own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
+    """Remove the Route values at the top that are ours; True if one of them
+    carried a valid token for this request's dialog."""
     headers = request.headers
-    removed = False
+    signed = False
     while True:
         top = headers.get_values("Route")[:1]
         if not top:
-            return removed
+            return signed
         uri = _route_uri(top[0])
         if not (uri.is_sip and uri.host and is_local(uri.host, uri.port)):
-            return removed
+            return signed
         headers.remove_first("Route")
-        removed = True
+        signed = signed or _signed(uri, request, signer)
 
 
 def next_hop(request: Request, override: URI | None = None) -> tuple[URI, Hop]:
@@ -99,11 +109,14 @@ def next_hop(request: Request, override: URI | None = None) -> tuple[URI, Hop]:
     return request.uri, hop_for(request.uri)
 
 
-def record_route_uri(side: Hop, double: bool) -> str:
-    """Our Record-Route value for one side (RFC 3261 16.6 step 4)."""
+def record_route_uri(side: Hop, double: bool, token: str | None = None) -> str:
+    """Our Record-Route value for one side (RFC 3261 16.6 step 4), with the
+    dialog's *token* (see RecordRouteSigner) as the ``ss`` parameter."""
     transport, host, port = side
     shown = f"[{host}]" if ":" in host else host
     extra = ";r2=on" if double else ""
+    if token:
+        extra += f";{TOKEN_PARAM}={token}"
     scheme = "sip"
     return f"<{scheme}:{shown}:{port};transport={transport.lower()};lr{extra}>"
 

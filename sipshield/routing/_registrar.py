@@ -85,6 +85,12 @@ class Registrar:
     * 400 when To is not a SIP or SIPS URI (10.2: the AOR is a SIP URI; RFC
       4475 unksm2), 404 when its domain is not the Request-URI's (step 5);
     * 403 when :meth:`authorize` refuses (steps 3-4, the auth hook);
+    * 403 "Forbidden: Path from an untrusted source" for a REGISTER carrying
+      Path (RFC 3327) from a source that is not trusted
+      (``context.attributes["trusted"]``, set by the auth stage for
+      ``[auth] trusted_sources``): only a configured edge proxy may insert
+      Path, since a UA's own Path would route its calls through any host it
+      chose (refused, not stripped, so a misconfigured edge is noticed);
     * 400 for ``Contact: *`` with other Contacts or an expiry other than 0
       (step 6), for a Contact that is not a SIP or SIPS URI (a policy: the
       proxy can only relay to SIP URIs), for an invalid q or Expires;
@@ -102,7 +108,7 @@ class Registrar:
       ``expires`` and a Date header (step 8), and the Path values when the
       UA supports path (RFC 3327 5.3).
 
-    Path (RFC 3327 5.3) is stored with the bindings whenever present, since
+    Path (RFC 3327 5.3) from a trusted source is stored with the bindings, since
     the edge proxy that added it needs requests routed through it; it is
     echoed in the 200 only when the UA lists ``path`` in Supported.
     """
@@ -182,6 +188,8 @@ class Registrar:
         aor = aor_of(to)
         if not self.authorize(context, aor):
             return Decision.reply(403, "Forbidden")
+        if "Path" in headers and not context.attributes.get("trusted"):
+            return Decision.reply(403, "Forbidden: Path from an untrusted source")
         request.call_id  # noqa: B018 - a missing Call-ID or CSeq is a 400 now, not later
         request.cseq  # noqa: B018
         contacts = request.contacts

@@ -216,3 +216,36 @@ def test_ldap_backend_from_config_registers_a_directory_user(start_server, tmp_p
         assert status == 200, line + server.log
     finally:
         slapd.stop()
+
+
+VICTIM_IP = "127.0.0.5"
+
+
+@pytest.mark.parametrize("method", ["BYE", "INFO", "MESSAGE", "INVITE", "ACK"])
+def test_forged_in_dialog_request_with_plain_route_is_not_relayed(secured, method: str) -> None:
+    """The open relay of issue 7: a To tag and a Route naming the proxy (no
+    token of ours) must not carry an unauthenticated request to a victim."""
+    server, client = secured
+    victim = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        victim.bind((VICTIM_IP, 0))
+    except OSError:
+        pytest.skip(f"cannot bind {VICTIM_IP} on this machine's loopback")
+    with victim:
+        host, port = server.addresses["udp"]
+        target = f"sip:victim@{VICTIM_IP}:{victim.getsockname()[1]}"
+        raw = (f"{method} {target} SIP/2.0\r\nVia: SIP/2.0/UDP {CLIENT_IP}:{client.port};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:mallory@example.com>;tag=m1\r\nTo: <{target}>;tag=forged\r\n"
+               f"Call-ID: relay-{method}@test\r\nCSeq: 2 {method}\r\nRoute: <sip:{host}:{port};lr>\r\nContent-Length: 0\r\n\r\n").encode()
+        if method == "ACK":
+            client.sock.sendto(raw, server.addresses["udp"])
+        else:
+            status, line, _ = client.send_raw(raw)
+            assert status in (403, 404, 407), line
+        # A barrier: the proxy handles datagrams in order, so anything the
+        # request made it send went out before this OPTIONS is answered.
+        assert client.send("OPTIONS", "sip:127.0.0.1", "alice", "sip:127.0.0.1")[0] == 200
+        victim.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            victim.recv(65535)
+    assert "Traceback" not in server.log

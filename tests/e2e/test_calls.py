@@ -248,6 +248,8 @@ def test_basic_call_between_two_registered_phones(start_server, sipp_runner) -> 
     assert f"{host}:{port}" in uris_in(header_values(invite, "Record-Route"))[0]
     ack = first_message(caller.messages, "sent", "ACK ")
     assert f"{host}:{port}" in " ".join(header_values(ack, "Route")), ack
+    # Our Record-Route carries the dialog token (;ss=), echoed back opaquely.
+    assert re.search(r";ss=[0-9a-f]{32}", " ".join(header_values(ack, "Route"))), ack
 
 
 def test_callee_hangs_up_with_the_route_set(start_server, sipp_runner) -> None:
@@ -257,7 +259,7 @@ def test_callee_hangs_up_with_the_route_set(start_server, sipp_runner) -> None:
     uas = callee.wait()
     assert_ok(server, caller, uas)
     bye = first_message(uas.messages, "sent", "BYE ")
-    assert header_values(bye, "Route"), bye
+    assert re.search(r";ss=[0-9a-f]{32}", " ".join(header_values(bye, "Route"))), bye  # the callee's tags are swapped
 
 
 def test_caller_cancels_before_answer(start_server, sipp_runner) -> None:

@@ -214,6 +214,11 @@ def test_request_for_foreign_domain_is_not_relayed() -> None:
 
 # -- forwarding --------------------------------------------------------------
 
+def ours(core: ProxyCore, call_id: str = "c1@example.com", from_tag: str = "f1") -> str:
+    """The ;ss= parameter the proxy puts in its Record-Route for that dialog."""
+    return f";ss={core.signer.token(call_id, from_tag)}"
+
+
 def test_invite_is_forwarded_with_via_record_route_and_max_forwards() -> None:
     core, dispatcher, _ = make_core(Relay("sip:bob@192.0.2.20:5062"))
     upstream = feed(core, request("sip:bob@example.com", "INVITE", body=b"v=0\r\n", extra="Content-Type: application/sdp\r\n"))
@@ -224,7 +229,7 @@ def test_invite_is_forwarded_with_via_record_route_and_max_forwards() -> None:
     assert fwd.max_forwards == 69
     assert fwd.top_via.host == "127.0.0.1" and fwd.top_via.branch.startswith("z9hG4bK")
     assert len(fwd.vias) == 2
-    assert fwd.headers.get_all("Record-Route") == ["<sip:127.0.0.1:5060;transport=udp;lr>"]
+    assert fwd.headers.get_all("Record-Route") == [f"<sip:127.0.0.1:5060;transport=udp;lr{ours(core)}>"]
     assert fwd.body == b"v=0\r\n"
 
 
@@ -248,15 +253,15 @@ def test_double_record_route_when_tls_comes_in_and_udp_goes_out() -> None:
     feed(core, request("sip:bob@example.com", "INVITE", via="SIP/2.0/TLS 192.0.2.9:40000;branch=z9hG4bKt"), tls)
     ((fwd, _),) = dispatcher.sent
     assert fwd.headers.get_all("Record-Route") == [
-        "<sip:127.0.0.1:5060;transport=udp;lr;r2=on>",
-        "<sip:127.0.0.1:5061;transport=tls;lr;r2=on>",
+        f"<sip:127.0.0.1:5060;transport=udp;lr;r2=on{ours(core)}>",
+        f"<sip:127.0.0.1:5061;transport=tls;lr;r2=on{ours(core)}>",
     ]
 
 
 def test_in_dialog_bye_follows_route_set_and_our_route_is_removed() -> None:
     core, dispatcher, _ = make_core()
     feed(core, request("sip:bob@192.0.2.20:5062", "BYE", to_tag="callee",
-                       extra="Route: <sip:127.0.0.1:5060;transport=udp;lr>, <sip:192.0.2.30;lr>\r\n"))
+                       extra=f"Route: <sip:127.0.0.1:5060;transport=udp;lr{ours(core)}>, <sip:192.0.2.30;lr>\r\n"))
     ((fwd, hop),) = dispatcher.sent
     assert hop == ("UDP", "192.0.2.30", 5060)
     assert fwd.headers.get_values("Route") == ["<sip:192.0.2.30;lr>"]
@@ -265,7 +270,7 @@ def test_in_dialog_bye_follows_route_set_and_our_route_is_removed() -> None:
 
 def test_strict_router_rewrite_is_undone() -> None:
     core, dispatcher, _ = make_core()
-    feed(core, request("sip:127.0.0.1:5060;lr", "BYE", to_tag="callee", extra="Route: <sip:bob@192.0.2.20:5062>\r\n"))
+    feed(core, request(f"sip:127.0.0.1:5060;lr{ours(core)}", "BYE", to_tag="callee", extra="Route: <sip:bob@192.0.2.20:5062>\r\n"))
     ((fwd, hop),) = dispatcher.sent
     assert str(fwd.uri) == "sip:bob@192.0.2.20:5062" and hop == ("UDP", "192.0.2.20", 5062)
     assert "Route" not in fwd.headers
@@ -274,7 +279,7 @@ def test_strict_router_rewrite_is_undone() -> None:
 def test_ack_for_2xx_is_forwarded_statelessly_with_the_same_branch() -> None:
     core, dispatcher, _ = make_core()
     ack = request("sip:bob@192.0.2.20:5062", "ACK", via="SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKack", to_tag="callee",
-                  extra="Route: <sip:127.0.0.1:5060;lr>\r\n")
+                  extra=f"Route: <sip:127.0.0.1:5060;lr{ours(core)}>\r\n")
     feed(core, ack)
     feed(core, ack)
     (first, hop1), (second, hop2) = dispatcher.sent

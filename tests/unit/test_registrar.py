@@ -276,17 +276,30 @@ def test_another_call_id_replaces_the_binding_whatever_its_cseq(registrar: Regis
 PATHS = "Path: <sip:edge1.example.net;lr>\r\nPath: <sip:edge2.example.net;lr>\r\n"
 
 
+def from_edge(context: RequestContext) -> RequestContext:
+    """As the auth stage marks a request from [auth] trusted_sources."""
+    context.attributes["trusted"] = True
+    return context
+
+
 def test_path_is_stored_and_echoed_when_the_ua_supports_path(registrar: Registrar, store: MemoryLocationStore) -> None:
-    decision = run(registrar, register(["<sip:alice@192.0.2.9>"], extra=PATHS + "Supported: path, outbound\r\n"))
+    decision = run(registrar, from_edge(register(["<sip:alice@192.0.2.9>"], extra=PATHS + "Supported: path, outbound\r\n")))
     assert header(decision, "Path") == ["<sip:edge1.example.net;lr>", "<sip:edge2.example.net;lr>"]
     [b] = store.bindings_now(AOR)
     assert b.path == ("<sip:edge1.example.net;lr>", "<sip:edge2.example.net;lr>")
 
 
 def test_path_is_stored_but_not_echoed_when_the_ua_does_not_support_path(registrar: Registrar, store: MemoryLocationStore) -> None:
-    decision = run(registrar, register(["<sip:alice@192.0.2.9>"], extra=PATHS))
+    decision = run(registrar, from_edge(register(["<sip:alice@192.0.2.9>"], extra=PATHS)))
     assert header(decision, "Path") == []
     assert store.bindings_now(AOR)[0].path == ("<sip:edge1.example.net;lr>", "<sip:edge2.example.net;lr>")
+
+
+def test_path_from_an_untrusted_source_is_refused_and_nothing_is_bound(registrar: Registrar, store: MemoryLocationStore) -> None:
+    """A UA's own Path would make every call to its AOR go through a host it chose."""
+    decision = run(registrar, register(["<sip:alice@192.0.2.9>"], extra=PATHS + "Supported: path\r\n"))
+    assert (decision.status, decision.reason) == (403, "Forbidden: Path from an untrusted source")
+    assert store.bindings_now(AOR) == []
 
 
 def test_require_path_is_accepted_and_other_extensions_get_420(registrar: Registrar) -> None:
@@ -437,7 +450,7 @@ def test_lookup_provides_ipipelinestage(lookup: LocationLookup) -> None:
 
 
 def test_lookup_relays_to_every_binding_highest_q_first_with_path_and_source(registrar: Registrar, lookup: LocationLookup) -> None:
-    run(registrar, register(["<sip:alice@192.0.2.9>;q=0.5"], call_id="a@ua", extra=PATHS))
+    run(registrar, from_edge(register(["<sip:alice@192.0.2.9>;q=0.5"], call_id="a@ua", extra=PATHS)))
     run(registrar, register(["<sip:alice@192.0.2.10;transport=tcp>;q=0.9"], call_id="b@ua", flow=TLSFlow()))
     decision = lookup.process(invite("sip:alice@example.com;user=phone"))
     assert isinstance(decision, Decision), "memory-store lookups are synchronous"
@@ -510,7 +523,7 @@ def test_register_and_lookup_over_the_sqlite_store(tmp_path: Path):
     yield store.start()
     try:
         registrar = Registrar(store, ["example.com"], reactor)
-        result = registrar.process(register(["<sip:alice@192.0.2.9>;q=0.7", "<sip:alice@192.0.2.10>"], expires=600, extra=PATHS))
+        result = registrar.process(from_edge(register(["<sip:alice@192.0.2.9>;q=0.7", "<sip:alice@192.0.2.10>"], expires=600, extra=PATHS)))
         assert isinstance(result, Deferred)
         decision = yield result
         assert decision.status == 200

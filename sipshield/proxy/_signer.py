@@ -1,0 +1,60 @@
+"""Record-Route values this proxy can prove it made (no open relay in dialog).
+
+A request that comes back to us through a route set (a Route naming this
+proxy) follows a dialog only if that Route is a Record-Route we inserted for
+that dialog.  Each Record-Route URI we insert carries ``;ss=<token>``: an
+HMAC-SHA256, keyed by a secret kept in data_dir, over the Call-ID and the
+From tag of the dialog-initiating request.  Either side's in-dialog requests
+verify against one of their two tags (the callee's swap From and To).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+
+__all__ = ["RecordRouteSigner", "TOKEN_PARAM"]
+
+TOKEN_PARAM = "ss"
+"""The Record-Route URI parameter holding the token (opaque to everyone else)."""
+
+_TOKEN_BYTES = 16
+
+
+class RecordRouteSigner:
+    """Sign and verify the dialog token of our Record-Route URIs.
+
+    *secret* (at least 16 bytes) keys the HMAC; give the same secret on every
+    start (see :func:`sipshield.auth.load_or_create_secret`) so that dialogs
+    outlive a restart.  Without one, a random secret lives as long as the
+    object (tests, embedding hosts).
+    """
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        if len(secret) < 16:
+            raise ValueError("the Record-Route secret needs at least 16 bytes")
+        self._key = bytes(secret)
+
+    def token(self, call_id: str, from_tag: str | None) -> str:
+        """The token for a dialog: hex of a truncated HMAC-SHA256 over the
+        Call-ID and the initial request's From tag (empty if it had none)."""
+        data = f"{len(call_id)}:{call_id}|{from_tag or ''}".encode("utf-8", "surrogateescape")
+        return hmac.new(self._key, data, hashlib.sha256).digest()[:_TOKEN_BYTES].hex()
+
+    def verify(self, token: str | None, call_id: str, tags: Iterable[str | None]) -> bool:
+        """Whether *token* was made by :meth:`token` for *call_id* and one of
+        *tags* (an in-dialog request's From and To tags).  Constant-time."""
+        if not token:
+            return False
+        given = token.lower().encode("ascii", "replace")
+        found = False
+        for tag in tags:
+            if tag is None:
+                continue
+            expected = self.token(call_id, tag).encode("ascii")
+            found = hmac.compare_digest(given, expected) or found
+        return found

@@ -1,0 +1,120 @@
+"""No open relay in dialog: a Route naming this proxy is followed only when it
+is a Record-Route the proxy signed for that dialog (issue 7).
+
+The service is built from a real config (the default stages, digest auth
+included, a secret in data_dir) on Clock time; a recording dispatcher stands
+in for the sockets, so "relayed" means "something was sent to the victim".
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from test_core import RecordingDispatcher, RecordingFlow, feed
+from twisted.internet.task import Clock
+
+from sipshield.config import parse_config
+from sipshield.proxy import RecordRouteSigner
+from sipshield.service import makeService
+from sipshield.transaction import TimerSettings, TransactionLayer
+
+VICTIM = "127.0.0.5"
+ATTACKER = ("127.0.0.2", 40000)
+IN_DIALOG = ["BYE", "INFO", "MESSAGE", "INVITE", "NOTIFY", "REFER", "UPDATE", "PRACK"]
+
+
+def make_service(tmp_path: Path):
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}})
+    clock = Clock()
+    service = makeService(config, clock)
+    service._prepare_data_dir()
+    service._prepare_auth()
+    core = service.core
+    core.add_local_address("127.0.0.1", 5060)
+    dispatcher = RecordingDispatcher()
+    core.dispatcher = dispatcher
+    core.transactions = TransactionLayer(clock, core, dispatcher, TimerSettings())
+    return service, dispatcher
+
+
+def in_dialog(method: str, uri: str = f"sip:victim@{VICTIM}", route: str = "<sip:127.0.0.1:5060;lr>", call_id: str = "c1@example.com",
+              from_tag: str = "f1", to_tag: str = "forged") -> bytes:
+    return (
+        f"{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {ATTACKER[0]}:{ATTACKER[1]};branch=z9hG4bK{method}{abs(hash(call_id))}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:mallory@example.com>;tag={from_tag}\r\nTo: <sip:victim@{VICTIM}>;tag={to_tag}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 2 {method}\r\n" + (f"Route: {route}\r\n" if route else "") + "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def to_victim(dispatcher: RecordingDispatcher) -> list:
+    return [(m, hop) for m, hop in dispatcher.sent if hop[1] == VICTIM]
+
+
+def signed(service, call_id: str = "c1@example.com", tag: str = "f1") -> str:
+    return f"<sip:127.0.0.1:5060;transport=udp;lr;ss={service.core.signer.token(call_id, tag)}>"
+
+
+@pytest.mark.parametrize("method", IN_DIALOG)
+def test_forged_to_tag_and_plain_route_to_us_is_challenged_not_relayed(tmp_path: Path, method: str) -> None:
+    service, dispatcher = make_service(tmp_path)
+    flow = feed(service.core, in_dialog(method), RecordingFlow(ATTACKER))
+    assert to_victim(dispatcher) == []
+    assert flow.statuses()[-1] == 407
+
+
+def test_forged_ack_for_2xx_with_plain_route_is_not_forwarded(tmp_path: Path) -> None:
+    service, dispatcher = make_service(tmp_path)
+    flow = feed(service.core, in_dialog("ACK"), RecordingFlow(ATTACKER))
+    assert flow.sent == [] and dispatcher.sent == []
+
+
+@pytest.mark.parametrize("method", ["BYE", "INVITE", "ACK"])
+def test_token_of_another_call_is_not_honoured(tmp_path: Path, method: str) -> None:
+    service, dispatcher = make_service(tmp_path)
+    stolen = signed(service, call_id="other-call@example.com")
+    flow = feed(service.core, in_dialog(method, route=stolen), RecordingFlow(ATTACKER))
+    assert to_victim(dispatcher) == []
+    assert flow.statuses()[-1:] == ([] if method == "ACK" else [407])
+
+
+def test_garbage_or_stripped_token_is_not_honoured(tmp_path: Path) -> None:
+    service, dispatcher = make_service(tmp_path)
+    for n, route in enumerate(["<sip:127.0.0.1:5060;lr;ss=00>", "<sip:127.0.0.1:5060;lr;ss>", "<sip:127.0.0.1:5060;lr;ss=" + "0" * 32 + ">"]):
+        flow = feed(service.core, in_dialog("BYE", route=route, call_id=f"g{n}"), RecordingFlow(ATTACKER))
+        assert flow.statuses()[-1] == 407
+    assert to_victim(dispatcher) == []
+
+
+def test_strict_routing_rewrite_needs_a_token_in_the_request_uri(tmp_path: Path) -> None:
+    service, dispatcher = make_service(tmp_path)
+    forged = in_dialog("BYE", uri="sip:127.0.0.1:5060;lr", route=f"<sip:victim@{VICTIM}>")
+    flow = feed(service.core, forged, RecordingFlow(ATTACKER))
+    assert flow.statuses()[-1] == 407 and to_victim(dispatcher) == []
+    other = service.core.signer.token("other-call@example.com", "f1")
+    forged = in_dialog("BYE", uri=f"sip:127.0.0.1:5060;lr;ss={other}", route=f"<sip:victim@{VICTIM}>", call_id="c2")
+    flow = feed(service.core, forged, RecordingFlow(ATTACKER))
+    assert flow.statuses()[-1] == 407 and to_victim(dispatcher) == []
+    uri = f"sip:127.0.0.1:5060;lr;ss={service.core.signer.token('c3', 'f1')}"
+    feed(service.core, in_dialog("BYE", uri=uri, route=f"<sip:victim@{VICTIM}>", call_id="c3"), RecordingFlow(ATTACKER))
+    ((fwd, hop),) = to_victim(dispatcher)
+    assert str(fwd.uri) == f"sip:victim@{VICTIM}" and hop == ("UDP", VICTIM, 5060)
+
+
+@pytest.mark.parametrize("from_tag, to_tag", [("f1", "callee"), ("callee", "f1")], ids=["caller", "callee"])
+def test_our_signed_route_is_followed_from_either_side_without_a_challenge(tmp_path: Path, from_tag: str, to_tag: str) -> None:
+    service, dispatcher = make_service(tmp_path)
+    flow = feed(service.core, in_dialog("BYE", route=signed(service), from_tag=from_tag, to_tag=to_tag), RecordingFlow(ATTACKER))
+    assert 407 not in flow.statuses()
+    ((fwd, hop),) = to_victim(dispatcher)
+    assert fwd.method == "BYE" and hop == ("UDP", VICTIM, 5060) and "Route" not in fwd.headers
+
+
+def test_record_route_secret_is_created_0600_in_data_dir_and_reused(tmp_path: Path) -> None:
+    service, _ = make_service(tmp_path)
+    path = tmp_path / "data" / "record-route.secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again, _ = make_service(tmp_path)
+    assert again.core.signer.token("c", "t") == service.core.signer.token("c", "t")
+    assert RecordRouteSigner().token("c", "t") != service.core.signer.token("c", "t")
