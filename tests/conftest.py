@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,9 +78,11 @@ class RunningServer:
             m = regex.search(line)
             if m:
                 return m
+        # One deadline for the whole wait: a chatty server must not extend it line by line.
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self._queue.get(timeout=timeout)
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 pytest.fail(f"no log line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines))
             if line is None:
@@ -129,8 +132,9 @@ class RunningServer:
         """Wait (bounded) until ``at_least`` log lines match; return the count."""
         regex = re.compile(pattern)
         count = sum(1 for line in self.lines if regex.search(line))
+        deadline = time.monotonic() + timeout
         while count < at_least:
-            self.wait_for(pattern, timeout=timeout, start=len(self.lines))
+            self.wait_for(pattern, timeout=max(0.0, deadline - time.monotonic()), start=len(self.lines))
             count += 1
         return count
 
