@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 Tests that need an outside tool or server skip when it is missing, except
-under CI=true, where a missing tool is a failure (CI must install it).
+under CI=true, where every skip is a failure (CI must install the tool, start
+the server, free the port): see ``pytest_runtest_makereport`` below.
 """
 
 from __future__ import annotations
@@ -21,6 +22,39 @@ from pathlib import Path
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_CI_SKIP = "skipped under CI=true, where a skip is a failure (CI must provide what the test needs): "
+
+
+def _skip_reason(longrepr: object) -> str:
+    # A skip's longrepr is (path, line, "Skipped: reason").
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true a skip (pytest.skip, importorskip, a skipif marker) fails with its reason.
+
+    A green CI run must mean every test ran: a busy port, a missing tool or
+    server would otherwise pass silently.  xfail is not a skip and is kept.
+    """
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = _CI_SKIP + _skip_reason(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped at import (module-level importorskip)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = _CI_SKIP + _skip_reason(report.longrepr)
 
 
 def require_tool(name: str, package: str) -> str:
