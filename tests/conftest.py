@@ -1,7 +1,8 @@
 """Shared test fixtures.
 
 Tests that need an outside tool or server skip when it is missing, except
-under CI=true, where a missing tool is a failure (CI must install it).
+under CI=true, where every skip is a failure (CI must install the tool, start
+the server, free the port): see ``pytest_runtest_makereport`` below.
 """
 
 from __future__ import annotations
@@ -14,12 +15,46 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_CI_SKIP = "skipped under CI=true, where a skip is a failure (CI must provide what the test needs): "
+
+
+def _skip_reason(longrepr: object) -> str:
+    # A skip's longrepr is (path, line, "Skipped: reason").
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under CI=true a skip (pytest.skip, importorskip, a skipif marker) fails with its reason.
+
+    A green CI run must mean every test ran: a busy port, a missing tool or
+    server would otherwise pass silently.  xfail is not a skip and is kept.
+    """
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = _CI_SKIP + _skip_reason(report.longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """The same for a whole module skipped at import (module-level importorskip)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = _CI_SKIP + _skip_reason(report.longrepr)
 
 
 def require_tool(name: str, package: str) -> str:
@@ -77,9 +112,11 @@ class RunningServer:
             m = regex.search(line)
             if m:
                 return m
+        # One deadline for the whole wait: a chatty server must not extend it line by line.
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self._queue.get(timeout=timeout)
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 pytest.fail(f"no log line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines))
             if line is None:
@@ -129,8 +166,9 @@ class RunningServer:
         """Wait (bounded) until ``at_least`` log lines match; return the count."""
         regex = re.compile(pattern)
         count = sum(1 for line in self.lines if regex.search(line))
+        deadline = time.monotonic() + timeout
         while count < at_least:
-            self.wait_for(pattern, timeout=timeout, start=len(self.lines))
+            self.wait_for(pattern, timeout=max(0.0, deadline - time.monotonic()), start=len(self.lines))
             count += 1
         return count
 

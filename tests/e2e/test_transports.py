@@ -128,9 +128,12 @@ def _ports_free(*ports: tuple[int, int]) -> bool:
 
 def test_no_options_starts_the_embedded_default(start_server, tmp_path: Path) -> None:
     """`twistd -n sipshield` alone: UDP+TCP 5060, TLS 5061 on loopback, a
-    self-signed certificate in ./sipshield-data with a 0600 key."""
+    self-signed certificate in ./sipshield-data with a 0600 key.
+
+    The default ports are what this test checks, so it cannot pick free ones:
+    when they are busy it skips, which fails it under CI=true (conftest)."""
     if not _ports_free((socket.SOCK_DGRAM, 5060), (socket.SOCK_STREAM, 5060), (socket.SOCK_STREAM, 5061)):
-        pytest.skip("ports 5060/5061 on 127.0.0.1 are in use on this machine")
+        pytest.skip("ports 5060/5061 on 127.0.0.1 are in use on this machine (the default-port test needs them)")
     server = start_server(config_text="")
     assert server.addresses == {"udp": ("127.0.0.1", 5060), "tcp": ("127.0.0.1", 5060), "tls": ("127.0.0.1", 5061)}
     key = tmp_path / "sipshield-data" / "tls-selfsigned.key"
