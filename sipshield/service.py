@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -160,19 +162,24 @@ class SIPShieldService(MultiService):
             self._prepare_data_dir()
             self._prepare_auth()
             self._prepare_tls()
+        # The location store and the user stores share one SQLite file by
+        # default: each creates its tables only once the one before it has,
+        # so start-up never has two schema writers at once.
         start = getattr(self.location, "start", None)
+        ready: Deferred[None] = defer.succeed(None)
         if start is not None:
             # The SQL store opens its engine and thread pool; until it has,
             # REGISTERs get 503 (fail closed) rather than waiting.
-            started = start()
-            started.addCallback(lambda _: self.log.info("location store ready: {store}", store=type(self.location).__name__))
-            started.addErrback(lambda f: self.log.failure("location store failed to start", f))
+            ready = start()
+            ready.addCallback(lambda _: self.log.info("location store ready: {store}", store=type(self.location).__name__))
+            ready.addErrback(lambda f: self.log.failure("location store failed to start", f))
         self.auth_pool.start()
         for store in self.user_stores:
             create = getattr(store, "create_schema", None)
             if create is not None:
-                deferToThreadPool(self.reactor, self.auth_pool, create).addErrback(
-                    lambda f: self.log.error("user store unavailable: {why}", why=f.getErrorMessage()))
+                ready.addCallback(lambda _, create=create: deferToThreadPool(self.reactor, self.auth_pool, create))
+                ready.addErrback(lambda f: self.log.error("user store unavailable: {why}", why=f.getErrorMessage()))
+        self.schema_ready = ready  # fires once every store has its tables (or has logged why not)
         super().startService()
         for listener in self.listeners:
             self.core.add_local_address(*listener.address)

@@ -57,6 +57,7 @@ __all__ = [
 
 #: Digest algorithms a credential can be stored for (RFC 7616 3.3, RFC 8760).
 from sipshield.auth._digest import compute_ha1
+from sipshield.state._sqlite import sqlite_pragmas
 
 ALGORITHMS = ("MD5", "SHA-256", "SHA-512-256")
 
@@ -151,16 +152,6 @@ def _admin_context() -> Any:
     return None
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    # WAL lets the server read while the CLI writes; busy_timeout makes a
-    # writer wait for the other's lock; foreign_keys makes the CASCADE real.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
 def _tables(metadata: MetaData, prefix: str) -> tuple[Table, Table]:
     users = Table(
         f"{prefix}users",
@@ -233,7 +224,7 @@ class UserStore:
         except (SQLAlchemyError, ImportError) as e:
             raise CredentialStoreError(f"credential database {self._where}: {_one_line(e)}") from None
         if backend == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", sqlite_pragmas)
         self._engine: Engine | None = engine
         self._admin: Any = None
 

@@ -35,6 +35,7 @@ from zope.interface import implementer
 from sipshield.interfaces import ILocationStore
 from sipshield.state._binding import Binding
 from sipshield.state._errors import StoreUnavailable
+from sipshield.state._sqlite import sqlite_pragmas
 
 __all__ = ["SQLLocationStore"]
 
@@ -111,16 +112,6 @@ def _binding(row: Any) -> Binding:
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    # WAL lets lookups read while a REGISTER writes; busy_timeout makes the
-    # pool's threads wait for each other's write lock instead of failing.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
 @implementer(ILocationStore)
 class SQLLocationStore:
     """Bindings in one SQL table (RFC 3261 10.2 location service), shared by
@@ -169,7 +160,7 @@ class SQLLocationStore:
             return defer.succeed(None)
         engine = create_engine(self.url, **self._engine_kwargs)
         if self._sqlite:
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", sqlite_pragmas)
         self._engine = engine
         pool = self._pool = ThreadPool(minthreads=0, maxthreads=self._threadpool_size, name=f"sipshield-location-{self.table.name}")
         pool.start()
