@@ -65,7 +65,7 @@ class SIPListener(Service):
         cfg = self.config
         try:
             if cfg.kind == "udp":
-                proto = SIPDatagramProtocol(self.handler, self.limits.max_message_bytes)
+                proto = SIPDatagramProtocol(self.handler, self.limits.max_message_bytes, self.limits.max_headers)
                 self.port = self.reactor.listenUDP(cfg.port, proto, interface=cfg.interface, maxPacketSize=65535)
                 self._size_udp_buffers()
             else:

@@ -97,3 +97,44 @@ def test_embedded_example_runs_and_answers(tmp_path: Path):
     finally:
         yield port.stopListening()
         yield app.stopService()
+
+
+def _with_headers(request: bytes, count: int) -> bytes:
+    head, _, rest = request.partition(b"Content-Length:")
+    return head + b"".join(b"X-Filler-%d: x\r\n" % i for i in range(count)) + b"Content-Length:" + rest
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_headers_holds_on_udp(tmp_path: Path):
+    """``[limits] max_headers`` on a real UDP socket: a request over it gets
+    400 Too many header lines, one under it is served, a response over it is
+    dropped (counted as malformed, never forwarded)."""
+    config = parse_config(
+        {"server": {"data_dir": str(tmp_path / "d"), "listen": ["udp:0:interface=127.0.0.1"]}, "limits": {"max_headers": 20}}
+    )
+    service = makeService(config, reactor)
+    service.privilegedStartService()
+    service.startService()
+    catcher = _Catcher()
+    port = reactor.listenUDP(0, catcher, interface="127.0.0.1")
+    me, proxy = port.getHost().port, service.addresses()["udp"]
+
+    def exchange(datagram: bytes):
+        catcher.received = defer.Deferred()
+        port.write(datagram, proxy)
+        return catcher.received.addTimeout(5, reactor)
+
+    try:
+        answer = yield exchange(_with_headers(options(me, "many"), 20))  # 7 + 20 header fields
+        assert answer.split(b"\r\n", 1)[0] == b"SIP/2.0 400 Too many header lines"
+        assert b"Call-ID: many" in answer
+        answer = yield exchange(_with_headers(options(me, "few"), 10))
+        assert answer.split(b"\r\n", 1)[0] == b"SIP/2.0 200 OK"
+        response = _with_headers(options(me, "resp").replace(b"OPTIONS sip:127.0.0.1 SIP/2.0", b"SIP/2.0 200 OK"), 30)
+        port.write(response, proxy)
+        answer = yield exchange(options(me, "after"))
+        assert b"Call-ID: after" in answer
+        assert service.core.counters["malformed"] == 2
+    finally:
+        yield port.stopListening()
+        yield service.stopService()
