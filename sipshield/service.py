@@ -7,6 +7,7 @@ disk until the service starts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -177,12 +178,15 @@ class SIPShieldService(MultiService):
         for store in self.user_stores:
             create = getattr(store, "create_schema", None)
             if create is not None:
-                ready.addCallback(lambda _, create=create: deferToThreadPool(self.reactor, self.auth_pool, create))
+                ready.addCallback(self._create_schema, create)
                 ready.addErrback(lambda f: self.log.error("user store unavailable: {why}", why=f.getErrorMessage()))
         self.schema_ready = ready  # fires once every store has its tables (or has logged why not)
         super().startService()
         for listener in self.listeners:
             self.core.add_local_address(*listener.address)
+
+    def _create_schema(self, _: object, create: Callable[[], None]) -> Deferred[None]:
+        return deferToThreadPool(self.reactor, self.auth_pool, create)
 
     def stopService(self) -> Any:
         self.transactions.stop()
