@@ -31,7 +31,8 @@ def ipv6_available() -> bool:
 def sipsak_options(sipsak: str, host: str, port: int, transport: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
     shown = f"[{host}]" if ":" in host else host
     # The port goes in -r: sipsak 0.9.8 cuts a 5-digit port in the URI to 4 digits.
-    args = [sipsak, "-s", f"sip:{shown}", "-r", str(port), "-vv", "--transport", transport, "-D", "2"]
+    # -H: our own address in sipsak's Via and Contact, so it need not resolve the machine's hostname.
+    args = [sipsak, "-s", f"sip:{shown}", "-r", str(port), "-H", shown, "-vv", "--transport", transport, "-D", "2"]
     if transport == "tls":
         args += ["--tls-ca-cert", str(ca)] if ca else ["--tls-ignore-cert-failure"]
     return subprocess.run(args, capture_output=True, text=True, timeout=30)
