@@ -128,3 +128,22 @@ def split_commas(value: str) -> list[str]:
         i += 1
     parts.append(value[start:].strip(" \t"))
     return parts
+
+
+def count_values(value: str, stop: int) -> int:
+    """``min(len(split_commas(value)), stop)``, without splitting much past
+    the *stop*-th value, so that a cap check costs what the cap allows and
+    not what was sent.
+
+    Commas are classified left to right, so the separators in a prefix of
+    *value* are separators of *value*: split growing prefixes (the total
+    work is at most twice the prefix that holds *stop* values).
+    """
+    if '"' not in value and "<" not in value:
+        return min(value.count(",") + 1, stop)
+    length = 1024
+    while True:
+        found = len(split_commas(value[:length]))
+        if found >= stop or length >= len(value):
+            return min(found, stop)
+        length *= 2
