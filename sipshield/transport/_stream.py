@@ -36,6 +36,10 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin's clock
         self._closing = False
         self._pending: list[bytes] | None = None
+        self._deadline: Any = None
+        """Message-completion deadline (slowloris): set at the first byte of
+        a message, not moved by more partial bytes, cancelled once no partial
+        message is left; while it runs the idle timer is off."""
 
     # Flow ---------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -77,11 +81,41 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._closing = True
         self.setTimeout(None)
+        self._cancel_deadline()
         self.factory.connection_closed(self)
 
     def timeoutConnection(self) -> None:
         self.log.info("closing idle {transport} connection from {host}:{port}", transport=self.transport_name, host=self.remote[0], port=self.remote[1])
         self.close()
+
+    def _message_incomplete(self) -> None:
+        self._deadline = None
+        self.factory.remote_log.warn("incomplete message", self.remote[0],
+                                     "closing {transport} connection from {host}:{port}: no complete message within {timeout} s",
+                                     transport=self.transport_name, host=self.remote[0], port=self.remote[1], timeout=self.factory.limits.idle_timeout)
+        self.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _track_progress(self, completed: bool) -> None:
+        """Idle timer while no message is under way; otherwise the message
+        deadline, which only a completed message moves (to the next one,
+        whose first bytes came with it)."""
+        if self._closing:
+            return
+        timeout = self.factory.limits.idle_timeout
+        if not self.framer.buffered:
+            self._cancel_deadline()
+            self.setTimeout(timeout)
+        elif self._deadline is None:
+            self.setTimeout(None)
+            self._deadline = self.callLater(timeout, self._message_incomplete)
+        elif completed:
+            self._deadline.reset(timeout)
 
     def close(self) -> None:
         self._closing = True
@@ -91,10 +125,10 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.resetTimeout()
         framer = self.framer
         handler = self.factory.handler
         framer.feed(data)
+        completed = False
         while not self._closing:
             try:
                 event = framer.next_event()
@@ -105,7 +139,9 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
                 self.close()
                 return
             if event is None:
+                self._track_progress(completed)
                 return
+            completed = True
             if event is KEEPALIVE:
                 # RFC 5626 3.5.1: a double-CRLF ping is answered with a single CRLF pong.
                 self.transport.write(_CRLF)  # type: ignore[union-attr]

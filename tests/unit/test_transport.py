@@ -156,3 +156,44 @@ def test_dispatcher_advertises_a_name_for_wildcard_listeners() -> None:
     assert dispatcher.advertised("0.0.0.0") == "sip.example.com"
     assert dispatcher.advertised("::") == "sip.example.com"
     assert dispatcher.advertised("192.0.2.1") == "192.0.2.1"
+
+
+def test_trickled_bytes_do_not_keep_an_incomplete_message_alive() -> None:
+    # Slowloris: one byte every 10 s never completes a message; the deadline
+    # runs from the first byte and further bytes do not move it.
+    factory, reactor = make_factory(RecordingHandler(), idle_timeout=30)
+    proto, transport = connect(factory)
+    data = options()
+    for n in range(3):
+        proto.dataReceived(data[n : n + 1])
+        reactor.advance(9.9)
+    assert not transport.disconnecting
+    reactor.advance(0.4)
+    assert transport.disconnecting
+
+
+def test_a_completed_message_ends_the_deadline_and_its_leftover_starts_the_next() -> None:
+    handler = RecordingHandler()
+    factory, reactor = make_factory(handler, idle_timeout=30)
+    proto, transport = connect(factory)
+    data = options("one")
+    proto.dataReceived(data[:10])
+    reactor.advance(25)
+    proto.dataReceived(data[10:] + options("two")[:10])  # completes one, starts two
+    reactor.advance(25)
+    assert [m.call_id for m, _ in handler.messages] == ["one"] and not transport.disconnecting
+    reactor.advance(6)
+    assert transport.disconnecting  # two had 30 s from its first bytes
+
+
+def test_after_a_complete_message_the_idle_timer_runs_again() -> None:
+    factory, reactor = make_factory(RecordingHandler(), idle_timeout=30)
+    proto, transport = connect(factory)
+    data = options()
+    proto.dataReceived(data[:10])
+    reactor.advance(20)
+    proto.dataReceived(data[10:])
+    reactor.advance(29)
+    assert not transport.disconnecting
+    reactor.advance(2)
+    assert transport.disconnecting
