@@ -92,6 +92,8 @@ class LimitsConfig:
 
     max_message_bytes: int = 65535
     max_headers: int = 256
+    max_header_values: int = 64
+    """Values of one header name (lines and comma-separated values): above, 400."""
     idle_timeout: float = 300.0
     max_connections_per_source: int = 64
     max_connections: int = 10000
@@ -365,6 +367,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     limits = LimitsConfig(
         max_message_bytes=lim.take_number("max_message_bytes", 65535, 1024, 1 << 20, True),
         max_headers=lim.take_number("max_headers", 256, 16, 4096, True),
+        max_header_values=lim.take_number("max_header_values", 64, 8, 4096, True),
         idle_timeout=float(lim.take_number("idle_timeout", 300.0, 1, 86400, False)),
         max_connections_per_source=lim.take_number("max_connections_per_source", 64, 1, 100000, True),
         max_connections=lim.take_number("max_connections", 10000, 1, 1000000, True),

@@ -52,7 +52,7 @@ class SIPShieldService(MultiService):
         self.config = config
         self.reactor = reactor
         timers = config.timers
-        self.core = ProxyCore(config.server.domains, reactor, timer_c=timers.timer_c)
+        self.core = ProxyCore(config.server.domains, reactor, timer_c=timers.timer_c, max_header_values=config.limits.max_header_values)
         self.core.service = self
         server = config.server
         self.dispatcher = TransportDispatcher(reactor, server.advertise or (server.domains[0] if server.domains else None))

@@ -144,6 +144,7 @@ class DigestAuthStage:
             return CONTINUE
         if self._is_trusted(context.source[0]):
             context.attributes["trusted"] = True
+            context.flow.authenticated = True
             context.roles = frozenset((self.trusted_role,)) if self.trusted_role else frozenset()
             return CONTINUE
         if self.trunks is not None and context.flow.transport_name == "TLS":
@@ -227,6 +228,9 @@ class DigestAuthStage:
         context.identity = identity.aor
         context.roles = identity.roles
         context.attributes["user"] = (identity.username, identity.domain)
+        # Read by a stream transport choosing which connection to close when
+        # its table is nearly full: one that carried an authenticated request stays.
+        context.flow.authenticated = True
 
     def _logged_in(self, result: tuple[Any, Any, Any], context: RequestContext, response: DigestResponse, realm: str, header: str) -> Decision:
         _, identity, _ = result

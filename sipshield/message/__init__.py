@@ -6,7 +6,7 @@ Nothing here imports Twisted; the transports feed bytes in and take bytes out.
 from ._errors import FramingError, ParseError
 from ._framing import KEEPALIVE, KeepAlive, StreamFramer
 from ._headers import Address, AuthHeader, Contact, CSeq, Headers, Via, canonical_name, format_auth, parse_auth
-from ._message import REASON_PHRASES, Message, Request, Response, parse_message
+from ._message import REASON_PHRASES, Message, Request, Response, check_header_values, parse_message
 from ._uri import URI
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "StreamFramer",
     "Via",
     "canonical_name",
+    "check_header_values",
     "format_auth",
     "parse_auth",
     "parse_message",

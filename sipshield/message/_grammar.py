@@ -9,6 +9,7 @@ is plain SP / HT here.
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 # RFC 3261 25.1: token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
@@ -80,13 +81,15 @@ HOST_RE = re.compile(HOST)
 AUTH_HEAD_RE = re.compile(rf"{WS}({TOKEN})(?:[ \t]+|$)")
 AUTH_PARAM_RE = re.compile(rf"{WS}({TOKEN}){WS}={WS}({TOKEN}|{QSTRING}){WS}(?:,|$)")
 QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
+_ESCAPED_CHAR = itemgetter(1)
 
 
 def unquote_string(text: str) -> str:
     """Strip the DQUOTEs of a quoted-string and resolve quoted-pairs (RFC 3261 25.1)."""
     inner = text[1:-1]
     if "\\" in inner:
-        inner = QUOTED_PAIR_RE.sub(r"\1", inner)
+        # A C callable per escape: a template ("\\1") is expanded in Python for each one.
+        inner = QUOTED_PAIR_RE.sub(_ESCAPED_CHAR, inner)
     return inner
 
 
@@ -128,3 +131,23 @@ def split_commas(value: str) -> list[str]:
         i += 1
     parts.append(value[start:].strip(" \t"))
     return parts
+
+
+def count_values(value: str, stop: int) -> int:
+    """``min(len(split_commas(value)), stop)``, without splitting much past
+    the *stop*-th value, so that a cap check costs what the cap allows and
+    not what was sent.
+
+    Commas are classified left to right, so the separators in a prefix of
+    *value* are separators of *value*: split growing prefixes (the total
+    work is at most 4/3 of the prefix that holds *stop* values).
+    """
+    commas = value.count(",")
+    if not commas or ('"' not in value and "<" not in value):
+        return min(commas + 1, stop)
+    length = 1024
+    while True:
+        found = len(split_commas(value[:length]))
+        if found >= stop or length >= len(value):
+            return min(found, stop)
+        length *= 4

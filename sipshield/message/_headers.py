@@ -141,6 +141,21 @@ KNOWN.update({short: KNOWN[long.lower()] for short, long in _COMPACT.items()})
 KNOWN.update({name: KNOWN[name.lower()] for name in _CANONICAL})
 KNOWN.update({short.upper(): KNOWN[short] for short in _COMPACT})
 
+# Headers whose value is a comma-separated list (RFC 3261 7.3.1: "#element" in
+# the grammar of 20 and of the extension RFCs), by key.  Only their commas
+# separate values; in any other header (Authorization, Date, Subject, an
+# unknown extension...) a comma is just text.
+LIST_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Accept", "Accept-Contact", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Allow-Events", "Call-Info",
+        "Contact", "Content-Encoding", "Content-Language", "Error-Info", "In-Reply-To", "Path", "Proxy-Require", "Reason",
+        "Record-Route", "Reject-Contact", "Request-Disposition", "Require", "Route", "Security-Client", "Security-Server",
+        "Security-Verify", "Service-Route", "Supported", "Unsupported", "Via", "Warning", "P-Asserted-Identity",
+        "P-Preferred-Identity",
+    )
+)
+
 
 def canonical_name(name: str) -> tuple[str, str]:
     """Return ``(key, display name)`` for a header name (RFC 3261 7.3.3, 7.3.1).
@@ -345,6 +360,27 @@ class Headers:
                 self._changed(key)
                 return first
         return None
+
+    def remove_first_values(self, name: str, count: int) -> None:
+        """Remove the first *count* comma-separated values of *name*, across
+        its lines, in one pass (a proxy dropping its own Routes, RFC 3261
+        16.4); the rest of a partly removed line is kept."""
+        if count <= 0:
+            return
+        key = _key(name)
+        kept: list[_Entry] = []
+        left = count
+        for entry in self._entries:
+            if left and entry[0] == key:
+                values = split_commas(entry[2])
+                if len(values) <= left:
+                    left -= len(values)
+                    continue
+                entry = (key, entry[1], ", ".join(values[left:]), None)
+                left = 0
+            kept.append(entry)
+        self._entries = kept
+        self._changed(key)
 
     def replace_first(self, name: str, value: str) -> None:
         """Replace the first comma-separated value of *name* (e.g. to add ``received`` to the top Via, RFC 3261 18.2.1)."""

@@ -23,12 +23,13 @@ from ._grammar import (
     SIP_VERSION_RE,
     TOKEN_RE,
     VIAS_RE,
+    count_values,
     split_commas,
 )
-from ._headers import KNOWN, Address, Contact, CSeq, Headers, Via, _Entry
+from ._headers import KNOWN, LIST_HEADERS, Address, Contact, CSeq, Headers, Via, _Entry
 from ._uri import URI
 
-__all__ = ["Message", "Request", "Response", "parse_message", "REASON_PHRASES"]
+__all__ = ["Message", "Request", "Response", "check_header_values", "parse_message", "REASON_PHRASES"]
 
 SIP_VERSION = "SIP/2.0"
 
@@ -718,6 +719,28 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
         msg.body = data[body_start : body_start + cl]
         msg._cl = cl
     return msg
+
+
+def check_header_values(message: Message, limit: int) -> None:
+    """Refuse a message with more than *limit* values of one header name.
+
+    Every header line counts one value; in a comma-list header (Via, Route,
+    Contact, Supported..., RFC 3261 7.3.1) each comma-separated value counts.
+    One pass over the header lines, linear in their length: it is meant to
+    run before anything that walks a header value by value (stripping our
+    own Routes, loop detection over the Vias), so that the cost of a message
+    is bounded by the cap and not by the number of values an attacker sent.
+
+    Raises :class:`ParseError` (400, reason ``Too Many <Name> Values``, with
+    *message* attached so that a request can still be answered).
+    """
+    counts: dict[str, int] = {}
+    for key, name, value, _raw in message.headers._entries:
+        seen = counts.get(key, 0)
+        total = seen + (count_values(value, limit - seen + 1) if key in LIST_HEADERS else 1)
+        if total > limit:
+            raise ParseError(f"Too Many {name} Values", message=message)
+        counts[key] = total
 
 
 def _request_from_line(line: str) -> tuple[Request, ParseError | None]:

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipshield._ratelog import ThrottledLog
-from sipshield.message import ParseError, Request, Response, Via
+from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, stateless_branch
 from sipshield.proxy._response import Branch, ResponseContext
@@ -44,6 +44,7 @@ class ProxyCore:
 
     def __init__(
         self, domains: Iterable[str] = (), reactor: Any = None, timer_c: float = 180.0, signer: RecordRouteSigner | None = None,
+        max_header_values: int = 64,
     ) -> None:
         # Signs our Record-Route values and verifies the Routes that come
         # back; the service replaces it with one keyed from data_dir at start.
@@ -51,6 +52,9 @@ class ProxyCore:
         self.domains = frozenset(d.lower() for d in domains)
         self.reactor = reactor
         self.timer_c = timer_c
+        self.max_header_values = max_header_values
+        """``[limits] max_header_values``: more values of one header name gets
+        400 (a request) or a drop (a response) before anything else is done."""
         self.local_hosts: set[str] = set()
         self.local_ports: set[int] = set()
         self.pipeline: Pipeline | None = None
@@ -93,6 +97,9 @@ class ProxyCore:
 
     def message_received(self, message: Request | Response, flow: Flow) -> None:
         try:
+            # First, for every transport: what follows walks some headers value
+            # by value, so its cost must be bounded by the cap, not the input.
+            check_header_values(message, self.max_header_values)
             if isinstance(message, Response):
                 self.counters["responses"] += 1
                 self.transactions.handle_response(message, flow)

@@ -77,18 +77,20 @@ def _signed(uri: URI, request: Request, signer: RecordRouteSigner) -> bool:
 
 def strip_own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
     """Remove the Route values at the top that are ours; True if one of them
-    carried a valid token for this request's dialog."""
-    headers = request.headers
+    carried a valid token for this request's dialog.
+
+    The Routes are split once and removed in one pass: linear in the route
+    set (popping them one by one re-split the whole set each time)."""
     signed = False
-    while True:
-        top = headers.get_values("Route")[:1]
-        if not top:
-            return signed
-        uri = _route_uri(top[0])
+    ours = 0
+    for value in request.headers.get_values("Route"):
+        uri = _route_uri(value)
         if not (uri.is_sip and uri.host and is_local(uri.host, uri.port)):
-            return signed
-        headers.remove_first("Route")
+            break
+        ours += 1
         signed = signed or _signed(uri, request, signer)
+    request.headers.remove_first_values("Route", ours)
+    return signed
 
 
 def next_hop(request: Request, override: URI | None = None) -> tuple[URI, Hop]:

@@ -25,6 +25,11 @@ class Flow(Protocol):
     remote: tuple[str, int]
     local: tuple[str, int]
 
+    authenticated: bool
+    """Set to True by the auth stage when a request on this flow passed
+    authentication; a stream transport keeps such connections when its
+    connection table is nearly full (the flag travels down, no call goes up)."""
+
     @property
     def reliable(self) -> bool:
         """True for stream transports (no retransmissions, RFC 3261 17.1.1.2)."""
@@ -48,7 +53,7 @@ class Flow(Protocol):
 class DatagramFlow:
     """A UDP peer seen on one listening socket."""
 
-    __slots__ = ("_writer", "local", "remote")
+    __slots__ = ("_writer", "local", "remote", "authenticated")
     transport_name = "UDP"
     reliable = False
     secure = False
@@ -57,6 +62,7 @@ class DatagramFlow:
         self._writer = writer
         self.local = local
         self.remote = remote
+        self.authenticated = False
 
     def send(self, data: bytes) -> None:
         self._writer.write(data, self.remote)

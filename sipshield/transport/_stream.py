@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -26,8 +27,14 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
     reliable = True
     factory: SIPStreamFactory
 
-    def __init__(self, factory: SIPStreamFactory, remote: tuple[str, int]) -> None:
+    def __init__(self, factory: SIPStreamFactory, remote: tuple[str, int], inbound: bool = False) -> None:
         self.factory = factory
+        self.inbound = inbound
+        """Accepted from a peer (not opened by the dispatcher): only these are
+        evicted when the connection table is nearly full."""
+        self.authenticated = False
+        """Set by the auth stage once a request on this connection passed
+        authentication (see Flow.authenticated); read by the factory."""
         self.transport_name = factory.transport_name
         self.secure = factory.transport_name == "TLS"
         self.remote = remote
@@ -36,6 +43,10 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin's clock
         self._closing = False
         self._pending: list[bytes] | None = None
+        self._deadline: Any = None
+        """Message-completion deadline (slowloris): set at the first byte of
+        a message, not moved by more partial bytes, cancelled once no partial
+        message is left; while it runs the idle timer is off."""
 
     # Flow ---------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -77,11 +88,43 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
     def connectionLost(self, reason: Any = None) -> None:
         self._closing = True
         self.setTimeout(None)
+        self._cancel_deadline()
         self.factory.connection_closed(self)
 
     def timeoutConnection(self) -> None:
         self.log.info("closing idle {transport} connection from {host}:{port}", transport=self.transport_name, host=self.remote[0], port=self.remote[1])
         self.close()
+
+    def _message_incomplete(self) -> None:
+        self._deadline = None
+        self.factory.remote_log.warn("incomplete message", self.remote[0],
+                                     "closing {transport} connection from {host}:{port}: no complete message within {timeout} s",
+                                     transport=self.transport_name, host=self.remote[0], port=self.remote[1], timeout=self.factory.limits.idle_timeout)
+        self.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _track_progress(self, completed: bool) -> None:
+        """Idle timer while no message is under way; otherwise the message
+        deadline, which only a completed message moves (to the next one,
+        whose first bytes came with it)."""
+        if self._closing:
+            return
+        timeout = self.factory.limits.idle_timeout
+        if not self.framer.buffered:
+            self._cancel_deadline()
+            self.setTimeout(timeout)
+        elif self._deadline is None:
+            self.setTimeout(None)
+            self._deadline = self.callLater(timeout, self._message_incomplete)
+        elif completed:
+            self._deadline.reset(timeout)
+        if completed:
+            self.factory.connection_active(self)
 
     def close(self) -> None:
         self._closing = True
@@ -91,10 +134,10 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self.resetTimeout()
         framer = self.framer
         handler = self.factory.handler
         framer.feed(data)
+        completed = False
         while not self._closing:
             try:
                 event = framer.next_event()
@@ -105,7 +148,9 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
                 self.close()
                 return
             if event is None:
+                self._track_progress(completed)
                 return
+            completed = True
             if event is KEEPALIVE:
                 # RFC 5626 3.5.1: a double-CRLF ping is answered with a single CRLF pong.
                 self.transport.write(_CRLF)  # type: ignore[union-attr]
@@ -125,7 +170,11 @@ class SIPStreamFactory(Factory):
     """Accepts TCP or TLS connections and keeps the connection table.
 
     Limits: connections per source address and in all; beyond either the new
-    connection is closed at once and the reason logged.
+    connection is closed at once and the reason logged.  Once the table is
+    within 10% of ``max_connections``, each new connection first closes the
+    inbound connection that has carried no authenticated request and has
+    been quiet longest (no complete message since), so a flood of idle or
+    trickling connections cannot lock new clients out.
     """
 
     log = Logger()
@@ -139,25 +188,66 @@ class SIPStreamFactory(Factory):
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
         self.remote_log = ThrottledLog(self.log, reactor)
         self._per_source: dict[str, int] = {}
+        # Inbound connections not (yet) authenticated, least recently active
+        # first: the eviction candidates, found in O(1).
+        self._unauthenticated: OrderedDict[SIPStreamProtocol, None] = OrderedDict()
 
     def buildProtocol(self, addr: Any) -> SIPStreamProtocol | None:  # type: ignore[override]
         if self.handler.refuse_source(addr.host):
             return None
-        return SIPStreamProtocol(self, (addr.host, addr.port))
+        return SIPStreamProtocol(self, (addr.host, addr.port), inbound=True)
 
     def connection_opened(self, proto: SIPStreamProtocol) -> str | None:
         """Register a connection; return a reason to refuse it, or None."""
         host = proto.remote[0]
-        if len(self.connections) >= self.limits.max_connections:
-            return f"too many connections ({self.limits.max_connections})"
         count = self._per_source.get(host, 0)
         if count >= self.limits.max_connections_per_source:
             return f"too many connections from {host} ({self.limits.max_connections_per_source})"
+        cap = self.limits.max_connections
+        if len(self.connections) >= cap - cap // 10:
+            victim = self._oldest_unauthenticated()
+            if victim is not None:
+                self._evict(victim)
+            elif len(self.connections) >= cap:
+                return f"too many connections ({cap})"
         self._per_source[host] = count + 1
         self.connections[proto.remote] = proto
+        if proto.inbound:
+            self._unauthenticated[proto] = None
         return None
 
+    def connection_active(self, proto: SIPStreamProtocol) -> None:
+        """A message (or keep-alive) completed on *proto*: it is the most
+        recently active now, or no candidate at all once authenticated."""
+        if proto not in self._unauthenticated:
+            return
+        if proto.authenticated:
+            del self._unauthenticated[proto]
+        else:
+            self._unauthenticated.move_to_end(proto)
+
+    def _oldest_unauthenticated(self) -> SIPStreamProtocol | None:
+        candidates = self._unauthenticated
+        while candidates:
+            proto = next(iter(candidates))
+            if not proto.authenticated:
+                return proto
+            del candidates[proto]  # authenticated since its last message
+        return None
+
+    def _evict(self, proto: SIPStreamProtocol) -> None:
+        self.remote_log.warn("connection evicted", proto.remote[0],
+                             "closing {transport} connection from {host}:{port}: connection table nearly full, oldest idle unauthenticated",
+                             transport=self.transport_name, host=proto.remote[0], port=proto.remote[1])
+        # Out of the table now, so the new connection can take its place;
+        # its connectionLost then finds nothing to remove.
+        self.connection_closed(proto)
+        proto._closing = True
+        if proto.transport is not None:
+            proto.transport.abortConnection()  # type: ignore[attr-defined]
+
     def connection_closed(self, proto: SIPStreamProtocol) -> None:
+        self._unauthenticated.pop(proto, None)
         if self.connections.get(proto.remote) is not proto:
             return
         del self.connections[proto.remote]

@@ -175,3 +175,23 @@ def test_rbac_external_routes_need_call_external_and_unauthenticated_is_refused(
     assert stage.process(rbac_ctx("INVITE", {"staff"})).reason == "Forbidden: missing permission call:external"
     assert stage.process(rbac_ctx("INVITE", {"trunk"}, user=None, trusted=True)) is CONTINUE
     assert stage.process(rbac_ctx("INVITE", {"staff", "trunk"}, user=None)).reason == "Forbidden: not authenticated"
+
+
+def test_a_request_that_passed_auth_marks_its_flow_authenticated() -> None:
+    # Read by the stream transport when it must close a connection to admit a new one.
+    stage, nonces = make_stage(DictStore({"alice": ("a", ("staff",))}))
+    context = answer(stage, nonces, "alice", "a")
+    assert stage.process(context).result is CONTINUE
+    assert context.flow.authenticated is True
+    trusted_stage, _ = make_stage(DictStore({}), trusted=["192.0.2.0/24"], trusted_role="trunk")
+    trusted = ctx("INVITE")
+    assert trusted_stage.process(trusted) is CONTINUE and trusted.flow.authenticated is True
+
+
+def test_challenged_or_refused_requests_leave_the_flow_unauthenticated() -> None:
+    stage, nonces = make_stage(DictStore({"alice": ("a", ("staff",))}))
+    challenged = ctx()
+    assert stage.process(challenged).status == 401
+    refused = answer(stage, nonces, "alice", "wrong")
+    assert stage.process(refused).result.status == 401
+    assert not getattr(challenged.flow, "authenticated", False) and not getattr(refused.flow, "authenticated", False)

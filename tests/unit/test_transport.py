@@ -156,3 +156,96 @@ def test_dispatcher_advertises_a_name_for_wildcard_listeners() -> None:
     assert dispatcher.advertised("0.0.0.0") == "sip.example.com"
     assert dispatcher.advertised("::") == "sip.example.com"
     assert dispatcher.advertised("192.0.2.1") == "192.0.2.1"
+
+
+def test_trickled_bytes_do_not_keep_an_incomplete_message_alive() -> None:
+    # Slowloris: one byte every 10 s never completes a message; the deadline
+    # runs from the first byte and further bytes do not move it.
+    factory, reactor = make_factory(RecordingHandler(), idle_timeout=30)
+    proto, transport = connect(factory)
+    data = options()
+    for n in range(3):
+        proto.dataReceived(data[n : n + 1])
+        reactor.advance(9.9)
+    assert not transport.disconnecting
+    reactor.advance(0.4)
+    assert transport.disconnecting
+
+
+def test_a_completed_message_ends_the_deadline_and_its_leftover_starts_the_next() -> None:
+    handler = RecordingHandler()
+    factory, reactor = make_factory(handler, idle_timeout=30)
+    proto, transport = connect(factory)
+    data = options("one")
+    proto.dataReceived(data[:10])
+    reactor.advance(25)
+    proto.dataReceived(data[10:] + options("two")[:10])  # completes one, starts two
+    reactor.advance(25)
+    assert [m.call_id for m, _ in handler.messages] == ["one"] and not transport.disconnecting
+    reactor.advance(6)
+    assert transport.disconnecting  # two had 30 s from its first bytes
+
+
+def test_after_a_complete_message_the_idle_timer_runs_again() -> None:
+    factory, reactor = make_factory(RecordingHandler(), idle_timeout=30)
+    proto, transport = connect(factory)
+    data = options()
+    proto.dataReceived(data[:10])
+    reactor.advance(20)
+    proto.dataReceived(data[10:])
+    reactor.advance(29)
+    assert not transport.disconnecting
+    reactor.advance(2)
+    assert transport.disconnecting
+
+
+def _fill_table(factory: SIPStreamFactory, count: int) -> list:
+    return [connect(factory, host=f"192.0.2.{n + 1}") for n in range(count)]
+
+
+def test_near_the_cap_a_new_connection_closes_the_oldest_idle_unauthenticated_one() -> None:
+    factory, reactor = make_factory(RecordingHandler(), max_connections=10)
+    conns = _fill_table(factory, 9)  # 9 of 10: within 10% of the cap
+    conns[0][0].authenticated = True  # carried an authenticated request
+    reactor.advance(1)
+    conns[1][0].dataReceived(options("busy"))  # active just now
+    new, new_transport = connect(factory, host="198.51.100.1")
+    assert not new_transport.disconnecting
+    evicted = [n for n, (_, t) in enumerate(conns) if t.disconnecting or t.disconnected]
+    assert evicted == [2]  # not 0 (authenticated), not 1 (recently active)
+    connect(factory, host="198.51.100.2")
+    assert [n for n, (_, t) in enumerate(conns) if t.disconnecting or t.disconnected] == [2, 3]
+    assert len(factory.connections) == 9 and conns[0][0].remote in factory.connections
+
+
+def test_at_the_cap_with_only_authenticated_connections_the_new_one_is_refused() -> None:
+    factory, _ = make_factory(RecordingHandler(), max_connections=3)
+    conns = _fill_table(factory, 3)
+    for proto, _ in conns:
+        proto.authenticated = True
+    _, refused = connect(factory, host="198.51.100.1")
+    assert refused.disconnecting or refused.disconnected
+    assert not any(t.disconnecting for _, t in conns) and len(factory.connections) == 3
+
+
+def test_the_per_source_cap_still_holds_near_the_global_cap() -> None:
+    factory, _ = make_factory(RecordingHandler(), max_connections=10, max_connections_per_source=2)
+    conns = _fill_table(factory, 9)
+    connect(factory, host="198.51.100.1", port=1)
+    connect(factory, host="198.51.100.1", port=2)
+    _, third = connect(factory, host="198.51.100.1", port=3)
+    assert third.disconnecting or third.disconnected
+    assert sum(1 for _, t in conns if t.disconnecting or t.disconnected) == 2  # one per admitted newcomer, none for the refused
+
+
+def test_outbound_connections_are_never_evicted() -> None:
+    from sipshield.transport._stream import SIPStreamProtocol
+
+    factory, _ = make_factory(RecordingHandler(), max_connections=2)
+    outbound = SIPStreamProtocol(factory, ("203.0.113.5", 5060))
+    out_transport = StringTransport(peerAddress=IPv4Address("TCP", "203.0.113.5", 5060), hostAddress=IPv4Address("TCP", "127.0.0.1", 5060))
+    outbound.makeConnection(out_transport)
+    _, inbound = connect(factory, host="192.0.2.1")
+    _, newcomer = connect(factory, host="192.0.2.2")
+    assert inbound.disconnecting or inbound.disconnected  # the inbound one made room
+    assert not out_transport.disconnecting and not newcomer.disconnecting
