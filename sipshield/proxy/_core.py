@@ -65,7 +65,7 @@ class ProxyCore:
         self.admission: tuple[Any, ...] = ()
         """Steps asked before any transaction exists: each has
         ``admission(request, flow) -> Decision | None`` (None: no objection)."""
-        self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0}
+        self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0, "stray_responses": 0}
         self.remote_log = ThrottledLog(self.log, reactor) if reactor is not None else None
         """Lines caused by remote input go through this (per source and kind, bounded)."""
 
@@ -214,21 +214,24 @@ class ProxyCore:
         _, hop = next_hop(request)
         self._send_stateless(request, hop, stateless_branch(request))
 
-    def stray_response(self, response: Response, flow: Flow | None) -> None:
-        """A response matching no client transaction (e.g. a 2xx retransmission
-        after the transaction ended): forward it statelessly (RFC 3261 16.7,
-        RFC 6026 section 8.2) if the top Via is ours."""
-        vias = response.vias
-        if len(vias) < 2 or not self.is_local(vias[0].host, vias[0].port):
+    def stray_response(self, response: Response, flow: Flow) -> None:
+        """A response matching no client transaction: dropped and counted.
+
+        Forwarding it along its Via would let anyone aim a response (over
+        TCP, a new connection) at a host of their choosing; RFC 6026's
+        Accepted state keeps genuine 2xx retransmissions on their client
+        transaction, which forwards them (``forward_retransmitted_2xx``).
+        """
+        self.counters["stray_responses"] += 1
+
+    def forward_retransmitted_2xx(self, response: Response, upstream: Flow) -> None:
+        """A 2xx retransmission on a client transaction in Accepted whose
+        response context is gone: forward it statelessly (RFC 3261 16.7 step
+        10, RFC 6026 8.2) to where the INVITE came from, not along the Via."""
+        if len(response.vias) < 2:
             return
         response.headers.remove_first("Via")
-        via = vias[1]
-        transport = via.transport if via.transport in ("UDP", "TCP", "TLS") else "UDP"
-        host = via.received or via.host
-        port = int(via.rport) if via.rport else (via.port or (5061 if transport == "TLS" else 5060))
-        if via.maddr:
-            host = via.maddr
-        self.dispatcher.send(response.serialise(), (transport, host.strip("[]"), port), None)
+        upstream.send(response.serialise())
 
     # -- relaying (RFC 3261 16.6) --------------------------------------------
     def _relay(self, txn: Any, context: RequestContext, targets: tuple[Target, ...]) -> None:
@@ -308,7 +311,7 @@ class ProxyCore:
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(txn.request)}")
         branch = Branch(rc, fwd, hop, flow)
         rc.add_branch(branch)
-        calls = _BranchCallbacks(branch, self)
+        calls = _BranchCallbacks(branch, self, txn.flow)
         branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=flow)
 
     def _send_stateless(self, request: Request, hop: Hop, branch: str) -> None:
@@ -371,21 +374,23 @@ class _BranchCallbacks:
     lasts 64*T1), and strong references both ways would make every call a
     reference cycle left to the cyclic garbage collector, whose full passes
     stall the reactor under load.  Once the context is gone, a 2xx
-    retransmission is forwarded statelessly (RFC 3261 16.7, RFC 6026 8.2).
+    retransmission is forwarded statelessly to the flow the request came in
+    on (RFC 3261 16.7, RFC 6026 8.2).
     """
 
-    __slots__ = ("_branch", "_core")
+    __slots__ = ("_branch", "_core", "_upstream")
 
-    def __init__(self, branch: Branch, core: ProxyCore) -> None:
+    def __init__(self, branch: Branch, core: ProxyCore, upstream: Flow) -> None:
         self._branch = weakref.ref(branch)
         self._core = core
+        self._upstream = upstream
 
     def response(self, txn: Any, response: Response) -> None:
         branch = self._branch()
         if branch is not None and branch.context is not None:
             branch.context.on_response(txn, response, branch)
         elif 200 <= response.status < 300:
-            self._core.stray_response(response, None)
+            self._core.forward_retransmitted_2xx(response, self._upstream)
 
     def timeout(self, txn: Any) -> None:
         branch = self._branch()

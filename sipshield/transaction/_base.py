@@ -105,8 +105,9 @@ class TransactionUser(Protocol):
     def stray_response(self, response: Response, flow: Flow) -> None:
         """A response that matches no client transaction (RFC 3261 17.1.3).
 
-        A proxy forwards these statelessly (RFC 3261 16.7, RFC 6026 7.3):
-        they are typically 2xx retransmissions after Timer M or forked 2xx.
+        Nothing vouches for them: a 2xx retransmission or a forked 2xx
+        reaches the TU through its client transaction in Accepted (RFC 6026
+        7.2), so the sipshield proxy drops these and counts them.
         """
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sipshield.transport import response_address
-
 from ._base import _NEVER, ACCEPTED, COMPLETED, CONFIRMED, PROCEEDING, TERMINATED, TRYING, _Transaction
 from ._keys import _RFC2543, rfc2543_key
 
@@ -30,11 +28,10 @@ class ServerTransaction(_Transaction):
     in on, ``method`` its method and ``state`` one of the state constants.
     """
 
-    __slots__ = ("request", "flow", "_address", "_last")
+    __slots__ = ("request", "flow", "_last")
 
     request: Request
     flow: Flow
-    _address: tuple[str, int] | None
     _last: bytes | None
 
     def __init__(self, layer: TransactionLayer, key: Any, request: Request, flow: Flow, state: str) -> None:
@@ -47,7 +44,6 @@ class ServerTransaction(_Transaction):
         self.state = state
         self.reliable = flow.reliable
         self._timer = None
-        self._address = None
         self._last = None
 
     def send_response(self, response: Response) -> bool:
@@ -62,17 +58,6 @@ class ServerTransaction(_Transaction):
 
     def _on_request(self, request: Request, flow: Flow) -> None:
         raise NotImplementedError
-
-    def _send(self, data: bytes) -> None:
-        """RFC 3261 18.2.2: on the same connection when reliable, else to the Via-derived address."""
-        flow = self.flow
-        if self.reliable:
-            flow.send(data)
-            return
-        address = self._address
-        if address is None:
-            address = self._address = response_address(self.request, flow)
-        flow.send_to(data, address)
 
     def terminate(self) -> None:
         """Drop the transaction now (the TU gives up on it); idempotent."""
@@ -90,7 +75,7 @@ class NonInviteServerTransaction(ServerTransaction):
             return False  # 17.2.2: further finals are discarded in Completed
         data = response.serialise()
         self._last = data
-        self._send(data)
+        self.flow.send(data)
         if response.status < 200:
             self.state = PROCEEDING
         elif self.reliable:
@@ -105,7 +90,7 @@ class NonInviteServerTransaction(ServerTransaction):
         # the last response in Proceeding and Completed.
         last = self._last
         if last is not None:
-            self._send(last)
+            self.flow.send(last)
 
     def _on_timer(self, deadline: bool) -> None:
         self._terminate()  # Timer J
@@ -129,7 +114,7 @@ class InviteServerTransaction(ServerTransaction):
         if state is PROCEEDING:
             data = response.serialise()
             self._last = data
-            self._send(data)
+            self.flow.send(data)
             if status < 200:
                 return True
             timers = self._layer.timers
@@ -146,7 +131,7 @@ class InviteServerTransaction(ServerTransaction):
         if state is ACCEPTED and 200 <= status < 300:
             # RFC 6026 8.6: the TU's 2xx retransmissions (or further 2xx of
             # a forked request) pass through; the transaction makes none.
-            self._send(response.serialise())
+            self.flow.send(response.serialise())
             return True
         return False
 
@@ -170,7 +155,7 @@ class InviteServerTransaction(ServerTransaction):
         if state is PROCEEDING or state is COMPLETED:
             last = self._last
             if last is not None:
-                self._send(last)
+                self.flow.send(last)
 
     def _on_timer(self, deadline: bool) -> None:
         if self.state is COMPLETED:
@@ -183,7 +168,7 @@ class InviteServerTransaction(ServerTransaction):
             # Timer G: resend the final, doubling up to T2.
             last = self._last
             if last is not None:
-                self._send(last)
+                self.flow.send(last)
             interval = self._interval * 2
             t2 = self._layer.timers.t2
             self._interval = interval if interval < t2 else t2

@@ -4,16 +4,16 @@ A flow is what the transaction and proxy layers hold on to instead of a
 socket: its transport name (as in a Via header), the local and remote
 addresses, and ``send(data)``, which writes on the same UDP socket or the
 same TCP/TLS connection (RFC 3261 18.2.2, RFC 5626 flows).
+
+Responses over UDP go back to the request's source address and port, as
+RFC 3581 prescribes with ``rport``, for every request: never to a Via
+``maddr``, ``received`` or sent-by port, which an unauthenticated sender
+can forge to aim our answers (and their retransmissions) at a third party.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
-
-from sipshield.message import ParseError
-
-if TYPE_CHECKING:
-    from sipshield.message import Message
+from typing import Any, Protocol
 
 
 class Flow(Protocol):
@@ -41,11 +41,6 @@ class Flow(Protocol):
     def send(self, data: bytes) -> None:
         """Write one serialised message to the peer."""
 
-    def send_to(self, data: bytes, address: tuple[str, int]) -> None:
-        """Write to another address from the same socket (UDP responses sent
-        to a Via's sent-by or maddr, RFC 3261 18.2.2); stream flows can only
-        write to their own peer and ignore ``address``."""
-
     def peer_certificate(self) -> Any:
         """The peer's verified TLS certificate (pyOpenSSL X509), or None."""
 
@@ -67,30 +62,8 @@ class DatagramFlow:
     def send(self, data: bytes) -> None:
         self._writer.write(data, self.remote)
 
-    def send_to(self, data: bytes, address: tuple[str, int]) -> None:
-        self._writer.write(data, address)
-
     def peer_certificate(self) -> None:
         return None
 
     def __repr__(self) -> str:
         return f"<DatagramFlow UDP {self.remote[0]}:{self.remote[1]}>"
-
-
-def response_address(request: Message, flow: Flow) -> tuple[str, int]:
-    """Where to send a response over UDP (RFC 3261 18.2.2, RFC 3581 4).
-
-    maddr wins; with rport the response goes back to the source port;
-    otherwise to the source address and the Via's sent-by port.  The
-    source address is used rather than ``received`` from the message, so a
-    forged received=255.255.255.255 can never aim a response at a broadcast.
-    """
-    try:
-        via = request.top_via
-    except ParseError:
-        return flow.remote
-    if via.maddr:
-        return via.maddr.strip("[]"), via.port or 5060
-    if via.rport is not None:
-        return flow.remote
-    return flow.remote[0], via.port or 5060

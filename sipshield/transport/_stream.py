@@ -60,9 +60,6 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
                 self._pending = []
             self._pending.append(data)
 
-    def send_to(self, data: bytes, address: tuple[str, int]) -> None:
-        self.send(data)
-
     def peer_certificate(self) -> Any:
         if not self.secure or self.transport is None:
             return None

@@ -30,9 +30,6 @@ class RecordingFlow:
     def send(self, data: bytes) -> None:
         self.sent.append((data, self.remote))
 
-    def send_to(self, data: bytes, address: tuple[str, int]) -> None:
-        self.sent.append((data, address))
-
     def peer_certificate(self) -> None:
         return None
 
@@ -192,19 +189,19 @@ def test_malformed_responses_are_dropped(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "via, expected",
+    "via",
     [
-        ("SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKa", ("192.0.2.9", 5070)),
-        ("SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKa", ("192.0.2.9", 5060)),
-        ("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKa;rport", ("192.0.2.9", 40000)),
-        ("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKa;maddr=192.0.2.77", ("192.0.2.77", 5070)),
-        ("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKa;received=255.255.255.255", ("192.0.2.9", 5060)),
+        "SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKa",
+        "SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKa",
+        "SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKa;rport",
+        "SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKa;maddr=192.0.2.77",
+        "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKa;received=255.255.255.255",
     ],
 )
-def test_udp_responses_go_where_rfc3261_18_2_2_says(via: str, expected: tuple[str, int]) -> None:
+def test_udp_responses_go_to_the_source_address_whatever_the_via_says(via: str) -> None:
     core, _, _ = make_core()
     ((_, address),) = feed(core, request(via=via)).sent
-    assert address == expected
+    assert address == ("192.0.2.9", 40000)
 
 
 def test_request_for_foreign_domain_is_not_relayed() -> None:
@@ -245,6 +242,30 @@ def test_responses_come_back_without_our_via_and_2xx_goes_up() -> None:
     final = upstream.messages()[-1]
     assert len(final.vias) == 1 and final.top_via.branch == "z9hG4bKx"
     assert final.to.tag == "callee"
+
+
+def test_2xx_retransmissions_after_the_context_ends_go_to_the_upstream_flow_not_the_via() -> None:
+    core, dispatcher, clock = make_core(Relay("sip:bob@192.0.2.20:5062"))
+    upstream = feed(core, request("sip:bob@example.com", "INVITE", via="SIP/2.0/UDP 192.0.2.66:5099;branch=z9hG4bKx"))
+    ((fwd, hop),) = dispatcher.sent
+    downstream = dispatcher.flows[hop]
+    feed(core, answer(fwd, 200), downstream)
+    assert not core.contexts  # the response context ends with the 2xx (RFC 6026 Accepted keeps the client txn)
+    feed(core, answer(fwd, 200), downstream)
+    assert upstream.statuses() == [100, 200, 200]
+    assert [where for _, where in upstream.sent] == [upstream.remote] * 3  # the source, not 192.0.2.66:5099
+    assert len(dispatcher.sent) == 1 and core.counters["stray_responses"] == 0
+
+
+def test_a_response_matching_no_transaction_is_dropped_and_counted() -> None:
+    core, dispatcher, _ = make_core()
+    for status, via in [(200, "UDP 192.0.2.50:5060"), (180, "TCP 192.0.2.50:5060"), (401, "UDP 192.0.2.50:5060;maddr=192.0.2.51")]:
+        forged = (
+            f"SIP/2.0 {status} X\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKforged\r\nVia: SIP/2.0/{via};branch=z9hG4bKv\r\n"
+            "From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>;tag=2\r\nCall-ID: f\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        assert feed(core, forged).sent == []
+    assert dispatcher.sent == [] and core.counters["stray_responses"] == 3
 
 
 def test_double_record_route_when_tls_comes_in_and_udp_goes_out() -> None:

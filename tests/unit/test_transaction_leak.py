@@ -33,9 +33,6 @@ class Flow:
     def send(self, data: bytes) -> None:
         self.tally["flow.send"] += 1
 
-    def send_to(self, data: bytes, address: tuple[str, int]) -> None:
-        self.tally["flow.send_to"] += 1
-
     def peer_certificate(self) -> None:
         return None
 
