@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from inline_pool import InlinePool
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.python.threadpool import ThreadPool
 
 from sipshield.auth import NonceManager
 from sipshield.auth._checkers import BackendUnavailable, ChainedChecker, StoreChecker, UnknownUser, make_portal
@@ -48,18 +48,6 @@ class ImmediateReactor(Clock):
 
     def callFromThread(self, f, *args, **kw):
         f(*args, **kw)
-
-
-class InlinePool(ThreadPool):
-    def callInThreadWithCallback(self, onResult, func, *args, **kw):
-        try:
-            result = func(*args, **kw)
-        except Exception:
-            from twisted.python.failure import Failure
-
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
 
 
 def is_local(host, port):
