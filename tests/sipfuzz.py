@@ -26,10 +26,16 @@ the innermost sipshield frame, or by the status and reason):
   it as "Unhandled Error" with a traceback);
 - a log event carrying a failure (``log.failure``: a traceback in the log,
   e.g. "routing failed", or "Unhandled error in Deferred");
-- any 500, and any other 5xx except 503.  503 is allowed: the proxy says it
-  with a Retry-After when a backend or store is down (fail closed) and as
-  "No route to target" / an unresolvable or unreachable next hop, which is
-  not a reaction to a malformed message but to where the message points.
+- any 5xx, with three exceptions, none of them a reaction to a malformed
+  message: 503 (a backend or store is down, fail closed with Retry-After;
+  "No route to target"), 505 (RFC 3261 21.5.7: the SIP-Version is not
+  2.0, an answer about the version, not a failure), and 500 "Server
+  Internal Error" while the message's target was out of reach (a name that
+  does not resolve, a datagram the socket refused, a connection refused, no
+  listener of the hop's family): RFC 3261 16.9 turns the transport error
+  into a 503 and 16.7 step 6 the only 503 into a 500.  That 500 is told
+  apart by the reactor's ``unreachable`` count moving while the message
+  was handled, so a 500 with no such event is still a finding.
 """
 
 from __future__ import annotations
@@ -437,6 +443,7 @@ class _UDPPort:
     def write(self, data: bytes, addr: tuple[str, int]) -> None:
         """Refuse what twisted.internet.udp.Port.write and sendto(2) on Linux refuse."""
         host, port = addr
+        self.reactor.unreachable += 1  # until the checks below pass
         if not isIPAddress(host):
             raise InvalidAddressError(host, "IPv6 address on an IPv4 port" if isIPv6Address(host) else "write() only accepts IP addresses")
         if not isinstance(port, int) or not 0 <= port <= 65535:
@@ -445,6 +452,7 @@ class _UDPPort:
             raise OSError(errno.EINVAL, "Invalid argument")
         if host in ("255.255.255.255", "127.255.255.255"):
             raise PermissionError(errno.EACCES, "Permission denied")
+        self.reactor.unreachable -= 1
         self.reactor.written.append(("UDP", data, addr))
 
     def stopListening(self) -> None:
@@ -489,6 +497,10 @@ class FuzzReactor(Clock):
         self.udp: list[tuple[_UDPPort, Any]] = []
         self.tcp: list[_TCPPort] = []
         self.connects: list[tuple[str, int]] = []
+        self.unreachable = 0
+        self.names: dict[str, str] = {}
+        """What ``resolve`` knows; every other name fails."""
+        """Datagrams refused, names not resolved, connections refused: targets out of reach."""
         self._ports = itertools.count(30000)
 
     def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
@@ -508,13 +520,21 @@ class FuzzReactor(Clock):
     def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None) -> _Connector:
         connector = _Connector(host, port)
         self.connects.append((host, port))
-        self.callLater(timeout, factory.clientConnectionFailed, connector, Failure(ConnectionRefusedError(host)))
+        self.callLater(timeout, self._refuse, factory, connector)
         return connector
+
+    def _refuse(self, factory: Any, connector: _Connector) -> None:
+        self.unreachable += 1
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError(connector.host)))
 
     def connectSSL(self, host: str, port: int, factory: Any, contextFactory: Any, timeout: float = 30, bindAddress: Any = None) -> _Connector:
         return self.connectTCP(host, port, factory, timeout)
 
     def resolve(self, name: str, timeout: Any = (1, 3, 11, 45)) -> defer.Deferred[str]:
+        address = self.names.get(name)
+        if address is not None:
+            return defer.succeed(address)
+        self.unreachable += 1
         return defer.fail(DNSLookupError(name))
 
 
@@ -541,7 +561,9 @@ class FuzzTarget:
         svc.auth_pool.callInThreadWithCallback = call_inline  # type: ignore[method-assign]
         self._current = b""
         self._unreachable = False
-        self._log_events: list[dict[str, Any]] = []
+        self._unreachable_mark = 0
+        self.sent: list[tuple[str, bytes, tuple[str, int]]] = []
+        """What the service wrote in answer to the last ``send_*`` (kind, bytes, address)."""
         globalLogPublisher.addObserver(self._observe)
         svc.privilegedStartService()
         svc.startService()
@@ -570,12 +592,14 @@ class FuzzTarget:
     # -- feeding
     def send_udp(self, data: bytes, source: tuple[str, int]) -> None:
         self._current = data
+        self.sent = []
         self._guard(self.udp_protocol.datagramReceived, data, source)
         self._collect()
 
     def send_tcp(self, data: bytes, source: str) -> None:
         """Write on the current connection from ``source``; a new one every few messages or after a close."""
         self._current = data
+        self.sent = []
         if (self._connection is None or self._connection_left <= 0 or self._connection[1].disconnecting
                 or self._connection[0].remote[0] != source):
             self._drop_connection()
@@ -644,16 +668,19 @@ class FuzzTarget:
             if out:
                 transport.clear()
                 written += [("TCP", b"SIP/2.0 " + part, ("", 0)) for part in out.split(b"SIP/2.0 ")[1:]] if out.startswith(b"SIP/2.0 ") else []
+        self.sent += written
         for _kind, data, _where in written:
             status = status_of(data)
             if status is None:
                 continue
             code, reason = status
             self.report.answers[code] += 1
-            if 500 <= code < 600 and code not in ALLOWED_5XX and not (code == 500 and self._unreachable):
+            unreachable = self._unreachable or self.reactor.unreachable != self._unreachable_mark
+            if 500 <= code < 600 and code not in ALLOWED_5XX and not (code == 500 and unreachable):
                 self.report.add(f"{code} {reason}", self._current, data.decode("utf-8", "replace"))
         written.clear()
         self._unreachable = False
+        self._unreachable_mark = self.reactor.unreachable
 
 
 def run(target: FuzzTarget, count: int, seed_value: int, udp_share: float = 0.5) -> Report:

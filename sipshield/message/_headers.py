@@ -5,6 +5,7 @@ RFC 3261 7.3 (header fields), 20 (header field definitions) and 25.1 (ABNF).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
@@ -16,6 +17,7 @@ from ._grammar import (
     AUTH_HEAD_RE,
     AUTH_PARAM_RE,
     CSEQ_RE,
+    HOST_RE,
     NAME_ADDR_HEAD_RE,
     PARAM_RE,
     TOKEN_RE,
@@ -438,6 +440,38 @@ def format_params(params: Mapping[str, str | None]) -> str:
 # -- Via -----------------------------------------------------------------------
 
 
+def _is_ip_literal(text: str) -> bool:
+    if text[:1] == "[" and text[-1:] == "]":
+        text = text[1:-1]
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return "%" not in text  # a scope zone names an interface of the sender, not an address
+
+
+def _check_via_params(params: dict[str, str | None]) -> None:
+    """The Via parameters a proxy sends to must have their grammar: via-received
+    is an IPv4 or IPv6 address, via-maddr a host, via-ttl 0-255 (RFC 3261 20.42,
+    25.1), response-port 1-65535 (RFC 3581 4, a port).  Anything else is a
+    malformed Via, answered 400 for a request and dropped for a response."""
+    if "received" in params:
+        value = params["received"]
+        if not value or not _is_ip_literal(value):
+            raise ParseError("Via: received is not an IP address")
+    rport = params.get("rport")
+    if rport is not None and not (len(rport) <= 5 and rport.isdigit() and rport.isascii() and 0 < int(rport) <= 65535):
+        raise ParseError("Via: rport out of range")
+    if "maddr" in params:
+        value = params["maddr"]
+        if not value or not HOST_RE.fullmatch(value) or (value[0] == "[" and not _is_ip_literal(value)):
+            raise ParseError("Via: maddr is not a host")
+    if "ttl" in params:
+        value = params["ttl"]
+        if not value or len(value) > 3 or not value.isdigit() or not value.isascii() or int(value) > 255:
+            raise ParseError("Via: ttl out of range")
+
+
 class Via:
     """One Via value (RFC 3261 20.42, 18.2.1): ``protocol/transport host[:port];params``."""
 
@@ -468,6 +502,8 @@ class Via:
         else:
             via.port = None
         via.params = parse_params(text, m.end(), "Via") if m.end() < len(text) else {}
+        if via.params:
+            _check_via_params(via.params)
         return via
 
     @classmethod
@@ -484,7 +520,9 @@ class Via:
                 raise ParseError("Via: port out of range")
         else:
             via.port = None
-        via.params = _fast_params(ptext)
+        via.params = params = _fast_params(ptext)
+        if params:
+            _check_via_params(params)
         return via
 
     def __str__(self) -> str:

@@ -6,6 +6,7 @@ RFC 3261 7 (SIP messages), 8.2.6 (building responses), 18.3 (framing),
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from itertools import islice
 from typing import Any
@@ -677,6 +678,8 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
         raise ParseError("Empty message")
     raw_head = data[start:end]
     head = raw_head.decode("utf-8", "surrogateescape")
+    crlf = head.count("\r\n")
+    unsafe = head.count("\r") != crlf or head.count("\n") != crlf or ("\0" in head and _BARE_NUL.search(head) is not None)
     lines = head.split("\r\n")
     if len(lines) - 1 > max_headers:
         raise ParseError("Too many header lines")
@@ -703,6 +706,11 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
     msg.body = b""
     msg._raw_head = raw_head
     msg._cl = None
+    if unsafe:
+        # RFC 3261 7.3.1, 25.1: a header line ends with CRLF, and no value holds
+        # CR, LF or NUL (NUL only as a quoted-pair, RFC 4475 3.1.1.2); echoed
+        # into a response they would forge header lines.
+        raise ParseError("NUL, CR or LF inside a header line", message=msg if _echo_safe(entries) else None)
     if error is not None:
         error.message = msg
         raise error
@@ -741,6 +749,15 @@ def check_header_values(message: Message, limit: int) -> None:
         if total > limit:
             raise ParseError(f"Too Many {name} Values", message=message)
         counts[key] = total
+
+
+_BARE_NUL = re.compile(r"(?<!\\)\x00")
+_ECHOED = frozenset(("via", "from", "to", "call-id", "cseq"))
+
+
+def _echo_safe(entries: list[_Entry]) -> bool:
+    """Can a response copy the headers it echoes (RFC 3261 8.2.6.2) without carrying a bare CR, LF or NUL?"""
+    return not any(key in _ECHOED and ("\r" in value or "\n" in value or _BARE_NUL.search(value)) for key, _, value, _ in entries)
 
 
 def _request_from_line(line: str) -> tuple[Request, ParseError | None]:

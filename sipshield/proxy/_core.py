@@ -246,11 +246,18 @@ class ProxyCore:
         is_invite = request.method == "INVITE"
         rc = ResponseContext(self, txn, context, is_invite)
         self.contexts[txn] = rc
+        malformed: ParseError | None = None
         for target in sorted(targets, key=lambda t: -t.q):
-            self._fork(rc, txn, request, target)
+            try:
+                self._fork(rc, txn, request, target)
+            except ParseError as e:
+                malformed = e  # a Route of the request (or of the target) it cannot follow
         if not rc.branches:
             del self.contexts[txn]
-            self._reply(txn, 503, "No route to target")
+            if malformed is not None:
+                self._reply(txn, malformed.status, malformed.reason)
+            else:
+                self._reply(txn, 503, "No route to target")
 
     def _fork(self, rc: ResponseContext, txn: Any, request: Request, target: Target) -> None:
         fwd = Request(request.method, target.uri.copy(), request.headers.copy(), request.body)
@@ -315,6 +322,12 @@ class ProxyCore:
         branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=flow)
 
     def _send_stateless(self, request: Request, hop: Hop, branch: str) -> None:
+        if not is_ip(hop[1]):
+            # A datagram socket writes to addresses only (RFC 3263: resolve first).
+            resolving = self.reactor.resolve(hop[1])
+            resolving.addCallbacks(lambda ip: self._send_stateless(request, (hop[0], ip, hop[2]), branch),
+                                   lambda f: self.log.warn("cannot resolve {host}: {why}", host=hop[1], why=f.getErrorMessage()))
+            return
         outbound = self.dispatcher.local_address(hop[0], hop[1])
         if outbound is None:
             return

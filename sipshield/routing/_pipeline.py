@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipshield.interfaces import IPipelineStage
+from sipshield.message import ParseError
 from sipshield.routing._decision import Decision, RequestContext
 
 __all__ = ["Pipeline"]
@@ -23,7 +24,8 @@ class Pipeline:
 
     Synchronous stages cost one method call each; the pipeline switches to a
     Deferred only when a stage returns one.  A stage that raises is a bug:
-    it is logged with its traceback and the request gets 500 (fail closed).
+    it is logged with its traceback and the request gets 500 (fail closed),
+    except for a ParseError: a malformed header met late gets its 400.
     """
 
     log = Logger()
@@ -57,5 +59,10 @@ class Pipeline:
         return self.run(context, next_index)
 
     def _failed(self, failure: Failure, stage: IPipelineStage) -> Decision:
+        if failure.check(ParseError):
+            # A header the stage parses on access is malformed: the request's
+            # fault, not the stage's (400 with the reason, no traceback).
+            error: ParseError = failure.value  # type: ignore[assignment]
+            return Decision.reply(error.status, error.reason)
         self.log.failure("pipeline stage {stage} failed", failure, stage=getattr(stage, "name", repr(stage)))
         return Decision.reply(500, f"Internal error in stage {getattr(stage, 'name', '?')}")

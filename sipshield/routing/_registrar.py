@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipshield.interfaces import IPipelineStage
-from sipshield.message import URI, Contact, ParseError, Request
+from sipshield.message import URI, Address, Contact, ParseError, Request
 from sipshield.routing._decision import CONTINUE, Decision, RequestContext, Target
 from sipshield.state import Binding, StoreUnavailable, aor_of
 
@@ -91,15 +91,19 @@ class Registrar:
       ``[auth] trusted_sources``): only a configured edge proxy may insert
       Path, since a UA's own Path would route its calls through any host it
       chose (refused, not stripped, so a misconfigured edge is noticed);
+      400 "Path: malformed value" when a trusted edge sends one that is not a
+      SIP name-addr (stored, it would be the Route of every call to the AOR);
     * 400 for ``Contact: *`` with other Contacts or an expiry other than 0
       (step 6), for a Contact that is not a SIP or SIPS URI (a policy: the
       proxy can only relay to SIP URIs), for an invalid q or Expires;
     * 423 with Min-Expires when 0 < expiry < ``min_expires`` (step 7,
       RFC 3261 21.4.17 / 20.23); expiries above ``max_expires`` are capped;
-    * 500 "Out of Order" when a binding already holds this Call-ID with an
-      equal or higher CSeq (step 7 says only that "the request fails"; 500
-      is what RFC 3261 12.2.2 prescribes for the analogous out-of-order
-      in-dialog request, and what most registrars send);
+    * 400 "CSeq out of order" when a binding already holds this Call-ID with
+      an equal or higher CSeq (step 7 says only that "the request fails").
+      Not the 500 of RFC 3261 12.2.2 for out-of-order in-dialog requests: a
+      stale or replayed REGISTER is the sender's fault, and sipshield answers
+      bad input with 4xx only, so a 5xx always means the proxy or a backend
+      is in trouble (what monitoring alerts on);
     * 403 "Too Many Contacts" beyond ``max_bindings`` per AOR (a local
       limit against memory exhaustion);
     * 503 with Retry-After when the store fails or does not answer within
@@ -188,8 +192,12 @@ class Registrar:
         aor = aor_of(to)
         if not self.authorize(context, aor):
             return Decision.reply(403, "Forbidden")
-        if "Path" in headers and not context.attributes.get("trusted"):
-            return Decision.reply(403, "Forbidden: Path from an untrusted source")
+        if "Path" in headers:
+            if not context.attributes.get("trusted"):
+                return Decision.reply(403, "Forbidden: Path from an untrusted source")
+            if not all(_is_sip_route(value) for value in headers.get_values("Path")):
+                # Checked now: stored, it would become the Route of every call to this AOR.
+                return Decision.reply(400, "Path: malformed value")
         request.call_id  # noqa: B018 - a missing Call-ID or CSeq is a 400 now, not later
         request.cseq  # noqa: B018
         contacts = request.contacts
@@ -233,7 +241,7 @@ class Registrar:
             current: list[Binding] = await guard.call(self.store.bindings(aor))
             if not wanted:  # Contact: * (step 6)
                 if any(b.call_id == call_id and b.cseq >= cseq for b in current):
-                    return Decision.reply(500, "Out of Order")
+                    return Decision.reply(400, "CSeq out of order")
                 if current:
                     await guard.call(self.store.remove_all(aor))
             else:
@@ -266,7 +274,7 @@ class Registrar:
             old = next((b for u, b in existing if u == uri), None)
             if old is not None:
                 if old.call_id == call_id and old.cseq >= cseq:
-                    return Decision.reply(500, "Out of Order")
+                    return Decision.reply(400, "CSeq out of order")
                 if old.contact != text:
                     removals.append(old.contact)
             if expires == 0:
@@ -314,6 +322,14 @@ class Registrar:
                 headers.append(("Path", value))
         headers.append(("Date", email.utils.formatdate(now, usegmt=True)))
         return Decision.reply(200, "OK", headers)
+
+
+def _is_sip_route(value: str) -> bool:
+    """A Path value is a name-addr with a SIP or SIPS URI (RFC 3327 4, RFC 3261 20.34)."""
+    try:
+        return Address.parse(value).uri.is_sip
+    except ParseError:
+        return False
 
 
 def _supports_path(request: Request) -> bool:

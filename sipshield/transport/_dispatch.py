@@ -103,8 +103,7 @@ class TransportDispatcher:
             return None
         if transport == "UDP":
             udp = DatagramFlow(listener.port, listener.address, (host, port))
-            udp.send(data)
-            return udp
+            return udp if udp.write(data, udp.remote) else None
         factory = listener.factory
         if factory is None:
             return None

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from twisted.internet.error import InvalidAddressError, MessageLengthError
+
 
 class Flow(Protocol):
     """What the layers above the transports know of one path to a peer."""
@@ -45,6 +47,12 @@ class Flow(Protocol):
         """The peer's verified TLS certificate (pyOpenSSL X509), or None."""
 
 
+# What twisted.internet.udp.Port.write raises for an address or a datagram
+# the socket cannot take (InvalidAddressError: not an IP of its family;
+# OverflowError: port outside 0-65535; OSError: EINVAL, EACCES, ENETUNREACH...).
+_UNSENDABLE = (InvalidAddressError, MessageLengthError, OverflowError, OSError)
+
+
 class DatagramFlow:
     """A UDP peer seen on one listening socket."""
 
@@ -60,7 +68,23 @@ class DatagramFlow:
         self.authenticated = False
 
     def send(self, data: bytes) -> None:
-        self._writer.write(data, self.remote)
+        self.write(data, self.remote)
+
+    def write(self, data: bytes, address: tuple[str, int]) -> bool:
+        """Put one datagram on the socket; False when the socket refused it.
+
+        The address may come from a peer (a Route, a Contact, a stray
+        response's Via): a name, an address of the other family, port 0, a
+        broadcast address or an unreachable network make sendto(2) fail.
+        That is the datagram lost (UDP promises no more), not a reason for a
+        traceback; the dispatcher turns False into a transport error
+        (RFC 3261 17.1.4).
+        """
+        try:
+            self._writer.write(data, address)
+        except _UNSENDABLE:
+            return False
+        return True
 
     def peer_certificate(self) -> None:
         return None

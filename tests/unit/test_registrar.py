@@ -247,7 +247,7 @@ def test_star_needs_expires_zero_and_to_be_alone(registrar: Registrar, store: Me
 def test_star_from_the_same_call_id_with_an_old_cseq_is_out_of_order(registrar: Registrar, store: MemoryLocationStore) -> None:
     run(registrar, register(["<sip:alice@192.0.2.9>"], call_id="a@ua", cseq=5))
     decision = run(registrar, register(["*"], expires=0, call_id="a@ua", cseq=5))
-    assert (decision.status, decision.reason) == (500, "Out of Order")
+    assert (decision.status, decision.reason) == (400, "CSeq out of order")
     assert contacts_of(store) == ["sip:alice@192.0.2.9"]
 
 
@@ -258,7 +258,7 @@ def test_star_from_the_same_call_id_with_an_old_cseq_is_out_of_order(registrar: 
 def test_same_call_id_with_a_cseq_not_higher_is_out_of_order(registrar: Registrar, store: MemoryLocationStore, cseq: int) -> None:
     run(registrar, register(["<sip:alice@192.0.2.9>"], expires=600, call_id="a@ua", cseq=5))
     decision = run(registrar, register(["<sip:alice@192.0.2.9>"], expires=0, call_id="a@ua", cseq=cseq))
-    assert (decision.status, decision.reason) == (500, "Out of Order")
+    assert (decision.status, decision.reason) == (400, "CSeq out of order")
     assert contacts_of(store) == ["sip:alice@192.0.2.9"]
 
 
@@ -529,7 +529,7 @@ def test_register_and_lookup_over_the_sqlite_store(tmp_path: Path):
         assert decision.status == 200
         assert header(decision, "Contact") == ["<sip:alice@192.0.2.10>;expires=600", "<sip:alice@192.0.2.9>;expires=600;q=0.7"]
         out_of_order = yield registrar.process(register(["<sip:alice@192.0.2.9>"], expires=0))
-        assert out_of_order.status == 500
+        assert out_of_order.status == 400
         decision = yield LocationLookup(store, ["example.com"], reactor).process(invite())
         assert [str(t.uri) for t in decision.targets] == ["sip:alice@192.0.2.10", "sip:alice@192.0.2.9"]
         assert decision.targets[1].route == ("<sip:edge1.example.net;lr>", "<sip:edge2.example.net;lr>")
