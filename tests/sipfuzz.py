@@ -625,6 +625,12 @@ class FuzzTarget:
         self.advance(400)
         gc.collect()  # "Unhandled error in Deferred" is logged when the Deferred is collected
         self._collect()
+        # Every transaction ends, whatever was wrong with its request (issue 7).
+        left = {kind: n for kind, n in self.service.transactions.counts().items() if n}
+        for kind, n in left.items():
+            self.report.add(f"{kind} transactions never ended", b"(all timers run out)", f"{n} left")
+        if self.service.core.contexts:
+            self.report.add("response contexts never ended", b"(all timers run out)", f"{len(self.service.core.contexts)} left")
         return self.report
 
     def _open_connection(self, source: str) -> None:

@@ -159,7 +159,12 @@ class ProxyCore:
         if request.method == "CANCEL":
             self._cancel_received(txn)
             return
-        routed = preprocess_route(request, self.is_local, self.signer)
+        try:
+            routed = preprocess_route(request, self.is_local, self.signer)
+        except ParseError as e:
+            # A Route is read only now; the transaction exists, so it must end with the 400.
+            self._reply(txn, e.status, e.reason)
+            return
         from sipshield.routing import RequestContext
 
         context = RequestContext(request, txn.flow, service=self.service, now=self.reactor.seconds())

@@ -142,6 +142,14 @@ def test_ack_for_2xx_towards_a_name_that_does_not_resolve_is_dropped(target: Fuz
     no_findings(target)
 
 
+def test_in_dialog_request_with_a_malformed_route_gets_400_and_its_transaction_ends(target: FuzzTarget) -> None:
+    """Was: a stateless 400 from the ParseError, and the server transaction
+    (admitted for its Route) left in Trying for ever."""
+    target.send_udp(request("MESSAGE", to_tag=";tag=b1", extra="Route: <sip:>\r\n"), UA)
+    assert [(s, r) for s, r, _ in answers(target)] == [(400, "URI: invalid host")]
+    no_findings(target)  # finish() reports transactions that never ended
+
+
 # -- CR, LF and NUL inside header lines ------------------------------------------------------------
 
 
@@ -216,3 +224,43 @@ def test_stage_meeting_a_malformed_header_answers_400_not_500() -> None:
     assert isinstance(decision, Decision) and (decision.status, decision.reason) == (400, "Address: malformed name-addr or addr-spec")
     with pytest.raises(ParseError):
         parse_message(data).routes  # noqa: B018
+
+
+# -- by hand: ports over 65535 and unparseable hosts in every header a proxy reads ------------------
+
+_OVER = {
+    "Via": {"via": "SIP/2.0/UDP 127.0.0.2:65536;branch=z9hG4bKp"},
+    "Request-URI": {"ruri": "sip:bob@example.com:65536"},
+    "Route in dialog": {"extra": "Route: <sip:127.0.0.9:99999999999;lr>\r\n", "to_tag": ";tag=x"},
+    "Contact": {"extra": "Contact: <sip:a@127.0.0.2:65536>\r\n"},
+    "Route": {"extra": "Route: <sip:127.0.0.9:65536;lr>\r\n"},
+    "Record-Route": {"extra": "Record-Route: <sip:127.0.0.9:65536;lr>\r\n"},
+    "Path": {"extra": "Path: <sip:127.0.0.9:65536;lr>\r\n"},
+    "Request-URI host": {"ruri": "sip:bob@[::1::2]"},
+    "Contact host": {"extra": "Contact: <sip:a@[fe80::zz]>\r\n"},
+    "Via host": {"via": "SIP/2.0/UDP [::1::2]:5060;branch=z9hG4bKp"},
+}
+
+
+@pytest.mark.parametrize("method", ["INVITE", "REGISTER", "MESSAGE"])
+@pytest.mark.parametrize("source", [UA, EDGE], ids=["unauthenticated", "trusted"])
+@pytest.mark.parametrize("where", list(_OVER))
+def test_port_over_65535_or_bad_host_anywhere_never_gets_5xx(target: FuzzTarget, method: str, source: tuple[str, int], where: str) -> None:
+    kw = dict(_OVER[where])
+    if method == "REGISTER":
+        kw.setdefault("ruri", f"sip:{DOMAIN}")
+    target.send_udp(request(method, **kw), source)  # type: ignore[arg-type]
+    target.advance(5)
+    got = [(s, r) for s, r, _ in answers(target)]
+    assert got and all(s < 500 for s, _ in got), got
+    assert all(r != "Bad Request" for s, r in got if s == 400), got  # the reason says what is wrong
+    no_findings(target)
+
+
+@pytest.mark.parametrize("header", ["From", "To"])
+def test_port_over_65535_in_from_or_to_gets_400(target: FuzzTarget, header: str) -> None:
+    name = "alice" if header == "From" else "bob"
+    data = request().replace(f"{header}: <sip:{name}@example.com>".encode(), f"{header}: <sip:{name}@example.com:65536>".encode())
+    target.send_udp(data, UA)
+    assert [(s, r) for s, r, _ in answers(target)] == [(400, "URI: invalid port")]
+    no_findings(target)
