@@ -118,8 +118,9 @@ class ResponseContext:
         if branch.final is not None:
             return
         self._stop_timer(branch)
-        response = branch.request.make_response(status, reason)
-        response.headers.remove_first("Via")
+        # From the request as it reached us: a branch that failed before it
+        # was sent (no listener, a name that does not resolve) has no Via of ours.
+        response = self.server_txn.request.make_response(status, reason)
         branch.final = response
         self._consider(response)
 

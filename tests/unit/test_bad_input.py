@@ -121,6 +121,19 @@ def test_unwritable_datagram_destination_is_a_transport_error_not_a_traceback(ta
     no_findings(target)
 
 
+def test_answer_for_a_target_that_does_not_resolve_carries_the_callers_via(target: FuzzTarget) -> None:
+    """Was: the made-up final was built from the forwarded request minus its top
+    Via, and a branch that failed before it was sent had no Via of ours: the
+    caller got a 500 with no Via at all (which it cannot match)."""
+    call_id = "nxdomain@127.0.0.2"
+    target.send_udp(request("BYE", ruri="sip:bob@nowhere.invalid", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id)), UA)
+    [(kind, data, where)] = target.sent
+    answer = parse_message(data)
+    assert where == UA and answer.status == 500  # 16.9 + 16.7 step 6, for a target out of reach
+    assert answer.headers.get_values("Via") == ["SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bKbad1"]
+    no_findings(target)
+
+
 # -- the ACK for a 2xx, forwarded statelessly ----------------------------------------------------
 
 
