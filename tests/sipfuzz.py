@@ -418,6 +418,19 @@ def crash_key(exc: BaseException, tb: Any = None) -> str:
     return f"{type(exc).__name__} at {place}"
 
 
+def _frames(data: bytes) -> list[bytes]:
+    """The messages the service wrote on one connection (its own framing, RFC 3261 18.3)."""
+    from sipshield.message import KEEPALIVE, StreamFramer
+
+    framer = StreamFramer(max_message_bytes=1 << 24, max_headers=1 << 16)
+    framer.feed(data)
+    found = []
+    while (event := framer.next_event()) is not None:
+        if event is not KEEPALIVE:
+            found.append(bytes(event))  # type: ignore[arg-type]
+    return found
+
+
 def status_of(data: bytes) -> tuple[int, str] | None:
     if not data.startswith(b"SIP/2.0 "):
         return None
@@ -674,7 +687,7 @@ class FuzzTarget:
             out = transport.value()
             if out:
                 transport.clear()
-                written += [("TCP", b"SIP/2.0 " + part, ("", 0)) for part in out.split(b"SIP/2.0 ")[1:]] if out.startswith(b"SIP/2.0 ") else []
+                written += [("TCP", message, ("", 0)) for message in _frames(out)]
         self.sent += written
         for _kind, data, _where in written:
             status = status_of(data)
