@@ -678,9 +678,9 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
         raise ParseError("Empty message")
     raw_head = data[start:end]
     head = raw_head.decode("utf-8", "surrogateescape")
-    crlf = head.count("\r\n")
-    unsafe = head.count("\r") != crlf or head.count("\n") != crlf or ("\0" in head and _BARE_NUL.search(head) is not None)
     lines = head.split("\r\n")
+    crlf = len(lines) - 1
+    unsafe = head.count("\r") != crlf or head.count("\n") != crlf or ("\0" in head and _BARE_NUL.search(head) is not None)
     if len(lines) - 1 > max_headers:
         raise ParseError("Too many header lines")
     try:
