@@ -56,8 +56,11 @@ def addresses(draw: st.DrawFn) -> str:
 
 @st.composite
 def vias(draw: st.DrawFn) -> str:
-    p = {"branch": "z9hG4bK" + draw(tokens)}
-    p.update(draw(params))
+    p: dict[str, str | None] = {"branch": "z9hG4bK" + draw(tokens)}
+    # received, rport, maddr and ttl have a grammar of their own (checked by Via.parse).
+    p.update({k: v for k, v in draw(params).items() if k not in ("received", "rport", "maddr", "ttl")})
+    p.update(draw(st.dictionaries(st.just("received"), ipv4, max_size=1)))
+    p.update(draw(st.dictionaries(st.just("rport"), st.one_of(st.none(), st.integers(1, 65535).map(str)), max_size=1)))
     return str(Via(draw(st.sampled_from(["UDP", "TCP", "TLS", "SCTP", "WS", "WSS"])), draw(hosts), draw(ports), p))
 
 
