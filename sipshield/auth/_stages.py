@@ -94,6 +94,7 @@ class DigestAuthStage:
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
         self.trusted_role = trusted_role
         self.retry_after = str(retry_after)
+        self._admitted: tuple[Request, _BearerAnswer | tuple[DigestResponse, str, str]] | None = None
 
     def _is_trusted(self, host: str) -> bool:
         if not self.trusted:
@@ -105,7 +106,15 @@ class DigestAuthStage:
         return any(ip in net for net in self.trusted)
 
     def process(self, context: RequestContext) -> Decision | defer.Deferred[Decision]:
-        screened = self._screen(context)
+        screened: Decision | _BearerAnswer | tuple[DigestResponse, str, str]
+        admitted = self._admitted
+        if admitted is not None and admitted[0] is context.request:
+            # Admission already parsed these credentials and checked the nonce
+            # a moment ago, in the same reactor turn (no side effects to redo).
+            self._admitted = None
+            screened = admitted[1]
+        else:
+            screened = self._screen(context)
         if isinstance(screened, Decision):
             return screened
         if isinstance(screened, _BearerAnswer):
@@ -130,8 +139,11 @@ class DigestAuthStage:
         if request.to.tag is not None and "Route" in request.headers and request.method != "REGISTER":
             return None
         screened = self._screen(RequestContext(request, flow))
-        if isinstance(screened, Decision) and screened.kind == "reply":
-            return screened
+        if isinstance(screened, Decision):
+            return screened if screened.kind == "reply" else None
+        # Credentials to verify: keep the parsed answer for ``process``, which
+        # the transaction layer calls next for this very request object.
+        self._admitted = (request, screened)
         return None
 
     def _screen(self, context: RequestContext) -> Decision | _BearerAnswer | tuple[DigestResponse, str, str]:

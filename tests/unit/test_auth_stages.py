@@ -183,3 +183,20 @@ def test_challenged_or_refused_requests_leave_the_flow_unauthenticated() -> None
     refused = answer(stage, nonces, "alice", "wrong")
     assert stage.process(refused).result.status == 401
     assert not getattr(challenged.flow, "authenticated", False) and not getattr(refused.flow, "authenticated", False)
+
+
+def test_admission_verdict_is_reused_by_process_for_that_request_only() -> None:
+    stage, nonces = make_stage(DictStore({"alice": ("secret", ("staff",))}))
+    checks = []
+    check = nonces.check
+    nonces.check = lambda *args: checks.append(args) or check(*args)  # type: ignore[method-assign]
+    good = answer(stage, nonces, "alice", "secret")
+    assert stage.admission(good.request, good.flow) is None
+    assert stage.process(good).result == CONTINUE and good.attributes["user"] == ("alice", "example.com")
+    assert len(checks) == 1  # the nonce was checked (and the credentials parsed) once, at admission
+    # Admission of one request never vouches for another one processed after it.
+    admitted = answer(stage, nonces, "alice", "secret")
+    assert stage.admission(admitted.request, admitted.flow) is None
+    forged = answer(stage, nonces, "alice", "wrong")
+    decision = stage.process(forged).result
+    assert decision.status == 401 and "user" not in forged.attributes
