@@ -82,8 +82,9 @@ class DigestAuthStage:
     def __init__(
         self, portal: Any, nonces: Callable[[], Any], domains: DomainMap, algorithms: Sequence[str],
         trusted: Sequence[str] = (), trusted_role: str | None = None, retry_after: int = 30,
-        trunks: Any = None, bearer: Any = None,
+        trunks: Any = None, bearer: Any = None, in_dialog: Callable[[Request], bool] | None = None,
     ) -> None:
+        self.in_dialog = in_dialog
         self.trunks = trunks
         self.bearer = bearer
         self.portal = portal
@@ -133,11 +134,14 @@ class DigestAuthStage:
         statelessly (RFC 3261 26.3.2.4: no retransmission of 401/407).
         None admits the request to a transaction and to ``process``.
 
-        In-dialog requests that carry a Route are left to ``process``: only
-        the route set tells whether the dialog went through us.
+        An in-dialog request whose route set carries our token (``in_dialog``,
+        the proxy core's check) is left to ``process``; one with a Route we
+        cannot verify is screened like any out-of-dialog request, so it is
+        challenged statelessly too (no transaction, no 100 Trying).
         """
-        if request.to.tag is not None and "Route" in request.headers and request.method != "REGISTER":
-            return None
+        if request.to.tag is not None and request.method != "REGISTER" and ("Route" in request.headers or request.uri.lr):
+            if self.in_dialog is None or self.in_dialog(request):
+                return None
         screened = self._screen(RequestContext(request, flow))
         if isinstance(screened, Decision):
             return screened if screened.kind == "reply" else None

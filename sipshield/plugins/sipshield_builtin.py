@@ -75,7 +75,7 @@ def _auth(service: Any, options: dict[str, Any]) -> Any:
     auth = service.config.auth
     return DigestAuthStage(
         service.portal, lambda: service.nonces, _domain_map(service), auth.algorithms, auth.trusted_sources, auth.trusted_role,
-        trunks=service.trunks, bearer=service.bearer,
+        trunks=service.trunks, bearer=service.bearer, in_dialog=service.core.routed_by_us,
     )
 
 

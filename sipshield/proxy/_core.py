@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from sipshield._ratelog import ThrottledLog
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
-from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, stateless_branch
+from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, routed_by_us, stateless_branch
 from sipshield.proxy._response import Branch, ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
 
@@ -129,6 +129,11 @@ class ProxyCore:
             flow.send(response.serialise())
 
     # -- admission (before any state) ---------------------------------------
+    def routed_by_us(self, request: Request) -> bool:
+        """True when a Route (or strict-routed Request-URI) naming us carries
+        our valid token for this request's dialog; the request is unchanged."""
+        return routed_by_us(request, self.is_local, self.signer)
+
     def admit(self, request: Request, flow: Flow) -> bool:
         """Run the admission steps on a request that matched no transaction.
 

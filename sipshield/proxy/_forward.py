@@ -6,10 +6,10 @@ import hashlib
 import ipaddress
 from collections.abc import Callable
 
-from sipshield.message import URI, Address, Request
+from sipshield.message import URI, Address, ParseError, Request
 from sipshield.proxy._signer import TOKEN_PARAM, RecordRouteSigner
 
-__all__ = ["Hop", "next_hop", "preprocess_route", "record_route_uri", "strip_own_routes", "stateless_branch"]
+__all__ = ["Hop", "next_hop", "preprocess_route", "record_route_uri", "routed_by_us", "strip_own_routes", "stateless_branch"]
 
 Hop = tuple[str, str, int]
 """(transport, host, port): where the bytes go."""
@@ -56,9 +56,8 @@ def preprocess_route(request: Request, is_local: IsLocal, signer: RecordRouteSig
     the request in-dialog (it gets the out-of-dialog path), and a
     strict-routed Request-URI without one is not rewritten at all.
     """
-    uri = request.uri
     strict = False
-    if uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port) and _signed(uri, request, signer):
+    if _strict_routed_to_us(request, is_local, signer):
         routes = request.headers.get_values("Route")
         if routes:
             last = routes[-1]
@@ -71,16 +70,29 @@ def preprocess_route(request: Request, is_local: IsLocal, signer: RecordRouteSig
     return strip_own_routes(request, is_local, signer) or strict
 
 
+def routed_by_us(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
+    """What ``preprocess_route`` would return, without changing the request:
+    does a Route (or a strict-routed Request-URI) naming us carry a valid
+    token for this request's dialog?  For admission, before any state; a
+    malformed Route proves nothing."""
+    try:
+        return _strict_routed_to_us(request, is_local, signer) or _own_routes(request, is_local, signer)[1]
+    except ParseError:
+        return False
+
+
+def _strict_routed_to_us(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
+    uri = request.uri
+    return bool(uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port) and _signed(uri, request, signer))
+
+
 def _signed(uri: URI, request: Request, signer: RecordRouteSigner) -> bool:
     return signer.verify(uri.params.get(TOKEN_PARAM), request.call_id, (request.from_.tag, request.to.tag))
 
 
-def strip_own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
-    """Remove the Route values at the top that are ours; True if one of them
-    carried a valid token for this request's dialog.
-
-    The Routes are split once and removed in one pass: linear in the route
-    set (popping them one by one re-split the whole set each time)."""
+def _own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> tuple[int, bool]:
+    """How many Route values at the top name us, and whether one of them
+    carries a valid token for this request's dialog."""
     signed = False
     ours = 0
     for value in request.headers.get_values("Route"):
@@ -89,6 +101,16 @@ def strip_own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSig
             break
         ours += 1
         signed = signed or _signed(uri, request, signer)
+    return ours, signed
+
+
+def strip_own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
+    """Remove the Route values at the top that are ours; True if one of them
+    carried a valid token for this request's dialog.
+
+    The Routes are split once and removed in one pass: linear in the route
+    set (popping them one by one re-split the whole set each time)."""
+    ours, signed = _own_routes(request, is_local, signer)
     request.headers.remove_first_values("Route", ours)
     return signed
 

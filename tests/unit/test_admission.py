@@ -106,3 +106,26 @@ def test_nonce_issued_to_another_source_is_challenged_statelessly(service) -> No
     svc.core.message_received(parse_message(request("INVITE", auth=auth)), flow)
     assert svc.core.counters["stateless_replies"] == 1
     assert svc.transactions.counts()["server"] == 0
+
+
+@pytest.mark.parametrize("method", ["INVITE", "BYE", "MESSAGE", "REFER"])
+@pytest.mark.parametrize("route", ["<sip:127.0.0.1:5060;lr>", "<sip:127.0.0.1:5060;lr;ss=00112233445566778899aabbccddeeff>"], ids=["unsigned", "forged-token"])
+def test_in_dialog_request_with_a_route_we_did_not_sign_is_challenged_statelessly(service, method: str, route: str) -> None:
+    """A To tag and a Route naming us, without our token: no transaction,
+    no 100 Trying; one 407, as for any out-of-dialog request."""
+    svc, clock = service
+    flow = RecordingFlow()
+    data = request(method, extra=f"Route: {route}\r\n").replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b1")
+    svc.core.message_received(parse_message(data), flow)
+    assert flow.statuses() == [407]
+    assert svc.transactions.counts()["server"] == 0 and svc.core.counters["stateless_replies"] == 1
+
+
+def test_in_dialog_request_on_our_signed_route_is_admitted(service) -> None:
+    svc, clock = service
+    token = svc.core.signer.token("adm-BYE", "a1")
+    flow = RecordingFlow()
+    data = request("BYE", extra=f"Route: <sip:127.0.0.1:5060;lr;ss={token}>\r\n").replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b1")
+    svc.core.message_received(parse_message(data), flow)
+    assert svc.core.counters["stateless_replies"] == 0
+    assert 407 not in flow.statuses()

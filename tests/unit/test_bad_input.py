@@ -161,9 +161,17 @@ def test_ack_for_2xx_towards_a_name_that_does_not_resolve_is_dropped(target: Fuz
 def test_in_dialog_request_with_a_malformed_route_gets_400_and_its_transaction_ends(target: FuzzTarget) -> None:
     """Was: a stateless 400 from the ParseError, and the server transaction
     (admitted for its Route) left in Trying for ever."""
-    target.send_udp(request("MESSAGE", to_tag=";tag=b1", extra="Route: <sip:>\r\n"), UA)
+    target.send_udp(request("MESSAGE", to_tag=";tag=b1", extra="Route: <sip:>\r\n"), EDGE)
     assert [(s, r) for s, r, _ in answers(target)] == [(400, "URI: invalid host")]
     no_findings(target)  # finish() reports transactions that never ended
+
+
+def test_in_dialog_request_with_a_malformed_route_from_the_unauthenticated_is_challenged_statelessly(target: FuzzTarget) -> None:
+    """A Route that cannot be parsed proves no dialog of ours: admission
+    challenges it like any out-of-dialog request, before any state."""
+    target.send_udp(request("MESSAGE", to_tag=";tag=b1", extra="Route: <sip:>\r\n"), UA)
+    assert [s for s, _, _ in answers(target)] == [407]
+    no_findings(target)
 
 
 # -- CR, LF and NUL inside header lines ------------------------------------------------------------
