@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -28,3 +29,10 @@ def call_inline(onResult: Callable[[bool, Any], None], func: Callable[..., Any],
 class InlinePool(ThreadPool):
     def callInThreadWithCallback(self, onResult: Callable[[bool, Any], None], func: Callable[..., Any], *args: Any, **kw: Any) -> None:
         call_inline(onResult, func, *args, **kw)
+
+
+class ImmediateReactor(Clock):
+    """A Clock whose ``callFromThread`` calls at once (see the module docstring)."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        f(*args, **kw)

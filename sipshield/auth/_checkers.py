@@ -46,6 +46,9 @@ class Identity:
 
     @property
     def aor(self) -> str:
+        """This identity's address-of-record key, in the canonical form of
+        ``sipshield.state.aor_of`` (user unescaped, RFC 3261 10.3 step 5):
+        equal to ``aor_of(uri)`` exactly when ``uri`` names this user."""
         return f"sip:{self.username}@{self.domain}"
 
 

@@ -52,7 +52,18 @@ class DomainMap:
         return host
 
     def same_user(self, uri: URI, username: str, domain: str) -> bool:
-        return uri.is_sip and uri.user == username and self.domain_of(uri) == domain
+        """Does ``uri`` (a From or a REGISTER's To) name the authenticated
+        ``username`` in ``domain``?
+
+        The URI side is compared in its canonical form (``URI.canonical_user``,
+        %HH unescaped, RFC 3261 19.1.4), the form the registrar keys AORs by,
+        so ``sip:%61lice@example.com`` is alice's and nobody else's.  The
+        digest ``username`` is taken as sent: it is a quoted string (RFC 7616
+        3.4), not a URI user, and the HA1 was computed over exactly those
+        characters; unescaping it too would let a stored user ``%61lice``
+        pass as ``alice``.
+        """
+        return uri.is_sip and uri.canonical_user == username and self.domain_of(uri) == domain
 
 
 class _BearerAnswer(NamedTuple):

@@ -278,6 +278,19 @@ class URI:
         return self.params.get("maddr")
 
     @property
+    def canonical_user(self) -> str | None:
+        """The user part as it identifies someone: %HH-unescaped (RFC 3261
+        19.1.4: "an escaped character and its unescaped form are
+        equivalent"), case-sensitive; None when the URI has none.
+
+        This is the one form in which sipshield compares users: the
+        registrar's and the location service's AOR keys (``aor_of``), the
+        From/To identity checks of the auth and RBAC stages, and URI
+        equality here.  ``sip:%61lice@example.com`` is ``alice``.
+        """
+        return _unescape(self.user)
+
+    @property
     def is_sip(self) -> bool:
         """True for ``sip`` and ``sips`` URIs."""
         return self.scheme == "sip" or self.scheme == "sips"
@@ -311,7 +324,7 @@ class URI:
             return False
         if self.opaque is not None or other.opaque is not None:
             return self.opaque == other.opaque
-        if _unescape(self.user) != _unescape(other.user) or _unescape(self.password) != _unescape(other.password):
+        if self.canonical_user != other.canonical_user or _unescape(self.password) != _unescape(other.password):
             return False
         if self.host != other.host or self.port != other.port:
             return False
@@ -331,4 +344,4 @@ class URI:
         params = self._norm_params()
         strict = tuple((n, params[n]) for n in _STRICT_PARAMS if n in params)
         host = self.host
-        return hash((self.scheme, _unescape(self.user), _unescape(self.password), host, self.port, strict, self._norm_headers(), self.opaque))
+        return hash((self.scheme, self.canonical_user, _unescape(self.password), host, self.port, strict, self._norm_headers(), self.opaque))

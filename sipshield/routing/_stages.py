@@ -109,7 +109,7 @@ class StaticRoute:
             if host is None or host.lower() != self.match_domain:
                 return False
         if self.match_user_prefix is not None:
-            user = uri.user if uri.scheme in ("sip", "sips") else (uri.user or "")
+            user = uri.canonical_user  # a prefix like "+1" matches sip:%2B1...@ too (RFC 3261 19.1.4)
             if not user or not user.startswith(self.match_user_prefix):
                 return False
         return True

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from sipshield.message import URI
 
 __all__ = ["aor_of"]
@@ -17,8 +15,8 @@ def aor_of(uri: URI | str) -> str:
     RFC 3261 10.3 step 5: "all URI parameters MUST be removed (including the
     user-param), and any escaped characters MUST be converted to their
     unescaped form".  So: parameters and URI headers are dropped, the user
-    part is %-unescaped (and stays case-sensitive, RFC 3261 19.1.4), the host
-    is lowercased (the URI parser already does that).
+    part is %-unescaped (``URI.canonical_user``, case-sensitive, RFC 3261
+    19.1.4), the host is lowercased (the URI parser already does that).
 
     Choices beyond the RFC text, made so that one user has one key:
 
@@ -44,9 +42,7 @@ def aor_of(uri: URI | str) -> str:
     host = uri.host or ""
     port = uri.port
     hostport = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
-    user = uri.user
+    user = uri.canonical_user
     if not user:
         return f"sip:{hostport}"
-    if "%" in user:
-        user = unquote(user, errors="surrogateescape")
     return f"sip:{user}@{hostport}"

@@ -6,10 +6,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from inline_pool import InlinePool
+from inline_pool import ImmediateReactor, InlinePool
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
-from twisted.internet.task import Clock
 
 from sipshield.auth import NonceManager
 from sipshield.auth._checkers import BackendUnavailable, ChainedChecker, StoreChecker, UnknownUser, make_portal
@@ -41,13 +40,6 @@ class DictStore:
     def roles(self, username, domain):
         entry = self.users.get(username)
         return None if entry is None else entry[1]
-
-
-class ImmediateReactor(Clock):
-    """deferToThreadPool needs callFromThread; run everything inline."""
-
-    def callFromThread(self, f, *args, **kw):
-        f(*args, **kw)
 
 
 def is_local(host, port):

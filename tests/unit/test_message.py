@@ -230,6 +230,8 @@ def test_uri_ipv6_and_escapes() -> None:
     assert (uri.user, uri.host, uri.port) == ("%61lice", "[2001:db8::10]", 5070)
     assert str(uri) == "sip:%61lice@[2001:db8::10]:5070"
     assert uri == URI.parse("sip:alice@[2001:DB8::10]:5070")
+    assert uri.canonical_user == "alice" and URI.parse("sip:Al%69ce%2561@example.com").canonical_user == "Alice%61"
+    assert URI.parse("sip:example.com").canonical_user is None
 
 
 def test_tel_and_other_schemes() -> None:

@@ -131,6 +131,8 @@ def test_static_routes_by_domain_and_prefix() -> None:
     ctx = request("sip:+15551234@example.com")
     assert stage.process(ctx).targets[0].next_hop.port == 5070
     assert ctx.attributes["external"] is True
+    escaped = request("sip:%2B15551234@example.com")  # the same user (RFC 3261 19.1.4): the same route
+    assert stage.process(escaped).targets[0].next_hop.port == 5070 and escaped.attributes["external"] is True
     assert stage.process(request("sip:bob@example.com")) is CONTINUE
 
 
