@@ -3,6 +3,7 @@ plain (non-editable) install into a new venv makes twistd list sipshield."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -38,13 +39,17 @@ def test_wheel_contains_dropin_and_every_subpackage(wheel: Path) -> None:
 
 def test_plain_install_into_new_venv_is_seen_by_twistd(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], capture_output=True, text=True, timeout=600)
+    # The venv must see its own install only: a PYTHONPATH pointing at the
+    # source tree (and the egg-info the wheel build leaves there) would make
+    # pip think sipshield is already installed.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=env)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheel)], capture_output=True, text=True, timeout=600, env=env)
     assert install.returncode == 0, install.stderr[-3000:]
-    help_text = subprocess.run([str(venv / "bin" / "twistd"), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    help_text = subprocess.run([str(venv / "bin" / "twistd"), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert "sipshield" in help_text.stdout, help_text.stdout + help_text.stderr
-    check = subprocess.run([str(venv / "bin" / "sipshield"), "check-config"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    check = subprocess.run([str(venv / "bin" / "sipshield"), "check-config"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert check.returncode == 0, check.stderr
     assert "twistd plugin: visible" in check.stdout
-    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import passlib; print(passlib.__version__)"], capture_output=True, text=True, timeout=60)
+    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import passlib; print(passlib.__version__)"], capture_output=True, text=True, timeout=60, env=env)
     assert version.stdout.startswith("1.9"), f"passlib is not libpass: {version.stdout}"
