@@ -228,7 +228,7 @@ class Sipshield(System):
             f'target = "sip:127.0.0.1:{self.uas_port};transport=udp"\n\n'
             # Like the Kamailio config: the SIPp pair is a trusted peer (no digest).
             "[auth]\n"
-            'trusted_sources = ["127.0.0.1/32"]\n'
+            'trusted_sources = [{network = "127.0.0.1/32", udp = true}]\n'
             'trusted_role = "trunk"\n'
         )
         twistd = Path(sys.executable).parent / "twistd"

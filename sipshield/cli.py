@@ -40,6 +40,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print("  tls: self-signed certificate, generated in data_dir on first start")
     else:
         print(f"  tls: {config.tls.certificate}")
+    for warning in config.warnings():
+        print(f"  WARNING: {warning}")
     if twistd_sees_plugin():
         print("  twistd plugin: visible")
     else:

@@ -23,6 +23,7 @@ __all__ = [
     "ListenerConfig",
     "ServerConfig",
     "TLSConfig",
+    "TrustedSource",
     "default_config",
     "load_config",
     "parse_config",
@@ -140,12 +141,27 @@ PERMISSIONS = ("register", "call", "call:external", "manage")
 
 
 @dataclass(frozen=True)
+class TrustedSource:
+    """One ``[auth] trusted_sources`` entry: requests from ``network`` are
+    not challenged and act with ``trusted_role``.
+
+    Over TCP and TLS only, unless ``udp``: a TCP source has completed a
+    handshake from its address, a UDP source address is forged with one
+    datagram, so trusting it over UDP is an explicit choice that
+    :meth:`Config.warnings` reports (a string entry never trusts UDP).
+    """
+
+    network: str
+    udp: bool = False
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """``[auth]``: digest backends and who is trusted without a challenge."""
 
     backends: tuple[str, ...] = ("sql",)
     algorithms: tuple[str, ...] = ("SHA-256", "SHA-512-256")
-    trusted_sources: tuple[str, ...] = ()
+    trusted_sources: tuple[TrustedSource, ...] = ()
     trusted_role: str | None = None
     nonce_lifetime: float = 300.0
     file: Path | None = None
@@ -171,6 +187,17 @@ class Config:
     ldap: dict[str, Any] | None = None
     """``[ldap]`` as given (bind_password_file read); checked when the service is built."""
     source: str | None = None
+
+    def warnings(self) -> list[str]:
+        """The unsafe settings this configuration asks for explicitly, one
+        line each: logged when the service starts and printed by
+        ``sipshield check-config``."""
+        return [
+            f"auth.trusted_sources: {t.network} is trusted over UDP (udp = true): anyone who can send one datagram "
+            "with a forged source address in it acts as trusted_role, unchallenged"
+            for t in self.auth.trusted_sources
+            if t.udp
+        ]
 
     @property
     def database(self) -> str:
@@ -289,6 +316,29 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "a boolean", dict: "a table"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _trusted_source(auth: _Section, index: int, entry: Any) -> TrustedSource:
+    """A string ``"10.0.0.0/8"`` (TCP and TLS) or a table ``{network =
+    "192.0.2.10/32", udp = true}``."""
+    key = f"trusted_sources[{index}]"
+    if isinstance(entry, str):
+        network, udp = entry, False
+    elif isinstance(entry, dict):
+        table = _Section(f"auth.{key}", entry, auth.source)
+        network = table.take("network", str, None)
+        if network is None:
+            raise table.error("network", "is required")
+        udp = table.take("udp", bool, False)
+        table.finish()
+        key += ".network"
+    else:
+        raise auth.error(key, f"expected a network string or a table {{network = ..., udp = ...}}, got {entry!r}")
+    try:
+        ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise auth.error(key, f"{network!r} is not an address or network") from None
+    return TrustedSource(network, udp)
 
 
 def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: Path | None = None) -> Config:
@@ -456,12 +506,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     algorithms = tuple(a for a in AUTH_ALGORITHMS if a in algorithms)  # strongest first (RFC 8760)
     if "file" in backends and "MD5" not in algorithms:
         raise au.error("backends", "the file (htdigest) backend holds MD5 only: add \"MD5\" to auth.algorithms")
-    trusted = au.take_str_list("trusted_sources", ())
-    for network in trusted:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise au.error("trusted_sources", f"{network!r} is not an address or network") from None
+    trusted = tuple(_trusted_source(au, index, entry) for index, entry in enumerate(au.take("trusted_sources", list, [])))
     trusted_role = au.take("trusted_role", str, None)
     if trusted_role is not None and trusted_role not in roles:
         raise au.error("trusted_role", f"{trusted_role!r} is not a role in [roles] (known: {', '.join(sorted(roles))})")

@@ -158,6 +158,8 @@ class SIPShieldService(MultiService):
                 self.core.add_local_address(*listener.address)
 
     def startService(self) -> None:
+        for warning in self.config.warnings():
+            self.log.warn("unsafe configuration: {warning}", warning=warning)
         if not self.listeners or self.listeners[0].port is None:
             # Started without privilegedStartService (some embedding hosts do).
             self._prepare_data_dir()

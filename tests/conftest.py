@@ -187,12 +187,13 @@ domains = ["example.com"]
 {extra}
 """
 
-# SIPp and the other tools send from 127.0.0.1 / ::1 without credentials: the
-# tests that are not about authentication trust those two addresses.
+# SIPp and the other tools send from 127.0.0.1 / ::1 without credentials, over
+# UDP too: the tests that are not about authentication trust those two
+# addresses on every transport (udp = true; the server logs a warning).
 # Authentication tests pass trusted=False and send from 127.0.0.2.
 TRUSTED_LOOPBACK = """
 [auth]
-trusted_sources = ["127.0.0.1/32", "::1/128"]
+trusted_sources = [{network = "127.0.0.1/32", udp = true}, {network = "::1/128", udp = true}]
 trusted_role = "admin"
 """
 

@@ -22,6 +22,7 @@ from sipshield.auth._bearer import challenge_value as bearer_challenge
 from sipshield.auth._checkers import BackendUnavailable, IIdentity
 from sipshield.auth._credentials import SIPDigestCredentials
 from sipshield.auth._digest import DigestResponse, challenge_values
+from sipshield.config import TrustedSource
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, ParseError, Request, parse_auth
 from sipshield.routing import CONTINUE, Decision, RequestContext
@@ -82,7 +83,9 @@ class DigestAuthStage:
     (RFC 3261 22.1, 22.3); one challenge per algorithm, strongest first
     (RFC 8760).  Unknown users and wrong passwords get the same answer.  A
     backend that is down gives 503 with Retry-After (fail closed).  Requests
-    from ``trusted`` networks are not challenged and act with ``trusted_role``.
+    from ``trusted`` networks are not challenged and act with ``trusted_role``:
+    over TCP and TLS only, and over UDP too for an entry that says ``udp``
+    (a plain string entry is a TCP/TLS one).
     In-dialog requests (To tag) that come through our Record-Route are not
     challenged (the dialog was); a To tag alone does not exempt a request.
     """
@@ -92,7 +95,7 @@ class DigestAuthStage:
 
     def __init__(
         self, portal: Any, nonces: Callable[[], Any], domains: DomainMap, algorithms: Sequence[str],
-        trusted: Sequence[str] = (), trusted_role: str | None = None, retry_after: int = 30,
+        trusted: Sequence[TrustedSource | str] = (), trusted_role: str | None = None, retry_after: int = 30,
         trunks: Any = None, bearer: Any = None, in_dialog: Callable[[Request], bool] | None = None,
     ) -> None:
         self.in_dialog = in_dialog
@@ -103,19 +106,22 @@ class DigestAuthStage:
         self.domains = domains
         self.algorithms = tuple(algorithms)
         self.accepted = frozenset(self.algorithms) | frozenset(a + "-sess" for a in self.algorithms)
-        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+        entries = [TrustedSource(t) if isinstance(t, str) else t for t in trusted]
+        self.trusted = [(ipaddress.ip_network(t.network, strict=False), t.udp) for t in entries]
         self.trusted_role = trusted_role
         self.retry_after = str(retry_after)
         self._admitted: tuple[Request, _BearerAnswer | tuple[DigestResponse, str, str]] | None = None
 
-    def _is_trusted(self, host: str) -> bool:
+    def _is_trusted(self, host: str, transport: str) -> bool:
         if not self.trusted:
             return False
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(ip in net for net in self.trusted)
+        # A UDP source address is one forged datagram away: only where asked.
+        connected = transport in ("TCP", "TLS")
+        return any(ip in net and (connected or udp) for net, udp in self.trusted)
 
     def process(self, context: RequestContext) -> Decision | defer.Deferred[Decision]:
         screened: Decision | _BearerAnswer | tuple[DigestResponse, str, str]
@@ -169,7 +175,7 @@ class DigestAuthStage:
         method = request.method
         if method in _NO_CHALLENGE:
             return CONTINUE
-        if self._is_trusted(context.source[0]):
+        if self._is_trusted(context.source[0], context.flow.transport_name):
             context.attributes["trusted"] = True
             context.flow.authenticated = True
             context.roles = frozenset((self.trusted_role,)) if self.trusted_role else frozenset()

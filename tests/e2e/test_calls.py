@@ -250,6 +250,8 @@ def test_basic_call_between_two_registered_phones(start_server, sipp_runner) -> 
     assert f"{host}:{port}" in " ".join(header_values(ack, "Route")), ack
     # Our Record-Route carries the dialog token (;ss=), echoed back opaquely.
     assert re.search(r";ss=[0-9a-f]{32}", " ".join(header_values(ack, "Route"))), ack
+    # SIPp sends unauthenticated over UDP from 127.0.0.1, trusted with udp = true: warned about.
+    assert "unsafe configuration: auth.trusted_sources: 127.0.0.1/32 is trusted over UDP" in server.log
 
 
 def test_callee_hangs_up_with_the_route_set(start_server, sipp_runner) -> None:

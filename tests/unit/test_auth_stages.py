@@ -14,6 +14,7 @@ from sipshield.auth import NonceManager
 from sipshield.auth._checkers import BackendUnavailable, ChainedChecker, StoreChecker, UnknownUser, make_portal
 from sipshield.auth._stages import DigestAuthStage, DomainMap, RBACStage
 from sipshield.auth._users import CredentialStoreError
+from sipshield.config import TrustedSource
 from sipshield.message import parse_message
 from sipshield.routing import CONTINUE, RequestContext
 
@@ -98,7 +99,7 @@ def test_backend_down_fails_closed_with_503() -> None:
 
 
 def test_trusted_source_acts_with_trusted_role() -> None:
-    stage, _ = make_stage(DictStore({}), trusted=["192.0.2.0/24"], trusted_role="trunk")
+    stage, _ = make_stage(DictStore({}), trusted=[TrustedSource("192.0.2.0/24", udp=True)], trusted_role="trunk")
     context = ctx("INVITE")
     assert stage.process(context) is CONTINUE and context.roles == frozenset({"trunk"})
 
@@ -163,7 +164,7 @@ def test_a_request_that_passed_auth_marks_its_flow_authenticated() -> None:
     context = answer(stage, nonces, "alice", "a")
     assert stage.process(context).result is CONTINUE
     assert context.flow.authenticated is True
-    trusted_stage, _ = make_stage(DictStore({}), trusted=["192.0.2.0/24"], trusted_role="trunk")
+    trusted_stage, _ = make_stage(DictStore({}), trusted=[TrustedSource("192.0.2.0/24", udp=True)], trusted_role="trunk")
     trusted = ctx("INVITE")
     assert trusted_stage.process(trusted) is CONTINUE and trusted.flow.authenticated is True
 

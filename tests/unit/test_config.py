@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sipshield.config import ConfigError, ListenerConfig, default_config, load_config, parse_listener
+from sipshield.config import ConfigError, ListenerConfig, TrustedSource, default_config, load_config, parse_listener
 
 CONTRACT = """
 [server]
@@ -61,6 +61,12 @@ def test_embedded_default_listens_on_loopback() -> None:
         ("[tls]\nminimum_version = 'SSLv3'\n", "tls.minimum_version: 'SSLv3' is not one of TLSv1.2, TLSv1.3"),
         ("[tls]\ncertificate = 'a.pem'\n", "tls.private_key: certificate and private_key must be given together"),
         ("[server\n", "not valid TOML"),
+        ("[auth]\ntrusted_sources = ['10.0.0.0/33']\n", "auth.trusted_sources[0]: '10.0.0.0/33' is not an address or network"),
+        ("[auth]\ntrusted_sources = ['10.0.0.0/8', {network = 'x'}]\n", "auth.trusted_sources[1].network: 'x' is not an address or network"),
+        ("[auth]\ntrusted_sources = [{udp = true}]\n", "auth.trusted_sources[0].network: is required"),
+        ("[auth]\ntrusted_sources = [{network = '10.0.0.1', udp = 'yes'}]\n", "auth.trusted_sources[0].udp: expected a boolean"),
+        ("[auth]\ntrusted_sources = [{network = '10.0.0.1', tcp = false}]\n", "auth.trusted_sources[0]: unknown key(s): tcp"),
+        ("[auth]\ntrusted_sources = [5]\n", "auth.trusted_sources[0]: expected a network string or a table"),
     ],
 )
 def test_bad_config_names_the_key_and_the_file(tmp_path: Path, text: str, expected: str) -> None:
@@ -95,3 +101,14 @@ def test_wildcard_listeners_need_an_advertised_name(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[server]\nlisten = ['udp:5060:interface=0.0.0.0']\n"))
     config = load_config(write(tmp_path, "[server]\nlisten = ['udp:5060:interface=0.0.0.0']\nadvertise = 'sip.example.com'\n"))
     assert config.server.advertise == "sip.example.com"
+
+
+def test_trusted_sources_are_tcp_and_tls_only_unless_a_table_says_udp(tmp_path: Path) -> None:
+    text = "[auth]\ntrusted_sources = ['10.0.0.0/8', {network = '192.0.2.10/32', udp = true}, {network = '::1'}]\n"
+    config = load_config(write(tmp_path, text))
+    assert config.auth.trusted_sources == (
+        TrustedSource("10.0.0.0/8"), TrustedSource("192.0.2.10/32", udp=True), TrustedSource("::1", udp=False),
+    )
+    (warning,) = config.warnings()
+    assert warning.startswith("auth.trusted_sources: 192.0.2.10/32 is trusted over UDP (udp = true)")
+    assert load_config(write(tmp_path, "[auth]\ntrusted_sources = ['10.0.0.0/8']\n")).warnings() == []
