@@ -52,6 +52,12 @@ class DomainMap:
             return self.default
         return host
 
+    def options_to_proxy(self, request: Request) -> bool:
+        """An OPTIONS addressed to the proxy itself (no user part, one of
+        our hosts), answered by the proxy (RFC 3261 11.2), relayed nowhere."""
+        uri = request.uri
+        return request.method == "OPTIONS" and uri.is_sip and not uri.user and self.is_local(uri.host or "", uri.port)
+
     def same_user(self, uri: URI, username: str, domain: str) -> bool:
         """Does ``uri`` (a From or a REGISTER's To) name the authenticated
         ``username`` in ``domain``?
@@ -188,10 +194,9 @@ class DigestAuthStage:
                 self._authenticated(context, account.identity())
                 context.attributes["trunk"] = account.name
                 return CONTINUE
-        if method != "REGISTER" and request.to.tag is not None and context.attributes.get("route_set"):
+        if _in_our_dialog(context):
             return CONTINUE  # in a dialog record-routed through us: the dialog was authorized
-        uri = request.uri
-        if method == "OPTIONS" and uri.is_sip and not uri.user and self.domains.is_local(uri.host or "", uri.port):
+        if self.domains.options_to_proxy(request):
             return CONTINUE  # OPTIONS to the proxy itself needs no credentials
         realm = self.domains.domain_of(request.to.uri if method == "REGISTER" else request.from_.uri) or self.domains.default
         if realm not in self.domains.domains and realm != self.domains.default:
@@ -286,6 +291,14 @@ class DigestAuthStage:
         return Decision.reply(500, "Authentication Error")
 
 
+def _in_our_dialog(context: RequestContext) -> bool:
+    """A mid-dialog request (To tag) on a route set this proxy record-routed
+    and can verify (the core checked the token): the dialog was authorized
+    when it was set up.  A To tag alone proves nothing."""
+    request = context.request
+    return request.method != "REGISTER" and request.to.tag is not None and bool(context.attributes.get("route_set"))
+
+
 def _same_uri(digest_uri: str, request: Request) -> bool:
     """RFC 7616 3.4.6: the digest-uri must be the Request-URI."""
     if digest_uri == str(request.uri):
@@ -321,10 +334,16 @@ def _remove_realm(request: Request, header: str, realm: str) -> None:
 class RBACStage:
     """Roles -> permissions (RFC-free policy, the design's RBAC).
 
-    REGISTER needs ``register`` and may bind only the identity's own AOR;
-    an out-of-dialog INVITE needs ``call`` (``call:external`` too when a
-    route marked external would carry it) and its From must be the
-    identity.  A denial is a 403 whose reason names what is missing.
+    REGISTER needs ``register`` and may bind only the identity's own AOR.
+    Every other request the proxy may relay out of dialog, whatever its
+    method (INVITE, MESSAGE, SUBSCRIBE, OPTIONS to a user, REFER, PUBLISH,
+    INFO, NOTIFY, UPDATE, unknown ones), needs ``call``, and
+    ``call:external`` too when a route marked external would carry it; its
+    From must be the identity (a trunk's need not: it carries other people's
+    calls).  Exempt: an OPTIONS to the proxy itself (answered here, relayed
+    nowhere), requests in a dialog on our verified route set, and ACK and
+    CANCEL (hop-by-hop or part of the INVITE they follow).  A denial is a
+    403 whose reason names what is missing.
     """
 
     name = "rbac"
@@ -345,10 +364,10 @@ class RBACStage:
         method = request.method
         if method == "REGISTER":
             needed = ["register"]
-        elif method == "INVITE" and request.to.tag is None:
-            needed = ["call"] + (["call:external"] if self.is_external(request) else [])
-        else:
+        elif method in _NO_CHALLENGE or _in_our_dialog(context) or self.domains.options_to_proxy(request):
             return CONTINUE
+        else:
+            needed = ["call"] + (["call:external"] if self.is_external(request) else [])
         perms = self.permissions(context.roles)
         for permission in needed:
             if permission not in perms:
@@ -359,9 +378,9 @@ class RBACStage:
                 return CONTINUE
             return Decision.reply(403, "Forbidden: not authenticated")
         username, domain = user
-        if method == "REGISTER" and not self.domains.same_user(request.to.uri, username, domain):
-            return Decision.reply(403, "Forbidden: may only register your own address")
-        # A trunk carries other people's calls: its From is the caller, not the trunk.
-        if method == "INVITE" and "trunk" not in context.attributes and not self.domains.same_user(request.from_.uri, username, domain):
+        if method == "REGISTER":
+            if not self.domains.same_user(request.to.uri, username, domain):
+                return Decision.reply(403, "Forbidden: may only register your own address")
+        elif "trunk" not in context.attributes and not self.domains.same_user(request.from_.uri, username, domain):
             return Decision.reply(403, "Forbidden: From does not match the authenticated user")
         return CONTINUE

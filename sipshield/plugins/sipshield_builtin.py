@@ -88,4 +88,4 @@ def _rbac(service: Any, options: dict[str, Any]) -> Any:
 
 
 auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled); trusted sources", _auth)
-rbac = StageFactory("rbac", "role permissions: register, call, call:external; own AOR and From only", _rbac)
+rbac = StageFactory("rbac", "role permissions for REGISTER and every out-of-dialog request: register, call, call:external; own AOR and From only", _rbac)
