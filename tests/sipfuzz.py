@@ -554,7 +554,8 @@ class FuzzReactor(Clock):
 def fuzz_config(data_dir: Path) -> dict[str, Any]:
     return {
         "server": {"data_dir": str(data_dir), "domains": [DOMAIN], "listen": ["udp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"]},
-        "auth": {"trusted_sources": [f"{TRUSTED}/32"], "trusted_role": "admin"},
+        # Trusted over UDP too, so the fuzzed UDP traffic also reaches the relaying paths.
+        "auth": {"trusted_sources": [{"network": f"{TRUSTED}/32", "udp": True}], "trusted_role": "admin"},
         "routes": [{"match_domain": "gw.example.net", "target": f"sip:{GATEWAY}:5070;transport=udp", "external": True}],
     }
 
