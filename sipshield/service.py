@@ -52,7 +52,11 @@ class SIPShieldService(MultiService):
         self.config = config
         self.reactor = reactor
         timers = config.timers
-        self.core = ProxyCore(config.server.domains, reactor, timer_c=timers.timer_c, max_header_values=config.limits.max_header_values)
+        limits = config.limits
+        self.core = ProxyCore(
+            config.server.domains, reactor, timer_c=timers.timer_c, max_header_values=limits.max_header_values,
+            max_transactions=limits.max_transactions, max_transactions_per_source=limits.max_transactions_per_source,
+        )
         self.core.service = self
         server = config.server
         self.dispatcher = TransportDispatcher(reactor, server.advertise or (server.domains[0] if server.domains else None))

@@ -34,6 +34,7 @@ __all__ = ["ProxyCore"]
 _LOOPBACK_NAMES = frozenset(("localhost", "localhost.localdomain"))
 RECORD_ROUTE_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 _OWN_HEADERS_ALLOWANCE = 200  # our Via and up to two Record-Route values
+_CAP_RETRY_AFTER = "5"  # seconds: transactions end within 64*T1, most much sooner
 
 
 class ProxyCore:
@@ -44,7 +45,7 @@ class ProxyCore:
 
     def __init__(
         self, domains: Iterable[str] = (), reactor: Any = None, timer_c: float = 180.0, signer: RecordRouteSigner | None = None,
-        max_header_values: int = 64,
+        max_header_values: int = 64, max_transactions: int = 20000, max_transactions_per_source: int = 1000,
     ) -> None:
         # Signs our Record-Route values and verifies the Routes that come
         # back; the service replaces it with one keyed from data_dir at start.
@@ -55,6 +56,10 @@ class ProxyCore:
         self.max_header_values = max_header_values
         """``[limits] max_header_values``: more values of one header name gets
         400 (a request) or a drop (a response) before anything else is done."""
+        self.max_transactions = max_transactions
+        self.max_transactions_per_source = max_transactions_per_source
+        """``[limits]``: live server transactions in all and per source IP; a
+        new request above either gets a stateless 503 with Retry-After."""
         self.local_hosts: set[str] = set()
         self.local_ports: set[int] = set()
         self.pipeline: Pipeline | None = None
@@ -65,7 +70,8 @@ class ProxyCore:
         self.admission: tuple[Any, ...] = ()
         """Steps asked before any transaction exists: each has
         ``admission(request, flow) -> Decision | None`` (None: no objection)."""
-        self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0, "stray_responses": 0}
+        self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0, "stray_responses": 0,
+                         "transaction_cap_refusals": 0}
         self.remote_log = ThrottledLog(self.log, reactor) if reactor is not None else None
         """Lines caused by remote input go through this (per source and kind, bounded)."""
 
@@ -139,7 +145,8 @@ class ProxyCore:
 
         A reply is sent statelessly, once, to the address the request came
         from (no transaction, no 100 Trying, no retransmission: a forged
-        source gets one datagram at most); a drop sends nothing.  Returns
+        source gets one datagram at most); a drop sends nothing.  A request
+        the steps admit must still fit under the transaction caps.  Returns
         True to admit the request to a server transaction.
         """
         for step in self.admission:
@@ -147,15 +154,49 @@ class ProxyCore:
             if decision is None:
                 continue
             if decision.kind == "reply":
-                self.counters["stateless_replies"] += 1
-                response = request.make_response(decision.status, decision.reason, to_tag=secrets.token_hex(6))
-                for name, value in decision.headers:
-                    response.headers.add(name, value)
-                flow.send(response.serialise())
+                self._stateless_reply(request, flow, decision.status, decision.reason, decision.headers)
             else:
                 self.counters["admission_drops"] += 1
             return False
-        return True
+        return self._under_transaction_caps(request, flow)
+
+    def _stateless_reply(self, request: Request, flow: Flow, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.counters["stateless_replies"] += 1
+        response = request.make_response(status, reason, to_tag=secrets.token_hex(6))
+        for name, value in headers:
+            response.headers.add(name, value)
+        flow.send(response.serialise())
+
+    def _under_transaction_caps(self, request: Request, flow: Flow) -> bool:
+        """``[limits] max_transactions`` and ``max_transactions_per_source``.
+
+        Above either, a new request gets 503 with Retry-After, statelessly
+        (RFC 3261 21.5.4; an upstream proxy turns it into 500, 16.7 step 6,
+        and tries another server).  An ACK never gets here (it creates no
+        transaction).  A CANCEL is not refused: it frees state.  One for a
+        live INVITE transaction is admitted (at most one per INVITE, so the
+        cap holds within a factor of two), one matching none gets the 481
+        it would get anyway, statelessly (RFC 3261 9.2).
+        """
+        source = flow.remote[0]
+        total, mine = self.transactions.server_load(source)
+        if total < self.max_transactions and mine < self.max_transactions_per_source:
+            return True
+        if request.method == "CANCEL":
+            if self.transactions.find_invite(request) is not None:
+                return True
+            self._stateless_reply(request, flow, 481, "Call/Transaction Does Not Exist")
+            return False
+        self.counters["transaction_cap_refusals"] += 1
+        per_source = mine >= self.max_transactions_per_source
+        if self.remote_log is not None:
+            self.remote_log.warn(
+                "transaction-cap", source, "{method} from {host} refused with 503: {what} ({limit} live server transactions)",
+                method=request.method, host=source, limit=self.max_transactions_per_source if per_source else self.max_transactions,
+                what="limits.max_transactions_per_source" if per_source else "limits.max_transactions",
+            )
+        self._stateless_reply(request, flow, 503, "Service Unavailable", (("Retry-After", _CAP_RETRY_AFTER),))
+        return False
 
     # -- transaction user -------------------------------------------------
     def request_received(self, txn: Any) -> None:

@@ -37,6 +37,7 @@ class TransactionLayer:
         "timers",
         "send_trying",
         "_servers",
+        "_per_source",
         "_server_acks",
         "_clients",
         "_call_later",
@@ -60,6 +61,9 @@ class TransactionLayer:
         self.timers = timers
         self.send_trying = send_trying
         self._servers: dict[Any, ServerTransaction] = {}
+        # Live server transactions per source IP; a source leaves the dict
+        # with its last transaction, so it holds only sources with state.
+        self._per_source: dict[str, int] = {}
         self._server_acks: dict[Any, InviteServerTransaction] = {}
         self._clients: dict[Any, ClientTransaction] = {}
         self._call_later = reactor.callLater
@@ -100,6 +104,8 @@ class TransactionLayer:
         if self._admit is not None and not self._admit(request, flow):
             return  # answered statelessly or dropped: no transaction, no 100 Trying
         server: ServerTransaction
+        source = flow.remote[0]
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         if method == "INVITE":
             server = InviteServerTransaction(self, key, request, flow, PROCEEDING)
             self._servers[key] = server
@@ -109,6 +115,18 @@ class TransactionLayer:
             server = NonInviteServerTransaction(self, key, request, flow, TRYING)
             self._servers[key] = server
         self._user.request_received(server)
+
+    def server_load(self, source: str) -> tuple[int, int]:
+        """Live server transactions: ``(all of them, those from *source*)``,
+        a source being the IP address a request came from.  O(1)."""
+        return len(self._servers), self._per_source.get(source, 0)
+
+    def _server_gone(self, source: str) -> None:
+        left = self._per_source[source] - 1
+        if left:
+            self._per_source[source] = left
+        else:
+            del self._per_source[source]
 
     def find_invite(self, cancel: Request) -> ServerTransaction | None:
         """The live INVITE server transaction a CANCEL targets (RFC 3261 9.2: the 17.2.3 match
@@ -172,8 +190,9 @@ class TransactionLayer:
 
     def counts(self) -> dict[str, int]:
         """Table sizes: ``server`` and ``client`` transactions, and ``rfc2543_ack``
-        (ACK aliases of RFC 2543 INVITE server transactions in Completed/Confirmed)."""
-        return {"server": len(self._servers), "client": len(self._clients), "rfc2543_ack": len(self._server_acks)}
+        (ACK aliases of RFC 2543 INVITE server transactions in Completed/Confirmed),
+        ``sources`` (source IPs with a live server transaction)."""
+        return {"server": len(self._servers), "client": len(self._clients), "rfc2543_ack": len(self._server_acks), "sources": len(self._per_source)}
 
     def stop(self) -> None:
         """Terminate every transaction and cancel every timer (service shutdown).
@@ -184,3 +203,4 @@ class TransactionLayer:
             for txn in list(table.values()):
                 txn._terminate()
         self._server_acks.clear()
+        self._per_source.clear()

@@ -63,6 +63,12 @@ class ServerTransaction(_Transaction):
         """Drop the transaction now (the TU gives up on it); idempotent."""
         self._terminate()
 
+    def _terminate(self) -> None:
+        if self.state is TERMINATED:
+            return
+        super()._terminate()
+        self._layer._server_gone(self.flow.remote[0])
+
 
 class NonInviteServerTransaction(ServerTransaction):
     """RFC 3261 17.2.2, figure 8: Trying -> Proceeding -> Completed -> Terminated."""

@@ -81,7 +81,7 @@ def test_unauthenticated_request_gets_one_small_datagram_and_leaves_no_state(ser
     assert len(answer) <= 4 * len(data)
     response = parse_message(answer)
     assert isinstance(response, Response) and response.status == status
-    assert svc.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0}
+    assert svc.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
     assert not clock.getDelayedCalls()
     assert svc.core.counters["stateless_replies"] == 1
 

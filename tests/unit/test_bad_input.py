@@ -228,7 +228,7 @@ def test_call_to_a_binding_whose_path_cannot_be_parsed_gets_400_and_leaves_no_co
     assert [s for s, _, _ in answers(target)] == [100, 400]
     assert target.service.core.contexts == {}
     no_findings(target)
-    assert target.service.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0}
+    assert target.service.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
 
 
 # -- a stage that meets a malformed header late ----------------------------------------------------------

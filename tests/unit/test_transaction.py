@@ -133,7 +133,7 @@ class World:
         return self.layer.send_request(request, destination, self.on_response, self.on_timeout, self.on_transport_error)
 
     def idle(self) -> bool:
-        return self.layer.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0} and not self.clock.getDelayedCalls()
+        return self.layer.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0} and not self.clock.getDelayedCalls()
 
 
 def request(
@@ -672,7 +672,7 @@ def test_rfc2543_request_matching() -> None:
     w.layer.handle_request(parse_request(data.replace(b"UserB@example.com SIP", b"UserB@EXAMPLE.com SIP")), w.upstream)
     final = invite.make_response(486, to_tag="rfc2543tag")
     txn.send_response(final)
-    assert w.layer.counts() == {"server": 1, "client": 0, "rfc2543_ack": 1}
+    assert w.layer.counts() == {"server": 1, "client": 0, "rfc2543_ack": 1, "sources": 1}
 
     def ack(to_tag: str, cseq: bytes = b"56") -> Request:
         text = data.split(b"\r\n\r\n")[0].replace(b"INVITE sip:", b"ACK sip:")
@@ -704,7 +704,7 @@ def test_rfc2543_request_matching() -> None:
     cancel = parse_request(data.replace(b"INVITE sip:", b"CANCEL sip:").replace(b"56 INVITE", b"56 CANCEL"))
     assert w.layer.find_invite(cancel) is txn
     w.advance(6)  # Timer I
-    assert w.layer.counts() == {"server": 1, "client": 0, "rfc2543_ack": 0}
+    assert w.layer.counts() == {"server": 1, "client": 0, "rfc2543_ack": 0, "sources": 1}
 
 
 def test_stop_cancels_every_timer() -> None:

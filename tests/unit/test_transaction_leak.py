@@ -144,9 +144,9 @@ def test_transactions_leave_no_table_entries_and_no_timers() -> None:
         # Past every timer (B, F, H, J = 64*T1; D = 32 s): retransmission chains run as they come due.
         for _ in range(70):
             clock.advance(1)
-        assert layer.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0}, start
+        assert layer.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}, start
         assert clock.getDelayedCalls() == []
-    assert layer.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0}
+    assert layer.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
     assert clock.getDelayedCalls() == []
     t = peer.tally
     assert t["request OPTIONS"] == non_invite
