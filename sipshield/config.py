@@ -107,6 +107,10 @@ class LimitsConfig:
     """Live server transactions from one source IP (about 30 a second; a
     NAT of a few hundred phones or a busy trunk): above, 503 as for
     max_transactions."""
+    stage_timeout: float = 10.0
+    """Seconds a pipeline stage's Deferred (a credential backend, a store) or
+    a next hop's DNS lookup may take: past it, 500 (or 503 on that branch)
+    and the request's state is freed."""
 
 
 @dataclass(frozen=True)
@@ -432,6 +436,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         udp_buffer_bytes=lim.take_number("udp_buffer_bytes", 4 * 1024 * 1024, 65536, 1 << 30, True),
         max_transactions=lim.take_number("max_transactions", 20000, 1, 10_000_000, True),
         max_transactions_per_source=lim.take_number("max_transactions_per_source", 1000, 1, 10_000_000, True),
+        stage_timeout=float(lim.take_number("stage_timeout", 10.0, 0.1, 600, False)),
     )
     lim.finish()
 

@@ -56,6 +56,7 @@ class SIPShieldService(MultiService):
         self.core = ProxyCore(
             config.server.domains, reactor, timer_c=timers.timer_c, max_header_values=limits.max_header_values,
             max_transactions=limits.max_transactions, max_transactions_per_source=limits.max_transactions_per_source,
+            resolve_timeout=limits.stage_timeout,
         )
         self.core.service = self
         server = config.server
@@ -65,7 +66,9 @@ class SIPShieldService(MultiService):
         self.core.transactions = self.transactions
         self.location = self._make_location_store()
         self._make_auth()
-        self.pipeline = Pipeline(build_stages(config.stages, self, config.server.plugins, config.stage_options))
+        self.pipeline = Pipeline(
+            build_stages(config.stages, self, config.server.plugins, config.stage_options), reactor=reactor, stage_timeout=limits.stage_timeout,
+        )
         self.core.pipeline = self.pipeline
         self.core.admission = tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
         self.tls_context: ServerTLSContext | None = None

@@ -281,7 +281,9 @@ class DigestAuthStage:
             _remove_realm(context.request, header, realm)
         return CONTINUE
 
-    def _refused(self, failure: Failure, context: RequestContext, realm: str) -> Decision:
+    def _refused(self, failure: Failure, context: RequestContext, realm: str) -> Decision | Failure:
+        if failure.check(defer.CancelledError):
+            return failure  # the pipeline's stage_timeout: it answers and logs
         if failure.check(UnauthorizedLogin):
             return self._challenge(context.request, context, realm, stale=False)
         if failure.check(BackendUnavailable):

@@ -45,7 +45,7 @@ class ProxyCore:
 
     def __init__(
         self, domains: Iterable[str] = (), reactor: Any = None, timer_c: float = 180.0, signer: RecordRouteSigner | None = None,
-        max_header_values: int = 64, max_transactions: int = 20000, max_transactions_per_source: int = 1000,
+        max_header_values: int = 64, max_transactions: int = 20000, max_transactions_per_source: int = 1000, resolve_timeout: float = 10.0,
     ) -> None:
         # Signs our Record-Route values and verifies the Routes that come
         # back; the service replaces it with one keyed from data_dir at start.
@@ -60,6 +60,8 @@ class ProxyCore:
         self.max_transactions_per_source = max_transactions_per_source
         """``[limits]``: live server transactions in all and per source IP; a
         new request above either gets a stateless 503 with Retry-After."""
+        self.resolve_timeout = resolve_timeout
+        """Seconds a next hop's DNS lookup may take; past it the branch counts as a transport error."""
         self.local_hosts: set[str] = set()
         self.local_ports: set[int] = set()
         self.pipeline: Pipeline | None = None
@@ -222,9 +224,16 @@ class ProxyCore:
             decision.addCallback(self._decided, txn, context)
             decision.addErrback(self._decision_failed, txn)
         else:
-            self._decided(decision, txn, context)
+            try:
+                self._decided(decision, txn, context)
+            except ParseError as e:
+                self._reply(txn, e.status, e.reason)
 
     def _decision_failed(self, failure: Failure, txn: Any) -> None:
+        error = failure.value
+        if isinstance(error, ParseError):
+            self._reply(txn, error.status, error.reason)
+            return
         self.log.failure("routing failed for {method}", failure, method=txn.request.method)
         self._reply(txn, 500, "Server Internal Error")
 
@@ -294,23 +303,31 @@ class ProxyCore:
         if mf is not None and mf <= 0:
             self._reply(txn, 483, "Too Many Hops")
             return
-        is_invite = request.method == "INVITE"
-        rc = ResponseContext(self, txn, context, is_invite)
-        self.contexts[txn] = rc
+        # Every branch is built before anything exists (a Route of the request
+        # or of a target that it cannot follow drops that target; with none
+        # left, the 400) and is in the context before any is sent, so that no
+        # branch failing at once finishes the context while others are still to go.
+        prepared = []
         malformed: ParseError | None = None
         for target in sorted(targets, key=lambda t: -t.q):
             try:
-                self._fork(rc, txn, request, target)
+                prepared.append(self._prepare(request, target))
             except ParseError as e:
-                malformed = e  # a Route of the request (or of the target) it cannot follow
-        if not rc.branches:
-            del self.contexts[txn]
+                malformed = e
+        if not prepared:
             if malformed is not None:
                 self._reply(txn, malformed.status, malformed.reason)
-            else:
-                self._reply(txn, 503, "No route to target")
+            return
+        rc = ResponseContext(self, txn, context, request.method == "INVITE")
+        self.contexts[txn] = rc
+        branches = [Branch(rc, fwd, hop, flow) for fwd, hop, flow in prepared]
+        for branch in branches:
+            rc.add_branch(branch)
+        for branch in branches:
+            self._start_branch(txn, branch)
 
-    def _fork(self, rc: ResponseContext, txn: Any, request: Request, target: Target) -> None:
+    def _prepare(self, request: Request, target: Target) -> tuple[Request, Hop, Any]:
+        """The forwarded copy for one target and its next hop (RFC 3261 16.6 steps 1-7)."""
         fwd = Request(request.method, target.uri.copy(), request.headers.copy(), request.body)
         mf = request.max_forwards
         fwd.headers.set("Max-Forwards", str(70 if mf is None else mf - 1))
@@ -323,14 +340,29 @@ class ProxyCore:
             hop = target.source
         elif hop[0] == "UDP" and flow is None and self._too_big_for_udp(fwd, target):
             hop = ("TCP", hop[1], hop[2])
-        if not is_ip(hop[1]):
-            resolving = self.reactor.resolve(hop[1])
-            resolving.addCallbacks(
-                lambda ip: self._send_branch(rc, txn, fwd, (hop[0], ip, hop[2]), flow),
-                lambda f: self._unresolvable(rc, fwd, hop, f),
-            )
+        return fwd, hop, flow
+
+    def _start_branch(self, txn: Any, branch: Branch) -> None:
+        host = branch.hop[1]
+        if is_ip(host):
+            self._send_branch(txn, branch)
             return
-        self._send_branch(rc, txn, fwd, hop, flow)
+        # The branch is pending meanwhile, so the caller's one final answer
+        # waits for it: never a 503 now and the request sent later.
+        resolving = self.reactor.resolve(host)
+        resolving.addTimeout(self.resolve_timeout, self.reactor)
+        resolving.addCallbacks(self._resolved, self._unresolvable, callbackArgs=(txn, branch), errbackArgs=(branch,))
+
+    def _resolved(self, ip: str, txn: Any, branch: Branch) -> None:
+        rc = branch.context
+        if rc is None or branch.final is not None:
+            return  # answered meanwhile (timer C, a 6xx or 2xx elsewhere)
+        if rc.cancelled or branch.cancel_pending:
+            rc.on_cancelled_unsent(branch)
+            return
+        transport, _, port = branch.hop
+        branch.hop = (transport, ip, port)
+        self._send_branch(txn, branch)
 
     def _too_big_for_udp(self, fwd: Request, target: Target) -> bool:
         """RFC 3261 18.1.1: a request within 200 bytes of a 1500-byte MTU goes
@@ -340,19 +372,23 @@ class ProxyCore:
             return False
         return len(fwd.serialise()) + _OWN_HEADERS_ALLOWANCE > 1300 and self.dispatcher.local_address("TCP", "127.0.0.1") is not None
 
-    def _unresolvable(self, rc: ResponseContext, fwd: Request, hop: Hop, failure: Failure) -> None:
-        self.log.warn("cannot resolve {host}: {why}", host=hop[1], why=failure.getErrorMessage())
-        branch = Branch(rc, fwd, hop, None)
-        rc.add_branch(branch)
-        rc.on_transport_error(None, branch)
+    def _unresolvable(self, failure: Failure, branch: Branch) -> None:
+        host = branch.hop[1]
+        if self.remote_log is not None:
+            self.remote_log.warn("unresolvable", host, "cannot resolve {host}: {why}", host=host, why=failure.getErrorMessage())
+        if branch.context is not None:
+            branch.context.on_transport_error(None, branch)
 
-    def _send_branch(self, rc: ResponseContext, txn: Any, fwd: Request, hop: Hop, flow: Any) -> None:
+    def _send_branch(self, txn: Any, branch: Branch) -> None:
+        rc = branch.context
+        if rc is None:
+            return
+        fwd, hop = branch.request, branch.hop
         transport = hop[0]
         outbound = self.dispatcher.local_address(transport, hop[1])
         if outbound is None:
-            self.log.warn("no {transport} listener to reach {host}:{port}", transport=transport, host=hop[1], port=hop[2])
-            branch = Branch(rc, fwd, hop, None)
-            rc.add_branch(branch)
+            if self.remote_log is not None:
+                self.remote_log.warn("no-listener", hop[1], "no {transport} listener to reach {host}:{port}", transport=transport, host=hop[1], port=hop[2])
             rc.on_transport_error(None, branch)
             return
         if fwd.method in RECORD_ROUTE_METHODS and fwd.to.tag is None:
@@ -367,10 +403,8 @@ class ProxyCore:
         host, port = outbound
         shown = f"[{host}]" if ":" in host else host
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(txn.request)}")
-        branch = Branch(rc, fwd, hop, flow)
-        rc.add_branch(branch)
         calls = _BranchCallbacks(branch, self, txn.flow)
-        branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=flow)
+        branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=branch.flow)
 
     def _send_stateless(self, request: Request, hop: Hop, branch: str) -> None:
         if not is_ip(hop[1]):

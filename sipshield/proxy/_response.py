@@ -113,6 +113,11 @@ class ResponseContext:
         """RFC 3261 16.9: a transport error counts as 503 on that branch."""
         self._local_final(branch, 503, "Service Unavailable")
 
+    def on_cancelled_unsent(self, branch: Branch) -> None:
+        """The request was cancelled before this branch could be sent (its
+        next hop was still being resolved): it ends as if it had answered 487."""
+        self._local_final(branch, 487, "Request Terminated")
+
     def _local_final(self, branch: Branch, status: int, reason: str) -> None:
         """A final answer the proxy makes up for a branch that gave none."""
         if branch.final is not None:
@@ -163,10 +168,24 @@ class ResponseContext:
             return
         if response.status >= 200:
             if not self.answered:
-                for hook in self.context.attributes.get("response_hooks", ()):
-                    hook(self.context, response)
+                response = self._run_hooks(response)
             self.answered = True
         self.server_txn.send_response(response)
+
+    def _run_hooks(self, response: Response) -> Response:
+        """The guarded response chain (ldaptor ProxyBase's handleProxiedResponse):
+        each hook of a stage that relayed the request sees the final
+        response, and may return another Response to send instead.  A hook
+        that raises is logged and skipped; the response still goes upstream."""
+        for hook in self.context.attributes.get("response_hooks", ()):
+            try:
+                replaced = hook(self.context, response)
+            except Exception:
+                self.log.failure("response hook {hook} failed; skipped", hook=getattr(hook, "__qualname__", repr(hook)))
+                continue
+            if isinstance(replaced, Response):
+                response = replaced
+        return response
 
     # -- CANCEL (RFC 3261 16.10) ---------------------------------------
     def cancel(self) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,14 +26,22 @@ class Pipeline:
     Synchronous stages cost one method call each; the pipeline switches to a
     Deferred only when a stage returns one.  A stage that raises is a bug:
     it is logged with its traceback and the request gets 500 (fail closed),
-    except for a ParseError: a malformed header met late gets its 400.
+    except a ParseError (a header the stage was first to read is malformed),
+    which is bad input and gets its 400 and reason.  With a *reactor*, a
+    stage's Deferred has *stage_timeout* seconds to fire (``[limits]
+    stage_timeout``); past it the Deferred is cancelled, one line is logged
+    and the request gets 500, so no transaction waits on it for ever.
     """
 
     log = Logger()
 
-    def __init__(self, stages: Sequence[IPipelineStage], fallback: Decision = _NOBODY) -> None:
+    def __init__(
+        self, stages: Sequence[IPipelineStage], fallback: Decision = _NOBODY, reactor: IReactorTime | None = None, stage_timeout: float = 10.0,
+    ) -> None:
         self.stages = tuple(stages)
         self.fallback = fallback
+        self.reactor = reactor
+        self.stage_timeout = stage_timeout
 
     @property
     def names(self) -> list[str]:
@@ -48,6 +57,8 @@ class Pipeline:
             except Exception:
                 return self._failed(Failure(), stage)
             if isinstance(decision, Deferred):
+                if self.reactor is not None:
+                    decision.addTimeout(self.stage_timeout, self.reactor)
                 return decision.addCallbacks(self._resumed, self._failed, callbackArgs=(context, index + 1), errbackArgs=(stage,))
             if decision.kind != "continue":
                 return decision
@@ -59,10 +70,12 @@ class Pipeline:
         return self.run(context, next_index)
 
     def _failed(self, failure: Failure, stage: IPipelineStage) -> Decision:
-        if failure.check(ParseError):
-            # A header the stage parses on access is malformed: the request's
-            # fault, not the stage's (400 with the reason, no traceback).
-            error: ParseError = failure.value  # type: ignore[assignment]
+        name = getattr(stage, "name", "?")
+        error = failure.value
+        if isinstance(error, ParseError):
             return Decision.reply(error.status, error.reason)
-        self.log.failure("pipeline stage {stage} failed", failure, stage=getattr(stage, "name", repr(stage)))
-        return Decision.reply(500, f"Internal error in stage {getattr(stage, 'name', '?')}")
+        if isinstance(error, TimeoutError):
+            self.log.warn("pipeline stage {stage} gave no decision within {timeout:g} s: 500", stage=name, timeout=self.stage_timeout)
+            return Decision.reply(500, f"No decision in time from stage {name}")
+        self.log.failure("pipeline stage {stage} failed", failure, stage=name)
+        return Decision.reply(500, f"Internal error in stage {name}")

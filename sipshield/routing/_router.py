@@ -43,10 +43,13 @@ class Router:
         """Pick targets for ``context.request``; the default routes nothing."""
         return None
 
-    def on_response(self, context: RequestContext, response: Response) -> None:
+    def on_response(self, context: RequestContext, response: Response) -> Response | None:
         """Called with the final response the proxy is about to send upstream
         for a request this router relayed (for logging, CDRs, failover ideas).
-        The default does nothing."""
+        Return a Response to send that one instead, or None to keep it.  It
+        is called synchronously; if it raises, the error is logged and the
+        response goes upstream unchanged.  The default does nothing."""
+        return None
 
     def process(self, context: RequestContext) -> Decision | Deferred[Decision]:
         result = self.route(context)

@@ -64,7 +64,12 @@ class TransportDispatcher:
         self.listeners.append(listener)
 
     def listener_for(self, transport: str, host: str) -> SIPListener | None:
-        """The bound listener of that transport and address family."""
+        """The bound listener of that transport and address family.
+
+        A TCP/TLS connection is a new socket, so a listener of the other
+        family can stand in; a UDP socket sends only to its own family, so
+        an IPv6 next hop on an IPv4-only proxy has no UDP listener (the
+        branch then fails as a transport error, RFC 3261 16.9)."""
         kind = transport.lower()
         family = _family(host)
         fallback = None
@@ -74,7 +79,7 @@ class TransportDispatcher:
             if _family(listener.config.interface) == family:
                 return listener
             fallback = fallback or listener
-        return fallback
+        return fallback if kind != "udp" else None
 
     def local_address(self, transport: str, host: str) -> tuple[str, int] | None:
         """The (host, port) to put in Via and Record-Route for that transport."""

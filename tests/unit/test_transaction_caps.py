@@ -140,7 +140,7 @@ def test_when_the_transactions_end_the_source_leaves_the_table_and_is_admitted_a
 
 def test_the_caps_are_config_keys_with_sane_defaults() -> None:
     limits = parse_config({}).limits
-    assert limits.max_transactions == 20000 and limits.max_transactions_per_source == 1000
+    assert limits.max_transactions == 20000 and limits.max_transactions_per_source == 1000 and limits.stage_timeout == 10.0
     from sipshield.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"limits.max_transactions_per_source: 0 is out of range"):
