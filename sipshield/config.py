@@ -129,6 +129,9 @@ class RegistrarConfig:
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
+    max_bindings_per_identity: int = 32
+    """Bindings one authenticated identity may hold across all its AORs
+    (a REGISTER adding more gets 403 Too Many Registrations)."""
 
 
 @dataclass(frozen=True)
@@ -468,6 +471,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         min_expires=reg.take_number("min_expires", 60, 1, 86400, True),
         max_expires=reg.take_number("max_expires", 3600, 1, 7 * 86400, True),
         default_expires=reg.take_number("default_expires", 3600, 1, 7 * 86400, True),
+        max_bindings_per_identity=reg.take_number("max_bindings_per_identity", 32, 1, 100000, True),
     )
     if not registrar.min_expires <= registrar.default_expires <= registrar.max_expires:
         raise reg.error("default_expires", "must lie between min_expires and max_expires")

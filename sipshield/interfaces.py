@@ -40,6 +40,10 @@ class ILocationStore(Interface):
     def count() -> Any:
         """Fire with the number of bindings held (for metrics and leak tests)."""
 
+    def count_for_identity(identity: str) -> Any:
+        """Fire with the number of unexpired bindings whose ``identity`` is
+        *identity*, across every AOR (the registrar's per-identity cap)."""
+
 
 class IPipelineStage(Interface):
     """One step of request handling (see sipshield.routing.pipeline).

@@ -32,7 +32,7 @@ def _registrar(service: Any, options: dict[str, Any]) -> Any:
     return Registrar(
         service.location, service.config.server.domains, service.reactor,
         min_expires=reg.min_expires, max_expires=reg.max_expires, default_expires=reg.default_expires,
-        is_local=service.core.is_local,
+        is_local=service.core.is_local, max_bindings_per_identity=reg.max_bindings_per_identity,
     )
 
 

@@ -106,6 +106,13 @@ class Registrar:
       is in trouble (what monitoring alerts on);
     * 403 "Too Many Contacts" beyond ``max_bindings`` per AOR (a local
       limit against memory exhaustion);
+    * 403 "Too Many Registrations" when a REGISTER would give its
+      authenticated identity (``context.identity``) more than
+      ``max_bindings_per_identity`` bindings across all its AORs (the same
+      local limit per identity, so that one account cannot fill the
+      location store through many AORs; 403 rather than 503, since
+      retrying will not help until some of its bindings go: RFC 3261
+      21.4.4).  Refreshes and removals are never refused;
     * 503 with Retry-After when the store fails or does not answer within
       ``store_timeout`` seconds (fail closed; logged, rate-limited);
     * otherwise 200 listing every current binding with its remaining
@@ -130,6 +137,7 @@ class Registrar:
         is_local: IsLocal | None = None,
         *,
         max_bindings: int = 16,
+        max_bindings_per_identity: int = 32,
         retry_after: int = 30,
         store_timeout: float = 5.0,
     ) -> None:
@@ -143,6 +151,7 @@ class Registrar:
         self.default_expires = default_expires
         self.is_local = is_local
         self.max_bindings = max_bindings
+        self.max_bindings_per_identity = max_bindings_per_identity
         self._guard = _StoreGuard(reactor, store_timeout, retry_after)
         self._update = getattr(store, "update", None)
 
@@ -294,10 +303,21 @@ class Registrar:
                 instance=contact.params.get("+sip.instance"),
                 reg_id=_reg_id(contact),
                 user_agent=user_agent,
+                identity=context.identity,
             )
         total = len(current_keys.difference(removals, puts)) + len(puts)
         if total > self.max_bindings and not current_keys.issuperset(puts):
             return Decision.reply(403, "Too Many Contacts")
+        identity = context.identity
+        if identity is not None:
+            # New to this identity: added, or taken over from another identity.
+            mine = {b.contact: b for b in current if b.identity == identity}
+            added = sum(1 for key in puts if key not in mine)
+            if added:
+                freed = sum(1 for key in set(removals) if key in mine and key not in puts)
+                held = await self._guard.call(self.store.count_for_identity(identity))
+                if held - freed + added > self.max_bindings_per_identity:
+                    return Decision.reply(403, "Too Many Registrations")
         update = self._update
         if update is not None:
             await self._guard.call(update(aor, removals, list(puts.values())))

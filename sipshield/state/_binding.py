@@ -28,6 +28,10 @@ class Binding:
     """+sip.instance (RFC 5626), when the UA sent one."""
     reg_id: int | None = None
     user_agent: str | None = None
+    identity: str | None = None
+    """The authenticated identity that registered it (``[registrar]
+    max_bindings_per_identity`` counts across all its AORs); None when the
+    REGISTER came from a trusted source without one."""
     extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     def expires_in(self, now: float) -> int:

@@ -43,6 +43,8 @@ class MemoryLocationStore:
         self._aors: dict[str, dict[str, Binding]] = {}
         self._heap: list[tuple[float, str, str]] = []
         self._count = 0
+        # Bindings per identity; an identity leaves with its last binding.
+        self._identities: dict[str, int] = {}
 
     # -- ILocationStore ---------------------------------------------------
 
@@ -60,6 +62,8 @@ class MemoryLocationStore:
     def remove_all(self, aor: str) -> Deferred[int]:
         contacts = self._aors.pop(aor, None)
         removed = len(contacts) if contacts else 0
+        for binding in (contacts or {}).values():
+            self._own(binding.identity, -1)
         self._count -= removed
         self._maybe_compact()
         return defer.succeed(removed)
@@ -79,12 +83,17 @@ class MemoryLocationStore:
             del contacts[contact]
             if not contacts:
                 del aors[aor]
+            self._own(binding.identity, -1)
             removed += 1
         self._count -= removed
         return defer.succeed(removed)
 
     def count(self) -> Deferred[int]:
         return defer.succeed(self._count)
+
+    def count_for_identity(self, identity: str) -> Deferred[int]:
+        """O(1); counts bindings past their expiry until the expiry loop reaps them."""
+        return defer.succeed(self._identities.get(identity, 0))
 
     # -- beyond the interface ---------------------------------------------
 
@@ -118,6 +127,10 @@ class MemoryLocationStore:
             contacts = self._aors[binding.aor] = {}
         old = contacts.get(binding.contact)
         contacts[binding.contact] = binding
+        if old is None or old.identity != binding.identity:
+            self._own(binding.identity, 1)
+            if old is not None:
+                self._own(old.identity, -1)
         if old is None:
             self._count += 1
         elif old.expires_at == binding.expires_at:
@@ -127,13 +140,24 @@ class MemoryLocationStore:
 
     def _remove(self, aor: str, contact: str) -> bool:
         contacts = self._aors.get(aor)
-        if contacts is None or contacts.pop(contact, None) is None:
+        removed = contacts.pop(contact, None) if contacts is not None else None
+        if removed is None:
             return False
+        self._own(removed.identity, -1)
         if not contacts:
             del self._aors[aor]
         self._count -= 1
         self._maybe_compact()
         return True
+
+    def _own(self, identity: str | None, delta: int) -> None:
+        if identity is None:
+            return
+        left = self._identities.get(identity, 0) + delta
+        if left:
+            self._identities[identity] = left
+        else:
+            del self._identities[identity]
 
     def _maybe_compact(self) -> None:
         if len(self._heap) > 2 * self._count + 64:

@@ -20,7 +20,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,7 +45,7 @@ T = TypeVar("T")
 
 _COLUMNS = (
     "aor", "contact", "expires_at", "q", "call_id", "cseq", "path",
-    "source_transport", "source_host", "source_port", "instance", "reg_id", "user_agent", "extra",
+    "source_transport", "source_host", "source_port", "instance", "reg_id", "user_agent", "extra", "identity",
 )
 
 
@@ -66,9 +68,11 @@ def _location_table(metadata: MetaData, name: str) -> Table:
         Column("reg_id", Integer),
         Column("user_agent", Text),
         Column("extra", Text, nullable=False, default="{}"),
+        Column("identity", Text),
         UniqueConstraint("aor", "contact", name=f"{name}_aor_contact"),
         Index(f"{name}_aor", "aor"),
         Index(f"{name}_expires_at", "expires_at"),
+        Index(f"{name}_identity", "identity"),
     )
 
 
@@ -89,6 +93,7 @@ def _row(b: Binding) -> dict[str, Any]:
         "reg_id": b.reg_id,
         "user_agent": b.user_agent,
         "extra": json.dumps(b.extra),
+        "identity": b.identity,
     }
 
 
@@ -108,6 +113,7 @@ def _binding(row: Any) -> Binding:
         instance=row.instance,
         reg_id=row.reg_id,
         user_agent=row.user_agent,
+        identity=row.identity,
         extra=json.loads(row.extra),
     )
 
@@ -204,6 +210,11 @@ class SQLLocationStore:
     def count(self) -> Deferred[int]:
         return self._run(self._count)
 
+    def count_for_identity(self, identity: str) -> Deferred[int]:
+        table = self.table
+        query = select(func.count()).select_from(table).where(table.c.identity == identity, table.c.expires_at > self.reactor.seconds())
+        return self._run(self._scalar, query)
+
     # -- beyond the interface -----------------------------------------------------------
 
     def update(self, aor: str, remove: Iterable[str] = (), put: Iterable[Binding] = ()) -> Deferred[None]:
@@ -246,7 +257,15 @@ class SQLLocationStore:
         return outer.addErrback(_unavailable)
 
     def _create(self, engine: Engine) -> None:
-        self.table.metadata.create_all(engine)
+        table = self.table
+        with engine.begin() as conn:
+            # A table from before the identity column gets it (bindings
+            # registered before count for no identity until refreshed).
+            if inspect(conn).has_table(table.name) and "identity" not in {c["name"] for c in inspect(conn).get_columns(table.name)}:
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN identity TEXT'))
+        table.metadata.create_all(engine)
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)  # create_all skips those of an existing table
 
     def _bindings(self, engine: Engine, aor: str, now: float) -> list[Binding]:
         table = self.table
@@ -288,8 +307,11 @@ class SQLLocationStore:
             return int(conn.execute(stmt).rowcount)
 
     def _count(self, engine: Engine) -> int:
+        return self._scalar(engine, select(func.count()).select_from(self.table))
+
+    def _scalar(self, engine: Engine, query: Any) -> int:
         with engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(self.table)).scalar_one())
+            return int(conn.execute(query).scalar_one())
 
 
 def _unavailable(failure: Failure) -> Failure:
