@@ -102,7 +102,7 @@ class DigestAuthStage:
     def __init__(
         self, portal: Any, nonces: Callable[[], Any], domains: DomainMap, algorithms: Sequence[str],
         trusted: Sequence[TrustedSource | str] = (), trusted_role: str | None = None, retry_after: int = 30,
-        trunks: Any = None, bearer: Any = None, in_dialog: Callable[[Request], bool] | None = None,
+        trunks: Any = None, bearer: Any = None, in_dialog: Callable[[Request, Any], bool] | None = None,
     ) -> None:
         self.in_dialog = in_dialog
         self.trunks = trunks
@@ -163,7 +163,7 @@ class DigestAuthStage:
         challenged statelessly too (no transaction, no 100 Trying).
         """
         if request.to.tag is not None and request.method != "REGISTER" and ("Route" in request.headers or request.uri.lr):
-            if self.in_dialog is None or self.in_dialog(request):
+            if self.in_dialog is None or self.in_dialog(request, flow):
                 return None
         screened = self._screen(RequestContext(request, flow))
         if isinstance(screened, Decision):

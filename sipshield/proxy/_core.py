@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from sipshield._ratelog import ThrottledLog
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
-from sipshield.proxy._forward import Hop, is_ip, next_hop, preprocess_route, record_route_uri, routed_by_us, stateless_branch
+from sipshield.proxy._forward import Hop, endpoints, is_ip, next_hop, preprocess_route, record_route_uri, routed_by_us, stateless_branch
 from sipshield.proxy._response import Branch, ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
 
@@ -137,10 +137,10 @@ class ProxyCore:
             flow.send(response.serialise())
 
     # -- admission (before any state) ---------------------------------------
-    def routed_by_us(self, request: Request) -> bool:
+    def routed_by_us(self, request: Request, flow: Flow) -> bool:
         """True when a Route (or strict-routed Request-URI) naming us carries
         our valid token for this request's dialog; the request is unchanged."""
-        return routed_by_us(request, self.is_local, self.signer)
+        return routed_by_us(request, self.is_local, self.signer, flow.remote[0])
 
     def admit(self, request: Request, flow: Flow) -> bool:
         """Run the admission steps on a request that matched no transaction.
@@ -208,7 +208,7 @@ class ProxyCore:
             self._cancel_received(txn)
             return
         try:
-            routed = preprocess_route(request, self.is_local, self.signer)
+            routed = preprocess_route(request, self.is_local, self.signer, txn.flow.remote[0])
         except ParseError as e:
             # A Route is read only now; the transaction exists, so it must end with the 400.
             self._reply(txn, e.status, e.reason)
@@ -263,7 +263,7 @@ class ProxyCore:
     def stray_ack(self, request: Request, flow: Flow) -> None:
         """An ACK for a 2xx (its own end-to-end transaction): forward it
         statelessly along its route set (RFC 3261 16.11)."""
-        if not preprocess_route(request, self.is_local, self.signer):
+        if not preprocess_route(request, self.is_local, self.signer, flow.remote[0]):
             # Not on a route set we can verify we made: nothing of ours to
             # forward (forwarding it would make the proxy an open relay).
             return
@@ -396,7 +396,7 @@ class ProxyCore:
             inbound: Hop = (txn.flow.transport_name, self.dispatcher.advertised(local_host), local_port)
             outbound_side: Hop = (transport, outbound[0], outbound[1])
             double = inbound != outbound_side
-            token = self.signer.token(fwd.call_id, fwd.from_.tag)
+            token = self.signer.token(fwd.call_id, fwd.from_.tag, endpoints(txn.flow.remote[0], hop[1]))
             if double:
                 fwd.headers.prepend("Record-Route", record_route_uri(inbound, double=True, token=token))
             fwd.headers.prepend("Record-Route", record_route_uri(outbound_side, double=double, token=token))

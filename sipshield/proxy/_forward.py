@@ -9,7 +9,7 @@ from collections.abc import Callable
 from sipshield.message import URI, Address, ParseError, Request
 from sipshield.proxy._signer import TOKEN_PARAM, RecordRouteSigner
 
-__all__ = ["Hop", "next_hop", "preprocess_route", "record_route_uri", "routed_by_us", "strip_own_routes", "stateless_branch"]
+__all__ = ["Hop", "next_hop", "preprocess_route", "endpoints", "record_route_uri", "routed_by_us", "stateless_branch"]
 
 Hop = tuple[str, str, int]
 """(transport, host, port): where the bytes go."""
@@ -43,76 +43,86 @@ def _route_uri(value: str) -> URI:
     return Address.parse(value).uri
 
 
-def preprocess_route(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
+def preprocess_route(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> bool:
     """RFC 3261 16.4: undo a strict router's rewrite, then drop our own Route(s).
 
     If the Request-URI is a URI this proxy put in a Record-Route, the previous
     hop was a strict router: the real Request-URI is the last Route value.
     With double Record-Route two Routes in a row can be ours.  Returns True
     only when the request was routed to us by a route set we can prove we
-    made: a Route (or strict-routed Request-URI) naming us that carries a
-    valid *signer* token for this request's Call-ID and its From or To tag.
+    made for this dialog *between these two hosts*: a Route (or strict-routed
+    Request-URI) naming us whose token is valid for the request's Call-ID,
+    its From or To tag, and the pair (*source*, the host it goes to next).
     A Route naming us without one is removed all the same, but does not make
     the request in-dialog (it gets the out-of-dialog path), and a
     strict-routed Request-URI without one is not rewritten at all.
     """
-    strict = False
-    if _strict_routed_to_us(request, is_local, signer):
+    strict_uri, ours, signed = _route_set(request, is_local, signer, source)
+    if strict_uri is not None:
         routes = request.headers.get_values("Route")
-        if routes:
-            last = routes[-1]
-            request.uri = _route_uri(last)
-            values = routes[:-1]
-            request.headers.remove("Route")
-            for value in values:
-                request.headers.add("Route", value)
-            strict = True
-    return strip_own_routes(request, is_local, signer) or strict
+        request.uri = strict_uri
+        request.headers.remove("Route")
+        for value in routes[:-1]:
+            request.headers.add("Route", value)
+    request.headers.remove_first_values("Route", ours)
+    return signed
 
 
-def routed_by_us(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
-    """What ``preprocess_route`` would return, without changing the request:
-    does a Route (or a strict-routed Request-URI) naming us carry a valid
-    token for this request's dialog?  For admission, before any state; a
-    malformed Route proves nothing."""
+def routed_by_us(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> bool:
+    """What ``preprocess_route`` would return, without changing the request.
+    For admission, before any state; a malformed Route proves nothing."""
     try:
-        return _strict_routed_to_us(request, is_local, signer) or _own_routes(request, is_local, signer)[1]
+        return _route_set(request, is_local, signer, source)[2]
     except ParseError:
         return False
 
 
-def _strict_routed_to_us(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
+def endpoints(source: str, destination: str) -> tuple[str, str]:
+    """The two hosts a dialog's requests travel between, in one canonical
+    order (the token does not say which side is the caller)."""
+    a, b = _canonical_host(source), _canonical_host(destination)
+    return (a, b) if a <= b else (b, a)
+
+
+def _canonical_host(host: str) -> str:
+    host = host.strip("[]").lower()
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        return host
+
+
+def _route_set(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> tuple[URI | None, int, bool]:
+    """(the real Request-URI when a strict router rewrote it to our signed
+    Record-Route, else None; how many Routes at the top are ours after that;
+    whether one of our URIs carries a token for this dialog between *source*
+    and the next hop)."""
+    routes = request.headers.get_values("Route")
     uri = request.uri
-    return bool(uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port) and _signed(uri, request, signer))
+    if routes and uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port):
+        real = _route_uri(routes[-1])
+        ours, own, destination = _own_prefix(routes[:-1], is_local, real)
+        if _signed(uri, request, signer, endpoints(source, destination)):
+            return real, ours, True
+    ours, own, destination = _own_prefix(routes, is_local, uri)
+    pair = endpoints(source, destination)
+    return None, ours, any(_signed(u, request, signer, pair) for u in own)
 
 
-def _signed(uri: URI, request: Request, signer: RecordRouteSigner) -> bool:
-    return signer.verify(uri.params.get(TOKEN_PARAM), request.call_id, (request.from_.tag, request.to.tag))
-
-
-def _own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> tuple[int, bool]:
-    """How many Route values at the top name us, and whether one of them
-    carries a valid token for this request's dialog."""
-    signed = False
-    ours = 0
-    for value in request.headers.get_values("Route"):
+def _own_prefix(routes: list[str], is_local: IsLocal, request_uri: URI) -> tuple[int, list[URI], str]:
+    """The Route values at the top that name us, and the host the request
+    goes to after them (the next Route, else the Request-URI)."""
+    own: list[URI] = []
+    for value in routes:
         uri = _route_uri(value)
         if not (uri.is_sip and uri.host and is_local(uri.host, uri.port)):
-            break
-        ours += 1
-        signed = signed or _signed(uri, request, signer)
-    return ours, signed
+            return len(own), own, hop_for(uri)[1]
+        own.append(uri)
+    return len(own), own, hop_for(request_uri)[1]
 
 
-def strip_own_routes(request: Request, is_local: IsLocal, signer: RecordRouteSigner) -> bool:
-    """Remove the Route values at the top that are ours; True if one of them
-    carried a valid token for this request's dialog.
-
-    The Routes are split once and removed in one pass: linear in the route
-    set (popping them one by one re-split the whole set each time)."""
-    ours, signed = _own_routes(request, is_local, signer)
-    request.headers.remove_first_values("Route", ours)
-    return signed
+def _signed(uri: URI, request: Request, signer: RecordRouteSigner, pair: tuple[str, str]) -> bool:
+    return signer.verify(uri.params.get(TOKEN_PARAM), request.call_id, (request.from_.tag, request.to.tag), pair)
 
 
 def next_hop(request: Request, override: URI | None = None) -> tuple[URI, Hop]:

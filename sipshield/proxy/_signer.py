@@ -3,9 +3,13 @@
 A request that comes back to us through a route set (a Route naming this
 proxy) follows a dialog only if that Route is a Record-Route we inserted for
 that dialog.  Each Record-Route URI we insert carries ``;ss=<token>``: an
-HMAC-SHA256, keyed by a secret kept in data_dir, over the Call-ID and the
-From tag of the dialog-initiating request.  Either side's in-dialog requests
-verify against one of their two tags (the callee's swap From and To).
+HMAC-SHA256, keyed by a secret kept in data_dir, over the Call-ID, the
+From tag of the dialog-initiating request, and the two hosts the dialog's
+requests travel between: the caller's source address and the host we sent
+the request to.  Either side's in-dialog requests verify against one of
+their two tags (the callee's swap From and To) and against the pair (their
+source, where they go next): a token seen on the wire cannot carry a
+request anywhere else, from anyone else.
 """
 
 from __future__ import annotations
@@ -39,15 +43,18 @@ class RecordRouteSigner:
             raise ValueError("the Record-Route secret needs at least 16 bytes")
         self._key = bytes(secret)
 
-    def token(self, call_id: str, from_tag: str | None) -> str:
+    def token(self, call_id: str, from_tag: str | None, pair: tuple[str, str]) -> str:
         """The token for a dialog: hex of a truncated HMAC-SHA256 over the
-        Call-ID and the initial request's From tag (empty if it had none)."""
-        data = f"{len(call_id)}:{call_id}|{from_tag or ''}".encode("utf-8", "surrogateescape")
+        Call-ID, the initial request's From tag (empty if it had none) and
+        the *pair* of hosts its requests travel between (``endpoints``: the
+        caller's source address and the host we forwarded the request to)."""
+        data = f"{len(call_id)}:{call_id}|{from_tag or ''}|{pair[0]}|{pair[1]}".encode("utf-8", "surrogateescape")
         return hmac.new(self._key, data, hashlib.sha256).digest()[:_TOKEN_BYTES].hex()
 
-    def verify(self, token: str | None, call_id: str, tags: Iterable[str | None]) -> bool:
-        """Whether *token* was made by :meth:`token` for *call_id* and one of
-        *tags* (an in-dialog request's From and To tags).  Constant-time."""
+    def verify(self, token: str | None, call_id: str, tags: Iterable[str | None], pair: tuple[str, str]) -> bool:
+        """Whether *token* was made by :meth:`token` for *call_id*, one of
+        *tags* (an in-dialog request's From and To tags) and *pair* (its
+        source and the host it goes to next).  Constant-time."""
         if not token:
             return False
         given = token.lower().encode("ascii", "replace")
@@ -55,6 +62,6 @@ class RecordRouteSigner:
         for tag in tags:
             if tag is None:
                 continue
-            expected = self.token(call_id, tag).encode("ascii")
+            expected = self.token(call_id, tag, pair).encode("ascii")
             found = hmac.compare_digest(given, expected) or found
         return found

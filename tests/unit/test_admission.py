@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 
 from sipshield.config import parse_config
 from sipshield.message import Response, parse_message
+from sipshield.proxy import endpoints
 from sipshield.service import makeService
 
 PROXY = ("127.0.0.1", 5060)
@@ -123,7 +124,7 @@ def test_in_dialog_request_with_a_route_we_did_not_sign_is_challenged_statelessl
 
 def test_in_dialog_request_on_our_signed_route_is_admitted(service) -> None:
     svc, clock = service
-    token = svc.core.signer.token("adm-BYE", "a1")
+    token = svc.core.signer.token("adm-BYE", "a1", endpoints(ATTACKER[0], "example.com"))
     flow = RecordingFlow()
     data = request("BYE", extra=f"Route: <sip:127.0.0.1:5060;lr;ss={token}>\r\n").replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=b1")
     svc.core.message_received(parse_message(data), flow)

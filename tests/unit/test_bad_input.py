@@ -16,6 +16,7 @@ import pytest
 from sipfuzz import ATTACKER, DOMAIN, TRUSTED, FuzzTarget, status_of
 
 from sipshield.message import ParseError, parse_message
+from sipshield.proxy import endpoints
 from sipshield.routing import Decision, Pipeline, RequestContext
 from sipshield.state import Binding
 
@@ -109,8 +110,10 @@ def test_response_is_sent_to_the_source_when_maddr_cannot_be_written_to(target: 
     no_findings(target)
 
 
-def signed_route(t: FuzzTarget, call_id: str) -> str:
-    return f"Route: <sip:{proxy(t)};transport=udp;lr;ss={t.service.core.signer.token(call_id, 'a1')}>\r\n"
+def signed_route(t: FuzzTarget, call_id: str, destination: str) -> str:
+    """Our Record-Route for a dialog between the UA and *destination*."""
+    token = t.service.core.signer.token(call_id, "a1", endpoints(ATTACKER, destination))
+    return f"Route: <sip:{proxy(t)};transport=udp;lr;ss={token}>\r\n"
 
 
 def test_unwritable_datagram_destination_is_a_transport_error_not_a_traceback(target: FuzzTarget) -> None:
@@ -118,7 +121,7 @@ def test_unwritable_datagram_destination_is_a_transport_error_not_a_traceback(ta
     (EACCES).  Was: a traceback; now the branch fails like any unreachable
     target (RFC 3261 16.9: a 503, which 16.7 step 6 makes the caller's 500)."""
     call_id = "bcast@127.0.0.2"
-    target.send_udp(request("MESSAGE", ruri="sip:bob@255.255.255.255", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id)), UA)
+    target.send_udp(request("MESSAGE", ruri="sip:bob@255.255.255.255", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id, "255.255.255.255")), UA)
     assert [s for s, _, _ in answers(target)] == [500]
     assert target.reactor.unreachable == 1
     no_findings(target)
@@ -129,7 +132,7 @@ def test_answer_for_a_target_that_does_not_resolve_carries_the_callers_via(targe
     Via, and a branch that failed before it was sent had no Via of ours: the
     caller got a 500 with no Via at all (which it cannot match)."""
     call_id = "nxdomain@127.0.0.2"
-    target.send_udp(request("BYE", ruri="sip:bob@nowhere.invalid", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id)), UA)
+    target.send_udp(request("BYE", ruri="sip:bob@nowhere.invalid", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id, "nowhere.invalid")), UA)
     [(kind, data, where)] = target.sent
     answer = parse_message(data)
     assert where == UA and answer.status == 500  # 16.9 + 16.7 step 6, for a target out of reach
@@ -144,7 +147,7 @@ def test_ack_for_2xx_towards_a_name_is_resolved_before_it_is_sent(target: FuzzTa
     """Was: InvalidAddressError (a UDP socket writes to addresses only)."""
     target.reactor.names["phone.example.net"] = "127.0.0.9"
     call_id = "ack-name@127.0.0.2"
-    target.send_udp(request("ACK", ruri="sip:bob@phone.example.net:5070", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id)), UA)
+    target.send_udp(request("ACK", ruri="sip:bob@phone.example.net:5070", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id, "phone.example.net")), UA)
     [(kind, data, where)] = target.sent
     assert where == ("127.0.0.9", 5070)
     assert parse_message(data).method == "ACK"
@@ -153,7 +156,7 @@ def test_ack_for_2xx_towards_a_name_is_resolved_before_it_is_sent(target: FuzzTa
 
 def test_ack_for_2xx_towards_a_name_that_does_not_resolve_is_dropped(target: FuzzTarget) -> None:
     call_id = "ack-nxdomain@127.0.0.2"
-    target.send_udp(request("ACK", ruri="sip:bob@nowhere.invalid", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id)), UA)
+    target.send_udp(request("ACK", ruri="sip:bob@nowhere.invalid", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id, "nowhere.invalid")), UA)
     assert target.sent == []
     no_findings(target)
 

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from sipshield.message import URI, ParseError, Request, Response, parse_message
-from sipshield.proxy import ProxyCore
+from sipshield.proxy import ProxyCore, endpoints
 from sipshield.routing import Decision, Pipeline, Target
 from sipshield.routing._stages import DialogStage, FinalStage, OptionsStage, SanityStage
 from sipshield.transaction import TimerSettings, TransactionLayer
@@ -211,9 +211,10 @@ def test_request_for_foreign_domain_is_not_relayed() -> None:
 
 # -- forwarding --------------------------------------------------------------
 
-def ours(core: ProxyCore, call_id: str = "c1@example.com", from_tag: str = "f1") -> str:
-    """The ;ss= parameter the proxy puts in its Record-Route for that dialog."""
-    return f";ss={core.signer.token(call_id, from_tag)}"
+def ours(core: ProxyCore, call_id: str = "c1@example.com", from_tag: str = "f1", between: tuple[str, str] = ("192.0.2.9", "192.0.2.20")) -> str:
+    """The ;ss= parameter the proxy puts in its Record-Route for that dialog
+    (by default between RecordingFlow's source and the Relay target)."""
+    return f";ss={core.signer.token(call_id, from_tag, endpoints(*between))}"
 
 
 def test_invite_is_forwarded_with_via_record_route_and_max_forwards() -> None:
@@ -282,11 +283,27 @@ def test_double_record_route_when_tls_comes_in_and_udp_goes_out() -> None:
 def test_in_dialog_bye_follows_route_set_and_our_route_is_removed() -> None:
     core, dispatcher, _ = make_core()
     feed(core, request("sip:bob@192.0.2.20:5062", "BYE", to_tag="callee",
-                       extra=f"Route: <sip:127.0.0.1:5060;transport=udp;lr{ours(core)}>, <sip:192.0.2.30;lr>\r\n"))
+                       extra=f"Route: <sip:127.0.0.1:5060;transport=udp;lr{ours(core, between=('192.0.2.9', '192.0.2.30'))}>, <sip:192.0.2.30;lr>\r\n"))
     ((fwd, hop),) = dispatcher.sent
     assert hop == ("UDP", "192.0.2.30", 5060)
     assert fwd.headers.get_values("Route") == ["<sip:192.0.2.30;lr>"]
     assert str(fwd.uri) == "sip:bob@192.0.2.20:5062"
+
+
+@pytest.mark.parametrize(
+    "source, uri",
+    [("192.0.2.66", "sip:bob@192.0.2.20:5062"), ("192.0.2.9", "sip:victim@192.0.2.77"), ("192.0.2.20", "sip:victim@192.0.2.77")],
+    ids=["stranger-replays-the-token", "caller-aims-elsewhere", "callee-aims-elsewhere"],
+)
+def test_a_token_only_carries_requests_between_the_dialogs_two_hosts(source: str, uri: str) -> None:
+    """A Record-Route token seen on the wire (by a callee, a gateway, a trace)
+    is no relay: it is bound to the caller's address and the host we sent to."""
+    core, dispatcher, _ = make_core()
+    for method in ("BYE", "MESSAGE", "INVITE", "ACK"):
+        flow = feed(core, request(uri, method, to_tag="callee", via=f"SIP/2.0/UDP {source}:5070;branch=z9hG4bK{method}",
+                                  extra=f"Route: <sip:127.0.0.1:5060;lr{ours(core)}>\r\n"), RecordingFlow((source, 5070)))
+        assert dispatcher.sent == [], method
+        assert (flow.statuses() == []) if method == "ACK" else (flow.statuses()[-1] >= 400), method
 
 
 def test_strict_router_rewrite_is_undone() -> None:

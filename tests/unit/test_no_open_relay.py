@@ -16,7 +16,7 @@ from test_core import RecordingDispatcher, RecordingFlow, feed
 from twisted.internet.task import Clock
 
 from sipshield.config import parse_config
-from sipshield.proxy import RecordRouteSigner
+from sipshield.proxy import RecordRouteSigner, endpoints
 from sipshield.service import makeService
 from sipshield.transaction import TimerSettings, TransactionLayer
 
@@ -52,8 +52,9 @@ def to_victim(dispatcher: RecordingDispatcher) -> list:
     return [(m, hop) for m, hop in dispatcher.sent if hop[1] == VICTIM]
 
 
-def signed(service, call_id: str = "c1@example.com", tag: str = "f1") -> str:
-    return f"<sip:127.0.0.1:5060;transport=udp;lr;ss={service.core.signer.token(call_id, tag)}>"
+def signed(service, call_id: str = "c1@example.com", tag: str = "f1", pair: tuple[str, str] = endpoints(ATTACKER[0], VICTIM)) -> str:
+    """Our Record-Route for a dialog between *pair* (by default the sender and the victim)."""
+    return f"<sip:127.0.0.1:5060;transport=udp;lr;ss={service.core.signer.token(call_id, tag, pair)}>"
 
 
 @pytest.mark.parametrize("method", IN_DIALOG)
@@ -92,11 +93,11 @@ def test_strict_routing_rewrite_needs_a_token_in_the_request_uri(tmp_path: Path)
     forged = in_dialog("BYE", uri="sip:127.0.0.1:5060;lr", route=f"<sip:victim@{VICTIM}>")
     flow = feed(service.core, forged, RecordingFlow(ATTACKER))
     assert flow.statuses()[-1] == 407 and to_victim(dispatcher) == []
-    other = service.core.signer.token("other-call@example.com", "f1")
+    other = service.core.signer.token("other-call@example.com", "f1", endpoints(ATTACKER[0], VICTIM))
     forged = in_dialog("BYE", uri=f"sip:127.0.0.1:5060;lr;ss={other}", route=f"<sip:victim@{VICTIM}>", call_id="c2")
     flow = feed(service.core, forged, RecordingFlow(ATTACKER))
     assert flow.statuses()[-1] == 407 and to_victim(dispatcher) == []
-    uri = f"sip:127.0.0.1:5060;lr;ss={service.core.signer.token('c3', 'f1')}"
+    uri = f"sip:127.0.0.1:5060;lr;ss={service.core.signer.token('c3', 'f1', endpoints(ATTACKER[0], VICTIM))}"
     feed(service.core, in_dialog("BYE", uri=uri, route=f"<sip:victim@{VICTIM}>", call_id="c3"), RecordingFlow(ATTACKER))
     ((fwd, hop),) = to_victim(dispatcher)
     assert str(fwd.uri) == f"sip:victim@{VICTIM}" and hop == ("UDP", VICTIM, 5060)
@@ -116,5 +117,6 @@ def test_record_route_secret_is_created_0600_in_data_dir_and_reused(tmp_path: Pa
     path = tmp_path / "data" / "record-route.secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again, _ = make_service(tmp_path)
-    assert again.core.signer.token("c", "t") == service.core.signer.token("c", "t")
-    assert RecordRouteSigner().token("c", "t") != service.core.signer.token("c", "t")
+    pair = endpoints("192.0.2.1", "192.0.2.2")
+    assert again.core.signer.token("c", "t", pair) == service.core.signer.token("c", "t", pair)
+    assert RecordRouteSigner().token("c", "t", pair) != service.core.signer.token("c", "t", pair)
