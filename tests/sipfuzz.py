@@ -83,8 +83,9 @@ class SeedContext:
     transport: str = "UDP"
     nonce: Callable[[str], str] | None = None
     """realm -> a nonce issued to ``source`` (in process); None: no valid digest answers."""
-    route_token: Callable[[str, str], str] | None = None
-    """(call_id, from_tag) -> the proxy's Record-Route token; None: unsigned routes."""
+    route_token: Callable[[str, str, str], str] | None = None
+    """(call_id, from_tag, destination host) -> the proxy's Record-Route token
+    for a dialog between this source and that host; None: unsigned routes."""
 
 
 def _digest(method: str, uri: str, nonce: str) -> str:
@@ -132,9 +133,13 @@ def request_seed(rng: random.Random, ctx: SeedContext, method: str | None = None
     if method == "REGISTER":
         lines.append(f"Expires: {rng.choice((0, 60, 3600))}")
     if in_dialog:
-        token = ctx.route_token(call_id, from_tag) if ctx.route_token is not None and rng.random() < 0.8 else "0" * 16
+        sign = ctx.route_token is not None and rng.random() < 0.8
+        via_gateway = rng.random() < 0.3
+        # The token binds the host the request goes to after our Route.
+        destination = GATEWAY if via_gateway else ruri.split("@", 1)[-1].rsplit(":", 1)[0] if "@" in ruri else ph
+        token = ctx.route_token(call_id, from_tag, destination) if sign and ctx.route_token is not None else "0" * 16
         lines.append(f"Route: <sip:{ph}:{pp};transport={transport.lower()};lr;ss={token}>")
-        if rng.random() < 0.3:
+        if via_gateway:
             lines.append(f"Route: <sip:{GATEWAY}:5070;lr>")
     if rng.random() < 0.2:
         lines.append(f"Record-Route: <sip:{sh}:{sp};lr>")
@@ -591,10 +596,13 @@ class FuzzTarget:
         self._source_ports = itertools.count(20000)
 
     def context(self, transport: str, source: str) -> SeedContext:
+        from sipshield.proxy import endpoints
+
         svc = self.service
         return SeedContext(
             proxy=("127.0.0.1", self.proxy[transport]), source=(source, 5062 if transport == "UDP" else 20000), transport=transport,
-            nonce=lambda realm: svc.nonces.issue(realm, source), route_token=svc.core.signer.token,
+            nonce=lambda realm: svc.nonces.issue(realm, source),
+            route_token=lambda call_id, tag, destination: svc.core.signer.token(call_id, tag, endpoints(source, destination)),
         )
 
     def close(self) -> None:

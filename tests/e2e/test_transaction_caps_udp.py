@@ -15,7 +15,7 @@ from conftest import ephemeral_config
 from test_reflection import bind, received
 
 from sipshield.message import parse_message
-from sipshield.proxy import RecordRouteSigner
+from sipshield.proxy import RecordRouteSigner, endpoints
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +39,7 @@ def test_over_the_per_source_cap_a_bye_gets_503_with_retry_after_and_is_not_rela
                 f"Via: SIP/2.0/UDP 127.0.0.2:{caller_port};branch=z9hG4bKcap{n};rport\r\nMax-Forwards: 70\r\n"
                 "From: <sip:alice@example.com>;tag=f1\r\nTo: <sip:bob@example.com>;tag=t1\r\n"
                 f"Call-ID: {call_id}\r\nCSeq: 2 BYE\r\n"
-                f"Route: <sip:{host}:{port};transport=udp;lr;ss={signer.token(call_id, 'f1')}>\r\nContent-Length: 0\r\n\r\n"
+                f"Route: <sip:{host}:{port};transport=udp;lr;ss={signer.token(call_id, 'f1', endpoints('127.0.0.2', '127.0.0.5'))}>\r\nContent-Length: 0\r\n\r\n"
             ).encode(), (host, port))
             if n < 2:
                 # Wait until the callee has it, so the third BYE meets two live transactions.

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 
 from sipshield.config import parse_config
 from sipshield.message import Request, parse_message
+from sipshield.proxy import endpoints
 from sipshield.service import makeService
 from sipshield.transaction import TimerSettings, TransactionLayer
 
@@ -45,7 +46,7 @@ def service(tmp_path: Path):
 
 
 def in_dialog(svc, method: str, call_id: str, source: tuple[str, int], branch: str | None = None, cseq: int = 2) -> bytes:
-    route = f"<sip:127.0.0.1:5060;transport=udp;lr;ss={svc.core.signer.token(call_id, 'f1')}>"
+    route = f"<sip:127.0.0.1:5060;transport=udp;lr;ss={svc.core.signer.token(call_id, 'f1', endpoints(source[0], CALLEE))}>"
     return (
         f"{method} sip:bob@{CALLEE} SIP/2.0\r\nVia: SIP/2.0/UDP {source[0]}:{source[1]};branch={branch or 'z9hG4bK' + call_id}\r\n"
         f"Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=f1\r\nTo: <sip:bob@example.com>;tag=t1\r\n"
