@@ -120,3 +120,16 @@ def test_record_route_secret_is_created_0600_in_data_dir_and_reused(tmp_path: Pa
     pair = endpoints("192.0.2.1", "192.0.2.2")
     assert again.core.signer.token("c", "t", pair) == service.core.signer.token("c", "t", pair)
     assert RecordRouteSigner().token("c", "t", pair) != service.core.signer.token("c", "t", pair)
+
+
+@pytest.mark.parametrize("method", ["BYE", "MESSAGE", "INVITE", "OPTIONS"])
+def test_a_token_seen_on_the_wire_relays_nothing_for_a_third_host(tmp_path: Path, method: str) -> None:
+    """The token of a real dialog between a caller and a callee, replayed by
+    anyone else (toward the victim or the callee itself), is challenged."""
+    service, dispatcher = make_service(tmp_path)
+    callee = "192.0.2.20"
+    stolen = signed(service, pair=endpoints("127.0.0.9", callee))
+    for n, uri in enumerate([f"sip:victim@{VICTIM}", f"sip:bob@{callee}"]):
+        flow = feed(service.core, in_dialog(method, uri=uri, route=stolen, call_id="c1@example.com"), RecordingFlow(ATTACKER))
+        assert flow.statuses()[-1] == 407, (uri, flow.statuses())
+    assert dispatcher.sent == []
