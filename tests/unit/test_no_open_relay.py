@@ -129,7 +129,7 @@ def test_a_token_seen_on_the_wire_relays_nothing_for_a_third_host(tmp_path: Path
     service, dispatcher = make_service(tmp_path)
     callee = "192.0.2.20"
     stolen = signed(service, pair=endpoints("127.0.0.9", callee))
-    for n, uri in enumerate([f"sip:victim@{VICTIM}", f"sip:bob@{callee}"]):
+    for uri in [f"sip:victim@{VICTIM}", f"sip:bob@{callee}"]:
         flow = feed(service.core, in_dialog(method, uri=uri, route=stolen, call_id="c1@example.com"), RecordingFlow(ATTACKER))
         assert flow.statuses()[-1] == 407, (uri, flow.statuses())
     assert dispatcher.sent == []
