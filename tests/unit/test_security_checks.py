@@ -1,8 +1,10 @@
 """Each security check through the real service, its auth stage included.
 
-Every test here was written against a hand-made mutation that removed or
-negated one check and left the rest of the suite green (docs/development.md
-lists them); each fails with its mutation and passes without.  The service
+The tests of security checks were written against hand-made mutations that
+removed or negated one check and left the rest of the suite green
+(docs/development.md lists them); each fails with its mutation and passes
+without.  The last ones check README claims (forking by q, best-response
+selection) the same way.  The service
 is built from a real config (tests/unit/pipeline_support.py); alice (staff)
 calls bob, whose phones are bound in the location store.
 """
@@ -147,3 +149,39 @@ def test_unsigned_ack_for_2xx_is_not_forwarded_to_its_request_uri(proxy) -> None
     ack = request("ACK", uri="sip:victim@127.0.0.5", extra="Route: <sip:127.0.0.1:5060;lr>\r\n")
     proxy.send(ack.replace(b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=forged"), victim)
     assert proxy.dispatcher.sent == [] and victim.sent == []
+
+
+# -- README claims: forking by q, best-response selection (through the real service) -------
+
+def test_invite_forks_in_parallel_to_every_contact_highest_q_first(proxy) -> None:
+    low = proxy.register("bob", "sip:bob@127.0.0.5:5070", q=0.2)
+    high = proxy.register("bob", "sip:bob@127.0.0.6:5070", q=0.9)
+    middle = proxy.register("bob", "sip:bob@127.0.0.7:5070", q=0.5)
+    proxy.send(proxy.authorized())
+    assert [hop for _, hop in proxy.forwarded()] == [high, middle, low]
+
+
+def test_best_response_is_a_6xx_else_the_lowest_class_and_waits_for_every_branch(proxy) -> None:
+    """RFC 3261 16.7 step 6, with one caller answer per transaction."""
+    hops = [proxy.register("bob", f"sip:bob@127.0.0.{n}:5070") for n in (5, 6, 7)]
+    proxy.send(proxy.authorized())
+    branches = dict((hop, fwd) for fwd, hop in proxy.forwarded())
+    proxy.respond(branches[hops[0]], hops[0], 500)
+    proxy.respond(branches[hops[1]], hops[1], 486)
+    assert [s for s in proxy.phone.statuses() if s >= 200] == [407]  # the challenge only: one branch still rings
+    proxy.respond(branches[hops[2]], hops[2], 404)
+    assert [s for s in proxy.phone.statuses() if s >= 200] == [407, 404]
+
+
+def test_a_6xx_cancels_the_branches_that_ring_and_wins_over_their_487(proxy) -> None:
+    """RFC 3261 16.7 step 5: a 6xx is not forwarded at once; the pending
+    branches are cancelled, and the 6xx is chosen over their 487s."""
+    ringing, declining = proxy.register("bob", BOB), proxy.register("bob", BOB2)
+    proxy.send(proxy.authorized())
+    branches = dict((hop, fwd) for fwd, hop in proxy.forwarded())
+    proxy.respond(branches[ringing], ringing, 180)
+    proxy.respond(branches[declining], declining, 603)
+    ((cancel, where),) = proxy.forwarded("CANCEL")
+    assert where == ringing and proxy.phone.statuses()[-1] == 180
+    proxy.respond(branches[ringing], ringing, 487)
+    assert proxy.phone.statuses()[-1] == 603
