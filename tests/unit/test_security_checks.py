@@ -49,6 +49,14 @@ def test_digest_for_another_request_uri_is_challenged_not_forwarded(proxy) -> No
     assert proxy.last().status == 407
 
 
+def test_digest_over_an_unparseable_uri_is_challenged_not_forwarded(proxy) -> None:
+    """A digest-uri that is not a URI designates no Request-URI: no match (mutmut survivor)."""
+    proxy.register("bob", BOB)
+    proxy.send(proxy.authorized(digest_uri="not a uri"))
+    assert proxy.forwarded() == []
+    assert proxy.last().status == 407
+
+
 def test_nonce_issued_to_another_source_is_challenged_even_with_a_right_digest(proxy) -> None:
     """The nonce is bound to the source address that was challenged: a digest
     computed over a nonce sent elsewhere (or made up) proves no return path."""
