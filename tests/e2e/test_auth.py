@@ -1,11 +1,9 @@
 """End to end: digest authentication and RBAC against the real twistd service,
-with users added by the `sipshield user` CLI and a digest client written here
-from RFC 7616 (hashlib only, nothing from sipshield.auth)."""
+with users added by the `sipshield user` CLI and the digest client of
+tests/digest_client.py (written from RFC 7616, nothing from sipshield.auth)."""
 
 from __future__ import annotations
 
-import hashlib
-import re
 import secrets
 import socket
 import subprocess
@@ -14,14 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest import ephemeral_config
+from digest_client import authorization, challenges
 
 pytestmark = pytest.mark.e2e
 CLIENT_IP = "127.0.0.2"  # not trusted: only 127.0.0.1 and ::1 are, and only when asked
-HASHES = {"MD5": "md5", "SHA-256": "sha256", "SHA-512-256": "sha512_256"}
-
-
-def H(algorithm: str, text: str) -> str:
-    return hashlib.new(HASHES[algorithm], text.encode()).hexdigest()
 
 
 class Client:
@@ -61,26 +55,6 @@ class Client:
             status = int(answer.split(b" ", 2)[1])
             if status >= 200:
                 return status, answer.split(b"\r\n", 1)[0].decode(), answer
-
-
-def challenges(answer: bytes, header: str) -> list[dict[str, str]]:
-    found = []
-    for line in answer.decode().split("\r\n"):
-        name, _, value = line.partition(":")
-        if name.strip().lower() == header.lower():
-            found.append(dict(re.findall(r'(\w+)="?([^",]*)"?', value)))
-    return found
-
-
-def authorization(challenge: dict[str, str], algorithm: str, user: str, password: str, method: str, uri: str, nc: str = "00000001") -> str:
-    cnonce = secrets.token_hex(8)
-    ha1 = H(algorithm, f"{user}:{challenge['realm']}:{password}")
-    ha2 = H(algorithm, f"{method}:{uri}")
-    response = H(algorithm, f"{ha1}:{challenge['nonce']}:{nc}:{cnonce}:auth:{ha2}")
-    return (
-        f'Digest username="{user}", realm="{challenge["realm"]}", nonce="{challenge["nonce"]}", uri="{uri}", '
-        f'response="{response}", algorithm={algorithm}, cnonce="{cnonce}", qop=auth, nc={nc}'
-    )
 
 
 def add_user(workdir: Path, name: str, password: str, roles: str) -> None:

@@ -141,3 +141,72 @@ def test_no_options_starts_the_embedded_default(start_server, tmp_path: Path) ->
     assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
     answer = tls_options("127.0.0.1", 5061, tmp_path / "sipshield-data" / "tls-selfsigned.pem")
     assert answer.startswith(b"SIP/2.0 200 OK\r\n")
+    # README: the embedded default challenges every REGISTER and INVITE (no trusted sources).
+    assert challenge_of(("127.0.0.1", 5060), "REGISTER", "sip:localhost") == (401, "WWW-Authenticate")
+    assert challenge_of(("127.0.0.1", 5060), "INVITE", "sip:bob@localhost") == (407, "Proxy-Authenticate")
+
+
+def challenge_of(server: tuple[str, int], method: str, uri: str) -> tuple[int, str]:
+    """Send *method* without credentials over UDP; the status and the challenge header that come back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(10)
+        port = sock.getsockname()[1]
+        sock.sendto(
+            (
+                f"{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{method.lower()}-default;rport\r\n"
+                f"Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=1\r\nTo: <{uri}>\r\nCall-ID: default-{method}\r\n"
+                f"CSeq: 1 {method}\r\nContact: <sip:alice@127.0.0.1:{port}>\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            server,
+        )
+        answer = sock.recv(65535).decode()
+    status = int(answer.split(" ", 2)[1])
+    names = [line.split(":", 1)[0] for line in answer.split("\r\n")[1:] if line.lower().startswith(("www-authenticate:", "proxy-authenticate:"))]
+    assert names and len(set(names)) == 1 and answer.count('Digest realm="localhost"') == len(names), answer
+    return status, names[0]
+
+
+def test_tls_maximum_version_caps_the_handshake(start_server, tmp_path: Path) -> None:
+    """README: ``maximum_version = "TLSv1.2"`` (for old phones) caps what the server negotiates."""
+    server = start_server(ephemeral_config(extra='[tls]\nmaximum_version = "TLSv1.2"'))
+    host, port = server.addresses["tls"]
+    context = ssl.create_default_context(cafile=str(tmp_path / "data" / "tls-selfsigned.pem"))
+    with socket.create_connection((host, port), timeout=10) as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() == "TLSv1.2"  # the client offered 1.3 too
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    with pytest.raises(ssl.SSLError), socket.create_connection((host, port), timeout=10) as raw:
+        context.wrap_socket(raw, server_hostname="localhost")
+    assert tls_options(host, port, tmp_path / "data" / "tls-selfsigned.pem").startswith(b"SIP/2.0 200 OK\r\n")
+
+
+def test_advertised_name_is_in_the_via_and_record_route_of_a_forwarded_request(start_server) -> None:
+    """README: listeners on 0.0.0.0 put ``[server] advertise`` in the Via and
+    Record-Route they insert (an address they could not name otherwise)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as callee:
+        callee.bind(("127.0.0.1", 0))
+        callee.settimeout(10)
+        gateway = callee.getsockname()[1]
+        config = ephemeral_config(extra=f'[[routes]]\nmatch_user_prefix = "9"\ntarget = "sip:127.0.0.1:{gateway};transport=udp"\n')
+        config = config.replace('"udp:0:interface=127.0.0.1", ', '"udp:0:interface=0.0.0.0", ').replace(
+            'domains = ["example.com"]', 'domains = ["example.com"]\nadvertise = "sip.example.com"')
+        server = start_server(config)
+        port = server.addresses["udp"][1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as caller:
+            caller.bind(("127.0.0.1", 0))
+            me = caller.getsockname()[1]
+            caller.sendto(
+                (
+                    f"INVITE sip:9123@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKadv1;rport\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:9123@example.com>\r\n"
+                    f"Call-ID: advertise@test\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@127.0.0.1:{me}>\r\nContent-Length: 0\r\n\r\n"
+                ).encode(),
+                ("127.0.0.1", port),
+            )
+            forwarded = callee.recv(65535).decode()
+    headers = [line for line in forwarded.split("\r\n") if line]
+    vias = [line for line in headers if line.lower().startswith("via:")]
+    record_routes = [line for line in headers if line.lower().startswith("record-route:")]
+    assert vias[0].startswith(f"Via: SIP/2.0/UDP sip.example.com:{port};branch="), forwarded
+    assert len(record_routes) == 1 and f"<sip:sip.example.com:{port};transport=udp;lr" in record_routes[0], forwarded
+    assert "0.0.0.0" not in forwarded

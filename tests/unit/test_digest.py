@@ -412,3 +412,11 @@ def test_credentials_check_hash() -> None:
     assert creds.checkHash(compute_ha1("SHA-512-256", "alice", "example.com", "pw")) is True
     assert creds.checkHash(compute_ha1("SHA-512-256", "alice", "example.com", "wrong")) is False
     assert SIPDigestCredentials(creds.response, "INVITE", b"y").checkHash(compute_ha1("SHA-512-256", "alice", "example.com", "pw")) is False
+
+
+@pytest.mark.parametrize("missing", ["cnonce", "nc"])
+def test_verify_refuses_qop_without_cnonce_or_nc_even_when_parse_was_bypassed(missing: str) -> None:
+    """verify checks what it relies on itself, not only DigestResponse.parse (mutmut survivors)."""
+    ha1 = compute_ha1("SHA-256", "alice", "example.com", "pw")
+    resp = DigestResponse("alice", "example.com", "n", "sip:example.com", "0" * 64, "SHA-256", cnonce="c", nc="00000001", qop="auth")
+    assert not verify(replace(resp, **{missing: None}), "REGISTER", ha1)

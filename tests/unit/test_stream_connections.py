@@ -85,27 +85,45 @@ def test_trickling_tcp_client_is_closed_idle_timeout_after_its_first_byte():
         yield listener.stopService()
 
 
-@pytest_twisted.inlineCallbacks
-def test_full_table_closes_the_oldest_idle_unauthenticated_connection_not_the_authenticated_one(tmp_path):
+def _trusted_tcp_service(tmp_path: Any, max_connections: int) -> Any:
     config = parse_config({
         "server": {"data_dir": str(tmp_path / "data"), "listen": ["tcp:0:interface=127.0.0.1"], "domains": ["example.com"]},
         "auth": {"trusted_sources": ["127.0.0.2/32"]},  # passes the auth stage (over TCP)
-        "limits": {"max_connections": 3},
+        "limits": {"max_connections": max_connections},
     })
     service = makeService(config, reactor)
     service.privilegedStartService()
     service.startService()
+    return service
+
+
+def _opener(service: Any, clients: list[_Client]) -> Any:
+    host, port = service.addresses()["tcp"]
+
+    def open_from(source: str) -> _Client:
+        client = _Client()
+        clients.append(client)
+        reactor.connectTCP(host, port, ClientFactory.forProtocol(lambda: client), bindAddress=(source, 0))
+        return client
+
+    return open_from
+
+
+@defer.inlineCallbacks
+def _close_all(service: Any, clients: list[_Client]) -> Any:
+    for client in clients:
+        if client.transport is not None:
+            client.transport.loseConnection()
+    yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_full_table_closes_the_oldest_idle_unauthenticated_connection_not_the_authenticated_one(tmp_path):
+    service = _trusted_tcp_service(tmp_path, 3)
     clients: list[_Client] = []
     try:
-        host, port = service.addresses()["tcp"]
         factory = service.listeners[0].factory
-
-        def open_from(source: str) -> _Client:
-            client = _Client()
-            clients.append(client)
-            reactor.connectTCP(host, port, ClientFactory.forProtocol(lambda: client), bindAddress=(source, 0))
-            return client
-
+        open_from = _opener(service, clients)
         trusted = open_from("127.0.0.2")  # the oldest connection, and authenticated
         yield _until(lambda: trusted.transport is not None and len(factory.connections) == 1)
         trusted.transport.write(options("auth-1"))
@@ -120,7 +138,26 @@ def test_full_table_closes_the_oldest_idle_unauthenticated_connection_not_the_au
         trusted.transport.write(options("auth-2"))
         yield _until(lambda: b"SIP/2.0 200" in trusted.received)
     finally:
-        for client in clients:
-            if client.transport is not None:
-                client.transport.loseConnection()
-        yield service.stopService()
+        yield _close_all(service, clients)
+
+
+@pytest_twisted.inlineCallbacks
+def test_global_cap_refuses_a_new_connection_when_every_one_is_authenticated(tmp_path):
+    """``max_connections`` holds when nothing can be evicted: with the table
+    full of connections whose requests passed the real auth stage, a new
+    connection is closed at once and the others stay."""
+    service = _trusted_tcp_service(tmp_path, 3)
+    clients: list[_Client] = []
+    try:
+        factory = service.listeners[0].factory
+        open_from = _opener(service, clients)
+        for n in range(3):
+            client = open_from("127.0.0.2")
+            yield _until(lambda c=client, n=n: c.transport is not None and len(factory.connections) == n + 1)
+            client.transport.write(options(f"cap-{n}"))
+            yield _until(lambda c=client: b"SIP/2.0 200" in c.received)
+        newcomer = open_from("127.0.0.2")
+        yield newcomer.lost.addTimeout(5, reactor)
+        assert len(factory.connections) == 3 and not any(c.lost.called for c in clients[:3])
+    finally:
+        yield _close_all(service, clients)
