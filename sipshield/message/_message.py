@@ -113,11 +113,15 @@ class Message:
     they raise :class:`ParseError` when the header is absent or malformed.
     """
 
-    __slots__ = ("headers", "body", "version", "_raw_head", "_cl")
+    __slots__ = ("headers", "body", "version", "_raw_head", "_cl", "wire_size")
 
     headers: Headers
     body: bytes
     version: str
+    wire_size: int
+    """Octets the message took as received (the whole datagram, or the framed
+    message on a stream), what a reply's size is weighed against; 0 for a
+    message built in code."""
     _raw_head: bytes | None
     _cl: int | None
 
@@ -347,6 +351,7 @@ class Request(Message):
         self.body = bytes(body)
         self._raw_head = None
         self._cl = None
+        self.wire_size = 0
         self._raw_method = None
 
     @property
@@ -440,6 +445,7 @@ class Response(Message):
         self.body = bytes(body)
         self._raw_head = None
         self._cl = None
+        self.wire_size = 0
         self._raw_status = None
 
     def _start_line(self) -> str:
@@ -706,6 +712,7 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
     msg.body = b""
     msg._raw_head = raw_head
     msg._cl = None
+    msg.wire_size = len(data)
     if unsafe:
         # RFC 3261 7.3.1, 25.1: a header line ends with CRLF, and no value holds
         # CR, LF or NUL (NUL only as a quoted-pair, RFC 4475 3.1.1.2); echoed

@@ -35,6 +35,9 @@ _LOOPBACK_NAMES = frozenset(("localhost", "localhost.localdomain"))
 RECORD_ROUTE_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 _OWN_HEADERS_ALLOWANCE = 200  # our Via and up to two Record-Route values
 _CAP_RETRY_AFTER = "5"  # seconds: transactions end within 64*T1, most much sooner
+AMPLIFICATION_LIMIT = 4
+"""A stateless reply over UDP is at most this many times the request's size
+(docs/security.md): the source may be forged, the reply then aimed at a victim."""
 
 
 class ProxyCore:
@@ -73,7 +76,7 @@ class ProxyCore:
         """Steps asked before any transaction exists: each has
         ``admission(request, flow) -> Decision | None`` (None: no objection)."""
         self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0, "stray_responses": 0,
-                         "transaction_cap_refusals": 0}
+                         "transaction_cap_refusals": 0, "amplification_drops": 0}
         self.remote_log = ThrottledLog(self.log, reactor) if reactor is not None else None
         """Lines caused by remote input go through this (per source and kind, bounded)."""
 
@@ -134,7 +137,11 @@ class ProxyCore:
                 return
             # The Via of a malformed request cannot be trusted: answer the
             # address the bytes came from (as RFC 3581 would).
-            flow.send(response.serialise())
+            data = response.serialise()
+            if not _within_amplification_limit(data, message, flow):
+                self.counters["amplification_drops"] += 1
+                return
+            flow.send(data)
 
     # -- admission (before any state) ---------------------------------------
     def routed_by_us(self, request: Request, flow: Flow) -> bool:
@@ -163,11 +170,27 @@ class ProxyCore:
         return self._under_transaction_caps(request, flow)
 
     def _stateless_reply(self, request: Request, flow: Flow, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        self.counters["stateless_replies"] += 1
-        response = request.make_response(status, reason, to_tag=secrets.token_hex(6))
-        for name, value in headers:
-            response.headers.add(name, value)
-        flow.send(response.serialise())
+        """Send one response, once, within :data:`AMPLIFICATION_LIMIT`.
+
+        A reply over UDP larger than 4 times the request is sent with the
+        first value of each repeated header only (a stage lists alternatives,
+        such as one challenge per digest algorithm, strongest first: RFC 8760
+        2.3); still too large, it is dropped and counted
+        (``amplification_drops``).  No genuine UA sends a request that small.
+        Over TCP and TLS the source is proven by the handshake: no limit.
+        """
+        headers = tuple(headers)
+        to_tag = secrets.token_hex(6)
+        for choice in (headers, _first_of_each(headers)):
+            response = request.make_response(status, reason, to_tag=to_tag)
+            for name, value in choice:
+                response.headers.add(name, value)
+            data = response.serialise()
+            if _within_amplification_limit(data, request, flow):
+                self.counters["stateless_replies"] += 1
+                flow.send(data)
+                return
+        self.counters["amplification_drops"] += 1
 
     def _under_transaction_caps(self, request: Request, flow: Flow) -> bool:
         """``[limits] max_transactions`` and ``max_transactions_per_source``.
@@ -507,3 +530,20 @@ def _ignore(txn: Any) -> None:
 
 def _ignore_response(txn: Any, response: Response) -> None:
     """The 200 to our CANCEL needs no action; the INVITE's 487 does the work."""
+
+
+def _within_amplification_limit(data: bytes, request: Request, flow: Flow) -> bool:
+    """May *data* go back to *request*'s source?  Over UDP only when at most
+    :data:`AMPLIFICATION_LIMIT` times the request's size (a request built in
+    code, with no size, is not weighed)."""
+    return flow.reliable or not request.wire_size or len(data) <= AMPLIFICATION_LIMIT * request.wire_size
+
+
+def _first_of_each(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    seen: set[str] = set()
+    first = []
+    for name, value in headers:
+        if name.lower() not in seen:
+            seen.add(name.lower())
+            first.append((name, value))
+    return tuple(first)

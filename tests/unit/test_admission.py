@@ -130,3 +130,69 @@ def test_in_dialog_request_on_our_signed_route_is_admitted(service) -> None:
     svc.core.message_received(parse_message(data), flow)
     assert svc.core.counters["stateless_replies"] == 0
     assert 407 not in flow.statuses()
+
+
+def compact(method: str, ruri: str = "tel:1", to_tag: str = "") -> bytes:
+    """The smallest request of its kind the parser takes: compact names, no
+    Max-Forwards, a one-letter sent-by (the attacker's best factor)."""
+    return f"{method} {ruri} SIP/2.0\r\nv:SIP/2.0/UDP a\r\nf:sip:a\r\nt:sip:c{to_tag}\r\ni:1\r\nCSeq:1 {method}\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        compact("INVITE"),
+        compact("REGISTER", "sip:a"),
+        compact("OPTIONS", "sip:a"),
+        compact("MESSAGE"),
+        compact("SUBSCRIBE"),
+        compact("BYE", to_tag=";tag=2"),
+    ],
+    ids=["invite", "register", "options-to-user", "message", "subscribe", "bye-in-dialog"],
+)
+def test_minimal_compact_request_gets_at_most_four_times_its_size(service, data: bytes) -> None:
+    """docs/security.md: at most one datagram, at most 4x the request's
+    size, whatever the request's kind; a reply that cannot shrink under that
+    is dropped and counted."""
+    svc, clock = service
+    flow = RecordingFlow()
+    svc.core.message_received(parse_message(data), flow)
+    clock.advance(64 * 0.5 + 1)
+    assert len(flow.sent) <= 1
+    assert sum(len(d) for d, _ in flow.sent) <= 4 * len(data)
+    counters = svc.core.counters
+    assert counters["stateless_replies"] + counters["amplification_drops"] == 1
+    assert counters["stateless_replies"] == len(flow.sent)
+    assert svc.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
+
+
+def test_challenge_too_large_for_the_request_offers_only_the_strongest_algorithm(service) -> None:
+    """Two challenges (SHA-512-256, SHA-256) would pass 4x; the first fits."""
+    svc, clock = service
+    data = compact("REGISTER", "sip:a")
+    flow = RecordingFlow()
+    svc.core.message_received(parse_message(data), flow)
+    [(answer, _)] = flow.sent
+    assert len(answer) <= 4 * len(data)
+    challenges = parse_message(answer).headers.get_all("WWW-Authenticate")
+    assert len(challenges) == 1 and "algorithm=SHA-512-256" in challenges[0]
+
+
+def test_ordinary_request_gets_every_challenge(service) -> None:
+    svc, clock = service
+    flow = RecordingFlow()
+    svc.core.message_received(parse_message(request("INVITE")), flow)
+    [(answer, _)] = flow.sent
+    assert len(parse_message(answer).headers.get_all("Proxy-Authenticate")) == 2
+
+
+def test_minimal_request_over_tcp_is_not_weighed(service) -> None:
+    """A TCP source proved its address in the handshake: no reflection, so
+    the full challenge goes back however small the request."""
+    svc, clock = service
+    flow = _Flow(remote=ATTACKER, local=PROXY, transport="TCP")
+    svc.core.message_received(parse_message(compact("INVITE")), flow)
+    [(answer, _)] = flow.sent
+    assert len(parse_message(answer).headers.get_all("Proxy-Authenticate")) == 2
+    assert svc.core.counters["amplification_drops"] == 0
+
