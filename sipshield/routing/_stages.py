@@ -78,7 +78,7 @@ def _to_self(request: Request, is_local: IsLocal) -> bool:
 @implementer(IPipelineStage)
 class OptionsStage:
     """Answer OPTIONS addressed to the proxy itself (no user part) with 200
-    and its capabilities (RFC 3261 11.2)."""
+    and its capabilities (RFC 3261 11.2), statelessly at admission."""
 
     name = "options"
 
@@ -87,10 +87,17 @@ class OptionsStage:
         self.headers = (("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED))
 
     def process(self, context: RequestContext) -> Decision:
-        request = context.request
+        return self.admission(context.request, context.flow) or CONTINUE
+
+    def admission(self, request: Request, flow: object) -> Decision | None:
+        """The same answer before any transaction exists, sent statelessly
+        by the proxy core's admission step: an OPTIONS to the proxy needs no
+        credentials, so a transaction for it (Timer J keeps a non-INVITE one
+        32 s over UDP) would be state any forged source could make us keep.
+        A retransmitted OPTIONS just gets the 200 again."""
         if request.method == "OPTIONS" and _to_self(request, self.is_local):
             return Decision.reply(200, "OK", self.headers)
-        return CONTINUE
+        return None
 
 
 @dataclass(frozen=True)

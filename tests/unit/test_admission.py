@@ -144,11 +144,12 @@ def compact(method: str, ruri: str = "tel:1", to_tag: str = "") -> bytes:
         compact("INVITE"),
         compact("REGISTER", "sip:a"),
         compact("OPTIONS", "sip:a"),
+        compact("OPTIONS", "sip:127.0.0.1"),
         compact("MESSAGE"),
         compact("SUBSCRIBE"),
         compact("BYE", to_tag=";tag=2"),
     ],
-    ids=["invite", "register", "options-to-user", "message", "subscribe", "bye-in-dialog"],
+    ids=["invite", "register", "options-to-user", "options-to-proxy", "message", "subscribe", "bye-in-dialog"],
 )
 def test_minimal_compact_request_gets_at_most_four_times_its_size(service, data: bytes) -> None:
     """docs/security.md: at most one datagram, at most 4x the request's
@@ -157,6 +158,7 @@ def test_minimal_compact_request_gets_at_most_four_times_its_size(service, data:
     svc, clock = service
     flow = RecordingFlow()
     svc.core.message_received(parse_message(data), flow)
+    assert svc.transactions.counts()["server"] == 0
     clock.advance(64 * 0.5 + 1)
     assert len(flow.sent) <= 1
     assert sum(len(d) for d, _ in flow.sent) <= 4 * len(data)
@@ -196,3 +198,17 @@ def test_minimal_request_over_tcp_is_not_weighed(service) -> None:
     assert len(parse_message(answer).headers.get_all("Proxy-Authenticate")) == 2
     assert svc.core.counters["amplification_drops"] == 0
 
+
+def test_options_to_the_proxy_is_answered_statelessly(service) -> None:
+    """One 200 with the capabilities, no transaction (Timer J would keep
+    one 32 s for any forged source); a retransmission gets the 200 again."""
+    svc, clock = service
+    data = request("OPTIONS", ruri="sip:127.0.0.1:5060")
+    flow = RecordingFlow()
+    svc.core.message_received(parse_message(data), flow)
+    assert svc.transactions.counts()["server"] == 0 and not clock.getDelayedCalls()
+    [response] = flow.messages()
+    assert response.status == 200 and "INVITE" in response.headers.get("Allow")
+    assert len(flow.sent[0][0]) <= 4 * len(data)
+    svc.core.message_received(parse_message(data), flow)
+    assert flow.statuses() == [200, 200] and svc.core.counters["stateless_replies"] == 2
