@@ -144,7 +144,10 @@ class TimerConfig:
     timer_c: float = 180.0
 
 
-DEFAULT_STAGES = ("sanity", "options", "auth", "rbac", "dialog", "registrar", "location", "routes", "final")
+# auth before options: its admission step marks a trusted source's connection
+# authenticated (kept when the table is full) before options answers the
+# OPTIONS to the proxy statelessly, ending admission.
+DEFAULT_STAGES = ("sanity", "auth", "options", "rbac", "dialog", "registrar", "location", "routes", "final")
 AUTH_ALGORITHMS = ("SHA-512-256", "SHA-256", "MD5")
 DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "agent": ("register",),

@@ -93,7 +93,7 @@ def test_the_example_configuration_is_valid() -> None:
     config = load_config(example)
     assert config.registrar.store == "sql" and config.auth.trusted_role == "trunk"
     assert config.routes[0].external and "call:external" in config.roles["trunk"]
-    assert config.stages[2:4] == ("auth", "rbac")
+    assert config.stages[1:4] == ("auth", "options", "rbac")
 
 
 def test_wildcard_listeners_need_an_advertised_name(tmp_path: Path) -> None:
