@@ -57,7 +57,8 @@ def test_the_harness_reports_a_500(target: FuzzTarget, monkeypatch) -> None:
     from sipshield.routing import Decision
 
     stage = target.service.pipeline.stages[0]
-    monkeypatch.setattr(stage, "process", lambda context: Decision.reply(500, "Planted"))
+    # The OPTIONS to the proxy is answered at admission, before any process().
+    monkeypatch.setattr(stage, "admission", lambda request, flow: Decision.reply(500, "Planted"))
     target.send_udp(f"OPTIONS sip:127.0.0.1:{target.proxy['UDP']} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2:5062;branch=z9hG4bKo\r\n"
                     "Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>\r\nCall-ID: o\r\n"
                     "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n".encode(), (ATTACKER, 5062))
