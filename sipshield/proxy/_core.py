@@ -35,6 +35,7 @@ _LOOPBACK_NAMES = frozenset(("localhost", "localhost.localdomain"))
 RECORD_ROUTE_METHODS = frozenset(("INVITE", "SUBSCRIBE", "REFER"))
 _OWN_HEADERS_ALLOWANCE = 200  # our Via and up to two Record-Route values
 _CAP_RETRY_AFTER = "5"  # seconds: transactions end within 64*T1, most much sooner
+_SENT_ONCE = frozenset((401, 407))
 AMPLIFICATION_LIMIT = 4
 """A stateless reply over UDP is at most this many times the request's size
 (docs/security.md): the source may be forged, the reply then aimed at a victim."""
@@ -282,6 +283,12 @@ class ProxyCore:
         for name, value in headers:
             response.headers.add(name, value)
         txn.send_response(response)
+        if status in _SENT_ONCE:
+            # RFC 3261 26.3.2.4: a 401/407 need not be retransmitted.  A wrong
+            # password would otherwise buy 11 copies (Timer G until H) and 32 s
+            # of state; the ACK for it then matches nothing and is dropped
+            # (stray_ack: no route set of ours).
+            txn.terminate()
 
     def stray_ack(self, request: Request, flow: Flow) -> None:
         """An ACK for a 2xx (its own end-to-end transaction): forward it
