@@ -402,10 +402,14 @@ class ProxyCore:
             return False
         return len(fwd.serialise()) + _OWN_HEADERS_ALLOWANCE > 1300 and self.dispatcher.local_address("TCP", "127.0.0.1") is not None
 
-    def _unresolvable(self, failure: Failure, branch: Branch) -> None:
-        host = branch.hop[1]
+    def _log_unresolvable(self, host: str, failure: Failure) -> None:
+        """A next hop's name comes from remote input (a Request-URI, a
+        Route): its failure is logged within the remote-input budgets."""
         if self.remote_log is not None:
             self.remote_log.warn("unresolvable", host, "cannot resolve {host}: {why}", host=host, why=failure.getErrorMessage())
+
+    def _unresolvable(self, failure: Failure, branch: Branch) -> None:
+        self._log_unresolvable(branch.hop[1], failure)
         if branch.context is not None:
             branch.context.on_transport_error(None, branch)
 
@@ -441,7 +445,7 @@ class ProxyCore:
             # A datagram socket writes to addresses only (RFC 3263: resolve first).
             resolving = self.reactor.resolve(hop[1])
             resolving.addCallbacks(lambda ip: self._send_stateless(request, (hop[0], ip, hop[2]), branch),
-                                   lambda f: self.log.warn("cannot resolve {host}: {why}", host=hop[1], why=f.getErrorMessage()))
+                                   lambda f: self._log_unresolvable(hop[1], f))
             return
         outbound = self.dispatcher.local_address(hop[0], hop[1])
         if outbound is None:

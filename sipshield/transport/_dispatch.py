@@ -10,6 +10,7 @@ from twisted.internet import ssl
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 
+from sipshield._ratelog import ThrottledLog
 from sipshield.transport._flow import DatagramFlow
 from sipshield.transport._stream import SIPStreamProtocol
 
@@ -35,17 +36,20 @@ class _Outbound(ClientFactory):
     exists (and queues writes) before the connection is made."""
 
     noisy = False
-    log = Logger()
 
-    def __init__(self, proto: SIPStreamProtocol) -> None:
+    def __init__(self, proto: SIPStreamProtocol, remote_log: ThrottledLog) -> None:
         self.proto = proto
+        self.remote_log = remote_log
 
     def buildProtocol(self, addr: Any) -> SIPStreamProtocol:  # type: ignore[override]
         return self.proto
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.log.warn("cannot connect to {transport} {host}:{port}: {why}", transport=self.proto.transport_name,
-                      host=self.proto.remote[0], port=self.proto.remote[1], why=reason.getErrorMessage())
+        # The host comes from remote input (a Contact, a Route): within the
+        # remote-input budgets, one line per host and interval.
+        host, port = self.proto.remote
+        self.remote_log.warn("connect-failed", host, "cannot connect to {transport} {host}:{port}: {why}",
+                             transport=self.proto.transport_name, host=host, port=port, why=reason.getErrorMessage())
         self.proto._closing = True
 
 
@@ -57,6 +61,8 @@ class TransportDispatcher:
     def __init__(self, reactor: Any, advertise: str | None = None) -> None:
         self.reactor = reactor
         self.advertise = advertise
+        self.remote_log = ThrottledLog(self.log, reactor)
+        """Lines caused by remote input (a failed outbound connection) go through this."""
         self.listeners: list[SIPListener] = []
         self._client_tls: ssl.CertificateOptions | None = None
 
@@ -121,7 +127,7 @@ class TransportDispatcher:
     def _connect(self, factory: SIPStreamFactory, transport: str, host: str, port: int, data: bytes) -> Flow:
         proto = SIPStreamProtocol(factory, (host, port))
         proto.send(data)
-        outbound = _Outbound(proto)
+        outbound = _Outbound(proto, self.remote_log)
         if transport == "TLS":
             self.reactor.connectSSL(host, port, outbound, self._tls_options(host), timeout=10)
         else:
