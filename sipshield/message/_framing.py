@@ -76,7 +76,7 @@ class StreamFramer:
         if head is not None:
             start, end = head
             try:
-                message = parse_message(bytes(self._buf[start : end + 4]))
+                message = parse_message(bytes(self._buf[start : end + 4]), max_headers=self._max_headers)
             except ParseError as e:
                 message = e.message
         self._error = FramingError(reason, status=status, message=message)

@@ -647,6 +647,11 @@ def _folded_header_lines(lines: list[str]) -> _Lines:
     return entries, single, vias, others, duplicate
 
 
+_ANSWERED_HEADERS_FACTOR = 4
+"""Up to this many times *max_headers* header lines, a message over the limit
+is split so that its 400 can be addressed; past it, it is refused unread."""
+
+
 def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256) -> Request | Response:
     """Parse one complete SIP message (RFC 3261 7, 18.3).
 
@@ -660,6 +665,9 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
     (RFC 3261 18.3, RFC 4475 3.1.1.8) and too few is an error (RFC 4475
     3.1.2.2). Without Content-Length, a datagram's body is the rest of it
     (RFC 3261 18.3); on a stream (*datagram* false) it is an error.
+
+    More than *max_headers* header lines raises "Too many header lines"
+    (400), with the partial message attached up to 4 times that many.
 
     Raises :class:`ParseError`; ``err.message`` carries the partially parsed
     message when the start line and header lines could be split.
@@ -687,8 +695,9 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
     lines = head.split("\r\n")
     crlf = len(lines) - 1
     unsafe = head.count("\r") != crlf or head.count("\n") != crlf or ("\0" in head and _BARE_NUL.search(head) is not None)
-    if len(lines) - 1 > max_headers:
-        raise ParseError("Too many header lines")
+    too_many = len(lines) - 1 > max_headers
+    if too_many and len(lines) - 1 > _ANSWERED_HEADERS_FACTOR * max_headers:
+        raise ParseError("Too many header lines")  # not worth parsing even to answer
     try:
         entries, single, vias, others, duplicate = _plain_header_lines(lines)
     except _Folded:
@@ -721,6 +730,9 @@ def parse_message(data: bytes, *, datagram: bool = True, max_headers: int = 256)
     if error is not None:
         error.message = msg
         raise error
+    if too_many:
+        # Split, not validated: enough to address the 400 (RFC 3261 8.2.6).
+        raise ParseError("Too many header lines", message=msg)
     if duplicate is not None:
         raise ParseError(f"{duplicate}: header appears more than once", message=msg)
     cl = _check_headers(msg, single, vias, others, is_request, method)

@@ -13,11 +13,6 @@ from sipshield.transport._flow import DatagramFlow
 if TYPE_CHECKING:
     from sipshield.transport._listen import MessageHandler
 
-#: Header lines parsed to address a 400 for too many header fields, as the
-#: stream framer does (parse_message's own default).
-_ANSWERABLE_HEADERS = 256
-
-
 class SIPDatagramProtocol(DatagramProtocol):
     """Turns datagrams into parsed messages for the handler.
 
@@ -26,9 +21,8 @@ class SIPDatagramProtocol(DatagramProtocol):
     and STUN packets are not SIP and are dropped here.
 
     ``[limits] max_headers`` holds as on TCP/TLS: a request with more header
-    fields gets 400 Too many header lines (a response is dropped).  Up to
-    256 header lines (or the limit, if higher) are parsed so that the 400 can
-    be addressed; past that the datagram is dropped unparsed.
+    lines gets 400 Too many header lines (a response is dropped); past 4
+    times the limit it is dropped unparsed (``parse_message``).
     """
 
     log = Logger()
@@ -38,7 +32,6 @@ class SIPDatagramProtocol(DatagramProtocol):
         self.handler = handler
         self.max_message_bytes = max_message_bytes
         self.max_headers = max_headers
-        self._parse_headers = max(max_headers, _ANSWERABLE_HEADERS)
         self.local: tuple[str, int] = ("", 0)
 
     def startProtocol(self) -> None:
@@ -54,15 +47,12 @@ class SIPDatagramProtocol(DatagramProtocol):
             return
         flow = DatagramFlow(self.transport, self.local, (addr[0], addr[1]))
         try:
-            message = parse_message(datagram, max_headers=self._parse_headers)
+            message = parse_message(datagram, max_headers=self.max_headers)
         except ParseError as e:
             handler.bad_message(e, flow)
             return
         if len(datagram) > self.max_message_bytes:
             # Parsed only so that the 413 can be addressed (RFC 3261 21.4.11).
             handler.bad_message(ParseError("Message too large", status=413, message=message), flow)
-            return
-        if len(message.headers) > self.max_headers:
-            handler.bad_message(ParseError("Too many header lines", status=400, message=message), flow)
             return
         handler.message_received(message, flow)

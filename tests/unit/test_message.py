@@ -199,9 +199,18 @@ def test_stream_requires_content_length_and_datagram_takes_rest() -> None:
 
 def test_too_many_headers() -> None:
     data = INVITE.replace(b"X-Custom-Header: some value\r\n", b"X-A: 1\r\n" * 300)
-    with pytest.raises(ParseError):
+    with pytest.raises(ParseError, match="Too many header lines") as raised:
         parse_message(data)
+    assert raised.value.status == 400 and raised.value.message is not None  # enough to address the 400
     assert parse_message(data, max_headers=400).headers.get("X-A") == "1"
+
+
+def test_far_too_many_headers_are_refused_unread() -> None:
+    """Past 4 times the limit the header lines are not split at all."""
+    data = INVITE.replace(b"X-Custom-Header: some value\r\n", b"X-A: 1\r\n" * 41)
+    with pytest.raises(ParseError, match="Too many header lines") as raised:
+        parse_message(data, max_headers=10)
+    assert raised.value.message is None
 
 
 def test_unknown_headers_are_not_parsed_and_keep_their_spelling() -> None:

@@ -138,3 +138,36 @@ def test_max_headers_holds_on_udp(tmp_path: Path):
     finally:
         yield port.stopListening()
         yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_request_over_the_default_max_headers_gets_400_on_udp_and_tcp(tmp_path: Path):
+    """306 header lines against the default 256: a 400 Too many header lines
+    on real UDP and TCP sockets (then the TCP connection closes), not a
+    silent drop."""
+    from test_stream_connections import _Client, _until
+    from twisted.internet.protocol import ClientFactory
+
+    config = parse_config({"server": {"data_dir": str(tmp_path / "d"), "listen": ["udp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"]}})
+    service = makeService(config, reactor)
+    service.privilegedStartService()
+    service.startService()
+    catcher = _Catcher()
+    port = reactor.listenUDP(0, catcher, interface="127.0.0.1")
+    client = _Client()
+    try:
+        me, addresses = port.getHost().port, service.addresses()
+        catcher.received = defer.Deferred()
+        port.write(_with_headers(options(me, "udp-many"), 300), addresses["udp"])  # 6 + 300 header lines
+        answer = yield catcher.received.addTimeout(5, reactor)
+        assert answer.split(b"\r\n", 1)[0] == b"SIP/2.0 400 Too many header lines" and b"Call-ID: udp-many" in answer
+        reactor.connectTCP(*addresses["tcp"], ClientFactory.forProtocol(lambda: client))
+        yield _until(lambda: client.transport is not None and client.transport.connected)
+        client.transport.write(_with_headers(options(me, "tcp-many").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"), 300))
+        yield client.lost.addTimeout(5, reactor)
+        assert client.received.split(b"\r\n", 1)[0] == b"SIP/2.0 400 Too many header lines" and b"Call-ID: tcp-many" in client.received
+    finally:
+        if client.transport is not None:
+            client.transport.loseConnection()
+        yield port.stopListening()
+        yield service.stopService()
