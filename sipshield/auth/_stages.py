@@ -164,6 +164,8 @@ class DigestAuthStage:
         """
         if request.to.tag is not None and request.method != "REGISTER" and ("Route" in request.headers or request.uri.lr):
             if self.in_dialog is None or self.in_dialog(request, flow):
+                if self._is_trusted(flow.remote[0], flow.transport_name):
+                    flow.authenticated = True  # a trusted edge: the core's per-source cap does not apply
                 return None
         screened = self._screen(RequestContext(request, flow))
         if isinstance(screened, Decision):

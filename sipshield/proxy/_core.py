@@ -49,7 +49,7 @@ class ProxyCore:
 
     def __init__(
         self, domains: Iterable[str] = (), reactor: Any = None, timer_c: float = 180.0, signer: RecordRouteSigner | None = None,
-        max_header_values: int = 64, max_transactions: int = 20000, max_transactions_per_source: int = 1000, resolve_timeout: float = 10.0,
+        max_header_values: int = 64, max_transactions: int = 100000, max_transactions_per_source: int = 1000, resolve_timeout: float = 10.0,
     ) -> None:
         # Signs our Record-Route values and verifies the Routes that come
         # back; the service replaces it with one keyed from data_dir at start.
@@ -206,7 +206,11 @@ class ProxyCore:
         """
         source = flow.remote[0]
         total, mine = self.transactions.server_load(source)
-        if total < self.max_transactions and mine < self.max_transactions_per_source:
+        # A source the auth stage already vouched for at admission (a trusted
+        # network, a trunk certificate, a proven connection) is a known edge
+        # or trunk: only the global cap applies to it.
+        per_source_ok = mine < self.max_transactions_per_source or flow.authenticated
+        if total < self.max_transactions and per_source_ok:
             return True
         if request.method == "CANCEL":
             if self.transactions.find_invite(request) is not None:
@@ -214,7 +218,7 @@ class ProxyCore:
             self._stateless_reply(request, flow, 481, "Call/Transaction Does Not Exist")
             return False
         self.counters["transaction_cap_refusals"] += 1
-        per_source = mine >= self.max_transactions_per_source
+        per_source = not per_source_ok
         if self.remote_log is not None:
             self.remote_log.warn(
                 "transaction-cap", source, "{method} from {host} refused with 503: {what} ({limit} live server transactions)",

@@ -26,6 +26,7 @@ class RecordingFlow:
         self.reliable = transport != "UDP"
         self.secure = transport == "TLS"
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.authenticated = False
 
     def send(self, data: bytes) -> None:
         self.sent.append((data, self.remote))

@@ -27,11 +27,15 @@ MALLORY = ("127.0.0.2", 40000)
 ZERO = {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
 
 
+TRUSTED = ("127.0.0.9", 40000)
+
+
 @pytest.fixture
 def service(tmp_path: Path):
     config = parse_config({
         "server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]},
         "limits": {"max_transactions": 3, "max_transactions_per_source": 2},
+        "auth": {"trusted_sources": [{"network": f"{TRUSTED[0]}/32", "udp": True}], "trusted_role": "admin"},
     })
     clock = Clock()
     svc = makeService(config, clock)
@@ -141,8 +145,19 @@ def test_when_the_transactions_end_the_source_leaves_the_table_and_is_admitted_a
 
 def test_the_caps_are_config_keys_with_sane_defaults() -> None:
     limits = parse_config({}).limits
-    assert limits.max_transactions == 20000 and limits.max_transactions_per_source == 1000 and limits.stage_timeout == 10.0
+    assert limits.max_transactions == 100000 and limits.max_transactions_per_source == 1000 and limits.stage_timeout == 10.0
     from sipshield.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"limits.max_transactions_per_source: 0 is out of range"):
         parse_config({"limits": {"max_transactions_per_source": 0}})
+
+
+def test_a_trusted_source_is_held_to_the_global_cap_only(service) -> None:
+    """A trusted edge or trunk carries many callers' transactions: the
+    per-source cap (2 here) does not apply to it, the global one (3) does."""
+    svc, clock, dispatcher = service
+    for n in range(3):
+        assert bye(svc, f"t{n}", TRUSTED).sent == []  # admitted past the per-source cap of 2
+    over = bye(svc, "t3", TRUSTED)
+    assert over.statuses() == [503]
+    assert svc.core.counters["transaction_cap_refusals"] == 1
