@@ -8,6 +8,7 @@ authenticated identity's roles allow (register, call, call:external).
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ from sipshield.auth._credentials import SIPDigestCredentials
 from sipshield.auth._digest import DigestResponse, challenge_values
 from sipshield.config import TrustedSource
 from sipshield.interfaces import IPipelineStage
-from sipshield.message import URI, ParseError, Request, parse_auth
+from sipshield.message import URI, ParseError, Request, ip_version, parse_auth
 from sipshield.routing import CONTINUE, Decision, RequestContext
 
 __all__ = ["DigestAuthStage", "RBACStage", "DomainMap"]
@@ -114,6 +115,7 @@ class DigestAuthStage:
         self.accepted = frozenset(self.algorithms) | frozenset(a + "-sess" for a in self.algorithms)
         entries = [TrustedSource(t) if isinstance(t, str) else t for t in trusted]
         self.trusted = [(ipaddress.ip_network(t.network, strict=False), t.udp) for t in entries]
+        self._trusted_v4 = [(int(net.network_address), int(net.netmask), udp) for net, udp in self.trusted if net.version == 4]
         self.trusted_role = trusted_role
         self.retry_after = str(retry_after)
         self._admitted: tuple[Request, _BearerAnswer | tuple[DigestResponse, str, str]] | None = None
@@ -121,12 +123,16 @@ class DigestAuthStage:
     def _is_trusted(self, host: str, transport: str) -> bool:
         if not self.trusted:
             return False
+        # A UDP source address is one forged datagram away: only where asked.
+        connected = transport in ("TCP", "TLS")
+        if ip_version(host) == 4:
+            # The usual case, asked for every request: integer masks, no ipaddress objects.
+            address = int.from_bytes(socket.inet_aton(host), "big")
+            return any(address & mask == network and (connected or udp) for network, mask, udp in self._trusted_v4)
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
             return False
-        # A UDP source address is one forged datagram away: only where asked.
-        connected = transport in ("TCP", "TLS")
         return any(ip in net and (connected or udp) for net, udp in self.trusted)
 
     def process(self, context: RequestContext) -> Decision | defer.Deferred[Decision]:

@@ -5,6 +5,7 @@ Nothing here imports Twisted; the transports feed bytes in and take bytes out.
 
 from ._errors import FramingError, ParseError
 from ._framing import KEEPALIVE, KeepAlive, StreamFramer
+from ._grammar import ip_version
 from ._headers import Address, AuthHeader, Contact, CSeq, Headers, Via, canonical_name, format_auth, parse_auth
 from ._message import REASON_PHRASES, Message, Request, Response, check_header_values, parse_message
 from ._uri import URI
@@ -29,6 +30,7 @@ __all__ = [
     "canonical_name",
     "check_header_values",
     "format_auth",
+    "ip_version",
     "parse_auth",
     "parse_message",
 ]

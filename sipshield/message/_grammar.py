@@ -8,6 +8,7 @@ is plain SP / HT here.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from operator import itemgetter
 
@@ -98,11 +99,33 @@ def quote_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_IPV4_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"{_IPV4_OCTET}(?:\.{_IPV4_OCTET}){{3}}")
+
+
+def ip_version(text: str) -> int | None:
+    """4 or 6 when *text* is an IP address as ``ipaddress.ip_address`` reads
+    it (dotted-quad without leading zeros; IPv6, a scope zone allowed; no
+    brackets), else None.  Cheap for the usual IPv4 address and for a host
+    name (one regular expression, no exception): it is asked for every
+    message's addresses on the hot path."""
+    if _IPV4_RE.fullmatch(text) is not None:
+        return 4
+    if ":" not in text:
+        return None  # a host name, or not an address at all
+    try:
+        return ipaddress.IPv6Address(text).version
+    except ValueError:
+        return None
+
+
 def split_commas(value: str) -> list[str]:
     """Split a header value on commas outside quoted-strings and <> (RFC 3261 7.3.1).
 
     Empty elements are kept (as ``''``) so that callers can reject them.
     """
+    if "," not in value:
+        return [value.strip(" \t")]  # one value (the usual case): nothing to scan
     if '"' not in value and "<" not in value:
         return [part.strip(" \t") for part in value.split(",")]
     parts: list[str] = []

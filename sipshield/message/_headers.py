@@ -5,7 +5,6 @@ RFC 3261 7.3 (header fields), 20 (header field definitions) and 25.1 (ABNF).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
@@ -22,6 +21,7 @@ from ._grammar import (
     PARAM_RE,
     TOKEN_RE,
     VIA_HEAD_RE,
+    ip_version,
     quote_string,
     split_commas,
     unquote_string,
@@ -443,11 +443,7 @@ def format_params(params: Mapping[str, str | None]) -> str:
 def _is_ip_literal(text: str) -> bool:
     if text[:1] == "[" and text[-1:] == "]":
         text = text[1:-1]
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return "%" not in text  # a scope zone names an interface of the sender, not an address
+    return ip_version(text) is not None and "%" not in text  # a scope zone names an interface of the sender, not an address
 
 
 def _check_via_params(params: dict[str, str | None]) -> None:

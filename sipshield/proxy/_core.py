@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from sipshield._ratelog import ThrottledLog
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
-from sipshield.proxy._forward import Hop, endpoints, is_ip, next_hop, preprocess_route, record_route_uri, routed_by_us, stateless_branch
+from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, is_ip, next_hop, record_route_uri, route_set, stateless_branch
 from sipshield.proxy._response import Branch, ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
 
@@ -76,6 +76,10 @@ class ProxyCore:
         self.admission: tuple[Any, ...] = ()
         """Steps asked before any transaction exists: each has
         ``admission(request, flow) -> Decision | None`` (None: no objection)."""
+        self._route_set: tuple[Request, str, RouteSet] | None = None
+        """The route set admission read for the request now going through
+        ``handle_request`` (same object, same source), so that
+        ``request_received`` does not read and verify it again."""
         self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0, "stray_responses": 0,
                          "transaction_cap_refusals": 0, "amplification_drops": 0}
         self.remote_log = ThrottledLog(self.log, reactor) if reactor is not None else None
@@ -148,7 +152,29 @@ class ProxyCore:
     def routed_by_us(self, request: Request, flow: Flow) -> bool:
         """True when a Route (or strict-routed Request-URI) naming us carries
         our valid token for this request's dialog; the request is unchanged."""
-        return routed_by_us(request, self.is_local, self.signer, flow.remote[0])
+        try:
+            return self._read_route_set(request, flow.remote[0]).signed
+        except ParseError:
+            return False  # a malformed Route proves nothing (request_received answers it 400)
+
+    def _read_route_set(self, request: Request, source: str) -> RouteSet:
+        """:func:`route_set`, read once per request: admission's reading is
+        kept for ``request_received`` (the transaction layer calls both for
+        the same request object, in one call, with nothing in between that
+        changes it)."""
+        kept = self._route_set
+        if kept is not None and kept[0] is request and kept[1] == source:
+            return kept[2]
+        found = route_set(request, self.is_local, self.signer, source)
+        self._route_set = (request, source, found)
+        return found
+
+    def _take_route_set(self, request: Request, source: str) -> RouteSet:
+        """:meth:`_read_route_set`, the last use: the kept reading is let go."""
+        try:
+            return self._read_route_set(request, source)
+        finally:
+            self._route_set = None
 
     def admit(self, request: Request, flow: Flow) -> bool:
         """Run the admission steps on a request that matched no transaction.
@@ -236,14 +262,19 @@ class ProxyCore:
             self._cancel_received(txn)
             return
         try:
-            routed = preprocess_route(request, self.is_local, self.signer, txn.flow.remote[0])
+            found = self._take_route_set(request, txn.flow.remote[0])
         except ParseError as e:
             # A Route is read only now; the transaction exists, so it must end with the 400.
             self._reply(txn, e.status, e.reason)
             return
+        routed = apply_route_set(request, found)
         from sipshield.routing import RequestContext
 
-        context = RequestContext(request, txn.flow, service=self.service, now=self.reactor.seconds())
+        # Admission ran on this request (the transaction layer asks ``admit``
+        # before it creates a transaction) unless a strict router's rewrite
+        # has just given it another Request-URI.
+        admitted_by = self.admission if found.strict_uri is None else ()
+        context = RequestContext(request, txn.flow, service=self.service, now=self.reactor.seconds(), admitted_by=admitted_by)
         if routed:
             context.attributes["route_set"] = True  # it follows a dialog we record-routed (token verified)
         assert self.pipeline is not None
@@ -297,7 +328,7 @@ class ProxyCore:
     def stray_ack(self, request: Request, flow: Flow) -> None:
         """An ACK for a 2xx (its own end-to-end transaction): forward it
         statelessly along its route set (RFC 3261 16.11)."""
-        if not preprocess_route(request, self.is_local, self.signer, flow.remote[0]):
+        if not apply_route_set(request, self._take_route_set(request, flow.remote[0])):
             # Not on a route set we can verify we made: nothing of ours to
             # forward (forwarding it would make the proxy an open relay).
             return

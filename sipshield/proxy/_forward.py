@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Callable
+from typing import NamedTuple
 
-from sipshield.message import URI, Address, ParseError, Request
+from sipshield.message import URI, Address, ParseError, Request, ip_version
 from sipshield.proxy._signer import TOKEN_PARAM, RecordRouteSigner
 
-__all__ = ["Hop", "next_hop", "preprocess_route", "endpoints", "record_route_uri", "routed_by_us", "stateless_branch"]
+__all__ = ["Hop", "RouteSet", "apply_route_set", "next_hop", "preprocess_route", "route_set", "endpoints", "record_route_uri", "routed_by_us", "stateless_branch"]
 
 Hop = tuple[str, str, int]
 """(transport, host, port): where the bytes go."""
@@ -32,47 +33,83 @@ def hop_for(uri: URI) -> Hop:
 
 
 def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        return False
+    return ip_version(host.strip("[]")) is not None
 
 
 def _route_uri(value: str) -> URI:
     return Address.parse(value).uri
 
 
-def preprocess_route(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> bool:
-    """RFC 3261 16.4: undo a strict router's rewrite, then drop our own Route(s).
+class RouteSet(NamedTuple):
+    """What RFC 3261 16.4 finds in a request's route set, before it is changed."""
+
+    strict_uri: URI | None
+    """The real Request-URI when a strict router rewrote it to our signed Record-Route, else None."""
+    ours: int
+    """How many Routes at the top name us (after that rewrite)."""
+    signed: bool
+    """Whether one of our URIs carries a token for this dialog between the source and the next hop."""
+
+
+NOT_ROUTED = RouteSet(None, 0, False)
+
+
+def route_set(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> RouteSet:
+    """Read the route set of *request* as it came from *source* (unchanged).
 
     If the Request-URI is a URI this proxy put in a Record-Route, the previous
     hop was a strict router: the real Request-URI is the last Route value.
-    With double Record-Route two Routes in a row can be ours.  Returns True
-    only when the request was routed to us by a route set we can prove we
-    made for this dialog *between these two hosts*: a Route (or strict-routed
-    Request-URI) naming us whose token is valid for the request's Call-ID,
-    its From or To tag, and the pair (*source*, the host it goes to next).
-    A Route naming us without one is removed all the same, but does not make
-    the request in-dialog (it gets the out-of-dialog path), and a
-    strict-routed Request-URI without one is not rewritten at all.
+    With double Record-Route two Routes in a row can be ours.  ``signed`` is
+    True only when the request was routed to us by a route set we can prove
+    we made for this dialog *between these two hosts*: a Route (or
+    strict-routed Request-URI) naming us whose token is valid for the
+    request's Call-ID, its From or To tag, and the pair (*source*, the host
+    it goes to next).  Raises ParseError for a malformed Route.
     """
-    strict_uri, ours, signed = _route_set(request, is_local, signer, source)
-    if strict_uri is not None:
+    routes = request.headers.get_values("Route")
+    if not routes:
+        return NOT_ROUTED  # no route set (every out-of-dialog request): nothing to read
+    uri = request.uri
+    if routes and uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port):
+        real = _route_uri(routes[-1])
+        ours, own, destination = _own_prefix(routes[:-1], is_local, real)
+        if _signed(uri, request, signer, endpoints(source, destination)):
+            return RouteSet(real, ours, True)
+    ours, own, destination = _own_prefix(routes, is_local, uri)
+    if not own:
+        return NOT_ROUTED
+    pair = endpoints(source, destination)
+    return RouteSet(None, ours, any(_signed(u, request, signer, pair) for u in own))
+
+
+def apply_route_set(request: Request, found: RouteSet) -> bool:
+    """RFC 3261 16.4, with what :func:`route_set` found: undo a strict
+    router's rewrite, then drop our own Route(s).  A Route naming us without
+    a token is removed all the same, but does not make the request in-dialog
+    (it gets the out-of-dialog path), and a strict-routed Request-URI without
+    one is not rewritten at all.  Returns ``found.signed``."""
+    if found.strict_uri is not None:
         routes = request.headers.get_values("Route")
-        request.uri = strict_uri
+        request.uri = found.strict_uri
         request.headers.remove("Route")
         for value in routes[:-1]:
             request.headers.add("Route", value)
-    request.headers.remove_first_values("Route", ours)
-    return signed
+    if found.ours:
+        request.headers.remove_first_values("Route", found.ours)
+    return found.signed
+
+
+def preprocess_route(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> bool:
+    """:func:`route_set` then :func:`apply_route_set`: True only for a
+    request on a route set we made for this dialog between these hosts."""
+    return apply_route_set(request, route_set(request, is_local, signer, source))
 
 
 def routed_by_us(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> bool:
     """What ``preprocess_route`` would return, without changing the request.
     For admission, before any state; a malformed Route proves nothing."""
     try:
-        return _route_set(request, is_local, signer, source)[2]
+        return route_set(request, is_local, signer, source).signed
     except ParseError:
         return False
 
@@ -86,27 +123,12 @@ def endpoints(source: str, destination: str) -> tuple[str, str]:
 
 def _canonical_host(host: str) -> str:
     host = host.strip("[]").lower()
+    if ":" not in host:
+        return host  # a host name, or an IPv4 address (only one spelling of which parses)
     try:
         return ipaddress.ip_address(host).compressed
     except ValueError:
         return host
-
-
-def _route_set(request: Request, is_local: IsLocal, signer: RecordRouteSigner, source: str) -> tuple[URI | None, int, bool]:
-    """(the real Request-URI when a strict router rewrote it to our signed
-    Record-Route, else None; how many Routes at the top are ours after that;
-    whether one of our URIs carries a token for this dialog between *source*
-    and the next hop)."""
-    routes = request.headers.get_values("Route")
-    uri = request.uri
-    if routes and uri.is_sip and uri.lr and uri.host and is_local(uri.host, uri.port):
-        real = _route_uri(routes[-1])
-        ours, own, destination = _own_prefix(routes[:-1], is_local, real)
-        if _signed(uri, request, signer, endpoints(source, destination)):
-            return real, ours, True
-    ours, own, destination = _own_prefix(routes, is_local, uri)
-    pair = endpoints(source, destination)
-    return None, ours, any(_signed(u, request, signer, pair) for u in own)
 
 
 def _own_prefix(routes: list[str], is_local: IsLocal, request_uri: URI) -> tuple[int, list[URI], str]:

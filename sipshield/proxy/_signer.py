@@ -54,14 +54,13 @@ class RecordRouteSigner:
     def verify(self, token: str | None, call_id: str, tags: Iterable[str | None], pair: tuple[str, str]) -> bool:
         """Whether *token* was made by :meth:`token` for *call_id*, one of
         *tags* (an in-dialog request's From and To tags) and *pair* (its
-        source and the host it goes to next).  Constant-time."""
+        source and the host it goes to next).  Each comparison is
+        constant-time; which tag matched is no secret (both are in the
+        request), so the first match ends the search."""
         if not token:
             return False
         given = token.lower().encode("ascii", "replace")
-        found = False
         for tag in tags:
-            if tag is None:
-                continue
-            expected = self.token(call_id, tag, pair).encode("ascii")
-            found = hmac.compare_digest(given, expected) or found
-        return found
+            if tag is not None and hmac.compare_digest(given, self.token(call_id, tag, pair).encode("ascii")):
+                return True
+        return False

@@ -81,6 +81,10 @@ class RequestContext:
     identity: str | None = None
     roles: frozenset[str] = frozenset()
     attributes: dict[str, Any] = field(default_factory=dict)
+    admitted_by: tuple[object, ...] = ()
+    """The admission steps the proxy core ran on this very request (as it is
+    now: no strict-route rewrite since), none of which objected; a stage in
+    it whose ``process`` only repeats its admission checks can skip them."""
 
     @property
     def source(self) -> tuple[str, int]:

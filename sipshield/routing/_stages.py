@@ -52,6 +52,8 @@ class SanityStage:
         self.is_local = is_local
 
     def process(self, context: RequestContext) -> Decision:
+        if self in context.admitted_by:
+            return CONTINUE  # the same checks passed at admission, on the same request
         return self.admission(context.request, context.flow) or CONTINUE
 
     def admission(self, request: Request, flow: object) -> Decision | None:
@@ -87,6 +89,8 @@ class OptionsStage:
         self.headers = (("Allow", ALLOW), ("Accept", ACCEPT), ("Supported", SUPPORTED))
 
     def process(self, context: RequestContext) -> Decision:
+        if self in context.admitted_by:
+            return CONTINUE  # the same checks passed at admission, on the same request
         return self.admission(context.request, context.flow) or CONTINUE
 
     def admission(self, request: Request, flow: object) -> Decision | None:

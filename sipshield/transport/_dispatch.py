@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import ssl
@@ -11,6 +10,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
+from sipshield.message import ip_version
 from sipshield.transport._flow import DatagramFlow
 from sipshield.transport._stream import SIPStreamProtocol
 
@@ -25,10 +25,7 @@ Destination = tuple[str, str, int]
 
 
 def _family(host: str) -> int:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).version
-    except ValueError:
-        return 4
+    return ip_version(host.strip("[]")) or 4
 
 
 class _Outbound(ClientFactory):
