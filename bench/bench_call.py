@@ -224,48 +224,51 @@ class Call:
         )
 
 
-def one_run(calls: int, profile: cProfile.Profile | None = None) -> float:
-    """Proxy CPU seconds for ``calls`` calls (process time of the proxy's own sections)."""
+STEPS = ("INVITE", "180", "200 INVITE", "ACK", "BYE", "200 BYE", "timers")
+
+
+def one_run(calls: int, profile: cProfile.Profile | None = None) -> dict[str, float]:
+    """Proxy CPU seconds for ``calls`` calls by step (process time of the
+    proxy's own sections: each datagram in, and the timers)."""
     with tempfile.TemporaryDirectory(prefix="sipshield-bench-call-") as tmp:
         service, reactor, port = build_proxy(Path(tmp))
         receive = port.protocol.datagramReceived
-        spent = 0.0
+        spent = dict.fromkeys(STEPS, 0.0)
         clock = time.process_time
         failures = 0
 
-        def proxy(data: bytes, source: tuple[str, int]) -> None:
-            nonlocal spent
+        def proxy(step: str, data: bytes, source: tuple[str, int]) -> None:
             if profile is not None:
                 profile.enable()
             started = clock()
             receive(data, source)
-            spent += clock() - started
+            spent[step] += clock() - started
             if profile is not None:
                 profile.disable()
 
         for n in range(calls):
             call = Call(n)
-            proxy(call.invite(), UAC)
+            proxy("INVITE", call.invite(), UAC)
             forwarded = port.take(UAS)
             port.take(UAC)  # 100 Trying
             if len(forwarded) != 1:
                 failures += 1
                 continue
             invite = forwarded[0]
-            proxy(call.answer(invite, b"180 Ringing", with_rr=True), UAS)
-            proxy(call.answer(invite, b"200 OK", with_rr=True, body=SDP), UAS)
+            proxy("180", call.answer(invite, b"180 Ringing", with_rr=True), UAS)
+            proxy("200 INVITE", call.answer(invite, b"200 OK", with_rr=True, body=SDP), UAS)
             up = port.take(UAC)
             if len(up) != 2 or not up[1].startswith(b"SIP/2.0 200"):
                 failures += 1
                 continue
             call.remember_route(up[1])
-            proxy(call.in_dialog(b"ACK", 1, "ack"), UAC)
-            proxy(call.in_dialog(b"BYE", 2, "bye"), UAC)
+            proxy("ACK", call.in_dialog(b"ACK", 1, "ack"), UAC)
+            proxy("BYE", call.in_dialog(b"BYE", 2, "bye"), UAC)
             down = port.take(UAS)
             if len(down) != 2 or not down[1].startswith(b"BYE"):
                 failures += 1
                 continue
-            proxy(call.answer(down[1], b"200 OK", with_rr=False), UAS)
+            proxy("200 BYE", call.answer(down[1], b"200 OK", with_rr=False), UAS)
             if not any(m.startswith(b"SIP/2.0 200") for m in port.take(UAC)):
                 failures += 1
             started = clock()
@@ -274,11 +277,11 @@ def one_run(calls: int, profile: cProfile.Profile | None = None) -> float:
             reactor.advance(0.001)
             if profile is not None:
                 profile.disable()
-            spent += clock() - started
+            spent["timers"] += clock() - started
         started = clock()
         reactor.advance(64)  # let every transaction timer run out (their cost is part of a call's)
-        spent += clock() - started
-        live = len(getattr(service.transactions, "_server", {}) or {}) + len(getattr(service.core, "contexts", {}) or {})
+        spent["timers"] += clock() - started
+        live = service.transactions.server_load("")[0] + len(service.core.contexts)
         service.stopService()
         if failures:
             raise SystemExit(f"{failures} of {calls} calls did not complete: the bench no longer drives the proxy correctly")
@@ -296,12 +299,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     one_run(min(args.calls, 500))  # warm-up: imports, first-use caches
-    results = [one_run(args.calls) * 1e6 / args.calls for _ in range(args.runs)]
+    runs = [{step: seconds * 1e6 / args.calls for step, seconds in one_run(args.calls).items()} for _ in range(args.runs)]
+    results = [sum(run.values()) for run in runs]
     best, median = min(results), statistics.median(results)
     print(f"proxy CPU per call: best {best:.1f} us, median {median:.1f} us over {args.runs} runs of {args.calls} calls "
           f"({1e6 / best:.0f} calls/s on one core at best)")  # fmt: skip
+    steps = {step: min(run[step] for run in runs) for step in STEPS}
+    print("best per step (us per call): " + ", ".join(f"{step} {us:.1f}" for step, us in steps.items()))
     if args.json:
-        args.json.write_text(json.dumps({"calls": args.calls, "runs": results, "best_us": best, "median_us": median}))
+        args.json.write_text(json.dumps({"calls": args.calls, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": steps}))
     if args.profile:
         profile = cProfile.Profile()
         one_run(args.calls, profile)

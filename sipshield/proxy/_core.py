@@ -293,7 +293,7 @@ class ProxyCore:
         if isinstance(error, ParseError):
             self._reply(txn, error.status, error.reason)
             return
-        self.log.failure("routing failed for {method}", failure, method=txn.request.method)
+        self.log.failure("routing failed for {method}", failure, method=txn.method)
         self._reply(txn, 500, "Server Internal Error")
 
     def _decided(self, decision: Decision, txn: Any, context: RequestContext) -> None:
@@ -311,9 +311,9 @@ class ProxyCore:
 
     def _reply(self, txn: Any, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
         """Answer from the proxy itself (RFC 3261 8.2.6)."""
-        request: Request = txn.request
-        if request.method == "ACK":
-            return
+        request: Request | None = txn.request
+        if request is None or request.method == "ACK":
+            return  # (None: the transaction has sent its final response already)
         response = request.make_response(status, reason, to_tag=None if status == 100 else secrets.token_hex(6))
         for name, value in headers:
             response.headers.add(name, value)
@@ -471,7 +471,7 @@ class ProxyCore:
             fwd.headers.prepend("Record-Route", record_route_uri(outbound_side, double=double, token=token))
         host, port = outbound
         shown = f"[{host}]" if ":" in host else host
-        fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(txn.request)}")
+        fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(rc.context.request)}")
         calls = _BranchCallbacks(branch, self, txn.flow)
         branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=branch.flow)
 

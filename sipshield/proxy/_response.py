@@ -125,7 +125,7 @@ class ResponseContext:
         self._stop_timer(branch)
         # From the request as it reached us: a branch that failed before it
         # was sent (no listener, a name that does not resolve) has no Via of ours.
-        response = self.server_txn.request.make_response(status, reason)
+        response = self.context.request.make_response(status, reason)
         branch.final = response
         self._consider(response)
 

@@ -33,12 +33,15 @@ class ClientTransaction(_Transaction):
 
     ``request`` is the request as sent, ``destination`` where it goes,
     ``flow`` the flow the sender used (None until sent), ``method`` its
-    method and ``state`` one of the state constants.
+    method and ``state`` one of the state constants.  Once a final
+    response has arrived, ``request`` is None and the serialised request is
+    let go: waiting out Timer D, K or M the transaction keeps only what it
+    may still send (the ACK for a 3xx-6xx).
     """
 
     __slots__ = ("request", "destination", "flow", "_data", "_response_cb", "_timeout_cb", "_error_cb")
 
-    request: Request
+    request: Request | None
     destination: Destination
     flow: Flow | None
     _data: bytes
@@ -104,6 +107,11 @@ class ClientTransaction(_Transaction):
     def _on_response(self, response: Response) -> None:
         raise NotImplementedError
 
+    def _release(self) -> None:
+        """A final response arrived: nothing will be (re)sent from the request any more."""
+        self.request = None
+        self._data = b""
+
     def terminate(self) -> None:
         """Drop the transaction now; idempotent.
 
@@ -128,6 +136,7 @@ class NonInviteClientTransaction(ClientTransaction):
         elif self.reliable:
             self._terminate()  # Timer K = 0
         else:
+            self._release()
             self.state = COMPLETED
             self._after(self._layer.timers.t4)  # Timer K = T4 (E and F stop)
         self._response_cb(self, response)
@@ -177,11 +186,14 @@ class InviteClientTransaction(ClientTransaction):
                     self.state = PROCEEDING
                     self._stop_timer()  # A and B stop; Proceeding has no timer
             elif status < 300:
+                self._release()
                 self.state = ACCEPTED  # RFC 6026 7.2
                 self._after(self._layer.timers.timeout)  # Timer M
             else:
-                self.state = COMPLETED
+                assert self.request is not None  # released only on leaving Calling/Proceeding
                 self._ack = build_ack(self.request, response).serialise()
+                self._release()
+                self.state = COMPLETED
                 if not self._send_ack():
                     # The response still goes to the TU (a proxy forwards it
                     # upstream); then the failed ACK is reported (17.1.4).
@@ -224,9 +236,13 @@ class InviteClientTransaction(ClientTransaction):
         the only Via is the INVITE's top Via (so the CANCEL has the same
         branch), Route headers are copied. The TU sends it with
         ``TransactionLayer.send_request`` to the same destination, and only
-        once a provisional response has arrived (9.1).
+        once a provisional response has arrived (9.1), and before a final
+        one (after it there is nothing to cancel, and no request: ValueError).
         """
-        return _build_follow_up(self.request, "CANCEL", self.request.headers.get("to") or "")
+        request = self.request
+        if request is None:
+            raise ValueError("a final response has arrived: nothing to cancel")
+        return _build_follow_up(request, "CANCEL", request.headers.get("to") or "")
 
 
 def build_ack(request: Request, response: Response) -> Request:

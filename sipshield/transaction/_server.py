@@ -26,11 +26,15 @@ class ServerTransaction(_Transaction):
 
     ``request`` is the request that created it, ``flow`` the flow it came
     in on, ``method`` its method and ``state`` one of the state constants.
+    Once the final response is sent, ``request`` is None: waiting out its
+    timer (up to 64*T1), the transaction keeps only the bytes it may resend,
+    not the parsed request (memory, and objects for the garbage collector
+    to walk, at every call rate).
     """
 
     __slots__ = ("request", "flow", "_last")
 
-    request: Request
+    request: Request | None
     flow: Flow
     _last: bytes | None
 
@@ -84,7 +88,9 @@ class NonInviteServerTransaction(ServerTransaction):
         self.flow.send(data)
         if response.status < 200:
             self.state = PROCEEDING
-        elif self.reliable:
+            return True
+        self.request = None
+        if self.reliable:
             self._terminate()  # Timer J = 0 on reliable transports
         else:
             self.state = COMPLETED
@@ -125,12 +131,14 @@ class InviteServerTransaction(ServerTransaction):
                 return True
             timers = self._layer.timers
             if status < 300:
+                self.request = None
                 self.state = ACCEPTED  # RFC 6026 8.5
                 self._after(timers.timeout)  # Timer L
                 return True
             self.state = COMPLETED
             if self.key[0] is _RFC2543:
                 self._register_ack(response)
+            self.request = None
             # Timer G only over unreliable transports, Timer H always.
             self._retransmit_until(_NEVER if self.reliable else timers.t1, timers.timeout)
             return True
@@ -184,6 +192,7 @@ class InviteServerTransaction(ServerTransaction):
 
     def _register_ack(self, response: Response) -> None:
         """RFC 2543 peers: the ACK matches by the To tag of the response we sent (17.2.3)."""
+        assert self.request is not None  # called as the final response is sent
         key = rfc2543_key(self.request, "ACK", response.to.tag)
         self._ack_key = key
         self._layer._server_acks[key] = self

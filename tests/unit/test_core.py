@@ -342,6 +342,32 @@ def test_parallel_fork_best_response_and_cancel_of_others() -> None:
     assert dispatcher.requests("ACK")[0].top_via.branch == a.top_via.branch  # hop-by-hop ACK of the 487
 
 
+def test_a_branch_failing_after_another_branch_answered_2xx_ends_quietly() -> None:
+    # The server transaction lets its request go once the 2xx is sent; a
+    # branch that fails afterwards (here: no answer, Timer B) must still end
+    # without an error and without a second final upstream.
+    core, dispatcher, clock = make_core(Relay("sip:bob@192.0.2.21", "sip:bob@192.0.2.22"))
+    upstream = feed(core, request("sip:fork@example.com", "INVITE"))
+    (a, hop_a), (b, hop_b) = dispatcher.sent
+    feed(core, answer(b, 200, "b"), dispatcher.flows[hop_b])
+    for _ in range(70):
+        clock.advance(1)  # branch a never answers: Timer B (32 s), then every timer runs out
+    assert upstream.statuses() == [100, 200]
+    assert core.contexts == {}
+    assert core.transactions.counts()["server"] == 0 and core.transactions.counts()["client"] == 0
+
+
+def test_transactions_waiting_out_their_timers_keep_no_parsed_request() -> None:
+    core, dispatcher, _ = make_core(Relay("sip:bob@192.0.2.20"))
+    feed(core, request("sip:bob@example.com", "INVITE"))
+    fwd, hop = dispatcher.sent[-1]
+    feed(core, answer(fwd, 200), dispatcher.flows[hop])
+    (server,) = core.transactions._servers.values()
+    (client,) = core.transactions._clients.values()
+    assert (server.state, client.state) == ("Accepted", "Accepted")
+    assert server.request is None and client.request is None and client._data == b""
+
+
 def test_best_of_failures_and_503_becomes_500() -> None:
     core, dispatcher, _ = make_core(Relay("sip:bob@192.0.2.21", "sip:bob@192.0.2.22"))
     upstream = feed(core, request("sip:fork@example.com", "INVITE"))
