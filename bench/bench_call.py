@@ -227,7 +227,7 @@ class Call:
 STEPS = ("INVITE", "180", "200 INVITE", "ACK", "BYE", "200 BYE", "timers")
 
 
-def one_run(calls: int, profile: cProfile.Profile | None = None) -> dict[str, float]:
+def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: str | None = None) -> dict[str, float]:
     """Proxy CPU seconds for ``calls`` calls by step (process time of the
     proxy's own sections: each datagram in, and the timers)."""
     with tempfile.TemporaryDirectory(prefix="sipshield-bench-call-") as tmp:
@@ -238,13 +238,14 @@ def one_run(calls: int, profile: cProfile.Profile | None = None) -> dict[str, fl
         failures = 0
 
         def proxy(step: str, data: bytes, source: tuple[str, int]) -> None:
-            if profile is not None:
-                profile.enable()
+            profiled = profile is not None and profile_step in (None, step)
+            if profiled:
+                profile.enable()  # type: ignore[union-attr]
             started = clock()
             receive(data, source)
             spent[step] += clock() - started
-            if profile is not None:
-                profile.disable()
+            if profiled:
+                profile.disable()  # type: ignore[union-attr]
 
         for n in range(calls):
             call = Call(n)
@@ -272,11 +273,12 @@ def one_run(calls: int, profile: cProfile.Profile | None = None) -> dict[str, fl
             if not any(m.startswith(b"SIP/2.0 200") for m in port.take(UAC)):
                 failures += 1
             started = clock()
-            if profile is not None:
-                profile.enable()
+            profiled = profile is not None and profile_step in (None, "timers")
+            if profiled:
+                profile.enable()  # type: ignore[union-attr]
             reactor.advance(0.001)
-            if profile is not None:
-                profile.disable()
+            if profiled:
+                profile.disable()  # type: ignore[union-attr]
             spent["timers"] += clock() - started
         started = clock()
         reactor.advance(64)  # let every transaction timer run out (their cost is part of a call's)
@@ -295,6 +297,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile; print where the time goes")
+    parser.add_argument("--profile-step", choices=STEPS, help="profile only this step of each call")
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -310,7 +313,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"calls": args.calls, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": steps}))
     if args.profile:
         profile = cProfile.Profile()
-        one_run(args.calls, profile)
+        one_run(args.calls, profile, args.profile_step)
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
