@@ -528,7 +528,10 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     for algorithm in algorithms:
         if algorithm not in AUTH_ALGORITHMS:
             raise au.error("algorithms", f"unknown algorithm {algorithm!r} (known: {', '.join(AUTH_ALGORITHMS)})")
-    algorithms = tuple(a for a in AUTH_ALGORITHMS if a in algorithms)  # strongest first (RFC 8760)
+    # In the order given: the challenges list them in that order, the
+    # operator's preference (RFC 8760 2.3), and a phone that answers only the
+    # first challenge (linphone) uses the first one it can.
+    algorithms = tuple(dict.fromkeys(algorithms))
     if "file" in backends and "MD5" not in algorithms:
         raise au.error("backends", "the file (htdigest) backend holds MD5 only: add \"MD5\" to auth.algorithms")
     trusted = tuple(_trusted_source(au, index, entry) for index, entry in enumerate(au.take("trusted_sources", list, [])))

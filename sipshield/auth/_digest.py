@@ -209,8 +209,8 @@ def challenge_values(
     """One WWW-Authenticate / Proxy-Authenticate value per algorithm, in the order given.
 
     RFC 8760 2.3 (and RFC 7616 3.7): a server offering several algorithms
-    sends one challenge each, in preference order, so pass them strongest
-    first (as in :data:`ALGORITHMS`). ``stale=true`` tells the client its
+    sends one challenge each, in preference order: the operator's order
+    (``[auth] algorithms``). ``stale=true`` tells the client its
     credentials were right but the nonce expired (RFC 7616 3.3). *qop* is
     ``"auth"``, ``"auth-int"`` or ``"auth,auth-int"``; it is always sent
     (RFC 7616 3.3). Raises ValueError for an unknown algorithm or qop.

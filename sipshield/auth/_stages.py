@@ -87,7 +87,7 @@ class DigestAuthStage:
     """Challenge out-of-dialog requests and verify the answer.
 
     REGISTER gets 401/WWW-Authenticate, other requests 407/Proxy-Authenticate
-    (RFC 3261 22.1, 22.3); one challenge per algorithm, strongest first
+    (RFC 3261 22.1, 22.3); one challenge per algorithm, in the configured order
     (RFC 8760).  Unknown users and wrong passwords get the same answer.  A
     backend that is down gives 503 with Retry-After (fail closed).  Requests
     from ``trusted`` networks are not challenged and act with ``trusted_role``:

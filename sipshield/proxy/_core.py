@@ -201,7 +201,7 @@ class ProxyCore:
 
         A reply over UDP larger than 4 times the request is sent with the
         first value of each repeated header only (a stage lists alternatives,
-        such as one challenge per digest algorithm, strongest first: RFC 8760
+        such as one challenge per digest algorithm, most preferred first: RFC 8760
         2.3); still too large, it is dropped and counted
         (``amplification_drops``).  No genuine UA sends a request that small.
         Over TCP and TLS the source is proven by the handshake: no limit.

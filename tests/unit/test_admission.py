@@ -28,15 +28,20 @@ def RecordingFlow() -> _Flow:
     return _Flow(remote=ATTACKER, local=PROXY)
 
 
-@pytest.fixture
-def service(tmp_path: Path):
-    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}})
+def build(tmp_path: Path, **sections: dict):
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}, **sections})
     clock = Clock()
     clock.advance(1_000_000)  # a wall-clock-like now, so nonces issued at t are not 'older than the evicted'
     svc = makeService(config, clock)
     svc._prepare_data_dir()
     svc._prepare_auth()
     svc.core.add_local_address(*PROXY)
+    return svc, clock
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    svc, clock = build(tmp_path)
     yield svc, clock
     svc.transactions.stop()
 
@@ -168,8 +173,8 @@ def test_minimal_compact_request_gets_at_most_four_times_its_size(service, data:
     assert svc.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
 
 
-def test_challenge_too_large_for_the_request_offers_only_the_strongest_algorithm(service) -> None:
-    """Two challenges (SHA-512-256, SHA-256) would pass 4x; the first fits."""
+def test_challenge_too_large_for_the_request_offers_only_the_preferred_algorithm(service) -> None:
+    """Two challenges (SHA-256, SHA-512-256: the configured order) would pass 4x; the first fits."""
     svc, clock = service
     data = compact("REGISTER", "sip:a")
     flow = RecordingFlow()
@@ -177,7 +182,7 @@ def test_challenge_too_large_for_the_request_offers_only_the_strongest_algorithm
     [(answer, _)] = flow.sent
     assert len(answer) <= 4 * len(data)
     challenges = parse_message(answer).headers.get_all("WWW-Authenticate")
-    assert len(challenges) == 1 and "algorithm=SHA-512-256" in challenges[0]
+    assert len(challenges) == 1 and "algorithm=SHA-256," in challenges[0]
 
 
 def test_ordinary_request_gets_every_challenge(service) -> None:
@@ -212,3 +217,18 @@ def test_options_to_the_proxy_is_answered_statelessly(service) -> None:
     assert len(flow.sent[0][0]) <= 4 * len(data)
     svc.core.message_received(parse_message(data), flow)
     assert flow.statuses() == [200, 200] and svc.core.counters["stateless_replies"] == 2
+
+
+@pytest.mark.parametrize("algorithms", [["MD5", "SHA-256"], ["SHA-256", "MD5"], ["SHA-512-256", "SHA-256", "MD5"], ["SHA-256", "SHA-512-256"]])
+def test_challenges_list_the_algorithms_in_the_configured_order(tmp_path: Path, algorithms: list[str]) -> None:
+    # RFC 8760 2.3: in the operator's preference order (linphone answers only the first one).
+    svc, _ = build(tmp_path, auth={"algorithms": algorithms})
+    try:
+        for method, header in (("REGISTER", "WWW-Authenticate"), ("INVITE", "Proxy-Authenticate")):
+            flow = _Flow(remote=ATTACKER, local=PROXY, transport="TCP")
+            svc.core.message_received(parse_message(request(method, ruri="sip:example.com" if method == "REGISTER" else "sip:bob@example.com")), flow)
+            [(answer, _)] = flow.sent
+            offered = [value.split("algorithm=")[1].split(",")[0] for value in parse_message(answer).headers.get_all(header)]
+            assert offered == algorithms
+    finally:
+        svc.transactions.stop()
