@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IDelayedCall
-
     from sipshield.message import Request, Response
     from sipshield.transport import Flow
 
     from ._layer import TransactionLayer
     from ._server import ServerTransaction
+    from ._timers import TimerEntry
 
 __all__ = [
     "ACCEPTED",
@@ -128,13 +127,12 @@ class Sender(Protocol):
 class _Transaction:
     """Timer plumbing shared by the four machines.
 
-    Each transaction owns at most ONE IDelayedCall at a time. A
-    retransmission timer and its deadline (A+B, E+F, G+H) share it: the
-    call is scheduled for whichever comes first and ``_deadline_next`` says
-    which it is. Single-purpose timers (D, I, J, K, L, M) reuse the pending
-    call with ``reset`` when that moves it later (cheap in Twisted) and
-    replace it otherwise (moving a call sooner is a linear scan of the
-    reactor's heap).
+    Each transaction has at most ONE timer running at a time, an entry of
+    the layer's :class:`~sipshield.transaction._timers.TimerQueues` held in
+    ``_timer``. A retransmission timer and its deadline (A+B, E+F, G+H)
+    share it: the timer runs until whichever comes first and
+    ``_deadline_next`` says which it is. A single-purpose timer (D, I, J, K,
+    L, M) replaces whatever was running.
     """
 
     __slots__ = ("_layer", "_table", "key", "state", "method", "reliable", "_timer", "_interval", "_remaining", "_deadline_next")
@@ -145,7 +143,7 @@ class _Transaction:
     state: str
     method: str
     reliable: bool
-    _timer: IDelayedCall | None
+    _timer: TimerEntry | None
     _interval: float
     _remaining: float
     _deadline_next: bool
@@ -159,24 +157,19 @@ class _Transaction:
     def _arm(self) -> None:
         interval = self._interval
         remaining = self._remaining
+        self._stop_timer()
         if interval < remaining:
             self._deadline_next = False
-            self._timer = self._layer._call_later(interval, self._fire)
+            self._timer = self._layer._timers.start(interval, self)
         else:
             self._deadline_next = True
-            self._timer = self._layer._call_later(remaining, self._fire)
+            self._timer = self._layer._timers.start(remaining, self)
 
     def _after(self, delay: float) -> None:
         """Run the single-purpose timer of the new state after *delay*."""
+        self._stop_timer()
         self._deadline_next = True
-        timer = self._timer
-        layer = self._layer
-        if timer is not None:
-            if timer.getTime() <= layer._seconds() + delay:
-                timer.reset(delay)
-                return
-            timer.cancel()
-        self._timer = layer._call_later(delay, self._fire)
+        self._timer = self._layer._timers.start(delay, self)
 
     def _fire(self) -> None:
         self._timer = None
@@ -193,17 +186,14 @@ class _Transaction:
         timer = self._timer
         if timer is not None:
             self._timer = None
-            timer.cancel()
+            self._layer._timers.cancel(timer)
 
     def _terminate(self) -> None:
         """Enter Terminated: cancel the timer and leave the table at once (no leaks)."""
         if self.state is TERMINATED:
             return
         self.state = TERMINATED
-        timer = self._timer
-        if timer is not None:
-            self._timer = None
-            timer.cancel()
+        self._stop_timer()
         self._table.pop(self.key, None)
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ from ._base import CALLING, PROCEEDING, TRYING, Destination, Sender, TimerSettin
 from ._client import ClientTransaction, InviteClientTransaction, NonInviteClientTransaction, ResponseCallback, TransactionCallback
 from ._keys import MAGIC_COOKIE, rfc2543_key
 from ._server import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
+from ._timers import TimerQueues
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -40,8 +41,7 @@ class TransactionLayer:
         "_per_source",
         "_server_acks",
         "_clients",
-        "_call_later",
-        "_seconds",
+        "_timers",
         "_on_server_timeout",
         "_admit",
     )
@@ -66,8 +66,7 @@ class TransactionLayer:
         self._per_source: dict[str, int] = {}
         self._server_acks: dict[Any, InviteServerTransaction] = {}
         self._clients: dict[Any, ClientTransaction] = {}
-        self._call_later = reactor.callLater
-        self._seconds = reactor.seconds
+        self._timers = TimerQueues(reactor)
         self._on_server_timeout = getattr(user, "transaction_timeout", None)
         self._admit = getattr(user, "admit", None)
 
@@ -204,3 +203,4 @@ class TransactionLayer:
                 txn._terminate()
         self._server_acks.clear()
         self._per_source.clear()
+        self._timers.stop()
