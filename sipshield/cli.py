@@ -40,7 +40,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print("  tls: self-signed certificate, generated in data_dir on first start")
     else:
         print(f"  tls: {config.tls.certificate}")
-    for warning in config.warnings():
+    warnings = config.warnings()
+    for warning in warnings:
         print(f"  WARNING: {warning}")
     if twistd_sees_plugin():
         print("  twistd plugin: visible")
@@ -49,6 +50,9 @@ def _check_config(args: argparse.Namespace) -> int:
             "  twistd plugin: NOT visible to twistd; install without -e, or regenerate the cache with\n"
             '    python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"'
         )
+    if warnings and args.strict:
+        print(f"sipshield: {len(warnings)} warning(s), and --strict fails on warnings", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -247,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a configuration file without starting")
     check.add_argument("file", nargs="?", help="TOML file (the embedded default when omitted)")
+    check.add_argument("--strict", action="store_true", help="fail (exit 1) on warnings too, for operators' CI")
     check.set_defaults(func=_check_config)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(__import__("sipshield").__version__) or 0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +194,41 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """``[security]``: running without the protections, only on purpose."""
+
+    allow_unauthenticated: bool = False
+    """Start even when :func:`unsafe_posture` finds something (a pipeline
+    without ``auth`` or ``rbac`` before the stages that register or relay,
+    trusted networks covering every address); each finding is then a
+    warning logged at every start."""
+
+
+SECURED_STAGES = ("registrar", "location", "routes")
+"""Built-in stages that bind contacts or relay: "auth" and "rbac" must run before them."""
+
+
+def unsafe_posture(stages: Sequence[str], trusted: Sequence[TrustedSource]) -> list[tuple[str, str]]:
+    """What in a pipeline and a trust list serves strangers unauthenticated:
+    ``(key, why)`` pairs, none for a safe configuration."""
+    found: list[tuple[str, str]] = []
+    for stage, does in (("auth", "authenticated"), ("rbac", "checked against its role")):
+        if stage not in stages:
+            found.append(("pipeline.stages", f'no "{stage}" stage: no request would be {does}'))
+            continue
+        first = next((other for other in stages if other in SECURED_STAGES), None)
+        if first is not None and stages.index(first) < stages.index(stage):
+            found.append(("pipeline.stages", f'"{stage}" comes after "{first}": {first} would serve requests before they are {does}'))
+    networks = [ipaddress.ip_network(t.network, strict=False) for t in trusted]
+    v4 = ipaddress.collapse_addresses(n for n in networks if isinstance(n, ipaddress.IPv4Network))
+    v6 = ipaddress.collapse_addresses(n for n in networks if isinstance(n, ipaddress.IPv6Network))
+    for version, everything, collapsed in ((4, "0.0.0.0/0", v4), (6, "::/0", v6)):
+        if any(n.prefixlen == 0 for n in collapsed):
+            found.append(("auth.trusted_sources", f"the trusted networks cover every IPv{version} address ({everything}): nobody would be challenged"))
+    return found
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -207,13 +243,17 @@ class Config:
     roles: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_ROLES))
     ldap: dict[str, Any] | None = None
     """``[ldap]`` as given (bind_password_file read); checked when the service is built."""
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
         """The unsafe settings this configuration asks for explicitly, one
         line each: logged when the service starts and printed by
         ``sipshield check-config``."""
-        return [
+        unsafe = [
+            f"{key}: {why} (allowed by security.allow_unauthenticated)" for key, why in unsafe_posture(self.stages, self.auth.trusted_sources)
+        ]
+        return unsafe + [
             f"auth.trusted_sources: {t.network} is trusted over UDP (udp = true): anyone who can send one datagram "
             "with a forged source address in it acts as trusted_role, unchallenged"
             for t in self.auth.trusted_sources
@@ -369,7 +409,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     directory), or the working directory when there is no file.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -588,11 +628,23 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
                 raise ConfigError(f"cannot read {secret_path}: {e.strerror}", key="ldap.bind_password_file", source=source) from None
     if "ldap" in backends and ldap is None:
         raise ConfigError("the ldap backend needs an [ldap] section (url, base_dn...)", key="auth.backends", source=source)
+    security = _security(data.get("security", {}), source, stages, auth)
     return Config(
         server=server, tls=tls, limits=limits, routes=tuple(routes), registrar=registrar, timers=timers,
         stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
-        auth=auth, roles=roles, ldap=ldap,
+        auth=auth, roles=roles, ldap=ldap, security=security,
     )
+
+
+def _security(data: Any, source: str | None, stages: Sequence[str], auth: AuthConfig) -> SecurityConfig:
+    """``[security]``, and the refusal of an unsafe posture it does not allow."""
+    section = _Section("security", data, source)
+    security = SecurityConfig(allow_unauthenticated=section.take("allow_unauthenticated", bool, False))
+    section.finish()
+    if not security.allow_unauthenticated:
+        for key, why in unsafe_posture(stages, auth.trusted_sources):
+            raise ConfigError(f"{why}; refused (set [security] allow_unauthenticated = true to run like this on purpose)", key=key, source=source)
+    return security
 
 
 def default_config(data_dir: str | None = None) -> Config:

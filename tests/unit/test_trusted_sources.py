@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 from digest_service import DigestService
-from twisted.internet import reactor
-from twisted.logger import formatEvent, globalLogPublisher
+from startup_log import startup_warnings
 
 from sipshield import cli
 from sipshield.config import load_config
-from sipshield.service import makeService
 
 PBX = ("127.0.0.2", 40000)
 UDP_WARNING = "auth.trusted_sources: 127.0.0.2/32 is trusted over UDP (udp = true)"
@@ -71,16 +69,7 @@ def config_file(tmp_path: Path, udp: bool) -> Path:
 
 @pytest_twisted.inlineCallbacks
 def test_trusting_udp_is_logged_as_a_warning_at_start_up(tmp_path: Path):
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    service = makeService(load_config(config_file(tmp_path, udp=True)), reactor)
-    try:
-        service.privilegedStartService()
-        service.startService()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-        yield service.stopService()
-    warnings = [formatEvent(e) for e in events if e.get("log_level") is not None and e["log_level"].name == "warn"]
+    warnings = yield startup_warnings(load_config(config_file(tmp_path, udp=True)))
     assert any(UDP_WARNING in w for w in warnings), warnings
 
 
