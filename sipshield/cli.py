@@ -31,16 +31,13 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"sipshield: {e}", file=sys.stderr)
         return 1
     where = config.source or "embedded default"
-    listeners = ", ".join(lc.description for lc in config.server.listen)
     print(f"{where}: ok")
-    print(f"  listeners: {listeners}")
-    print(f"  domains: {', '.join(config.server.domains) or '(none: answers for its own addresses)'}")
-    print(f"  data_dir: {config.server.data_dir}")
-    if config.tls.certificate is None:
-        print("  tls: self-signed certificate, generated in data_dir on first start")
-    else:
-        print(f"  tls: {config.tls.certificate}")
-    warnings = config.warnings()
+    for label, text in config.posture():
+        print(f"  {label}: {text}")
+    users, user_warnings = _count_users(config)
+    for line in users:
+        print(f"  users: {line}")
+    warnings = config.warnings() + user_warnings
     for warning in warnings:
         print(f"  WARNING: {warning}")
     if twistd_sees_plugin():
@@ -54,6 +51,40 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"sipshield: {len(warnings)} warning(s), and --strict fails on warnings", file=sys.stderr)
         return 1
     return 0
+
+
+def _count_users(config: Config) -> tuple[list[str], list[str]]:
+    """user_report over the configured stores, without creating any: a
+    SQLite database that does not exist yet has no users."""
+    from pathlib import Path
+
+    from sipshield.auth import HtdigestUserStore, UserStore
+    from sipshield.auth._setup import store_algorithms, user_report
+
+    stores: list[tuple[str, Any]] = []
+    opened: list[Any] = []
+    empty: list[str] = []
+    try:
+        for backend in config.auth.backends:
+            if backend == "ldap":
+                stores.append((backend, None))
+            elif backend == "file" and config.auth.file is not None:
+                stores.append((backend, HtdigestUserStore(config.auth.file)))
+            elif backend == "sql":
+                url = config.database
+                if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+                    empty.append(f"0 user(s) in {backend} (its database is created on first start)")
+                    continue
+                store = UserStore(url, algorithms=store_algorithms(config, backend))
+                opened.append(store)
+                stores.append((backend, store))
+        lines, warnings = user_report(config, stores)
+        return empty + lines, warnings
+    except Exception as e:  # an unreachable database is reported, not a traceback
+        return [], [f"users: cannot open the user store: {e}"]
+    finally:
+        for store in opened:
+            store.close()
 
 
 # -- sipshield user ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "Config",
@@ -260,6 +261,31 @@ class Config:
             if t.udp
         ]
 
+    def posture(self) -> list[tuple[str, str]]:
+        """What this configuration exposes and how it is protected, as
+        (label, text) lines, for ``sipshield check-config`` and the start-up
+        log (no secret: passwords in URLs are masked)."""
+        auth = self.auth
+        tls = "self-signed certificate, generated in data_dir on first start" if self.tls.certificate is None else str(self.tls.certificate)
+        if self.tls.client_ca is not None:
+            tls += f"; client certificates checked against {self.tls.client_ca}"
+        trusted = [
+            f"{t.network} over TCP/TLS{'/UDP' if t.udp else ''}" for t in auth.trusted_sources
+        ]
+        stores = {"sql": f"sql ({mask_url(self.database)})", "file": f"file ({auth.file})", "ldap": f"ldap ({mask_url(str((self.ldap or {}).get('url', '?')))})"}
+        locations = f"sql ({mask_url(self.database)})" if self.registrar.store == "sql" else "memory (lost on restart)"
+        return [
+            ("listeners", ", ".join(lc.description for lc in self.server.listen) or "(none)"),
+            ("domains", ", ".join(self.server.domains) or "(none: answers for its own addresses)"),
+            ("pipeline", " -> ".join(self.stages)),
+            ("digest algorithms", ", ".join(auth.algorithms) + " (challenged in this order)"),
+            ("trusted sources", (", ".join(trusted) + f"; acting as role {auth.trusted_role or '(none)'}") if trusted else "(none)"),
+            ("users", ", ".join(stores[b] for b in auth.backends)),
+            ("locations", locations),
+            ("tls", tls),
+            ("data_dir", str(self.server.data_dir)),
+        ]
+
     @property
     def database(self) -> str:
         """The SQLAlchemy URL for users and the SQL location store: PostgreSQL
@@ -269,6 +295,16 @@ class Config:
             # psycopg 3 is the driver sipshield installs ([postgres] extra).
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return url
+
+
+def mask_url(url: str) -> str:
+    """*url* with its password (if any) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _split_unescaped(text: str, sep: str) -> list[str]:

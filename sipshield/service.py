@@ -165,6 +165,8 @@ class SIPShieldService(MultiService):
                 self.core.add_local_address(*listener.address)
 
     def startService(self) -> None:
+        for label, text in self.config.posture():
+            self.log.info("{label}: {text}", label=label, text=text)
         for warning in self.config.warnings():
             self.log.warn("unsafe configuration: {warning}", warning=warning)
         if not self.listeners or self.listeners[0].port is None:
@@ -189,6 +191,7 @@ class SIPShieldService(MultiService):
             if create is not None:
                 ready.addCallback(self._create_schema, create)
                 ready.addErrback(lambda f: self.log.error("user store unavailable: {why}", why=f.getErrorMessage()))
+        ready.addCallback(self._report_users)
         self.schema_ready = ready  # fires once every store has its tables (or has logged why not)
         super().startService()
         for listener in self.listeners:
@@ -196,6 +199,26 @@ class SIPShieldService(MultiService):
 
     def _create_schema(self, _: object, create: Callable[[], None]) -> Deferred[None]:
         return deferToThreadPool(self.reactor, self.auth_pool, create)
+
+    def _report_users(self, _: object) -> Deferred[None]:
+        """Log how many users each store holds, and warn about users who
+        lack credentials for an enabled algorithm (with the fix)."""
+        from sipshield.auth._setup import user_report
+
+        stores = iter(self.user_stores)
+        pairs = [(backend, None if backend == "ldap" else next(stores)) for backend in self.config.auth.backends]
+        d = deferToThreadPool(self.reactor, self.auth_pool, user_report, self.config, pairs)
+
+        def logged(report: tuple[list[str], list[str]]) -> None:
+            lines, warnings = report
+            for line in lines:
+                self.log.info("users: {line}", line=line)
+            for warning in warnings:
+                self.log.warn("users: {warning}", warning=warning)
+
+        done: Deferred[None] = d.addCallback(logged)
+        done.addErrback(lambda f: self.log.error("users: cannot count them: {why}", why=f.getErrorMessage()))
+        return done
 
     def stopService(self) -> Any:
         self.transactions.stop()

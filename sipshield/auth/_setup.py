@@ -9,7 +9,7 @@ from sipshield.auth._bearer import BearerSettings, BearerValidator
 from sipshield.auth._mtls import TrunkAccount, TrunkMap, normalize_identity
 from sipshield.config import Config, ConfigError
 
-__all__ = ["BearerSetup", "build_bearer", "build_ldap", "build_trunks"]
+__all__ = ["BearerSetup", "build_bearer", "build_ldap", "build_trunks", "store_algorithms", "user_report"]
 
 _BEARER_KEYS = {"issuer", "audience", "keys", "algorithms", "identity_claim", "roles_claim", "leeway", "default_domain", "domains", "authz_server", "require_tls"}
 
@@ -88,3 +88,34 @@ def build_ldap(config: Config, reactor: Any) -> Any:
     except ValueError as e:
         raise ConfigError(str(e), key="ldap", source=config.source) from None
     return LDAPChecker(settings, reactor)
+
+
+def store_algorithms(config: Config, backend: str) -> tuple[str, ...]:
+    """The enabled algorithms a user store of *backend* keeps an HA1 for
+    (an htdigest file holds MD5 only)."""
+    return tuple(a for a in config.auth.algorithms if backend != "file" or a == "MD5")
+
+
+def user_report(config: Config, stores: Any) -> tuple[list[str], list[str]]:
+    """Lines and warnings about the user stores: how many users each holds,
+    and how many lack credentials for an enabled algorithm (with the fix).
+    *stores* pairs each ``[auth] backends`` entry with its open store, or
+    with None for one that holds no countable users (LDAP).  Blocking."""
+    from sipshield.auth._users import CredentialStoreError, describe_users
+
+    lines: list[str] = []
+    warnings: list[str] = []
+    for backend, store in stores:
+        if store is None:
+            lines.append(f"{backend}: users are not counted (the directory holds them)")
+            continue
+        try:
+            records = store.list()
+        except (CredentialStoreError, OSError) as e:
+            warnings.append(f"users ({backend}): cannot read the user store: {e}")
+            continue
+        line, warning = describe_users(backend, records, store_algorithms(config, backend))
+        lines.append(line)
+        if warning is not None:
+            warnings.append(warning)
+    return lines, warnings

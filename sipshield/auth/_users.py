@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -450,6 +450,35 @@ class UserStore:
             algorithms=tuple(sorted(algorithms, key=lambda a: (order.get(a, len(order)), a))),
             admin=row.admin_hash is not None,
         )
+
+
+def credential_gaps(records: Iterable[UserRecord], algorithms: Sequence[str]) -> tuple[int, dict[str, int]]:
+    """How many users *records* holds, and for each of *algorithms* how many
+    enabled users have no HA1 for it (created before it was enabled: they
+    cannot answer that challenge until their password is set again)."""
+    total = 0
+    missing = dict.fromkeys(algorithms, 0)
+    for record in records:
+        total += 1
+        if record.enabled:
+            for algorithm in algorithms:
+                if algorithm not in record.algorithms:
+                    missing[algorithm] += 1
+    return total, {a: n for a, n in missing.items() if n}
+
+
+def describe_users(where: str, records: Iterable[UserRecord], algorithms: Sequence[str]) -> tuple[str, str | None]:
+    """One line about a user store (how many users), and a warning naming
+    the fix when some lack credentials for an enabled algorithm, else None."""
+    total, missing = credential_gaps(records, algorithms)
+    line = f"{total} user(s) in {where}"
+    if not missing:
+        return line, None
+    gaps = ", ".join(f"{n} without {a}" for a, n in missing.items())
+    return line, (
+        f"{where}: {gaps} credentials (created before the algorithm was enabled; they cannot answer its challenge): "
+        "set each one's password again with `sipshield user passwd USER`, which stores every enabled algorithm"
+    )
 
 
 def _check_password(password: str) -> None:
