@@ -1,8 +1,21 @@
-"""RFC 3261 section 16 proxy core: validation, forwarding, response context."""
+"""RFC 3261 section 16 proxy core: validation, forwarding, response context,
+and what the pipeline it runs sees (RequestContext) and returns (Decision)."""
 
 from sipshield.proxy._core import ProxyCore
+from sipshield.proxy._decision import CONTINUE, DROP, Decision, RequestContext, RequestPipeline, Target
 from sipshield.proxy._forward import endpoints
 from sipshield.proxy._response import ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
 
-__all__ = ["ProxyCore", "RecordRouteSigner", "ResponseContext", "endpoints"]
+__all__ = [
+    "CONTINUE",
+    "DROP",
+    "Decision",
+    "ProxyCore",
+    "RecordRouteSigner",
+    "RequestContext",
+    "RequestPipeline",
+    "ResponseContext",
+    "Target",
+    "endpoints",
+]

@@ -1,8 +1,9 @@
 """The proxy core (RFC 3261 16): the transaction user behind every listener.
 
 Transports hand parsed messages to :class:`ProxyCore`; it runs them through
-the transaction layer, validates new requests and lets the routing pipeline
-decide.  A relay decision forks the request to its targets (16.6) and a
+the transaction layer, validates new requests and lets the pipeline it is
+given (a :class:`RequestPipeline`: the routing stages) decide.  A relay
+decision forks the request to its targets (16.6) and a
 :class:`ResponseContext` brings the best answer back (16.7).
 """
 
@@ -21,12 +22,12 @@ from twisted.python.failure import Failure
 from sipshield._ratelog import ThrottledLog
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
+from sipshield.proxy._decision import Decision, RequestContext, RequestPipeline, Target
 from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, is_ip, next_hop, record_route_uri, route_set, stateless_branch
 from sipshield.proxy._response import Branch, ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
 
 if TYPE_CHECKING:
-    from sipshield.routing import Decision, Pipeline, RequestContext, Target
     from sipshield.transport import Flow
 
 __all__ = ["ProxyCore"]
@@ -68,7 +69,7 @@ class ProxyCore:
         """Seconds a next hop's DNS lookup may take; past it the branch counts as a transport error."""
         self.local_hosts: set[str] = set()
         self.local_ports: set[int] = set()
-        self.pipeline: Pipeline | None = None
+        self.pipeline: RequestPipeline | None = None
         self.transactions: Any = None
         self.dispatcher: Any = None
         self.service: Any = None
@@ -268,8 +269,6 @@ class ProxyCore:
             self._reply(txn, e.status, e.reason)
             return
         routed = apply_route_set(request, found)
-        from sipshield.routing import RequestContext
-
         # Admission ran on this request (the transaction layer asks ``admit``
         # before it creates a transaction) unless a strict router's rewrite
         # has just given it another Request-URI.

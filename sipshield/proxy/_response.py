@@ -11,7 +11,7 @@ from sipshield.message import Request, Response
 
 if TYPE_CHECKING:
     from sipshield.proxy._core import ProxyCore
-    from sipshield.routing import RequestContext
+    from sipshield.proxy._decision import RequestContext
 
 __all__ = ["Branch", "ResponseContext"]
 

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import ParseError
-from sipshield.routing._decision import Decision, RequestContext
+from sipshield.proxy import Decision, RequestContext
 
 __all__ = ["Pipeline"]
 

@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, Address, Contact, ParseError, Request
-from sipshield.routing._decision import CONTINUE, Decision, RequestContext, Target
+from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
 from sipshield.state import Binding, StoreUnavailable, aor_of
 
 __all__ = ["LocationLookup", "Registrar"]

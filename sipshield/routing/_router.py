@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, Response
-from sipshield.routing._decision import CONTINUE, Decision, RequestContext, Target
+from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
 
 __all__ = ["Router"]
 

@@ -15,8 +15,8 @@ from zope.interface import implementer
 
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI
+from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
 from sipshield.proxy._branch import is_loop
-from sipshield.routing._decision import CONTINUE, Decision, RequestContext, Target
 
 if TYPE_CHECKING:
     from sipshield.message import Request

@@ -1,15 +1,22 @@
-"""What a pipeline stage sees (RequestContext) and what it returns (Decision)."""
+"""What a pipeline stage sees (RequestContext) and what it returns (Decision).
+
+They live with the proxy core, which builds the one and acts on the other;
+the routing layer (the pipeline and its stages) sits above and imports them
+from here, so the core never imports routing.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from sipshield.message import URI, Request
     from sipshield.transport import Flow
 
-__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "Target"]
+__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "RequestPipeline", "Target"]
 
 
 @dataclass(slots=True)
@@ -97,3 +104,12 @@ class RequestContext:
     @property
     def peer_certificate(self) -> Any:
         return self.flow.peer_certificate()
+
+
+class RequestPipeline(Protocol):
+    """What the proxy core runs a new request through (sipshield.routing's
+    ``Pipeline`` is the one the service gives it)."""
+
+    def run(self, context: RequestContext) -> Decision | Deferred[Decision]:
+        """Return, or fire with, the final Decision for ``context.request``."""
+        ...
