@@ -58,7 +58,6 @@ class SIPShieldService(MultiService):
             max_transactions=limits.max_transactions, max_transactions_per_source=limits.max_transactions_per_source,
             resolve_timeout=limits.stage_timeout,
         )
-        self.core.service = self
         server = config.server
         self.dispatcher = TransportDispatcher(reactor, server.advertise or (server.domains[0] if server.domains else None))
         self.transactions = TransactionLayer(reactor, self.core, self.dispatcher, TimerSettings(timers.t1, timers.t2, timers.t4))

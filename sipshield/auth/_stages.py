@@ -190,7 +190,7 @@ class DigestAuthStage:
         if method in _NO_CHALLENGE:
             return CONTINUE
         if self._is_trusted(context.source[0], context.flow.transport_name):
-            context.attributes["trusted"] = True
+            context.trusted = True
             context.flow.authenticated = True
             context.roles = frozenset((self.trusted_role,)) if self.trusted_role else frozenset()
             return CONTINUE
@@ -200,7 +200,7 @@ class DigestAuthStage:
             account = self.trunks.match(context.peer_certificate)
             if account is not None:
                 self._authenticated(context, account.identity())
-                context.attributes["trunk"] = account.name
+                context.trunk = account.name
                 return CONTINUE
         if _in_our_dialog(context):
             return CONTINUE  # in a dialog record-routed through us: the dialog was authorized
@@ -273,7 +273,7 @@ class DigestAuthStage:
     def _authenticated(context: RequestContext, identity: Any) -> None:
         context.identity = identity.aor
         context.roles = identity.roles
-        context.attributes["user"] = (identity.username, identity.domain)
+        context.user = (identity.username, identity.domain)
         # Read by a stream transport choosing which connection to close when
         # its table is nearly full: one that carried an authenticated request stays.
         context.flow.authenticated = True
@@ -306,7 +306,7 @@ def _in_our_dialog(context: RequestContext) -> bool:
     and can verify (the core checked the token): the dialog was authorized
     when it was set up.  A To tag alone proves nothing."""
     request = context.request
-    return request.method != "REGISTER" and request.to.tag is not None and bool(context.attributes.get("route_set"))
+    return request.method != "REGISTER" and request.to.tag is not None and context.route_set
 
 
 def _same_uri(digest_uri: str, request: Request) -> bool:
@@ -382,15 +382,15 @@ class RBACStage:
         for permission in needed:
             if permission not in perms:
                 return Decision.reply(403, f"Forbidden: missing permission {permission}")
-        user = context.attributes.get("user")
+        user = context.user
         if user is None:
-            if context.attributes.get("trusted"):
+            if context.trusted:
                 return CONTINUE
             return Decision.reply(403, "Forbidden: not authenticated")
         username, domain = user
         if method == "REGISTER":
             if not self.domains.same_user(request.to.uri, username, domain):
                 return Decision.reply(403, "Forbidden: may only register your own address")
-        elif "trunk" not in context.attributes and not self.domains.same_user(request.from_.uri, username, domain):
+        elif context.trunk is None and not self.domains.same_user(request.from_.uri, username, domain):
             return Decision.reply(403, "Forbidden: From does not match the authenticated user")
         return CONTINUE

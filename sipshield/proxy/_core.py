@@ -72,7 +72,6 @@ class ProxyCore:
         self.pipeline: RequestPipeline | None = None
         self.transactions: Any = None
         self.dispatcher: Any = None
-        self.service: Any = None
         self.contexts: dict[Any, ResponseContext] = {}
         self.admission: tuple[Any, ...] = ()
         """Steps asked before any transaction exists: each has
@@ -273,9 +272,8 @@ class ProxyCore:
         # before it creates a transaction) unless a strict router's rewrite
         # has just given it another Request-URI.
         admitted_by = self.admission if found.strict_uri is None else ()
-        context = RequestContext(request, txn.flow, service=self.service, now=self.reactor.seconds(), admitted_by=admitted_by)
-        if routed:
-            context.attributes["route_set"] = True  # it follows a dialog we record-routed (token verified)
+        # ``route_set``: it follows a dialog we record-routed (token verified).
+        context = RequestContext(request, txn.flow, now=self.reactor.seconds(), route_set=routed, admitted_by=admitted_by)
         assert self.pipeline is not None
         decision = self.pipeline.run(context)
         if isinstance(decision, Deferred):

@@ -7,16 +7,17 @@ from here, so the core never imports routing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from sipshield.message import URI, Request
+    from sipshield.message import URI, Request, Response
     from sipshield.transport import Flow
 
-__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "RequestPipeline", "Target"]
+__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "RequestPipeline", "ResponseHook", "Target"]
 
 
 @dataclass(slots=True)
@@ -73,21 +74,46 @@ DROP = Decision("drop")
 """Discard silently (no answer at all; for floods and scanners)."""
 
 
+ResponseHook = Callable[["RequestContext", "Response"], "Response | None"]
+"""``hook(context, response)``: may return a Response to send upstream instead
+of ``response`` (None keeps it).  Called synchronously, in order; one that
+raises is logged and skipped, and the response still goes upstream."""
+
+
 @dataclass(slots=True)
 class RequestContext:
-    """Everything a stage may look at for one new request.
+    """Everything a stage may look at for one new request, and the typed
+    notes stages leave for the stages after them.
 
-    ``identity`` and ``roles`` are filled by authentication stages; other
-    stages may leave notes in ``attributes``.
+    ``identity`` and ``roles`` are filled by authentication stages, as are
+    ``trusted``, ``trunk`` and ``user``.  ``attributes`` is a free-form
+    space for third-party stages to talk to each other (no built-in stage
+    reads or writes it); built-in stages use the typed fields only.
     """
 
     request: Request
     flow: Flow
-    service: Any = None
     now: float = 0.0
     identity: str | None = None
     roles: frozenset[str] = frozenset()
+    trusted: bool = False
+    """The source is in ``[auth] trusted_sources`` (set by the auth stage):
+    it is not challenged, may pre-load a Route, and may register a Path."""
+    trunk: str | None = None
+    """The name of the ``[auth] trunks`` account whose TLS client certificate
+    authenticated the request (RFC 5922); its From may be anyone."""
+    user: tuple[str, str] | None = None
+    """The authenticated (username, domain), as the credentials named them."""
+    route_set: bool = False
+    """The request follows a route set this proxy record-routed: the proxy
+    core verified our token in its Route (in dialog, no challenge)."""
+    external: bool = False
+    """A static route marked ``external`` carries it (set by the routes stage)."""
+    response_hooks: tuple[ResponseHook, ...] = ()
+    """Called with the final response before it goes upstream (a Router that
+    relayed the request adds its ``on_response``); see ResponseHook."""
     attributes: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes for third-party stages; unused by sipshield itself."""
     admitted_by: tuple[object, ...] = ()
     """The admission steps the proxy core ran on this very request (as it is
     now: no strict-route rewrite since), none of which objected; a stage in

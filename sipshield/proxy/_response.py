@@ -177,7 +177,7 @@ class ResponseContext:
         each hook of a stage that relayed the request sees the final
         response, and may return another Response to send instead.  A hook
         that raises is logged and skipped; the response still goes upstream."""
-        for hook in self.context.attributes.get("response_hooks", ()):
+        for hook in self.context.response_hooks:
             try:
                 replaced = hook(self.context, response)
             except Exception:

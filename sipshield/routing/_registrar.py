@@ -87,7 +87,7 @@ class Registrar:
     * 403 when :meth:`authorize` refuses (steps 3-4, the auth hook);
     * 403 "Forbidden: Path from an untrusted source" for a REGISTER carrying
       Path (RFC 3327) from a source that is not trusted
-      (``context.attributes["trusted"]``, set by the auth stage for
+      (``context.trusted``, set by the auth stage for
       ``[auth] trusted_sources``): only a configured edge proxy may insert
       Path, since a UA's own Path would route its calls through any host it
       chose (refused, not stripped, so a misconfigured edge is noticed);
@@ -202,7 +202,7 @@ class Registrar:
         if not self.authorize(context, aor):
             return Decision.reply(403, "Forbidden")
         if "Path" in headers:
-            if not context.attributes.get("trusted"):
+            if not context.trusted:
                 return Decision.reply(403, "Forbidden: Path from an untrusted source")
             if not all(_is_sip_route(value) for value in headers.get_values("Path")):
                 # Checked now: stored, it would become the Route of every call to this AOR.

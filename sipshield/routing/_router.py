@@ -68,7 +68,7 @@ class Router:
                 return Decision.reply(480, "Temporarily Unavailable")
             decision = Decision.relay(targets)
         if decision.kind == "relay":
-            context.attributes.setdefault("response_hooks", []).append(self.on_response)
+            context.response_hooks += (self.on_response,)
         return decision
 
     @staticmethod

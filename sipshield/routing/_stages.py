@@ -144,7 +144,7 @@ class StaticRoutes:
         for route, target in self.routes:
             if route.matches(request):
                 if route.external:
-                    context.attributes["external"] = True
+                    context.external = True
                 return Decision.relay([Target(uri=request.uri, next_hop=target)])
         return CONTINUE
 
@@ -185,12 +185,12 @@ class DialogStage:
         if request.method == "REGISTER":
             return CONTINUE
         in_dialog = request.to.tag is not None
-        if in_dialog and not context.attributes.get("route_set"):
+        if in_dialog and not context.route_set:
             # A mid-dialog request must come through a route set we
             # record-routed; anything else would turn the proxy into an open
             # relay for requests that merely carry a To tag.
             return Decision.reply(404, "Not Here")
-        if not in_dialog and "Route" in request.headers and not context.attributes.get("trusted"):
+        if not in_dialog and "Route" in request.headers and not context.trusted:
             # A route set pre-loaded by an untrusted client would let it pick
             # any next hop (a gateway) past the routing and its permissions.
             return Decision.reply(403, "Forbidden: preloaded Route")

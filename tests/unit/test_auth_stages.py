@@ -128,9 +128,9 @@ def rbac_ctx(method: str, roles: set[str], user=("alice", "example.com"), to: st
     context = ctx(method, "alice", to=to)
     context.roles = frozenset(roles)
     if user:
-        context.attributes["user"] = user
+        context.user = user
     if trusted:
-        context.attributes["trusted"] = True
+        context.trusted = True
     return context
 
 
@@ -185,11 +185,11 @@ def test_admission_verdict_is_reused_by_process_for_that_request_only() -> None:
     nonces.check = lambda *args: checks.append(args) or check(*args)  # type: ignore[method-assign]
     good = answer(stage, nonces, "alice", "secret")
     assert stage.admission(good.request, good.flow) is None
-    assert stage.process(good).result == CONTINUE and good.attributes["user"] == ("alice", "example.com")
+    assert stage.process(good).result == CONTINUE and good.user == ("alice", "example.com")
     assert len(checks) == 1  # the nonce was checked (and the credentials parsed) once, at admission
     # Admission of one request never vouches for another one processed after it.
     admitted = answer(stage, nonces, "alice", "secret")
     assert stage.admission(admitted.request, admitted.flow) is None
     forged = answer(stage, nonces, "alice", "wrong")
     decision = stage.process(forged).result
-    assert decision.status == 401 and "user" not in forged.attributes
+    assert decision.status == 401 and forged.user is None

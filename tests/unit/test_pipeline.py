@@ -130,9 +130,9 @@ def test_static_routes_by_domain_and_prefix() -> None:
     assert str(target.uri) == "sip:123@pstn.example.com" and str(target.next_hop) == "sip:127.0.0.1:5090;transport=udp"
     ctx = request("sip:+15551234@example.com")
     assert stage.process(ctx).targets[0].next_hop.port == 5070
-    assert ctx.attributes["external"] is True
+    assert ctx.external is True
     escaped = request("sip:%2B15551234@example.com")  # the same user (RFC 3261 19.1.4): the same route
-    assert stage.process(escaped).targets[0].next_hop.port == 5070 and escaped.attributes["external"] is True
+    assert stage.process(escaped).targets[0].next_hop.port == 5070 and escaped.external is True
     assert stage.process(request("sip:bob@example.com")) is CONTINUE
 
 
@@ -144,7 +144,7 @@ def test_final_stage_404_for_own_domain_403_for_others() -> None:
 def test_dialog_stage_follows_route_set() -> None:
     assert DialogStage(is_local).process(request()) is CONTINUE
     routed = request("sip:bob@192.0.2.20:5062", "BYE", to_tag="t1")
-    routed.attributes["route_set"] = True
+    routed.route_set = True
     in_dialog = DialogStage(is_local).process(routed)
     assert in_dialog.kind == "relay" and in_dialog.targets[0].uri.port == 5062
     # A To tag alone, without our route set, is not a dialog we are on: no open relay.
@@ -152,7 +152,7 @@ def test_dialog_stage_follows_route_set() -> None:
     assert (stray.status, stray.reason) == (404, "Not Here")
     preloaded = request("sip:bob@192.0.2.20", "INVITE", extra="Route: <sip:192.0.2.30;lr>\r\n")
     assert DialogStage(is_local).process(preloaded).reason == "Forbidden: preloaded Route"
-    preloaded.attributes["trusted"] = True  # a PBX on a trusted address may pre-route
+    preloaded.trusted = True  # a PBX on a trusted address may pre-route
     assert DialogStage(is_local).process(preloaded).kind == "relay"
 
 

@@ -278,7 +278,7 @@ PATHS = "Path: <sip:edge1.example.net;lr>\r\nPath: <sip:edge2.example.net;lr>\r\
 
 def from_edge(context: RequestContext) -> RequestContext:
     """As the auth stage marks a request from [auth] trusted_sources."""
-    context.attributes["trusted"] = True
+    context.trusted = True
     return context
 
 
