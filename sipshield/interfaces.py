@@ -6,9 +6,12 @@ Implementations say ``@implementer(IThing)`` and tests check them with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from sipshield.environment import StageEnvironment
 
 
 class ILocationStore(Interface):
@@ -70,9 +73,12 @@ class IStageFactory(Interface):
     name = Attribute("The name used in ``[pipeline] stages``.")
     description = Attribute("One line for `sipshield plugins` and errors listing known stages.")
 
-    def build(service: Any, options: dict[str, Any]) -> IPipelineStage:
-        """Build the stage for a running service; ``options`` is the stage's own
-        ``[stage.NAME]`` config table (may be empty).  Raise ConfigError on bad options."""
+    def build(environment: StageEnvironment, options: dict[str, Any]) -> IPipelineStage:
+        """Build the stage from the typed ``environment`` of the service
+        (sipshield.environment.StageEnvironment: reactor, config, location
+        store, ``is_local``, ``routed_by_us``, the security event sink, the
+        auth parts); ``options`` is the stage's own ``[stage.NAME]`` config
+        table (may be empty).  Raise ConfigError on bad options."""
 
 
 class ILocationStoreFactory(Interface):
@@ -81,4 +87,8 @@ class ILocationStoreFactory(Interface):
     name = Attribute("The name used in ``[registrar] store``.")
 
     def build(service: Any, options: dict[str, Any]) -> ILocationStore:
-        """Build the store; raise ConfigError on bad options."""
+        """Build the store; raise ConfigError on bad options.
+
+        Not used yet (the service builds the memory and SQL stores itself);
+        when it is, it should get a typed environment as stages do, not the
+        service."""

@@ -17,6 +17,8 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from sipshield.config import Config
+from sipshield.environment import StageEnvironment
+from sipshield.events import LogSecurityEvents, SecurityEvents
 from sipshield.proxy import ProxyCore
 from sipshield.routing import Pipeline, build_stages
 from sipshield.transaction import TimerSettings, TransactionLayer
@@ -38,7 +40,8 @@ class SIPShieldService(MultiService):
 
     Attributes users' plugins may rely on: ``config``, ``reactor``, ``core``
     (``core.is_local(host, port)``), ``location`` (an ILocationStore),
-    ``transactions``, ``pipeline``.
+    ``transactions``, ``pipeline``, ``events`` (the security event sink)
+    and ``environment`` (the StageEnvironment every stage factory gets).
     """
 
     log = Logger()
@@ -65,8 +68,14 @@ class SIPShieldService(MultiService):
         self.core.transactions = self.transactions
         self.location = self._make_location_store()
         self._make_auth()
+        self.events: SecurityEvents = LogSecurityEvents(reactor)
+        self.environment = StageEnvironment(
+            reactor=reactor, config=config, location=self.location, is_local=self.core.is_local, routed_by_us=self.core.routed_by_us,
+            events=self.events, portal=self.portal, nonces=lambda: self.nonces, trunks=self.trunks, bearer=self.bearer,
+        )
         self.pipeline = Pipeline(
-            build_stages(config.stages, self, config.server.plugins, config.stage_options), reactor=reactor, stage_timeout=limits.stage_timeout,
+            build_stages(config.stages, self.environment, config.server.plugins, config.stage_options), reactor=reactor,
+            stage_timeout=limits.stage_timeout,
         )
         self.core.pipeline = self.pipeline
         self.core.admission = tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))

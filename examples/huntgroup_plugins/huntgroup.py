@@ -33,7 +33,7 @@ class HuntGroupRouter(Router):
         if request.method != "INVITE" or not uri.is_sip or uri.user not in self.options:
             return None  # not a hunt group: next stage
         members = [f"sip:{member}@{uri.host}" for member in self.options[uri.user]]
-        lookups = [self.service.location.bindings(aor_of(URI.parse(aor))) for aor in members]
+        lookups = [self.environment.location.bindings(aor_of(URI.parse(aor))) for aor in members]
         return defer.gatherResults(lookups).addCallback(self._targets)
 
     def _targets(self, results: list[list[Any]]) -> list[Target]:

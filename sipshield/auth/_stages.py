@@ -24,6 +24,7 @@ from sipshield.auth._checkers import BackendUnavailable, IIdentity
 from sipshield.auth._credentials import SIPDigestCredentials
 from sipshield.auth._digest import DigestResponse, challenge_values
 from sipshield.config import TrustedSource
+from sipshield.events import AUTH_FAILURE, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, ParseError, Request, ip_version, parse_auth
 from sipshield.routing import CONTINUE, Decision, RequestContext
@@ -104,7 +105,9 @@ class DigestAuthStage:
         self, portal: Any, nonces: Callable[[], Any], domains: DomainMap, algorithms: Sequence[str],
         trusted: Sequence[TrustedSource | str] = (), trusted_role: str | None = None, retry_after: int = 30,
         trunks: Any = None, bearer: Any = None, in_dialog: Callable[[Request, Any], bool] | None = None,
+        events: SecurityEvents | None = None,
     ) -> None:
+        self.events = events
         self.in_dialog = in_dialog
         self.trunks = trunks
         self.bearer = bearer
@@ -152,7 +155,7 @@ class DigestAuthStage:
         response, realm, header = screened
         credentials = SIPDigestCredentials(response, context.request.method, context.request.body)
         d = self.portal.login(credentials, None, IIdentity)
-        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm))
+        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm, response.username))
         return d
 
     def admission(self, request: Request, flow: Any) -> Decision | None:
@@ -289,10 +292,13 @@ class DigestAuthStage:
             _remove_realm(context.request, header, realm)
         return CONTINUE
 
-    def _refused(self, failure: Failure, context: RequestContext, realm: str) -> Decision | Failure:
+    def _refused(self, failure: Failure, context: RequestContext, realm: str, username: str | None = None) -> Decision | Failure:
         if failure.check(defer.CancelledError):
             return failure  # the pipeline's stage_timeout: it answers and logs
         if failure.check(UnauthorizedLogin):
+            # A wrong password or an unknown user: one event kind for both, as on the wire.
+            if self.events is not None:
+                self.events.emit(SecurityEvent(AUTH_FAILURE, context.source[0], context.flow.transport_name, username, "credentials refused"))
             return self._challenge(context.request, context, realm, stale=False)
         if failure.check(BackendUnavailable):
             self.log.error("credential backend unavailable: {why}", why=failure.getErrorMessage())

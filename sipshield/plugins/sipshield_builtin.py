@@ -2,56 +2,59 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sipshield.routing._plugins import StageFactory
 
+if TYPE_CHECKING:
+    from sipshield.environment import StageEnvironment
 
-def _sanity(service: Any, options: dict[str, Any]) -> Any:
+
+def _sanity(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._stages import SanityStage
 
-    return SanityStage(service.core.is_local)
+    return SanityStage(env.is_local)
 
 
-def _options(service: Any, options: dict[str, Any]) -> Any:
+def _options(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._stages import OptionsStage
 
-    return OptionsStage(service.core.is_local)
+    return OptionsStage(env.is_local)
 
 
-def _dialog(service: Any, options: dict[str, Any]) -> Any:
+def _dialog(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._stages import DialogStage
 
-    return DialogStage(service.core.is_local)
+    return DialogStage(env.is_local)
 
 
-def _registrar(service: Any, options: dict[str, Any]) -> Any:
+def _registrar(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._registrar import Registrar
 
-    reg = service.config.registrar
+    reg = env.config.registrar
     return Registrar(
-        service.location, service.config.server.domains, service.reactor,
+        env.location, env.config.server.domains, env.reactor,
         min_expires=reg.min_expires, max_expires=reg.max_expires, default_expires=reg.default_expires,
-        is_local=service.core.is_local, max_bindings_per_identity=reg.max_bindings_per_identity,
+        is_local=env.is_local, max_bindings_per_identity=reg.max_bindings_per_identity,
     )
 
 
-def _location(service: Any, options: dict[str, Any]) -> Any:
+def _location(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._registrar import LocationLookup
 
-    return LocationLookup(service.location, service.config.server.domains, service.reactor, is_local=service.core.is_local)
+    return LocationLookup(env.location, env.config.server.domains, env.reactor, is_local=env.is_local)
 
 
-def _routes(service: Any, options: dict[str, Any]) -> Any:
+def _routes(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._stages import StaticRoute, StaticRoutes
 
-    return StaticRoutes([StaticRoute(r.target, r.match_domain, r.match_user_prefix, r.external) for r in service.config.routes])
+    return StaticRoutes([StaticRoute(r.target, r.match_domain, r.match_user_prefix, r.external) for r in env.config.routes])
 
 
-def _final(service: Any, options: dict[str, Any]) -> Any:
+def _final(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._stages import FinalStage
 
-    return FinalStage(service.core.is_local)
+    return FinalStage(env.is_local)
 
 
 sanity = StageFactory("sanity", "RFC 3261 16.3 checks: 416, 483, 482, 420", _sanity)
@@ -63,28 +66,28 @@ routes = StageFactory("routes", "static [[routes]] by domain and user prefix", _
 final = StageFactory("final", "404 for the proxy's domains, 403 otherwise", _final)
 
 
-def _domain_map(service: Any) -> Any:
+def _domain_map(env: StageEnvironment) -> Any:
     from sipshield.auth._stages import DomainMap
 
-    return DomainMap(list(service.config.server.domains), service.core.is_local)
+    return DomainMap(list(env.config.server.domains), env.is_local)
 
 
-def _auth(service: Any, options: dict[str, Any]) -> Any:
+def _auth(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.auth._stages import DigestAuthStage
 
-    auth = service.config.auth
+    auth = env.config.auth
     return DigestAuthStage(
-        service.portal, lambda: service.nonces, _domain_map(service), auth.algorithms, auth.trusted_sources, auth.trusted_role,
-        trunks=service.trunks, bearer=service.bearer, in_dialog=service.core.routed_by_us,
+        env.portal, env.nonces, _domain_map(env), auth.algorithms, auth.trusted_sources, auth.trusted_role,
+        trunks=env.trunks, bearer=env.bearer, in_dialog=env.routed_by_us, events=env.events,
     )
 
 
-def _rbac(service: Any, options: dict[str, Any]) -> Any:
+def _rbac(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.auth._stages import RBACStage
     from sipshield.routing._stages import StaticRoute
 
-    external = [StaticRoute(r.target, r.match_domain, r.match_user_prefix, r.external) for r in service.config.routes if r.external]
-    return RBACStage(service.config.roles, _domain_map(service), lambda request: any(route.matches(request) for route in external))
+    external = [StaticRoute(r.target, r.match_domain, r.match_user_prefix, r.external) for r in env.config.routes if r.external]
+    return RBACStage(env.config.roles, _domain_map(env), lambda request: any(route.matches(request) for route in external))
 
 
 auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled); trusted sources", _auth)

@@ -4,13 +4,16 @@ and the packages named in ``[server] plugins``."""
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from twisted.plugin import getPlugins
 
 from sipshield.config import ConfigError
 from sipshield.interfaces import IPipelineStage, IStageFactory
+
+if TYPE_CHECKING:
+    from sipshield.environment import StageEnvironment
 
 __all__ = ["StageFactory", "available_stages", "build_stages"]
 
@@ -19,17 +22,20 @@ class StageFactory:
     """A ready-made IStageFactory for plugin modules:
     ``mystage = StageFactory("name", "what it does", build_function)``.
 
-    ``build_function(service, options)`` returns the stage.  Instances of
-    this class provide IPlugin and IStageFactory.
+    ``build_function(environment, options)`` returns the stage:
+    ``environment`` is the service's StageEnvironment (sipshield.environment),
+    ``options`` the stage's ``[stage.NAME]`` table.  A Router subclass is
+    such a function.  Instances of this class provide IPlugin and
+    IStageFactory.
     """
 
-    def __init__(self, name: str, description: str, build: Any) -> None:
+    def __init__(self, name: str, description: str, build: Callable[[StageEnvironment, dict[str, Any]], Any]) -> None:
         self.name = name
         self.description = description
         self._build = build
 
-    def build(self, service: Any, options: dict[str, Any]) -> IPipelineStage:
-        return self._build(service, options)  # type: ignore[no-any-return]
+    def build(self, environment: StageEnvironment, options: dict[str, Any]) -> IPipelineStage:
+        return self._build(environment, options)  # type: ignore[no-any-return]
 
 
 def _declare() -> None:
@@ -64,7 +70,7 @@ def available_stages(packages: Iterable[str] = ()) -> dict[str, IStageFactory]:
     return found
 
 
-def build_stages(names: Iterable[str], service: Any, packages: Iterable[str] = (), options: dict[str, dict[str, Any]] | None = None) -> list[IPipelineStage]:
+def build_stages(names: Iterable[str], environment: StageEnvironment, packages: Iterable[str] = (), options: dict[str, dict[str, Any]] | None = None) -> list[IPipelineStage]:
     """Build the configured stages in order; an unknown name is a ConfigError
     listing the known ones."""
     factories = available_stages(packages)
@@ -75,5 +81,5 @@ def build_stages(names: Iterable[str], service: Any, packages: Iterable[str] = (
         if factory is None:
             known = ", ".join(sorted(factories))
             raise ConfigError(f"unknown stage {name!r} (known: {known})", key="pipeline.stages")
-        stages.append(factory.build(service, options.get(name, {})))
+        stages.append(factory.build(environment, options.get(name, {})))
     return stages

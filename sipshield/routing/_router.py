@@ -6,7 +6,7 @@ defaults, called so that they may answer synchronously or with a Deferred.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
@@ -14,6 +14,9 @@ from zope.interface import implementer
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, Response
 from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
+
+if TYPE_CHECKING:
+    from sipshield.environment import StageEnvironment
 
 __all__ = ["Router"]
 
@@ -29,15 +32,23 @@ class Router:
       to all of them in parallel (RFC 3261 16.6); an empty list answers 480;
     - a :class:`Decision` for full control (``Decision.reply(486)``...).
 
-    ``options`` is the router's ``[stage.NAME]`` table; ``service`` the
-    running SIPShieldService (its ``location`` store, ``config``...).
+    ``options`` is the router's ``[stage.NAME]`` table; ``environment`` the
+    service's StageEnvironment (its ``location`` store, ``config``,
+    ``reactor``, ``is_local``, ``events``...).  The class itself is a stage
+    factory's build function: ``StageFactory("name", "what", MyRouter)``.
     """
 
     name = "router"
 
-    def __init__(self, service: Any = None, options: dict[str, Any] | None = None) -> None:
-        self.service = service
+    def __init__(self, environment: StageEnvironment | None = None, options: dict[str, Any] | None = None) -> None:
+        self.environment = environment
         self.options = dict(options or {})
+
+    @property
+    def service(self) -> StageEnvironment | None:
+        """The older name of :attr:`environment` (routers written when it was
+        the whole service used ``self.service.location``, which still works)."""
+        return self.environment
 
     def route(self, context: RequestContext) -> Any:
         """Pick targets for ``context.request``; the default routes nothing."""

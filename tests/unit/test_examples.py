@@ -8,16 +8,13 @@ from pathlib import Path
 import pytest
 from twisted.internet.task import Clock
 
+from sipshield.config import parse_config
 from sipshield.message import parse_message
 from sipshield.routing import CONTINUE, RequestContext, build_stages
+from sipshield.service import makeService
 from sipshield.state import Binding, MemoryLocationStore
 
 EXAMPLES = Path(__file__).parent.parent.parent / "examples"
-
-
-class FakeService:
-    def __init__(self) -> None:
-        self.location = MemoryLocationStore(Clock())
 
 
 class Flow:
@@ -35,10 +32,13 @@ def invite(user: str) -> RequestContext:
 
 
 @pytest.fixture
-def huntgroup(monkeypatch: pytest.MonkeyPatch):
+def huntgroup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """The router built as the service builds every stage: from its StageEnvironment."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    service = FakeService()
-    (stage,) = build_stages(["huntgroup"], service, packages=["huntgroup_plugins"], options={"huntgroup": {"sales": ["alice", "bob"]}})
+    service = makeService(parse_config({"server": {"data_dir": str(tmp_path / "data"), "domains": ["example.com"]}}), Clock())
+    (stage,) = build_stages(["huntgroup"], service.environment, packages=["huntgroup_plugins"], options={"huntgroup": {"sales": ["alice", "bob"]}})
+    assert stage.environment is service.environment and isinstance(service.location, MemoryLocationStore)
+    assert stage.service is service.environment  # the older name routers may still use
     return stage, service
 
 

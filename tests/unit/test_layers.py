@@ -31,7 +31,7 @@ FORBIDDEN: dict[str, set[str]] = {
     # modules beside the layers, that any layer may use
     "config": {"message", "transport", "transaction", "proxy", "state"} | _ABOVE_PROXY,
     "interfaces": {"transport", "transaction", "proxy"} | _ABOVE_PROXY,
-    "events": {"*"},
+    "events": {"message", "transport", "transaction", "proxy", "state", "config", "interfaces", "environment"} | _ABOVE_PROXY,
     "environment": {"ops"} | _WIRING,
     "_ratelog": {"*"},
     # wiring, at the top

@@ -162,7 +162,7 @@ def test_builtin_stages_are_plugins_and_unknown_names_list_known_ones() -> None:
     for factory in found.values():
         assert verifyObject(IStageFactory, factory)
     with pytest.raises(ConfigError, match=r"unknown stage 'nope' \(known: .*sanity"):
-        build_stages(["nope"], service=None)
+        build_stages(["nope"], environment=None)  # type: ignore[arg-type]
 
 
 def test_router_subclass_in_a_few_lines() -> None:
