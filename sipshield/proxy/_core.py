@@ -24,6 +24,7 @@ from sipshield.message import ParseError, Request, Response, Via, check_header_v
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._decision import Decision, RequestContext, RequestPipeline, Target
 from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, is_ip, next_hop, record_route_uri, route_set, stateless_branch
+from sipshield.proxy._hop import unusable_hop
 from sipshield.proxy._response import Branch, ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
 
@@ -452,10 +453,11 @@ class ProxyCore:
         fwd, hop = branch.request, branch.hop
         transport = hop[0]
         outbound = self.dispatcher.local_address(transport, hop[1])
-        if outbound is None:
+        why = unusable_hop(hop, outbound)
+        if why is not None or outbound is None:
             if self.remote_log is not None:
-                self.remote_log.warn("no-listener", hop[1], "no {transport} listener to reach {host}:{port}", transport=transport, host=hop[1], port=hop[2])
-            rc.on_transport_error(None, branch)
+                self.remote_log.warn("unusable-hop", hop[1], "cannot use next hop {transport} {host}:{port}: {why}", transport=transport, host=hop[1], port=hop[2], why=why)
+            rc.on_unusable_hop(branch, why or "no listener")
             return
         if fwd.method in RECORD_ROUTE_METHODS and fwd.to.tag is None:
             local_host, local_port = txn.flow.local

@@ -22,14 +22,15 @@ IsLocal = Callable[[str, "int | None"], bool]
 
 def hop_for(uri: URI) -> Hop:
     """RFC 3263-lite: transport from the URI (sips -> TLS, transport param),
-    maddr over host, default ports.  Host names are resolved by the caller."""
-    transport = (uri.transport or "").upper()
+    maddr over host, default ports.  Host names are resolved by the caller.
+    A transport we do not speak (sctp, ws) and a port 0 are kept as they
+    are, so that the branch fails as unusable instead of going elsewhere."""
+    transport = (uri.transport or "UDP").upper()
     if uri.scheme == "sips":
         transport = "TLS"
-    elif transport not in ("UDP", "TCP", "TLS"):
-        transport = "UDP"
     host = uri.maddr or uri.host or ""
-    return transport, host.strip("[]"), uri.port or _DEFAULT_PORT[transport]
+    port = uri.port
+    return transport, host.strip("[]"), _DEFAULT_PORT.get(transport, 5060) if port is None else port
 
 
 def is_ip(host: str) -> bool:

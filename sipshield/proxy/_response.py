@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from sipshield.message import Request, Response
+from sipshield.proxy._hop import UNUSABLE_HOP_STATUS
 
 if TYPE_CHECKING:
     from sipshield.proxy._core import ProxyCore
@@ -112,6 +113,12 @@ class ResponseContext:
     def on_transport_error(self, txn: Any, branch: Branch) -> None:
         """RFC 3261 16.9: a transport error counts as 503 on that branch."""
         self._local_final(branch, 503, "Service Unavailable")
+
+    def on_unusable_hop(self, branch: Branch, why: str) -> None:
+        """The branch's next hop is no address to send to (port 0, broadcast,
+        multicast, no listener of its transport or family): nothing is sent,
+        and the branch ends with the proxy's own 502 saying why."""
+        self._local_final(branch, UNUSABLE_HOP_STATUS, f"Bad Gateway: {why}")
 
     def on_cancelled_unsent(self, branch: Branch) -> None:
         """The request was cancelled before this branch could be sent (its

@@ -11,7 +11,7 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 from sipshield.message import ip_version
-from sipshield.transport._flow import DatagramFlow
+from sipshield.transport._flow import DatagramFlow, unusable_destination
 from sipshield.transport._stream import SIPStreamProtocol
 
 if TYPE_CHECKING:
@@ -107,7 +107,8 @@ class TransportDispatcher:
         transport, host, port = destination
         host = host.strip("[]")
         listener = self.listener_for(transport, host)
-        if listener is None:
+        if listener is None or unusable_destination(host, port) is not None:
+            # Not even a connection attempt to port 0, a broadcast or multicast address.
             return None
         if transport == "UDP":
             udp = DatagramFlow(listener.port, listener.address, (host, port))

@@ -13,9 +13,12 @@ can forge to aim our answers (and their retransmissions) at a third party.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Protocol
 
 from twisted.internet.error import InvalidAddressError, MessageLengthError
+
+from sipshield.message import ip_version
 
 
 class Flow(Protocol):
@@ -45,6 +48,45 @@ class Flow(Protocol):
 
     def peer_certificate(self) -> Any:
         """The peer's verified TLS certificate (pyOpenSSL X509), or None."""
+
+
+def unusable_destination(host: str, port: int) -> str | None:
+    """Why no datagram or connection may go to (*host*, *port*), or None.
+
+    Such an address comes from a peer (a Route, a Contact, a Path, a forged
+    source): port 0 (or outside 1-65535), the unspecified address
+    (0.0.0.0/8, ``::``: Linux delivers it to the host itself), the limited
+    broadcast address and the rest of 240.0.0.0/4 (reserved), multicast
+    (224.0.0.0/4, ff00::/8), also as IPv4-mapped IPv6.  A subnet's directed
+    broadcast address cannot be told from a host without the subnet; the
+    kernel refuses it unless SO_BROADCAST is set, which sipshield never
+    sets.  A host name is not judged here (it is resolved first).
+    """
+    if not 0 < port <= 65535:
+        return f"port {port}" if port == 0 else "port out of range"
+    host = host.strip("[]")
+    version = ip_version(host)
+    if version == 4:
+        first = int(host.partition(".")[0])
+        if first < 224:
+            return "an unspecified address" if first == 0 else None
+        return _ipv4_class(first, host)
+    if version == 6:
+        address = ipaddress.IPv6Address(host)
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            return unusable_destination(str(mapped), port)
+        if address.is_unspecified:
+            return "an unspecified address"
+        if address.is_multicast:
+            return "a multicast address"
+    return None
+
+
+def _ipv4_class(first: int, host: str) -> str:
+    if first < 240:
+        return "a multicast address"
+    return "a broadcast address" if host == "255.255.255.255" else "a reserved address"
 
 
 # What twisted.internet.udp.Port.write raises for an address or a datagram
@@ -78,8 +120,12 @@ class DatagramFlow:
         broadcast address or an unreachable network make sendto(2) fail.
         That is the datagram lost (UDP promises no more), not a reason for a
         traceback; the dispatcher turns False into a transport error
-        (RFC 3261 17.1.4).
+        (RFC 3261 17.1.4).  An address :func:`unusable_destination` names
+        is not even given to the socket: the kernel would send to a
+        multicast group, or to this host for 0.0.0.0.
         """
+        if unusable_destination(*address) is not None:
+            return False
         try:
             self._writer.write(data, address)
         except _UNSENDABLE:

@@ -117,13 +117,24 @@ def signed_route(t: FuzzTarget, call_id: str, destination: str) -> str:
 
 
 def test_unwritable_datagram_destination_is_a_transport_error_not_a_traceback(target: FuzzTarget) -> None:
-    """An in-dialog MESSAGE to a broadcast address: sendto(2) refuses it
-    (EACCES).  Was: a traceback; now the branch fails like any unreachable
-    target (RFC 3261 16.9: a 503, which 16.7 step 6 makes the caller's 500)."""
+    """An in-dialog MESSAGE to a subnet's broadcast address (which cannot be
+    told from a host without the subnet): sendto(2) refuses it (EACCES).
+    Was: a traceback; now the branch fails like any unreachable target (RFC
+    3261 16.9: a 503, which 16.7 step 6 makes the caller's 500)."""
     call_id = "bcast@127.0.0.2"
-    target.send_udp(request("MESSAGE", ruri="sip:bob@255.255.255.255", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id, "255.255.255.255")), UA)
+    target.send_udp(request("MESSAGE", ruri="sip:bob@127.255.255.255", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id, "127.255.255.255")), UA)
     assert [s for s, _, _ in answers(target)] == [500]
     assert target.reactor.unreachable == 1
+    no_findings(target)
+
+
+def test_limited_broadcast_destination_gets_502_and_is_never_written(target: FuzzTarget) -> None:
+    """255.255.255.255 is no next hop at all: the proxy's own 502 says so,
+    and the socket is not even asked (tests/unit/test_unusable_next_hop.py)."""
+    call_id = "bcast2@127.0.0.2"
+    target.send_udp(request("MESSAGE", ruri="sip:bob@255.255.255.255", to_tag=";tag=b1", call_id=call_id, extra=signed_route(target, call_id, "255.255.255.255")), UA)
+    assert [(s, r) for s, r, _ in answers(target)] == [(502, "Bad Gateway: a broadcast address")]
+    assert target.reactor.unreachable == 0
     no_findings(target)
 
 
