@@ -97,6 +97,15 @@ FAMILIES: dict[str, Callable[[int], str]] = {
     "many To params": lambda n: _request(to="<sip:bob@example.com>;tag=callee" + ";p=v" * n),
     "many Request-URI params": lambda n: _request(uri="sip:bob@example.com" + ";p=v" * n),
     "many Route URI params (ours)": lambda n: _request(extra=f"Route: <sip:{PROXY};lr" + ";p=v" * n + ">\r\n"),
+    # Credentials are parsed before any backend is asked: one huge value, or many values.
+    "Proxy-Authorization auth-params": lambda n: _request(extra="Proxy-Authorization: Digest " + ",".join(['a="b"'] * n) + "\r\n"),
+    "Proxy-Authorization huge quoted": lambda n: _request(extra=f'Proxy-Authorization: Digest username="{"a" * n}", realm="example.com"\r\n'),
+    # Under the caps (4096 octets, 31 auth-params per value): every line is parsed.
+    "Proxy-Authorization lines at caps": lambda n: _request(extra=f'Proxy-Authorization: Digest {",".join(["a=" + "b" * 125] * 31)}\r\n' * n),
+    "Proxy-Authorization quoted at caps": lambda n: _request(
+        extra=f'Proxy-Authorization: Digest {",".join(["a=" + chr(34) + "b" * 123 + chr(34)] * 31)}\r\n' * n),
+    "Authorization auth-params (REG)": lambda n: _request("REGISTER", uri="sip:example.com", to="<sip:alice@example.com>",
+                                                               extra="Authorization: Digest " + ",".join(['a="b"'] * n) + "\r\n"),
 }
 
 

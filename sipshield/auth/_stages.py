@@ -22,7 +22,7 @@ from sipshield.auth._bearer import InvalidToken, parse_bearer
 from sipshield.auth._bearer import challenge_value as bearer_challenge
 from sipshield.auth._checkers import BackendUnavailable, IIdentity
 from sipshield.auth._credentials import SIPDigestCredentials
-from sipshield.auth._digest import DigestResponse, challenge_values
+from sipshield.auth._digest import DigestResponse, challenge_values, credentials_refusal
 from sipshield.config import TrustedSource
 from sipshield.events import AUTH_FAILURE, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
@@ -213,6 +213,9 @@ class DigestAuthStage:
         if realm not in self.domains.domains and realm != self.domains.default:
             realm = self.domains.default
         header = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
+        refusal = credentials_refusal(request.headers.get_all(header))
+        if refusal is not None:
+            return Decision.reply(400, refusal)  # before anything parses them (CPU bound)
         if self.bearer is not None:
             token = self._bearer_token(request, header)
             if token is not None:
