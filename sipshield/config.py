@@ -187,6 +187,8 @@ class AuthConfig:
     trusted_sources: tuple[TrustedSource, ...] = ()
     trusted_role: str | None = None
     nonce_lifetime: float = 300.0
+    max_nonce_failures: int = 3
+    """Failed digest responses one nonce serves before it is invalidated (a fresh challenge)."""
     file: Path | None = None
     trunks: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = ()
     """``[[auth.tls.trunks]]``: (identity, name, domain, roles) for mutual-TLS trunks."""
@@ -643,6 +645,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     auth = AuthConfig(
         backends=backends, algorithms=algorithms, trusted_sources=trusted, trusted_role=trusted_role,
         nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
+        max_nonce_failures=au.take_number("max_nonce_failures", 3, 1, 1000, True),
         file=path(au, "file", None), trunks=tuple(trunks), bearer=bearer,
     )
     if "file" in backends and auth.file is None:

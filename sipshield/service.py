@@ -123,7 +123,7 @@ class SIPShieldService(MultiService):
 
         if self.nonces is None:
             secret = load_or_create_secret(self.config.server.data_dir / "nonce.secret")
-            self.nonces = NonceManager(secret, self.reactor, lifetime=self.config.auth.nonce_lifetime)
+            self.nonces = NonceManager(secret, self.reactor, lifetime=self.config.auth.nonce_lifetime, max_failures=self.config.auth.max_nonce_failures)
         if not self._route_secret_loaded:
             # Keys the tokens in our Record-Route values (no open relay in
             # dialog); kept so that dialogs outlive a restart.

@@ -4,8 +4,9 @@ A nonce carries its own issue time and a random salt, signed with HMAC-SHA256
 over (time, salt, realm, source) under a server secret, so any node holding
 the secret can check it without shared state (RFC 7616 3.3 suggests
 ``time-stamp H(time-stamp ":" ETag ":" secret-data)``; this is the keyed-MAC
-form of that idea). Only the nonce-count (nc) of nonces actually used is
-remembered, for replay protection, and that memory is bounded.
+form of that idea). Only the nonce-count (nc) of nonces actually used, and
+the failed digest responses to a nonce (a password guess each), are
+remembered, and that memory is bounded.
 
 Time comes from an injected IReactorTime (``reactor.seconds()``) so tests
 drive it with ``twisted.internet.task.Clock``; nothing here imports the
@@ -80,30 +81,47 @@ class NonceManager:
     replay protection; when the table is full the oldest-issued entries are
     evicted and every nonce issued no later than an evicted one then counts
     as stale, so an evicted nonce can never be replayed.
+
+    A nonce serves at most *max_failures* failed digest responses (wrong
+    password or unknown user): a guess is announced with :meth:`begin`
+    before the credential backend is asked and settled with :meth:`end`;
+    guesses still being verified count against the limit too, so a burst
+    sent before the first failure is known gets no more.  A nonce that
+    reached the limit is ``"invalid"`` from then on (a fresh challenge,
+    ``stale=false``).  One counter per nonce that failed, in the same
+    bounded table as the used ones.
     """
 
-    def __init__(self, secret: bytes, reactor: IReactorTime, lifetime: float = 300.0, max_tracked: int = 100_000) -> None:
+    def __init__(self, secret: bytes, reactor: IReactorTime, lifetime: float = 300.0, max_tracked: int = 100_000, max_failures: int = 3) -> None:
         if len(secret) < _MIN_SECRET_BYTES:
             raise ValueError(f"nonce secret must be at least {_MIN_SECRET_BYTES} bytes")
         if not lifetime > 0:
             raise ValueError("nonce lifetime must be positive")
         if max_tracked < 1:
             raise ValueError("max_tracked must be at least 1")
+        if max_failures < 1:
+            raise ValueError("max_failures must be at least 1")
         self._secret = bytes(secret)
         self._reactor = reactor
         self._lifetime_ms = round(lifetime * 1000)
         self._max_tracked = max_tracked
+        self._max_failures = max_failures
         # nonce -> highest nc accepted, or None when used once without qop.
         self._last_nc: dict[str, int | None] = {}
-        # (issue ms, nonce) for every key of _last_nc: a min-heap, oldest first.
+        # nonce -> failed digest responses to it.
+        self._failures: dict[str, int] = {}
+        # nonce -> responses to it being verified now (an entry lives only
+        # while a backend answers; the stage deadline bounds that).
+        self._verifying: dict[str, int] = {}
+        # (issue ms, nonce), once for every nonce in _last_nc or _failures: a min-heap, oldest first.
         self._by_issue: list[tuple[int, str]] = []
         # Issue time of the newest nonce evicted for space; -1 when none was.
         self._evicted_through = -1
 
     @property
     def tracked(self) -> int:
-        """How many used nonces are remembered (for metrics and leak tests)."""
-        return len(self._last_nc)
+        """How many used or failed nonces are remembered (for metrics and leak tests)."""
+        return len(self._by_issue)
 
     def _now_ms(self) -> int:
         return round(self._reactor.seconds() * 1000)
@@ -144,9 +162,43 @@ class NonceManager:
             return "invalid"
         if now - issued > self._lifetime_ms:
             return "stale"
-        if issued <= self._evicted_through and nonce not in self._last_nc:
+        if issued <= self._evicted_through and not self._remembered(nonce):
             return "stale"
+        if self._failures.get(nonce, 0) >= self._max_failures:
+            return "invalid"
         return "valid"
+
+    def begin(self, nonce: str) -> bool:
+        """A response to *nonce* (which :meth:`check` found valid) is about
+        to be verified; False when the nonce may take no more guesses
+        (failed and pending ones reach ``max_failures``): challenge afresh.
+        Every True must be followed by one :meth:`end`."""
+        pending = self._verifying.get(nonce, 0)
+        if self._failures.get(nonce, 0) + pending >= self._max_failures:
+            return False
+        self._verifying[nonce] = pending + 1
+        return True
+
+    def end(self, nonce: str, failed: bool) -> None:
+        """The verification :meth:`begin` announced is over; *failed* when
+        the digest response was wrong (a backend outage or a deadline is no
+        guess: pass False)."""
+        pending = self._verifying.pop(nonce, 0) - 1
+        if pending > 0:
+            self._verifying[nonce] = pending
+        if not failed:
+            return
+        decoded = _decode(nonce)
+        if decoded is None:
+            return
+        issued = decoded[0]
+        now = self._now_ms()
+        self._expire(now)
+        if now - issued > self._lifetime_ms or (issued <= self._evicted_through and not self._remembered(nonce)):
+            return  # already stale: nothing to count
+        self._remember(nonce, issued)
+        self._failures[nonce] = self._failures.get(nonce, 0) + 1
+        self._evict()
 
     def use(self, nonce: str, nc: str | None) -> bool:
         """Record one use of *nonce*; False for a replay (RFC 7616 5.4, RFC 3261 22.4).
@@ -168,7 +220,7 @@ class NonceManager:
         if issued > now or now - issued > self._lifetime_ms:
             return False
         known = nonce in self._last_nc
-        if not known and issued <= self._evicted_through:
+        if not known and issued <= self._evicted_through and nonce not in self._failures:
             return False
         if nc is None:
             if known:
@@ -189,12 +241,27 @@ class NonceManager:
         self._track(nonce, issued, count)
         return True
 
+    def _remembered(self, nonce: str) -> bool:
+        return nonce in self._last_nc or nonce in self._failures
+
+    def _remember(self, nonce: str, issued: int) -> None:
+        """Give *nonce* its one place in the issue-time heap."""
+        if not self._remembered(nonce):
+            heapq.heappush(self._by_issue, (issued, nonce))
+
+    def _forget(self, nonce: str) -> None:
+        self._last_nc.pop(nonce, None)
+        self._failures.pop(nonce, None)
+
     def _track(self, nonce: str, issued: int, count: int | None) -> None:
+        self._remember(nonce, issued)
         self._last_nc[nonce] = count
-        heapq.heappush(self._by_issue, (issued, nonce))
-        while len(self._last_nc) > self._max_tracked:
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self._by_issue) > self._max_tracked:
             old_issued, old_nonce = heapq.heappop(self._by_issue)
-            del self._last_nc[old_nonce]
+            self._forget(old_nonce)
             if old_issued > self._evicted_through:
                 self._evicted_through = old_issued
 
@@ -203,7 +270,7 @@ class NonceManager:
         heap = self._by_issue
         while heap and now - heap[0][0] > self._lifetime_ms:
             _, nonce = heapq.heappop(heap)
-            del self._last_nc[nonce]
+            self._forget(nonce)
 
 
 def load_or_create_secret(path: Path) -> bytes:

@@ -153,9 +153,12 @@ class DigestAuthStage:
         if isinstance(screened, _BearerAnswer):
             return self._check_bearer(screened.token, context, screened.realm, screened.header)
         response, realm, header = screened
+        if not self.nonces().begin(response.nonce):
+            # [auth] max_nonce_failures guesses failed (or are being verified) with this nonce.
+            return self._challenge(context.request, context, realm, stale=False)
         credentials = SIPDigestCredentials(response, context.request.method, context.request.body)
         d = self.portal.login(credentials, None, IIdentity)
-        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm, response.username))
+        d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm, response))
         return d
 
     def admission(self, request: Request, flow: Any) -> Decision | None:
@@ -286,7 +289,9 @@ class DigestAuthStage:
 
     def _logged_in(self, result: tuple[Any, Any, Any], context: RequestContext, response: DigestResponse, realm: str, header: str) -> Decision:
         _, identity, _ = result
-        if not self.nonces().use(response.nonce, response.nc):
+        nonces = self.nonces()
+        nonces.end(response.nonce, failed=False)
+        if not nonces.use(response.nonce, response.nc):
             # A replayed (nonce, nc): make the client start over with a fresh nonce.
             return self._challenge(context.request, context, realm, stale=True)
         self._authenticated(context, identity)
@@ -295,7 +300,10 @@ class DigestAuthStage:
             _remove_realm(context.request, header, realm)
         return CONTINUE
 
-    def _refused(self, failure: Failure, context: RequestContext, realm: str, username: str | None = None) -> Decision | Failure:
+    def _refused(self, failure: Failure, context: RequestContext, realm: str, response: DigestResponse) -> Decision | Failure:
+        # Only a wrong answer is a guess; an outage or the stage deadline is not.
+        self.nonces().end(response.nonce, failed=failure.check(UnauthorizedLogin) is not None)
+        username = response.username
         if failure.check(defer.CancelledError):
             return failure  # the pipeline's stage_timeout: it answers and logs
         if failure.check(UnauthorizedLogin):

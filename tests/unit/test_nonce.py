@@ -139,7 +139,7 @@ def test_malformed_nonce_is_invalid(nonce: str) -> None:
     assert nonces.use(nonce, "00000001") is False
 
 
-@pytest.mark.parametrize("kwargs", [{"secret": b"short"}, {"lifetime": 0}, {"lifetime": -1.0}, {"max_tracked": 0}])
+@pytest.mark.parametrize("kwargs", [{"secret": b"short"}, {"lifetime": 0}, {"lifetime": -1.0}, {"max_tracked": 0}, {"max_failures": 0}])
 def test_constructor_rejects_bad_settings(kwargs: dict[str, object]) -> None:
     args: dict[str, object] = {"secret": SECRET, "reactor": Clock(), **kwargs}
     with pytest.raises(ValueError):
@@ -344,3 +344,67 @@ def test_auth_modules_do_not_import_the_global_reactor() -> None:
         "import sys\nimport sipshield.auth._credentials, sipshield.auth._digest, sipshield.auth._nonce\nsys.exit('twisted.internet.reactor' in sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+# -- failed guesses ([auth] max_nonce_failures) -------------------------------------
+
+
+def fail(nonces: NonceManager, nonce: str) -> bool:
+    """One wrong digest response to *nonce*, as the auth stage reports it; False when refused before the backend."""
+    if not nonces.begin(nonce):
+        return False
+    nonces.end(nonce, failed=True)
+    return True
+
+
+def test_a_nonce_is_invalid_after_max_failures_wrong_answers() -> None:
+    nonces, _ = manager(max_failures=2)
+    nonce = nonces.issue(REALM, SOURCE)
+    assert fail(nonces, nonce)
+    assert nonces.check(nonce, REALM, SOURCE) == "valid"
+    assert fail(nonces, nonce)
+    assert nonces.check(nonce, REALM, SOURCE) == "invalid"
+    assert not nonces.begin(nonce)
+    assert nonces.check(nonces.issue(REALM, SOURCE), REALM, SOURCE) == "valid"  # others are untouched
+
+
+def test_pending_verifications_count_against_the_limit_and_are_released() -> None:
+    nonces, _ = manager(max_failures=3)
+    nonce = nonces.issue(REALM, SOURCE)
+    assert [nonces.begin(nonce) for _ in range(4)] == [True, True, True, False]
+    for _ in range(3):
+        nonces.end(nonce, failed=False)  # right answers, or outages: no guesses
+    assert nonces._verifying == {}
+    assert nonces.tracked == 0
+    assert nonces.check(nonce, REALM, SOURCE) == "valid"
+
+
+def test_failure_memory_is_bounded_and_an_evicted_spent_nonce_stays_unusable() -> None:
+    nonces, clock = manager(max_tracked=4, max_failures=1)
+    spent = nonces.issue(REALM, SOURCE)
+    assert fail(nonces, spent)
+    for _ in range(20):
+        clock.advance(0.001)
+        assert fail(nonces, nonces.issue(REALM, SOURCE))
+        assert nonces.tracked <= 4
+    assert nonces.check(spent, REALM, SOURCE) == "stale"  # forgotten, but older than an evicted one
+    assert not nonces.use(spent, "00000001")
+
+
+def test_failure_memory_ends_with_the_nonce_lifetime() -> None:
+    nonces, clock = manager(lifetime=60.0)
+    for _ in range(10):
+        assert fail(nonces, nonces.issue(REALM, SOURCE))
+    assert nonces.tracked == 10
+    clock.advance(61)
+    assert fail(nonces, nonces.issue(REALM, SOURCE))
+    assert nonces.tracked == 1
+
+
+def test_a_nonce_used_and_failed_is_remembered_once() -> None:
+    nonces, _ = manager(max_tracked=2)
+    nonce = nonces.issue(REALM, SOURCE)
+    assert nonces.use(nonce, "00000001")
+    assert fail(nonces, nonce)
+    assert nonces.tracked == 1
+    assert nonces.use(nonce, "00000002")
