@@ -20,10 +20,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _CI_SKIP = "skipped under CI=true, where a skip is a failure (CI must provide what the test needs): "
+
+
+# Hypothesis: no deadline and no too-slow health check, so a loaded machine
+# (CI, parallel runs) cannot turn a slow example into a failure; a failure
+# prints the blob that reproduces it.  Each test's @settings sets its
+# max_examples on top of this profile.  To hunt for a rare failure, vary the
+# seed: pytest tests/unit/test_message_properties.py --hypothesis-seed=N.
+settings.register_profile("sipshield", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.load_profile("sipshield")
 
 
 def _skip_reason(longrepr: object) -> str:
