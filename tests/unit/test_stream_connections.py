@@ -15,6 +15,7 @@ import pytest_twisted
 from test_transport import RecordingHandler, options
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import globalLogPublisher
 
 from sipshield.config import LimitsConfig, ListenerConfig, parse_config
 from sipshield.service import makeService
@@ -47,6 +48,25 @@ class _Client(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.lost.callback(None)
+
+
+class _ClientFactory(ClientFactory):
+    """Connects one _Client.  A server that aborts a refused connection at
+    once can reset it before connect() completes (on loopback the RST often
+    wins): Twisted then reports clientConnectionFailed and never builds the
+    protocol, so that ends the client as well, or a wait on ``lost`` would
+    time out although the server did refuse the connection."""
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+
+    def buildProtocol(self, addr: Any) -> _Client:
+        self.client.factory = self
+        return self.client
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        if not self.client.lost.called:
+            self.client.lost.callback(None)
 
 
 @defer.inlineCallbacks
@@ -103,7 +123,7 @@ def _opener(service: Any, clients: list[_Client]) -> Any:
     def open_from(source: str) -> _Client:
         client = _Client()
         clients.append(client)
-        reactor.connectTCP(host, port, ClientFactory.forProtocol(lambda: client), bindAddress=(source, 0))
+        reactor.connectTCP(host, port, _ClientFactory(client), bindAddress=(source, 0))
         return client
 
     return open_from
@@ -156,8 +176,23 @@ def test_global_cap_refuses_a_new_connection_when_every_one_is_authenticated(tmp
             yield _until(lambda c=client, n=n: c.transport is not None and len(factory.connections) == n + 1)
             client.transport.write(options(f"cap-{n}"))
             yield _until(lambda c=client: b"SIP/2.0 200" in c.received)
-        newcomer = open_from("127.0.0.2")
-        yield newcomer.lost.addTimeout(5, reactor)
+        refusals: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_kind") == "connection refused":
+                refusals.append(event["reason"])
+
+        globalLogPublisher.addObserver(observe)
+        try:
+            newcomer = open_from("127.0.0.2")
+            yield newcomer.lost.addTimeout(5, reactor)
+            # The server refused it, for the global cap (it reached the server: not a failure of our own)...
+            yield _until(lambda: bool(refusals))
+        finally:
+            globalLogPublisher.removeObserver(observe)
+        assert refusals == ["too many connections (3)"]
+        assert newcomer.received == b""
+        # ...and kept the three it had.
         assert len(factory.connections) == 3 and not any(c.lost.called for c in clients[:3])
     finally:
         yield _close_all(service, clients)
