@@ -12,37 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_core import RecordingFlow as _Flow
-from twisted.internet.task import Clock
+from pipeline_support import PHONE as ATTACKER
+from pipeline_support import PROXY, build_service
+from pipeline_support import RecordingFlow as _Flow
 
-from sipshield.config import parse_config
 from sipshield.message import Response, parse_message
 from sipshield.proxy import endpoints
-from sipshield.service import makeService
-
-PROXY = ("127.0.0.1", 5060)
-ATTACKER = ("127.0.0.2", 40000)
 
 
 def RecordingFlow() -> _Flow:
     return _Flow(remote=ATTACKER, local=PROXY)
 
 
-def build(tmp_path: Path, **sections: dict):
-    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}, **sections})
-    clock = Clock()
-    clock.advance(1_000_000)  # a wall-clock-like now, so nonces issued at t are not 'older than the evicted'
-    svc = makeService(config, clock)
-    svc._prepare_data_dir()
-    svc._prepare_auth()
-    svc.core.add_local_address(*PROXY)
-    return svc, clock
-
-
 @pytest.fixture
 def service(tmp_path: Path):
-    svc, clock = build(tmp_path)
-    yield svc, clock
+    svc = build_service(tmp_path)
+    yield svc, svc.reactor
     svc.transactions.stop()
 
 
@@ -222,7 +207,7 @@ def test_options_to_the_proxy_is_answered_statelessly(service) -> None:
 @pytest.mark.parametrize("algorithms", [["MD5", "SHA-256"], ["SHA-256", "MD5"], ["SHA-512-256", "SHA-256", "MD5"], ["SHA-256", "SHA-512-256"]])
 def test_challenges_list_the_algorithms_in_the_configured_order(tmp_path: Path, algorithms: list[str]) -> None:
     # RFC 8760 2.3: in the operator's preference order (linphone answers only the first one).
-    svc, _ = build(tmp_path, auth={"algorithms": algorithms})
+    svc = build_service(tmp_path, {"auth": {"algorithms": algorithms}})
     try:
         for method, header in (("REGISTER", "WWW-Authenticate"), ("INVITE", "Proxy-Authenticate")):
             flow = _Flow(remote=ATTACKER, local=PROXY, transport="TCP")

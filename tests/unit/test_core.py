@@ -7,59 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pipeline_support import RecordingDispatcher, RecordingFlow, feed
 from twisted.internet.task import Clock
 
-from sipshield.message import URI, ParseError, Request, Response, parse_message
+from sipshield.message import URI, Request, Response, parse_message
 from sipshield.proxy import ProxyCore, endpoints
 from sipshield.routing import Decision, Pipeline, Target
 from sipshield.routing._stages import DialogStage, FinalStage, OptionsStage, SanityStage
 from sipshield.transaction import TimerSettings, TransactionLayer
 
 CORPUS = Path(__file__).parent.parent / "data" / "rfc4475"
-
-
-class RecordingFlow:
-    def __init__(self, remote: tuple[str, int] = ("192.0.2.9", 40000), transport: str = "UDP", local: tuple[str, int] = ("127.0.0.1", 5060)) -> None:
-        self.remote = remote
-        self.local = local
-        self.transport_name = transport
-        self.reliable = transport != "UDP"
-        self.secure = transport == "TLS"
-        self.sent: list[tuple[bytes, tuple[str, int]]] = []
-        self.authenticated = False
-
-    def send(self, data: bytes) -> None:
-        self.sent.append((data, self.remote))
-
-    def peer_certificate(self) -> None:
-        return None
-
-    def messages(self) -> list[Response]:
-        return [parse_message(data) for data, _ in self.sent]  # type: ignore[misc]
-
-    def statuses(self) -> list[int]:
-        return [m.status for m in self.messages()]
-
-
-class RecordingDispatcher:
-    """The Sender: records what the proxy sends downstream."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[Request | Response, tuple[str, str, int]]] = []
-        self.flows: dict[tuple[str, str, int], RecordingFlow] = {}
-
-    def send(self, data: bytes, destination, flow=None):
-        self.sent.append((parse_message(data), destination))
-        return flow or self.flows.setdefault(destination, RecordingFlow((destination[1], destination[2]), destination[0]))
-
-    def local_address(self, transport: str, host: str):
-        return ("127.0.0.1", 5061 if transport == "TLS" else 5060)
-
-    def advertised(self, host: str) -> str:
-        return host
-
-    def requests(self, method: str | None = None) -> list[Request]:
-        return [m for m, _ in self.sent if isinstance(m, Request) and (method is None or m.method == method)]
 
 
 class Relay:
@@ -86,17 +43,6 @@ def make_core(*stages, timer_c: float = 180.0) -> tuple[ProxyCore, RecordingDisp
     core.transactions = TransactionLayer(clock, core, dispatcher, TimerSettings())
     core.pipeline = Pipeline([SanityStage(core.is_local), OptionsStage(core.is_local), DialogStage(core.is_local), *stages, FinalStage(core.is_local)])
     return core, dispatcher, clock
-
-
-def feed(core: ProxyCore, data: bytes, flow: RecordingFlow | None = None) -> RecordingFlow:
-    flow = flow or RecordingFlow()
-    try:
-        message = parse_message(data)
-    except ParseError as e:
-        core.bad_message(e, flow)
-    else:
-        core.message_received(message, flow)
-    return flow
 
 
 def request(uri: str = "sip:127.0.0.1", method: str = "OPTIONS", via: str = "SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKx", extra: str = "", body: bytes = b"", to_tag: str = "") -> bytes:

@@ -14,17 +14,15 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_core import RecordingFlow, feed
+from pipeline_support import RecordingFlow, build_service, feed
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import DNSLookupError
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from sipshield.config import parse_config
 from sipshield.message import Response, parse_message
 from sipshield.routing import Pipeline, Router
-from sipshield.service import makeService
 
 CALLER = ("127.0.0.2", 40000)
 ZERO = {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
@@ -77,15 +75,11 @@ def make(tmp_path: Path):
     built = []
 
     def build(limits: dict | None = None, auth: dict | None = None):
-        data: dict = {"server": {"data_dir": str(tmp_path / f"data{len(built)}"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}}
-        if limits:
-            data["limits"] = limits
+        config: dict = {"limits": limits} if limits else {}
         if auth:
-            data["auth"] = auth
+            config["auth"] = auth
         clock = ResolvingClock()
-        svc = makeService(parse_config(data), clock)
-        svc._prepare_data_dir()
-        svc._prepare_auth()
+        svc = build_service(tmp_path, config, clock=clock, data_dir=f"data{len(built)}", inline_lookups=False)
         (listener,) = svc.listeners
         listener.reactor = global_reactor  # a real socket; it only sends here
         listener.listen()

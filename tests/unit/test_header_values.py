@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from test_core import RecordingFlow, feed, make_core
+from pipeline_support import RecordingFlow, feed
+from test_core import make_core
 from test_service import _Catcher
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ClientFactory, Protocol

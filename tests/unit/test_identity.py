@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from digest_service import DigestService
 from inline_pool import InlinePool
+from pipeline_support import Proxy, proxy_service
 
 ALICE_AOR = "sip:alice@example.com"
 USERS = {"alice": ("a-secret", ("staff",)), "bob": ("b-secret", ("staff",)), "%61lice": ("m-secret", ("staff",))}
@@ -23,41 +23,41 @@ USERS = {"alice": ("a-secret", ("staff",)), "bob": ("b-secret", ("staff",)), "%6
 def proxy(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     if request.param == "sql":
         monkeypatch.setattr("sipshield.state._sql.ThreadPool", InlinePool)
-    service = DigestService(tmp_path, USERS, {"registrar": {"store": request.param}})
+    service = proxy_service(tmp_path, USERS, registrar={"store": request.param})
     yield service
     service.stop()
 
 
-def register(proxy: DigestService, aor: str, user: str, password: str, contact: str = "sip:phone@127.0.0.2:40000"):
-    return proxy.send("REGISTER", "sip:example.com", from_uri=aor, to=aor, credentials=(user, password), contact=contact)
+def register(proxy: Proxy, aor: str, user: str, password: str, contact: str = "sip:phone@127.0.0.2:40000"):
+    return proxy.send_request("REGISTER", "sip:example.com", from_uri=aor, to=aor, credentials=(user, password), contact=contact)
 
 
-def test_alice_registering_her_escaped_address_lands_in_her_one_aor(proxy: DigestService) -> None:
+def test_alice_registering_her_escaped_address_lands_in_her_one_aor(proxy: Proxy) -> None:
     assert register(proxy, "sip:%61lice@example.com", "alice", "a-secret").status == 200
     assert proxy.bindings(ALICE_AOR) == ["sip:phone@127.0.0.2:40000"]
     assert register(proxy, ALICE_AOR, "alice", "a-secret", contact="sip:desk@127.0.0.2:40001").status == 200
     assert sorted(proxy.bindings(ALICE_AOR)) == ["sip:desk@127.0.0.2:40001", "sip:phone@127.0.0.2:40000"]
 
 
-def test_user_named_percent_61lice_cannot_bind_into_alices_aor(proxy: DigestService) -> None:
+def test_user_named_percent_61lice_cannot_bind_into_alices_aor(proxy: Proxy) -> None:
     answer = register(proxy, "sip:%61lice@example.com", "%61lice", "m-secret", contact="sip:mallory@127.0.0.2:40000")
     assert (answer.status, answer.reason) == (403, "Forbidden: may only register your own address")
     assert proxy.bindings(ALICE_AOR) == []
 
 
-def test_digest_username_is_not_unescaped(proxy: DigestService) -> None:
+def test_digest_username_is_not_unescaped(proxy: Proxy) -> None:
     # "%61lice" with alice's password: no such user, so a challenge, and no binding.
     assert register(proxy, "sip:%61lice@example.com", "%61lice", "a-secret").status == 401
     assert proxy.bindings(ALICE_AOR) == []
 
 
-def test_calls_from_an_escaped_alice_need_alices_credentials(proxy: DigestService) -> None:
+def test_calls_from_an_escaped_alice_need_alices_credentials(proxy: Proxy) -> None:
     assert register(proxy, "sip:bob@example.com", "bob", "b-secret", contact="sip:bob@127.0.0.3:5060").status == 200
-    as_bob = proxy.send("INVITE", "sip:bob@example.com", from_uri="sip:%61lice@example.com", credentials=("bob", "b-secret"))
-    as_mallory = proxy.send("INVITE", "sip:bob@example.com", from_uri="sip:%61lice@example.com", credentials=("%61lice", "m-secret"))
+    as_bob = proxy.send_request("INVITE", "sip:bob@example.com", from_uri="sip:%61lice@example.com", credentials=("bob", "b-secret"))
+    as_mallory = proxy.send_request("INVITE", "sip:bob@example.com", from_uri="sip:%61lice@example.com", credentials=("%61lice", "m-secret"))
     for answer in (as_bob, as_mallory):
         assert (answer.status, answer.reason) == (403, "Forbidden: From does not match the authenticated user")
     assert proxy.relayed("INVITE") == []
-    proxy.send("INVITE", "sip:bob@example.com", from_uri="sip:%61lice@example.com", credentials=("alice", "a-secret"))
+    proxy.send_request("INVITE", "sip:bob@example.com", from_uri="sip:%61lice@example.com", credentials=("alice", "a-secret"))
     (relayed,) = proxy.relayed("INVITE")
     assert str(relayed.uri) == "sip:bob@127.0.0.3:5060"

@@ -12,13 +12,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_core import RecordingDispatcher, RecordingFlow, feed
-from twisted.internet.task import Clock
+from pipeline_support import RecordingDispatcher, RecordingFlow, build_service, feed
 
-from sipshield.config import parse_config
 from sipshield.proxy import RecordRouteSigner, endpoints
-from sipshield.service import makeService
-from sipshield.transaction import TimerSettings, TransactionLayer
 
 VICTIM = "127.0.0.5"
 ATTACKER = ("127.0.0.2", 40000)
@@ -26,17 +22,8 @@ IN_DIALOG = ["BYE", "INFO", "MESSAGE", "INVITE", "NOTIFY", "REFER", "UPDATE", "P
 
 
 def make_service(tmp_path: Path):
-    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}})
-    clock = Clock()
-    service = makeService(config, clock)
-    service._prepare_data_dir()
-    service._prepare_auth()
-    core = service.core
-    core.add_local_address("127.0.0.1", 5060)
     dispatcher = RecordingDispatcher()
-    core.dispatcher = dispatcher
-    core.transactions = TransactionLayer(clock, core, dispatcher, TimerSettings())
-    return service, dispatcher
+    return build_service(tmp_path, dispatcher=dispatcher), dispatcher
 
 
 def in_dialog(method: str, uri: str = f"sip:victim@{VICTIM}", route: str = "<sip:127.0.0.1:5060;lr>", call_id: str = "c1@example.com",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from digest_service import DigestService
+from pipeline_support import Proxy, proxy_service
 
 METHODS = ["INVITE", "MESSAGE", "SUBSCRIBE", "OPTIONS", "REFER", "PUBLISH", "INFO", "NOTIFY", "UPDATE", "FOO"]
 USERS = {
@@ -28,46 +28,46 @@ BOB_PHONE = "127.0.0.3"
 @pytest.fixture
 def proxy(tmp_path: Path):
     routes = [{"match_user_prefix": "9", "target": f"sip:{GATEWAY}:5090;transport=udp", "external": True}]
-    service = DigestService(tmp_path, USERS, {"routes": routes})
+    service = proxy_service(tmp_path, USERS, routes=routes)
     bob = "sip:bob@example.com"
-    registered = service.send("REGISTER", "sip:example.com", from_uri=bob, to=bob, credentials=("bob", "b-secret"),
+    registered = service.send_request("REGISTER", "sip:example.com", from_uri=bob, to=bob, credentials=("bob", "b-secret"),
                               source=(BOB_PHONE, 5060), contact=f"sip:bob@{BOB_PHONE}:5060")
     assert registered.status == 200
     yield service
     service.stop()
 
 
-def sent_to(proxy: DigestService, host: str) -> list[str]:
+def sent_to(proxy: Proxy, host: str) -> list[str]:
     return [m.method for m, hop in proxy.dispatcher.sent if hop[1] == host and hasattr(m, "method")]
 
 
-def send(proxy: DigestService, method: str, user: str, target: str = "sip:bob@example.com", from_user: str | None = None):
+def send(proxy: Proxy, method: str, user: str, target: str = "sip:bob@example.com", from_user: str | None = None):
     password = USERS[user][0]
-    return proxy.send(method, target, from_uri=f"sip:{from_user or user}@example.com", credentials=(user, password))
+    return proxy.send_request(method, target, from_uri=f"sip:{from_user or user}@example.com", credentials=(user, password))
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_role_without_call_cannot_send_to_a_user(proxy: DigestService, method: str) -> None:
+def test_a_role_without_call_cannot_send_to_a_user(proxy: Proxy, method: str) -> None:
     answer = send(proxy, method, "agnes")
     assert (answer.status, answer.reason) == (403, "Forbidden: missing permission call")
     assert sent_to(proxy, BOB_PHONE) == []
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_role_with_call_reaches_the_user_from_its_own_address(proxy: DigestService, method: str) -> None:
+def test_a_role_with_call_reaches_the_user_from_its_own_address(proxy: Proxy, method: str) -> None:
     send(proxy, method, "carol")
     assert sent_to(proxy, BOB_PHONE) == [method]
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_from_must_be_the_authenticated_user(proxy: DigestService, method: str) -> None:
+def test_from_must_be_the_authenticated_user(proxy: Proxy, method: str) -> None:
     answer = send(proxy, method, "carol", from_user="root")
     assert (answer.status, answer.reason) == (403, "Forbidden: From does not match the authenticated user")
     assert sent_to(proxy, BOB_PHONE) == []
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_gateway_needs_call_external(proxy: DigestService, method: str) -> None:
+def test_a_gateway_needs_call_external(proxy: Proxy, method: str) -> None:
     for user in ("agnes", "carol"):
         answer = send(proxy, method, user, target="sip:9555123@example.com")
         assert answer.status == 403 and answer.reason.startswith("Forbidden: missing permission call")
@@ -76,9 +76,9 @@ def test_a_gateway_needs_call_external(proxy: DigestService, method: str) -> Non
     assert sent_to(proxy, GATEWAY) == [method]
 
 
-def test_a_role_without_call_may_register_itself_and_ask_the_proxy_for_options(proxy: DigestService) -> None:
+def test_a_role_without_call_may_register_itself_and_ask_the_proxy_for_options(proxy: Proxy) -> None:
     agnes = "sip:agnes@example.com"
-    assert proxy.send("REGISTER", "sip:example.com", from_uri=agnes, to=agnes, credentials=("agnes", "a-secret"),
+    assert proxy.send_request("REGISTER", "sip:example.com", from_uri=agnes, to=agnes, credentials=("agnes", "a-secret"),
                       contact="sip:agnes@127.0.0.2:40000").status == 200
-    assert proxy.send("OPTIONS", "sip:example.com", from_uri=agnes, credentials=("agnes", "a-secret")).status == 200
-    assert proxy.send("OPTIONS", "sip:127.0.0.1:5060", from_uri=agnes).status == 200  # no credentials needed
+    assert proxy.send_request("OPTIONS", "sip:example.com", from_uri=agnes, credentials=("agnes", "a-secret")).status == 200
+    assert proxy.send_request("OPTIONS", "sip:127.0.0.1:5060", from_uri=agnes).status == 200  # no credentials needed

@@ -8,18 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_admission import ATTACKER, PROXY, RecordingFlow
+from inline_pool import ImmediateReactor
+from pipeline_support import PHONE as ATTACKER
+from pipeline_support import RecordingFlow, build_service
 from test_transport import RecordingHandler, make_factory
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
-from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from sipshield.config import parse_config
 from sipshield.message import parse_message
 from sipshield.proxy import endpoints
-from sipshield.service import makeService
 from sipshield.transport._dispatch import TransportDispatcher
 
 FAILURES = 50
@@ -54,13 +53,9 @@ def test_failed_outbound_connections_to_one_host_log_once_per_interval(lines: li
 def test_unresolvable_stateless_next_hop_logs_once_per_interval(tmp_path: Path, lines: list[dict]) -> None:
     """A stray ACK on our signed route to a name that does not resolve
     (the core's stateless send resolves it first)."""
-    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}})
-    clock = Clock()
+    clock = ImmediateReactor()
     clock.resolve = lambda name: defer.fail(DNSLookupError(name))  # type: ignore[attr-defined]
-    svc = makeService(config, clock)
-    svc._prepare_data_dir()
-    svc._prepare_auth()
-    svc.core.add_local_address(*PROXY)
+    svc = build_service(tmp_path, clock=clock)
     target = "gone.invalid"
     token = svc.core.signer.token("ack-1", "a1", endpoints(ATTACKER[0], target))
     ack = (
@@ -70,10 +65,10 @@ def test_unresolvable_stateless_next_hop_logs_once_per_interval(tmp_path: Path, 
     ).encode()
     try:
         for _ in range(FAILURES):
-            svc.core.message_received(parse_message(ack), RecordingFlow())
+            svc.core.message_received(parse_message(ack), RecordingFlow(ATTACKER))
         assert len(matching(lines, "cannot resolve")) == 1
         clock.advance(svc.core.remote_log.interval)
-        svc.core.message_received(parse_message(ack), RecordingFlow())
+        svc.core.message_received(parse_message(ack), RecordingFlow(ATTACKER))
         logged = matching(lines, "cannot resolve")
         assert len(logged) == 2 and logged[-1]["suppressed"] == FAILURES - 1
     finally:

@@ -5,7 +5,7 @@ removed or negated one check and left the rest of the suite green
 (docs/development.md lists them); each fails with its mutation and passes
 without.  The last ones check README claims (forking by q, best-response
 selection) the same way.  The service
-is built from a real config (tests/unit/pipeline_support.py); alice (staff)
+is built from a real config (tests/pipeline_support.py); alice (staff)
 calls bob, whose phones are bound in the location store.
 """
 
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from digest_client import challenges
-from pipeline_support import PHONE, proxy_service, request
-from test_core import RecordingFlow
+from pipeline_support import PHONE, RecordingFlow, proxy_service, request
 
 BOB = "sip:bob@127.0.0.5:5070"
 BOB2 = "sip:bob@127.0.0.6:5070"
@@ -26,7 +25,7 @@ BOB2 = "sip:bob@127.0.0.6:5070"
 def proxy(tmp_path: Path):
     proxy = proxy_service(tmp_path)
     yield proxy
-    proxy.service.transactions.stop()
+    proxy.stop()
 
 
 def test_alice_with_the_right_password_is_forwarded(proxy) -> None:

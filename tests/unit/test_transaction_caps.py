@@ -12,16 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_core import RecordingDispatcher, RecordingFlow, feed
-from twisted.internet.task import Clock
+from pipeline_support import RecordingDispatcher, RecordingFlow, build_service, feed
 
 from sipshield.config import parse_config
 from sipshield.message import Request, parse_message
 from sipshield.proxy import endpoints
-from sipshield.service import makeService
-from sipshield.transaction import TimerSettings, TransactionLayer
 
-PROXY = ("127.0.0.1", 5060)
 CALLEE = "127.0.0.5"
 MALLORY = ("127.0.0.2", 40000)
 ZERO = {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
@@ -32,20 +28,13 @@ TRUSTED = ("127.0.0.9", 40000)
 
 @pytest.fixture
 def service(tmp_path: Path):
-    config = parse_config({
-        "server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]},
+    config = {
         "limits": {"max_transactions": 3, "max_transactions_per_source": 2},
         "auth": {"trusted_sources": [{"network": f"{TRUSTED[0]}/32", "udp": True}], "trusted_role": "admin"},
-    })
-    clock = Clock()
-    svc = makeService(config, clock)
-    svc._prepare_data_dir()
-    svc._prepare_auth()
-    svc.core.add_local_address(*PROXY)
+    }
     dispatcher = RecordingDispatcher()
-    svc.core.dispatcher = dispatcher
-    svc.transactions = svc.core.transactions = TransactionLayer(clock, svc.core, dispatcher, TimerSettings())
-    yield svc, clock, dispatcher
+    svc = build_service(tmp_path, config, dispatcher=dispatcher)
+    yield svc, svc.reactor, dispatcher
     svc.transactions.stop()
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from digest_service import DigestService
+from pipeline_support import Proxy, proxy_service
 from startup_log import startup_warnings
 
 from sipshield import cli
@@ -21,17 +21,17 @@ PBX = ("127.0.0.2", 40000)
 UDP_WARNING = "auth.trusted_sources: 127.0.0.2/32 is trusted over UDP (udp = true)"
 
 
-def pbx_proxy(tmp_path: Path, entry: object) -> DigestService:
-    proxy = DigestService(tmp_path, {"bob": ("b-secret", ("staff",))}, {"auth": {"trusted_sources": [entry], "trusted_role": "trunk"}})
+def pbx_proxy(tmp_path: Path, entry: object) -> Proxy:
+    proxy = proxy_service(tmp_path, {"bob": ("b-secret", ("staff",))}, auth={"trusted_sources": [entry], "trusted_role": "trunk"})
     bob = "sip:bob@example.com"
-    answer = proxy.send("REGISTER", "sip:example.com", from_uri=bob, to=bob, credentials=("bob", "b-secret"), source=("127.0.0.3", 5060),
+    answer = proxy.send_request("REGISTER", "sip:example.com", from_uri=bob, to=bob, credentials=("bob", "b-secret"), source=("127.0.0.3", 5060),
                         contact="sip:bob@127.0.0.3:5060")
     assert answer.status == 200
     return proxy
 
 
-def call(proxy: DigestService, transport: str):
-    return proxy.send("INVITE", "sip:bob@example.com", from_uri="sip:pbx@example.com", source=PBX, transport=transport)
+def call(proxy: Proxy, transport: str):
+    return proxy.send_request("INVITE", "sip:bob@example.com", from_uri="sip:pbx@example.com", source=PBX, transport=transport)
 
 
 @pytest.mark.parametrize("entry", ["127.0.0.2/32", {"network": "127.0.0.2/32"}], ids=["string", "table"])

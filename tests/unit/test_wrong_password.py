@@ -13,8 +13,7 @@ import secrets
 from pathlib import Path
 
 import pytest
-from digest_service import DigestService
-from test_core import RecordingFlow
+from pipeline_support import Proxy, RecordingFlow, proxy_service
 
 from sipshield.message import parse_message
 
@@ -23,12 +22,12 @@ SOURCE = ("127.0.0.2", 40000)
 
 @pytest.fixture
 def svc(tmp_path: Path):
-    service = DigestService(tmp_path, {"alice": ("secret", ["user"])})
+    service = proxy_service(tmp_path, {"alice": ("secret", ["user"])})
     yield service
     service.stop()
 
 
-def wrong_password(svc: DigestService, method: str, branch: str) -> bytes:
+def wrong_password(svc: Proxy, method: str, branch: str) -> bytes:
     ruri = "sip:bob@example.com" if method != "REGISTER" else "sip:example.com"
     header = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
     return (
@@ -40,7 +39,7 @@ def wrong_password(svc: DigestService, method: str, branch: str) -> bytes:
 
 
 @pytest.mark.parametrize(("method", "expected"), [("INVITE", [100, 407]), ("MESSAGE", [407]), ("REGISTER", [401])])
-def test_rechallenge_after_a_wrong_password_is_sent_once(svc: DigestService, method: str, expected: list[int]) -> None:
+def test_rechallenge_after_a_wrong_password_is_sent_once(svc: Proxy, method: str, expected: list[int]) -> None:
     branch = "z9hG4bK" + secrets.token_hex(8)
     flow = RecordingFlow(SOURCE)
     svc.service.core.message_received(parse_message(wrong_password(svc, method, branch)), flow)
@@ -49,7 +48,7 @@ def test_rechallenge_after_a_wrong_password_is_sent_once(svc: DigestService, met
     assert flow.statuses() == expected
 
 
-def test_ack_for_the_rechallenge_is_dropped_quietly(svc: DigestService) -> None:
+def test_ack_for_the_rechallenge_is_dropped_quietly(svc: Proxy) -> None:
     branch = "z9hG4bK" + secrets.token_hex(8)
     flow = RecordingFlow(SOURCE)
     core = svc.service.core
