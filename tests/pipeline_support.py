@@ -89,6 +89,33 @@ class RecordingDispatcher:
         return [m for m, _ in self.sent if isinstance(m, Request) and (method is None or m.method == method)]
 
 
+class RecordingHandler:
+    """The transports' handler (the transaction layer's place): records what they deliver."""
+
+    def __init__(self, banned: tuple[str, ...] = ()) -> None:
+        self.banned = banned
+        self.messages: list[tuple[object, object]] = []
+        self.errors: list[ParseError] = []
+
+    def refuse_source(self, host: str) -> bool:
+        return host in self.banned
+
+    def message_received(self, message: Any, flow: Any) -> None:
+        self.messages.append((message, flow))
+
+    def bad_message(self, error: ParseError, flow: Any) -> None:
+        self.errors.append(error)
+
+
+def options(call_id: str = "c1", transport: str = "TCP") -> bytes:
+    """An OPTIONS to the proxy, as a transport test feeds it."""
+    return (
+        f"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} 192.0.2.1:5060;branch=z9hG4bK{call_id}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+        "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
 def feed(core: Any, data: bytes, flow: RecordingFlow | None = None) -> RecordingFlow:
     """Hand *data* to the core as the transport would (bad input included)."""
     flow = flow or RecordingFlow()
@@ -257,6 +284,15 @@ def request(method: str = "INVITE", *, uri: str = "sip:bob@example.com", extra: 
         f"Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a1\r\nTo: <sip:bob@example.com>\r\n"
         f"Call-ID: {call_id or secrets.token_hex(6)}@pipeline\r\nCSeq: 1 {method}\r\n"
         f"Contact: <sip:alice@{PHONE[0]}:{PHONE[1]}>\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def invite_with(extra: str, to_tag: str = "") -> bytes:
+    """An INVITE to bob from 192.0.2.9 with the header lines *extra* (and a To *to_tag* such as ";tag=t")."""
+    return (
+        "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bKx\r\nMax-Forwards: 70\r\n"
+        f"From: <sip:a@example.com>;tag=f1\r\nTo: <sip:bob@example.com>{to_tag}\r\nCall-ID: c1\r\nCSeq: 1 INVITE\r\n"
+        f"{extra}Content-Length: 0\r\n\r\n"
     ).encode()
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from inline_pool import ImmediateReactor
 from pipeline_support import PHONE as ATTACKER
-from pipeline_support import RecordingFlow, build_service
-from test_transport import RecordingHandler, make_factory
+from pipeline_support import RecordingFlow, RecordingHandler, build_service
+from test_transport import make_factory
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError, DNSLookupError
 from twisted.logger import globalLogPublisher

@@ -11,11 +11,8 @@ from pathlib import Path
 import pytest_twisted
 from sqlalchemy import create_engine, inspect
 from twisted.internet import reactor
-from twisted.logger import globalLogPublisher
 
 from sipshield.auth._users import UserStore
-from sipshield.config import parse_config
-from sipshield.service import makeService
 from sipshield.state._sql import SQLLocationStore
 
 
@@ -78,28 +75,3 @@ def test_location_store_start_waits_for_another_writer(tmp_path: Path):
     finally:
         yield store.stop()
     assert "sipshield_location" in inspect(create_engine(f"sqlite:///{path}")).get_table_names()
-
-
-@pytest_twisted.inlineCallbacks
-def test_service_creates_both_schemas_in_one_new_file(tmp_path: Path):
-    config = parse_config(
-        {"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"]}, "registrar": {"store": "sql"}, "auth": {"backends": ["sql"]}}
-    )
-    errors: list[dict] = []
-
-    def observe(event_: dict) -> None:
-        if event_.get("log_level") is not None and event_["log_level"].name in ("error", "critical"):
-            errors.append(event_)
-
-    globalLogPublisher.addObserver(observe)
-    service = makeService(config, reactor)
-    try:
-        service.privilegedStartService()
-        service.startService()
-        yield service.schema_ready.addTimeout(30, reactor)
-    finally:
-        globalLogPublisher.removeObserver(observe)
-        yield service.stopService()
-    assert errors == []
-    tables = set(inspect(create_engine(config.database)).get_table_names())
-    assert {"sipshield_location", "sipshield_users", "sipshield_credentials"} <= tables

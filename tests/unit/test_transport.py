@@ -3,36 +3,13 @@ keep-alives, limits, idle timeout on Clock time."""
 
 from __future__ import annotations
 
+from pipeline_support import RecordingHandler, options
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from sipshield.config import LimitsConfig
-from sipshield.message import ParseError, Request
+from sipshield.message import Request
 from sipshield.transport import SIPDatagramProtocol, SIPStreamFactory
-
-
-class RecordingHandler:
-    def __init__(self, banned: tuple[str, ...] = ()) -> None:
-        self.banned = banned
-        self.messages: list[tuple[object, object]] = []
-        self.errors: list[ParseError] = []
-
-    def refuse_source(self, host: str) -> bool:
-        return host in self.banned
-
-    def message_received(self, message, flow) -> None:
-        self.messages.append((message, flow))
-
-    def bad_message(self, error, flow) -> None:
-        self.errors.append(error)
-
-
-def options(call_id: str = "c1", transport: str = "TCP") -> bytes:
-    return (
-        f"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{transport} 192.0.2.1:5060;branch=z9hG4bK{call_id}\r\n"
-        f"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: {call_id}\r\n"
-        "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
 
 
 def connect(factory: SIPStreamFactory, host: str = "192.0.2.1", port: int = 40000):

@@ -10,12 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytest_twisted
 from pipeline_support import Proxy, proxy_service
-from startup_log import startup_warnings
 
 from sipshield import cli
-from sipshield.config import load_config
 
 PBX = ("127.0.0.2", 40000)
 UDP_WARNING = "auth.trusted_sources: 127.0.0.2/32 is trusted over UDP (udp = true)"
@@ -65,12 +62,6 @@ def config_file(tmp_path: Path, udp: bool) -> Path:
         f"[auth]\ntrusted_sources = ['10.0.0.0/8', {{network = '127.0.0.2/32', udp = {str(udp).lower()}}}]\n"
     )
     return path
-
-
-@pytest_twisted.inlineCallbacks
-def test_trusting_udp_is_logged_as_a_warning_at_start_up(tmp_path: Path):
-    warnings = yield startup_warnings(load_config(config_file(tmp_path, udp=True)))
-    assert any(UDP_WARNING in w for w in warnings), warnings
 
 
 @pytest.mark.parametrize("udp", [True, False])

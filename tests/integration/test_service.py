@@ -1,5 +1,6 @@
 """The service embeds in any Twisted application; two run side by side in
-one process (no global state), on real loopback sockets."""
+one process (no global state), on real loopback sockets; what a real start
+logs and creates."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import importlib.util
 from pathlib import Path
 
 import pytest_twisted
+from sqlalchemy import create_engine, inspect
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from sipshield.config import parse_config
@@ -171,3 +174,47 @@ def test_request_over_the_default_max_headers_gets_400_on_udp_and_tcp(tmp_path: 
             client.transport.loseConnection()
         yield port.stopListening()
         yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_trusting_udp_is_logged_as_a_warning_at_start_up(tmp_path: Path):
+    """[auth] trusted_sources with udp = true (tests/unit/test_trusted_sources.py): warned when the service starts."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"]},
+                           "auth": {"trusted_sources": [{"network": "127.0.0.2/32", "udp": True}]}})
+    service = makeService(config, reactor)
+    try:
+        service.privilegedStartService()
+        service.startService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        yield service.stopService()
+    warnings = [formatEvent(e) for e in events if e.get("log_level") is not None and e["log_level"].name == "warn"]
+    assert any("auth.trusted_sources: 127.0.0.2/32 is trusted over UDP (udp = true)" in w for w in warnings), warnings
+
+
+@pytest_twisted.inlineCallbacks
+def test_service_creates_both_schemas_in_one_new_file(tmp_path: Path):
+    """The SQLite start-up race (tests/unit/test_sqlite_schema.py) through a real start."""
+    config = parse_config(
+        {"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"]}, "registrar": {"store": "sql"}, "auth": {"backends": ["sql"]}}
+    )
+    errors: list[dict] = []
+
+    def observe(event_: dict) -> None:
+        if event_.get("log_level") is not None and event_["log_level"].name in ("error", "critical"):
+            errors.append(event_)
+
+    globalLogPublisher.addObserver(observe)
+    service = makeService(config, reactor)
+    try:
+        service.privilegedStartService()
+        service.startService()
+        yield service.schema_ready.addTimeout(30, reactor)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        yield service.stopService()
+    assert errors == []
+    tables = set(inspect(create_engine(config.database)).get_table_names())
+    assert {"sipshield_location", "sipshield_users", "sipshield_credentials"} <= tables

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from test_transport import RecordingHandler, options
+from pipeline_support import RecordingHandler, options
 from twisted.internet import defer, reactor, task
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import globalLogPublisher
