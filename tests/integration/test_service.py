@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest_twisted
 from sqlalchemy import create_engine, inspect
+from startup_log import startup_log, startup_warnings
 from twisted.application.service import IService, MultiService
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from sipshield.config import parse_config
@@ -179,19 +180,41 @@ def test_request_over_the_default_max_headers_gets_400_on_udp_and_tcp(tmp_path: 
 @pytest_twisted.inlineCallbacks
 def test_trusting_udp_is_logged_as_a_warning_at_start_up(tmp_path: Path):
     """[auth] trusted_sources with udp = true (tests/unit/test_trusted_sources.py): warned when the service starts."""
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
     config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"]},
                            "auth": {"trusted_sources": [{"network": "127.0.0.2/32", "udp": True}]}})
-    service = makeService(config, reactor)
-    try:
-        service.privilegedStartService()
-        service.startService()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-        yield service.stopService()
-    warnings = [formatEvent(e) for e in events if e.get("log_level") is not None and e["log_level"].name == "warn"]
+    warnings = yield startup_warnings(config)
     assert any("auth.trusted_sources: 127.0.0.2/32 is trusted over UDP (udp = true)" in w for w in warnings), warnings
+
+
+@pytest_twisted.inlineCallbacks
+def test_every_start_warns_when_unauthenticated_service_is_allowed(tmp_path: Path):
+    """[security] allow_unauthenticated (tests/unit/test_safe_config.py): each finding is a warning at every start."""
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"]},
+                           "security": {"allow_unauthenticated": True},
+                           "pipeline": {"stages": ["sanity", "options", "dialog", "registrar", "location", "routes", "final"]}})
+    warnings = yield startup_warnings(config)
+    assert any('no "auth" stage' in w for w in warnings), warnings
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_start_up_log_says_the_posture_and_the_users(tmp_path: Path):
+    """The posture and the user counts (tests/unit/test_posture.py), in the start-up log."""
+    from sipshield.auth import UserStore
+
+    (tmp_path / "data").mkdir()
+    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}", algorithms=["SHA-256"])  # before MD5 was enabled
+    store.create_schema()
+    store.add("alice", "example.com", "alice-long-secret", ["staff"])
+    store.close()
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]},
+                           "auth": {"algorithms": ["SHA-256", "MD5"]}})
+    lines = yield startup_log(config)
+    infos = [text for level, text in lines if level == "info"]
+    warnings = [text for level, text in lines if level == "warn"]
+    assert "digest algorithms: SHA-256, MD5 (challenged in this order)" in infos
+    assert "domains: example.com" in infos
+    assert "users: 1 user(s) in sql" in infos
+    assert any("1 without MD5 credentials" in w and "sipshield user passwd" in w for w in warnings), warnings
 
 
 @pytest_twisted.inlineCallbacks

@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytest_twisted
-from startup_log import startup_log
 
 from sipshield import cli
 from sipshield.auth import UserStore
-from sipshield.config import load_config, mask_url, parse_config
+from sipshield.config import mask_url, parse_config
 
 
 def write(tmp_path: Path, algorithms: list[str], udp_trust: bool = True) -> Path:
@@ -61,18 +59,6 @@ def test_users_lacking_an_enabled_algorithm_are_counted_with_the_fix(tmp_path: P
     users_created_with(tmp_path / "again", ["SHA-256", "MD5"], ["carol"])
     assert cli.main(["check-config", "--strict", str(write(tmp_path / "again", ["SHA-256", "MD5"], udp_trust=False))]) == 0
     assert "users: 1 user(s) in sql" in capsys.readouterr().out
-
-
-@pytest_twisted.inlineCallbacks
-def test_the_start_up_log_says_the_posture_and_the_users(tmp_path: Path):
-    users_created_with(tmp_path, ["SHA-256"], ["alice"])
-    lines = yield startup_log(load_config(write(tmp_path, ["SHA-256", "MD5"])))
-    infos = [text for level, text in lines if level == "info"]
-    warnings = [text for level, text in lines if level == "warn"]
-    assert "digest algorithms: SHA-256, MD5 (challenged in this order)" in infos
-    assert "domains: example.com" in infos
-    assert "users: 1 user(s) in sql" in infos
-    assert any("1 without MD5 credentials" in w and "sipshield user passwd" in w for w in warnings), warnings
 
 
 def test_passwords_in_store_urls_are_masked(tmp_path: Path) -> None:

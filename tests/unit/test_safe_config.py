@@ -8,11 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import pytest_twisted
-from startup_log import startup_warnings
 
 from sipshield import cli
-from sipshield.config import DEFAULT_STAGES, ConfigError, load_config, parse_config
+from sipshield.config import DEFAULT_STAGES, ConfigError, parse_config
 
 WITHOUT_AUTH = ["sanity", "options", "dialog", "registrar", "location", "routes", "final"]  # the README's old example
 
@@ -83,10 +81,3 @@ def test_check_config_strict_fails_on_warnings(tmp_path: Path, capsys: pytest.Ca
     assert cli.main(["check-config", "--strict", str(path)]) == 1
     assert "--strict" in capsys.readouterr().err
     assert cli.main(["check-config", "--strict", str(write(tmp_path, ""))]) == 0
-
-
-@pytest_twisted.inlineCallbacks
-def test_every_start_warns_when_unauthenticated_service_is_allowed(tmp_path: Path):
-    path = write(tmp_path, f"[security]\nallow_unauthenticated = true\n\n[pipeline]\nstages = {WITHOUT_AUTH!r}\n")
-    warnings = yield startup_warnings(load_config(path))
-    assert any('no "auth" stage' in w for w in warnings), warnings

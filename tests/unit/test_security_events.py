@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from digest_service import DigestService
+from pipeline_support import Proxy, proxy_service
 from twisted.internet.task import Clock
 from twisted.logger import Logger, globalLogPublisher
 
@@ -19,8 +19,8 @@ SOURCE = ("127.0.0.2", 40000)
 
 
 @pytest.fixture
-def svc(tmp_path: Path) -> Iterator[DigestService]:
-    service = DigestService(tmp_path, {"alice": ("secret", ["staff"]), "bob": ("b-secret", ["staff"])})
+def svc(tmp_path: Path) -> Iterator[Proxy]:
+    service = proxy_service(tmp_path, {"alice": ("secret", ["staff"]), "bob": ("b-secret", ["staff"])})
     yield service
     service.stop()
 
@@ -44,32 +44,32 @@ def fields(event: dict[str, Any]) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("transport", ["UDP", "TCP"])
 @pytest.mark.parametrize(("user", "password"), [("alice", "WRONG"), ("mallory", "secret")], ids=["wrong-password", "unknown-user"])
-def test_refused_login_is_one_auth_failure_event(svc: DigestService, security_log: list[dict[str, Any]], transport: str, user: str, password: str) -> None:
-    answer = svc.send("INVITE", "sip:bob@example.com", from_uri=f"sip:{user}@example.com", credentials=(user, password), source=SOURCE, transport=transport)
+def test_refused_login_is_one_auth_failure_event(svc: Proxy, security_log: list[dict[str, Any]], transport: str, user: str, password: str) -> None:
+    answer = svc.send_request("INVITE", "sip:bob@example.com", from_uri=f"sip:{user}@example.com", credentials=(user, password), source=SOURCE, transport=transport)
     assert answer is not None and answer.status == 407
     assert [fields(e) for e in security_log] == [(AUTH_FAILURE, SOURCE[0], transport, user, "sipshield.security")]
 
 
-def test_register_with_a_wrong_password_is_an_auth_failure_event(svc: DigestService, security_log: list[dict[str, Any]]) -> None:
-    answer = svc.send("REGISTER", "sip:example.com", from_uri="sip:alice@example.com", to="sip:alice@example.com",
-                      credentials=("alice", "WRONG"), source=SOURCE, contact="sip:alice@127.0.0.2:40000")
+def test_register_with_a_wrong_password_is_an_auth_failure_event(svc: Proxy, security_log: list[dict[str, Any]]) -> None:
+    answer = svc.send_request("REGISTER", "sip:example.com", from_uri="sip:alice@example.com", to="sip:alice@example.com",
+                              credentials=("alice", "WRONG"), source=SOURCE, contact="sip:alice@127.0.0.2:40000")
     assert answer is not None and answer.status == 401
     assert [fields(e) for e in security_log] == [(AUTH_FAILURE, SOURCE[0], "UDP", "alice", "sipshield.security")]
 
 
-def test_right_password_is_no_event(svc: DigestService, security_log: list[dict[str, Any]]) -> None:
-    answer = svc.send("REGISTER", "sip:example.com", from_uri="sip:alice@example.com", to="sip:alice@example.com",
+def test_right_password_is_no_event(svc: Proxy, security_log: list[dict[str, Any]]) -> None:
+    answer = svc.send_request("REGISTER", "sip:example.com", from_uri="sip:alice@example.com", to="sip:alice@example.com",
                       credentials=("alice", "secret"), source=SOURCE, contact="sip:alice@127.0.0.2:40000")
     assert answer is not None and answer.status == 200
-    svc.send("REGISTER", "sip:example.com", from_uri="sip:bob@example.com", to="sip:bob@example.com",
+    svc.send_request("REGISTER", "sip:example.com", from_uri="sip:bob@example.com", to="sip:bob@example.com",
              credentials=("bob", "b-secret"), source=("127.0.0.3", 40000), contact="sip:bob@127.0.0.3:40000")
-    svc.send("INVITE", "sip:bob@example.com", from_uri="sip:alice@example.com", credentials=("alice", "secret"), source=SOURCE)
+    svc.send_request("INVITE", "sip:bob@example.com", from_uri="sip:alice@example.com", credentials=("alice", "secret"), source=SOURCE)
     assert len(svc.relayed("INVITE")) == 1
     assert security_log == []
 
 
-def test_a_challenge_without_credentials_is_no_event(svc: DigestService, security_log: list[dict[str, Any]]) -> None:
-    answer = svc.send("INVITE", "sip:bob@example.com", from_uri="sip:alice@example.com", source=SOURCE)
+def test_a_challenge_without_credentials_is_no_event(svc: Proxy, security_log: list[dict[str, Any]]) -> None:
+    answer = svc.send_request("INVITE", "sip:bob@example.com", from_uri="sip:alice@example.com", source=SOURCE)
     assert answer is not None and answer.status == 407
     assert security_log == []
 
