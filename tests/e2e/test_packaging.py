@@ -77,16 +77,20 @@ def test_plain_install_into_new_venv_is_seen_by_twistd(wheel: Path, tmp_path: Pa
     # --system-site-packages when the tests themselves run in a venv).
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True, timeout=60, env=env)
     outer = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    (Path(site.stdout.strip()) / "test-environment.pth").write_text("".join(f"{path}\n" for path in outer))
+    # Installed before the .pth exists: through it pip would find the test
+    # environment's own sipshield and call the wheel "already satisfied".
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=600, env=env)
     assert install.returncode == 0, install.stderr[-3000:]
+    (Path(site.stdout.strip()) / "test-environment.pth").write_text("".join(f"{path}\n" for path in outer))
     # The test environment may have sipshield (and its dropin) installed too:
     # the venv must run the wheel's, or the checks below prove nothing.
-    where = subprocess.run([python, "-c", "import sipshield, twisted.plugins.sipshield_plugin as p; print(sipshield.__file__); print(p.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    # (twisted itself is the test environment's, so its plugin path may list
+    # that environment's copy of the dropin first: the wheel's must be there
+    # too, and the sipshield it imports is the venv's.)
+    where = subprocess.run([python, "-c", "import sipshield; print(sipshield.__file__)"], cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
     assert where.returncode == 0, where.stderr
-    for path in where.stdout.split():
-        assert Path(path).is_relative_to(venv), f"{path} is not the wheel's install in {venv}"
+    assert Path(where.stdout.strip()).is_relative_to(venv), f"{where.stdout.strip()} is not the wheel's install in {venv}"
+    assert (Path(site.stdout.strip()) / "twisted" / "plugins" / "sipshield_plugin.py").is_file(), "the wheel installed no dropin"
     # Twisted (and its twistd script) is the test environment's: run twistd with the venv's python.
     twistd = [python, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; sys.exit(run())"]
     help_text = subprocess.run([*twistd, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
