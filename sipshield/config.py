@@ -134,6 +134,8 @@ class RegistrarConfig:
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
+    max_bindings: int = 16
+    """Bindings one AOR may hold (a REGISTER adding more gets 403 Too Many Contacts)."""
     max_bindings_per_identity: int = 32
     """Bindings one authenticated identity may hold across all its AORs
     (a REGISTER adding more gets 403 Too Many Registrations)."""
@@ -555,6 +557,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         min_expires=reg.take_number("min_expires", 60, 1, 86400, True),
         max_expires=reg.take_number("max_expires", 3600, 1, 7 * 86400, True),
         default_expires=reg.take_number("default_expires", 3600, 1, 7 * 86400, True),
+        max_bindings=reg.take_number("max_bindings", 16, 1, 10000, True),
         max_bindings_per_identity=reg.take_number("max_bindings_per_identity", 32, 1, 100000, True),
     )
     if not registrar.min_expires <= registrar.default_expires <= registrar.max_expires:

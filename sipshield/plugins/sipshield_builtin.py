@@ -35,7 +35,7 @@ def _registrar(env: StageEnvironment, options: dict[str, Any]) -> Any:
     return Registrar(
         env.location, env.config.server.domains, env.reactor,
         min_expires=reg.min_expires, max_expires=reg.max_expires, default_expires=reg.default_expires,
-        is_local=env.is_local, max_bindings_per_identity=reg.max_bindings_per_identity,
+        is_local=env.is_local, max_bindings=reg.max_bindings, max_bindings_per_identity=reg.max_bindings_per_identity,
     )
 
 

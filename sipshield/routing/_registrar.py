@@ -66,6 +66,46 @@ class _StoreGuard:
         return self.unavailable
 
 
+class _KeyedLocks:
+    """One REGISTER at a time per AOR and per authenticated identity.
+
+    A REGISTER reads the bindings and the identity's count, then writes; with
+    a store that answers later (SQL, Redis) two REGISTERs of one identity
+    into different AORs would both read the count before either wrote, and
+    both pass ``max_bindings_per_identity`` (likewise two into one AOR and
+    ``max_bindings``).  Locks are taken in the order given (the AOR, then the
+    identity), so no two REGISTERs wait on each other in a cycle, and a lock
+    is forgotten once nobody holds or waits for it: at most two per
+    REGISTER in progress, bounded by the transaction caps.  With the memory
+    store every lock is free when asked, and the REGISTER stays synchronous.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, defer.DeferredLock] = {}
+
+    async def run(self, keys: tuple[str, ...], work: Callable[[], Deferred[Decision]]) -> Decision:
+        held: list[defer.DeferredLock] = []
+        locks = self._locks
+        try:
+            for key in keys:
+                lock = locks.get(key)
+                if lock is None:
+                    lock = locks[key] = defer.DeferredLock()
+                await lock.acquire()  # a cancelled wait leaves the lock's queue
+                held.append(lock)
+            return await work()
+        finally:
+            for lock in reversed(held):
+                lock.release()
+            for key in keys:
+                lock = locks.get(key)
+                if lock is not None and not lock.locked and not lock.waiting:
+                    del locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 def _served(domains: frozenset[str], is_local: IsLocal | None, host: str, port: int | None) -> bool:
     return host in domains or (is_local is not None and is_local(host, port))
 
@@ -153,6 +193,7 @@ class Registrar:
         self.max_bindings = max_bindings
         self.max_bindings_per_identity = max_bindings_per_identity
         self._guard = _StoreGuard(reactor, store_timeout, retry_after)
+        self._serial = _KeyedLocks()
         self._update = getattr(store, "update", None)
 
     # -- the hook for authentication (RFC 3261 10.3 steps 3 and 4) -------------
@@ -181,7 +222,9 @@ class Registrar:
             return Decision.reply(e.status, e.reason)
         if isinstance(checked, Decision):
             return checked
-        return defer.ensureDeferred(self._register(context, *checked)).addErrback(self._guard.failed, self.name)
+        keys = ("aor " + checked[0],) if context.identity is None else ("aor " + checked[0], "identity " + context.identity)
+        work = lambda: defer.ensureDeferred(self._register(context, *checked))  # noqa: E731
+        return defer.ensureDeferred(self._serial.run(keys, work)).addErrback(self._guard.failed, self.name)
 
     # -- RFC 3261 10.3 steps 2-7, before touching the store ------------------------
 
@@ -406,6 +449,7 @@ class LocationLookup:
         self.is_local = is_local
         self.miss = CONTINUE if miss_status is None else Decision.reply(miss_status)
         self._guard = _StoreGuard(reactor, store_timeout, retry_after)
+        self._serial = _KeyedLocks()
         # The memory store can answer without a Deferred: skip the Deferred
         # machinery on the call path when it can.
         self._bindings_now: Callable[[str], list[Binding]] | None = getattr(store, "bindings_now", None)
