@@ -277,6 +277,35 @@ def _add_user_parser(sub: Any) -> None:
     roles.set_defaults(user_func=_user_roles)
 
 
+def _ban_list(args: argparse.Namespace) -> int:
+    """``sipshield ban list``: the bans kept in data_dir (as the server last wrote them)."""
+    import time
+
+    from sipshield.security import BanFile
+
+    try:
+        config = _user_config(args)
+    except ConfigError as e:
+        print(f"sipshield ban list: {e}", file=sys.stderr)
+        return 1
+    path = config.server.data_dir / "bans.json"
+    now = time.time()
+    bans = sorted((b for b in BanFile(path).load() if b.until > now), key=lambda b: b.until)
+    for ban in bans:
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ban.until))
+        print(f"{ban.key}\tuntil {until} UTC ({int(ban.until - now)} s)\t{ban.reason}")
+    print(f"{len(bans)} ban(s) in force in {path}", file=sys.stderr)
+    return 0
+
+
+def _add_ban_parser(sub: Any) -> None:
+    ban = sub.add_parser("ban", help="the bans after failed logins ([bans])")
+    commands = ban.add_subparsers(dest="ban_command", required=True, metavar="{list}")
+    listing = commands.add_parser("list", help="list the bans in force, as the server last saved them (data_dir/bans.json)")
+    listing.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
+    listing.set_defaults(func=_ban_list)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipshield", description="sipshield operator tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(__import__("sipshield").__version__) or 0)
     _add_user_parser(sub)
+    _add_ban_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -209,6 +209,30 @@ class SecurityConfig:
     warning logged at every start."""
 
 
+@dataclass(frozen=True)
+class BansConfig:
+    """``[bans]``: fail2ban's rule inside the proxy.
+
+    ``max_failures`` failed authentications from one source within
+    ``find_time`` seconds ban it for ``ban_time`` seconds.  Only failures of
+    a source that proved its return path count (the auth stage reports a
+    failure only for an answer to a nonce this proxy issued to that very
+    address), so a forged-source flood cannot get its victim banned.
+    """
+
+    enabled: bool = True
+    max_failures: int = 3
+    find_time: float = 60.0
+    ban_time: float = 900.0
+    allowlist: tuple[str, ...] = ()
+    """Networks (CIDR, IPv4 or IPv6) never banned: the operators' own."""
+    ipv6_prefix: int = 64
+    """An IPv6 source is banned with its /64 (one subscriber's usual
+    allocation: its other addresses are a rotation away)."""
+    max_bans: int = 100_000
+    """Bans held at once; when full, the one ending soonest makes room."""
+
+
 SECURED_STAGES = ("registrar", "location", "routes")
 """Built-in stages that bind contacts or relay: "auth" and "rbac" must run before them."""
 
@@ -249,6 +273,7 @@ class Config:
     ldap: dict[str, Any] | None = None
     """``[ldap]`` as given (bind_password_file read); checked when the service is built."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    bans: BansConfig = field(default_factory=BansConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -284,11 +309,19 @@ class Config:
             ("pipeline", " -> ".join(self.stages)),
             ("digest algorithms", ", ".join(auth.algorithms) + " (challenged in this order)"),
             ("trusted sources", (", ".join(trusted) + f"; acting as role {auth.trusted_role or '(none)'}") if trusted else "(none)"),
+            ("bans", self._bans_posture()),
             ("users", ", ".join(stores[b] for b in auth.backends)),
             ("locations", locations),
             ("tls", tls),
             ("data_dir", str(self.server.data_dir)),
         ]
+
+    def _bans_posture(self) -> str:
+        bans = self.bans
+        if not bans.enabled:
+            return "off"
+        text = f"{bans.max_failures} failed logins in {bans.find_time:g} s ban a source for {bans.ban_time:g} s (IPv6 by /{bans.ipv6_prefix})"
+        return text + (f"; never banned: {', '.join(bans.allowlist)}" if bans.allowlist else "")
 
     @property
     def database(self) -> str:
@@ -449,7 +482,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     directory), or the working directory when there is no file.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -674,8 +707,30 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     return Config(
         server=server, tls=tls, limits=limits, routes=tuple(routes), registrar=registrar, timers=timers,
         stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
-        auth=auth, roles=roles, ldap=ldap, security=security,
+        auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
     )
+
+
+def _bans(data: Any, source: str | None) -> BansConfig:
+    """``[bans]``."""
+    section = _Section("bans", data, source)
+    allowlist = section.take_str_list("allowlist", ())
+    for index, network in enumerate(allowlist):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise section.error(f"allowlist[{index}]", f"{network!r} is not an address or network") from None
+    bans = BansConfig(
+        enabled=section.take("enabled", bool, True),
+        max_failures=section.take_number("max_failures", 3, 1, 1000, True),
+        find_time=float(section.take_number("find_time", 60, 1, 86400, False)),
+        ban_time=float(section.take_number("ban_time", 900, 1, 365 * 86400, False)),
+        allowlist=allowlist,
+        ipv6_prefix=section.take_number("ipv6_prefix", 64, 16, 128, True),
+        max_bans=section.take_number("max_bans", 100_000, 1, 10_000_000, True),
+    )
+    section.finish()
+    return bans
 
 
 def _security(data: Any, source: str | None, stages: Sequence[str], auth: AuthConfig) -> SecurityConfig:

@@ -10,6 +10,7 @@ writes one twisted.logger event per security event.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,11 +19,17 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["AUTH_FAILURE", "LogSecurityEvents", "SecurityEvent", "SecurityEvents"]
+__all__ = ["AUTH_FAILURE", "BAN", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
-(the two are one answer on the wire, and one kind here)."""
+(the two are one answer on the wire, and one kind here).  Emitted only for
+an answer to a nonce this proxy issued to the request's source address, so
+the source has proven its return path (a forged address cannot)."""
+BAN = "ban"
+"""A source was banned (its traffic is dropped before parsing until the ban ends)."""
+UNBAN = "unban"
+"""A ban was lifted by an operator before it ended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +75,26 @@ class LogSecurityEvents:
             event.kind, event.source, "security event {security_event} from {host} over {transport} (user {user}): {reason}",
             security_event=event.kind, host=event.source, transport=event.transport, user=event.user, reason=event.reason,
         )
+
+
+class SecurityEventBus:
+    """A sink that hands every event to each of its observers, in order
+    (each is itself a :class:`SecurityEvents`: the log, the ban policy,
+    later the metrics).  An observer that raises is logged and skipped:
+    the others still get the event, and the stage that emitted it never
+    sees the error."""
+
+    log = Logger()
+
+    def __init__(self, observers: Iterable[SecurityEvents] = ()) -> None:
+        self.observers: list[SecurityEvents] = list(observers)
+
+    def subscribe(self, observer: SecurityEvents) -> None:
+        self.observers.append(observer)
+
+    def emit(self, event: SecurityEvent) -> None:
+        for observer in self.observers:
+            try:
+                observer.emit(event)
+            except Exception:
+                self.log.failure("security event observer {observer!r} failed on {kind}", observer=observer, kind=event.kind)

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from sipshield.config import Config
 from sipshield.environment import StageEnvironment
-from sipshield.events import LogSecurityEvents, SecurityEvents
+from sipshield.events import LogSecurityEvents, SecurityEventBus
 from sipshield.proxy import ProxyCore
 from sipshield.routing import Pipeline, build_stages
 from sipshield.transaction import TimerSettings, TransactionLayer
@@ -40,7 +40,8 @@ class SIPShieldService(MultiService):
 
     Attributes users' plugins may rely on: ``config``, ``reactor``, ``core``
     (``core.is_local(host, port)``), ``location`` (an ILocationStore),
-    ``transactions``, ``pipeline``, ``events`` (the security event sink)
+    ``transactions``, ``pipeline``, ``events`` (the security event bus), ``bans``
+    (the ban policy, None when ``[bans] enabled = false``)
     and ``environment`` (the StageEnvironment every stage factory gets).
     """
 
@@ -68,7 +69,13 @@ class SIPShieldService(MultiService):
         self.core.transactions = self.transactions
         self.location = self._make_location_store()
         self._make_auth()
-        self.events: SecurityEvents = LogSecurityEvents(reactor)
+        self.events = SecurityEventBus([LogSecurityEvents(reactor)])
+        from sipshield.security import build_ban_policy
+
+        self.bans = build_ban_policy(config, reactor, self.events, on_ban=self._banned)
+        if self.bans is not None:
+            self.events.subscribe(self.bans)
+            self.core.source_filter = self.bans.refuse_source
         self.environment = StageEnvironment(
             reactor=reactor, config=config, location=self.location, is_local=self.core.is_local, routed_by_us=self.core.routed_by_us,
             events=self.events, portal=self.portal, nonces=lambda: self.nonces, trunks=self.trunks, bearer=self.bearer,
@@ -80,6 +87,7 @@ class SIPShieldService(MultiService):
         self.core.pipeline = self.pipeline
         self.core.admission = tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
         self.tls_context: ServerTLSContext | None = None
+        self._bans_loaded = False
         self.listeners: list[SIPListener] = []
         for lc in config.server.listen:
             listener = SIPListener(lc, self.core, config.limits, reactor)
@@ -89,6 +97,16 @@ class SIPShieldService(MultiService):
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
+
+    def _banned(self, key: str) -> None:
+        """A source was just banned: its open connections go too (on the next
+        turn, once the request that earned the ban has been handled)."""
+        def close() -> None:
+            for listener in self.listeners:
+                if listener.factory is not None:
+                    listener.factory.close_refused()
+
+        self.reactor.callLater(0, close)
 
     def _make_auth(self) -> None:
         """Credential backends behind one Portal; their blocking calls run in
@@ -163,9 +181,17 @@ class SIPShieldService(MultiService):
             if listener.config.kind == "tls":
                 listener.tls_context = self.tls_context
 
+    def _prepare_bans(self) -> None:
+        if self.bans is not None and not self._bans_loaded:
+            self._bans_loaded = True
+            kept = self.bans.load()
+            if kept:
+                self.log.info("bans: {count} ban(s) of the last run still in force", count=kept)
+
     def privilegedStartService(self) -> None:
         self._prepare_data_dir()
         self._prepare_auth()
+        self._prepare_bans()
         self._prepare_tls()
         super().privilegedStartService()
         for listener in self.listeners:
@@ -181,6 +207,7 @@ class SIPShieldService(MultiService):
             # Started without privilegedStartService (some embedding hosts do).
             self._prepare_data_dir()
             self._prepare_auth()
+            self._prepare_bans()
             self._prepare_tls()
         # The location store and the user stores share one SQLite file by
         # default: each creates its tables only once the one before it has,
@@ -233,6 +260,8 @@ class SIPShieldService(MultiService):
         for rc in list(self.core.contexts.values()):
             rc.stop()
         self.core.contexts.clear()
+        if self.bans is not None:
+            self.bans.save()
         stopped = super().stopService()
         stopped.addCallback(lambda _: self._stop_auth())
         stop = getattr(self.location, "stop", None)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -75,6 +75,9 @@ class ProxyCore:
         self.dispatcher: Any = None
         self.contexts: dict[Any, ResponseContext] = {}
         self.admission: tuple[Any, ...] = ()
+        self.source_filter: Callable[[str], bool] | None = None
+        """``source_filter(host)``: True drops everything from *host* before
+        parsing (the service sets the ban policy's ``refuse_source``)."""
         """Steps asked before any transaction exists: each has
         ``admission(request, flow) -> Decision | None`` (None: no objection)."""
         self._route_set: tuple[Request, str, RouteSet] | None = None
@@ -110,7 +113,10 @@ class ProxyCore:
 
     # -- transports -> transactions -------------------------------------
     def refuse_source(self, host: str) -> bool:
-        return False
+        """Asked by the transports before parsing a datagram or accepting a
+        connection: the service sets ``source_filter`` (the ban policy)."""
+        source_filter = self.source_filter
+        return source_filter is not None and source_filter(host)
 
     def message_received(self, message: Request | Response, flow: Flow) -> None:
         try:

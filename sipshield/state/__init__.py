@@ -1,10 +1,14 @@
-"""Shared state: the location service (RFC 3261 10.2) with memory and SQL stores."""
+"""Shared state: the location service (RFC 3261 10.2) with memory and SQL
+stores, and the shield's counters, buckets and bans."""
 
 from sipshield.state._aor import aor_of
 from sipshield.state._binding import Binding
 from sipshield.state._errors import StoreUnavailable
 from sipshield.state._expiry import ExpiryLoop
 from sipshield.state._memory import MemoryLocationStore
+from sipshield.state._shield import Ban, MemoryShieldState, ShieldState
 from sipshield.state._sql import SQLLocationStore
 
-__all__ = ["Binding", "ExpiryLoop", "MemoryLocationStore", "SQLLocationStore", "StoreUnavailable", "aor_of"]
+__all__ = [
+    "Ban", "Binding", "ExpiryLoop", "MemoryLocationStore", "MemoryShieldState", "SQLLocationStore", "ShieldState", "StoreUnavailable", "aor_of",
+]

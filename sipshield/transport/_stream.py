@@ -236,12 +236,23 @@ class SIPStreamFactory(Factory):
         self.remote_log.warn("connection evicted", proto.remote[0],
                              "closing {transport} connection from {host}:{port}: connection table nearly full, oldest idle unauthenticated",
                              transport=self.transport_name, host=proto.remote[0], port=proto.remote[1])
-        # Out of the table now, so the new connection can take its place;
+        self._abort(proto)
+
+    def _abort(self, proto: SIPStreamProtocol) -> None:
+        # Out of the table now, so a new connection can take its place;
         # its connectionLost then finds nothing to remove.
         self.connection_closed(proto)
         proto._closing = True
         if proto.transport is not None:
             proto.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def close_refused(self) -> int:
+        """Close every inbound connection whose source the handler now
+        refuses (a ban just made), as a new one from it would be; how many."""
+        refused = [p for p in self.connections.values() if p.inbound and self.handler.refuse_source(p.remote[0])]
+        for proto in refused:
+            self._abort(proto)
+        return len(refused)
 
     def connection_closed(self, proto: SIPStreamProtocol) -> None:
         self._unauthenticated.pop(proto, None)

@@ -26,6 +26,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "proxy": {"state"} | _ABOVE_PROXY,
     "routing": {"auth", "security", "ops"} | _WIRING,
     "auth": {"security", "ops"} | _WIRING,
+    "security": {"ops"} | _WIRING,
     "state": {"transport", "transaction", "proxy"} | _ABOVE_PROXY,
     "plugins": {"ops"} | _WIRING,
     # modules beside the layers, that any layer may use

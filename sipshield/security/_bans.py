@@ -1,0 +1,233 @@
+"""Bans after failed logins: fail2ban's rule, inside the proxy.
+
+:class:`BanPolicy` observes the security events: ``max_failures``
+``auth-failure`` events from one source within ``find_time`` seconds ban
+that source for ``ban_time`` seconds.  The transports ask it
+(:meth:`BanPolicy.refuse_source`) before they parse a datagram or accept a
+connection, so a banned source's traffic costs one dictionary look-up.
+
+Why a forged source address cannot get its victim banned: the auth stage
+emits ``auth-failure`` only for a digest answer to a nonce that this proxy
+issued to that very address (the nonce is an HMAC over it), and a sender
+that forges the address never receives the challenge.  Over TCP and TLS
+the handshake proves the address anyway.
+
+An IPv6 source is banned with its /``ipv6_prefix`` network (64 by default):
+a host holds a whole /64 and takes a new address from it at will.  An
+IPv4-mapped IPv6 address counts as the IPv4 address it maps.
+
+Bans survive a restart: :class:`BanFile` keeps them in data_dir, written
+(atomically, mode 0600) at most once a second after a change and at stop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from sipshield.config import Config
+from sipshield.events import AUTH_FAILURE, BAN, UNBAN, SecurityEvent, SecurityEvents
+from sipshield.state import Ban, MemoryShieldState, ShieldState
+
+__all__ = ["BanFile", "BanPolicy", "ban_key", "build_ban_policy"]
+
+
+def ban_key(host: str, ipv6_prefix: int = 64) -> str:
+    """The key a source is banned under: the IPv4 address as written, an
+    IPv6 address's network of *ipv6_prefix* bits (``2001:db8::/64``), an
+    IPv4-mapped IPv6 address's IPv4 address.  Not an address: as given."""
+    if ":" not in host:
+        return host
+    try:
+        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+
+
+class BanFile:
+    """The bans kept in data_dir between runs (JSON, written atomically)."""
+
+    log = Logger()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> list[Ban]:
+        """The bans saved last; an unreadable file is moved aside (and
+        logged), so that start-up goes on with none rather than failing."""
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        try:
+            data = json.loads(raw)
+            return [Ban(str(b["key"]), float(b["until"]), str(b["reason"]), float(b.get("since", 0.0))) for b in data["bans"]]
+        except (ValueError, KeyError, TypeError) as e:
+            aside = self.path.with_name(self.path.name + ".unreadable")
+            os.replace(self.path, aside)
+            self.log.error("bans: {path} is unreadable ({why}); moved to {aside}, starting with no bans", path=str(self.path), why=str(e), aside=str(aside))
+            return []
+
+    def save(self, bans: Sequence[Ban]) -> None:
+        data = {"version": 1, "bans": [{"key": b.key, "until": b.until, "since": b.since, "reason": b.reason} for b in bans]}
+        fd, tmp = tempfile.mkstemp(prefix=".bans.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.path)  # mkstemp made it 0600
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+
+class BanPolicy:
+    """Counts failed logins per source and bans; answers the transports'
+    ``refuse_source``.  A :class:`~sipshield.events.SecurityEvents` observer
+    (subscribe it to the service's event bus); it reports each ban on
+    *events* (the same bus: its own events are not counted)."""
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: IReactorTime, *, state: ShieldState | None = None, events: SecurityEvents | None = None,
+        max_failures: int = 3, find_time: float = 60.0, ban_time: float = 900.0, allowlist: Iterable[str] = (),
+        ipv6_prefix: int = 64, store: BanFile | None = None, on_ban: Callable[[str], None] | None = None,
+        save_delay: float = 1.0,
+    ) -> None:
+        self.reactor = reactor
+        self.state: ShieldState = state if state is not None else MemoryShieldState()
+        self.events = events
+        self.max_failures = max_failures
+        self.find_time = find_time
+        self.ban_time = ban_time
+        self.allowlist = tuple(ipaddress.ip_network(n, strict=False) for n in allowlist)
+        self.ipv6_prefix = ipv6_prefix
+        self.store = store
+        self.on_ban = on_ban
+        """Called with each newly banned key (the service closes that source's connections)."""
+        self.save_delay = save_delay
+        self._save_call: IDelayedCall | None = None
+        self._held = 0  # bans in force, as far as this process knows: the drop path's fast test
+        self.dropped = 0
+        """Datagrams and connections refused because their source is banned."""
+
+    # -- the transports' question, for every datagram and connection --------------------
+
+    def refuse_source(self, host: str) -> bool:
+        if not self._held:
+            return False
+        if self.state.banned(host if ":" not in host else ban_key(host, self.ipv6_prefix), self.reactor.seconds()) is None:
+            return False
+        self.dropped += 1
+        return True
+
+    # -- observing the security events ------------------------------------------------------
+
+    def emit(self, event: SecurityEvent) -> None:
+        if event.kind != AUTH_FAILURE:
+            return
+        key = ban_key(event.source, self.ipv6_prefix)
+        now = self.reactor.seconds()
+        failures = self.state.hit("auth:" + key, self.find_time, now, self.max_failures)
+        if failures >= self.max_failures and not self._allowed(event.source):
+            self.state.forget("auth:" + key)
+            reason = f"{failures} failed logins in {self.find_time:g} s (last: user {event.user})"
+            self.ban(key, reason, transport=event.transport, user=event.user)
+
+    def _allowed(self, host: str) -> bool:
+        if not self.allowlist:
+            return False
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allowlist)
+
+    # -- bans ------------------------------------------------------------------------------
+
+    def ban(self, key: str, reason: str, duration: float | None = None, *, transport: str = "", user: str | None = None) -> Ban:
+        """Ban *key* (a host, or an IPv6 network from :func:`ban_key`) for
+        *duration* seconds (``ban_time`` by default); logged as a ``ban``
+        event and kept in the ban file."""
+        now = self.reactor.seconds()
+        ban = Ban(key, now + (self.ban_time if duration is None else duration), reason, now)
+        self.state.ban(ban)
+        self._recount(now)
+        if self.events is not None:
+            self.events.emit(SecurityEvent(BAN, key, transport, user, f"banned for {ban.until - now:g} s: {reason}"))
+        if self.on_ban is not None:
+            self.on_ban(key)
+        self._changed()
+        return ban
+
+    def unban(self, key: str) -> bool:
+        lifted = self.state.unban(key)
+        if lifted:
+            self._recount(self.reactor.seconds())
+            if self.events is not None:
+                self.events.emit(SecurityEvent(UNBAN, key, "", None, "ban lifted"))
+            self._changed()
+        return lifted
+
+    def bans(self) -> list[Ban]:
+        now = self.reactor.seconds()
+        found = self.state.bans(now)
+        self._held = len(found)
+        return found
+
+    def _recount(self, now: float) -> None:
+        self._held = len(self.state.bans(now))
+
+    # -- keeping them between runs ----------------------------------------------------
+
+    def load(self) -> int:
+        """Put back the bans of the last run still in force; how many."""
+        if self.store is None:
+            return 0
+        now = self.reactor.seconds()
+        kept = [b for b in self.store.load() if b.until > now]
+        for ban in kept:
+            self.state.ban(ban)
+        self._recount(now)
+        return len(kept)
+
+    def save(self) -> None:
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+        self._save_call = None
+        if self.store is not None:
+            try:
+                self.store.save(self.bans())
+            except OSError as e:
+                self.log.error("bans: cannot write {path}: {why}", path=str(self.store.path), why=e.strerror or str(e))
+
+    def _changed(self) -> None:
+        if self.store is not None and self._save_call is None:
+            self._save_call = self.reactor.callLater(self.save_delay, self.save)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"<BanPolicy {self.max_failures} in {self.find_time:g} s -> {self.ban_time:g} s>"
+
+
+def build_ban_policy(config: Config, reactor: IReactorTime, events: SecurityEvents, on_ban: Callable[[str], None] | None = None) -> BanPolicy | None:
+    """The policy ``[bans]`` asks for (None when disabled), kept in data_dir/bans.json."""
+    bans = config.bans
+    if not bans.enabled:
+        return None
+    return BanPolicy(
+        reactor, state=MemoryShieldState(max_bans=bans.max_bans), events=events, max_failures=bans.max_failures,
+        find_time=bans.find_time, ban_time=bans.ban_time, allowlist=bans.allowlist, ipv6_prefix=bans.ipv6_prefix,
+        store=BanFile(config.server.data_dir / "bans.json"), on_ban=on_ban,
+    )

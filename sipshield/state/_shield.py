@@ -1,0 +1,176 @@
+"""The shield's state: failure windows, token buckets and bans, in memory.
+
+One interface (:class:`ShieldState`) for what the protections count and
+remember, so that a shared implementation (Redis, for several workers and
+nodes) can stand in for this one later.  Time is always passed in (the
+caller reads its reactor's clock), so this module needs no reactor and a
+test drives it with plain numbers.
+
+Every table is bounded: remote input decides the keys (a forged source
+address per datagram), so each table holds at most ``max_keys`` entries and
+forgets the least recently touched one first; what was forgotten is
+counted (``evicted``), never silently grown.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = ["Ban", "MemoryShieldState", "ShieldState"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """One banned source: a host, or an IPv6 network such as ``2001:db8::/64``."""
+
+    key: str
+    until: float
+    """Time (the reactor's clock, seconds since the epoch) the ban ends."""
+    reason: str
+    since: float = 0.0
+
+
+class ShieldState(Protocol):
+    """What bans, rate limits and scanner detection count and remember.
+
+    Reads answer synchronously (they sit on the path of every datagram);
+    an implementation shared between processes keeps a local view of what
+    is read often (the bans) and publishes its writes.
+    """
+
+    def hit(self, key: str, window: float, now: float, keep: int) -> int:
+        """Record one event under *key* now; how many fall within the last
+        *window* seconds (counting at most the latest *keep*)."""
+        ...
+
+    def forget(self, key: str) -> None:
+        """Drop the events recorded under *key* (after it led to a ban, say)."""
+        ...
+
+    def take(self, key: str, rate: float, burst: float, now: float) -> bool:
+        """Take one token from *key*'s bucket (refilled at *rate* per second
+        up to *burst*); False when it is empty."""
+        ...
+
+    def ban(self, ban: Ban) -> None:
+        """Ban ``ban.key`` until ``ban.until`` (replacing a shorter ban)."""
+        ...
+
+    def unban(self, key: str) -> bool:
+        """Lift the ban on *key*; whether there was one."""
+        ...
+
+    def banned(self, key: str, now: float) -> Ban | None:
+        """The ban on *key* in force at *now*, if any."""
+        ...
+
+    def bans(self, now: float) -> list[Ban]:
+        """Every ban in force at *now*, soonest to end first."""
+        ...
+
+
+class MemoryShieldState:
+    """:class:`ShieldState` in this process's memory, bounded per table."""
+
+    def __init__(self, max_keys: int = 100_000, max_bans: int = 100_000) -> None:
+        if max_keys < 1 or max_bans < 1:
+            raise ValueError("max_keys and max_bans must be positive")
+        self.max_keys = max_keys
+        self.max_bans = max_bans
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, last refill]
+        self._bans: dict[str, Ban] = {}
+        self.evicted = 0
+        """Entries forgotten because a table was full (failure windows, buckets, bans)."""
+
+    # -- failure windows ----------------------------------------------------------------
+
+    def hit(self, key: str, window: float, now: float, keep: int) -> int:
+        times = self._hits.get(key)
+        if times is None:
+            self._make_room(self._hits)
+            times = self._hits[key] = deque(maxlen=max(1, keep))
+        else:
+            self._hits.move_to_end(key)
+        times.append(now)
+        start = now - window
+        while times and times[0] <= start:
+            times.popleft()
+        return len(times)
+
+    def forget(self, key: str) -> None:
+        self._hits.pop(key, None)
+
+    # -- token buckets ----------------------------------------------------------------------
+
+    def take(self, key: str, rate: float, burst: float, now: float) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._make_room(self._buckets)
+            bucket = self._buckets[key] = [burst, now]
+        else:
+            self._buckets.move_to_end(key)
+            tokens, last = bucket
+            bucket[0] = min(burst, tokens + (now - last) * rate) if now > last else tokens
+            bucket[1] = max(now, last)
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return True
+        return False
+
+    # -- bans ------------------------------------------------------------------------------
+
+    def ban(self, ban: Ban) -> None:
+        bans = self._bans
+        old = bans.get(ban.key)
+        if old is not None and old.until >= ban.until:
+            return
+        if old is None and len(bans) >= self.max_bans:
+            # Full: the ban that would end first makes room (a flood of
+            # sources must not lift the bans that matter, nor grow the table).
+            soonest = min(bans.values(), key=lambda b: b.until)
+            del bans[soonest.key]
+            self.evicted += 1
+        bans[ban.key] = ban
+
+    def unban(self, key: str) -> bool:
+        return self._bans.pop(key, None) is not None
+
+    def banned(self, key: str, now: float) -> Ban | None:
+        ban = self._bans.get(key)
+        if ban is None:
+            return None
+        if ban.until <= now:
+            del self._bans[key]
+            return None
+        return ban
+
+    def bans(self, now: float) -> list[Ban]:
+        for key in [b.key for b in self._bans.values() if b.until <= now]:
+            del self._bans[key]
+        return sorted(self._bans.values(), key=lambda b: b.until)
+
+    def load(self, bans: Iterable[Ban], now: float) -> int:
+        """Put back bans kept from an earlier run; how many are still in force."""
+        kept = 0
+        for ban in bans:
+            if ban.until > now:
+                self.ban(ban)
+                kept += 1
+        return kept
+
+    def __bool__(self) -> bool:
+        return True
+
+    @property
+    def any_bans(self) -> bool:
+        """Cheap test for the drop path: is any ban held at all?"""
+        return bool(self._bans)
+
+    def _make_room(self, table: OrderedDict[str, Any]) -> None:
+        if len(table) >= self.max_keys:
+            table.popitem(last=False)
+            self.evicted += 1
