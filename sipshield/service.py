@@ -82,7 +82,7 @@ class SIPShieldService(MultiService):
         )
         self.pipeline = Pipeline(
             build_stages(config.stages, self.environment, config.server.plugins, config.stage_options), reactor=reactor,
-            stage_timeout=limits.stage_timeout,
+            stage_timeout=limits.stage_timeout, refuse_source=self.core.refuse_source,
         )
         self.core.pipeline = self.pipeline
         self.core.admission = tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))

@@ -3,7 +3,7 @@ or passing it on (twisted.names' resolver chain, with explicit Decisions)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, TimeoutError
@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import ParseError
-from sipshield.proxy import Decision, RequestContext
+from sipshield.proxy import DROP, Decision, RequestContext
 
 __all__ = ["Pipeline"]
 
@@ -31,13 +31,21 @@ class Pipeline:
     stage's Deferred has *stage_timeout* seconds to fire (``[limits]
     stage_timeout``); past it the Deferred is cancelled, one line is logged
     and the request gets 500, so no transaction waits on it for ever.
+
+    With *refuse_source* (the service gives the core's, which asks the ban
+    policy), a request whose stage answered later is dropped if its source
+    was refused meanwhile: failures verified while this request waited for
+    a credential backend may have banned it, and a right guess among a burst
+    of wrong ones must then go no further (no binding, no answer).
     """
 
     log = Logger()
 
     def __init__(
         self, stages: Sequence[IPipelineStage], fallback: Decision = _NOBODY, reactor: IReactorTime | None = None, stage_timeout: float = 10.0,
+        refuse_source: Callable[[str], bool] | None = None,
     ) -> None:
+        self.refuse_source = refuse_source
         self.stages = tuple(stages)
         self.fallback = fallback
         self.reactor = reactor
@@ -65,6 +73,9 @@ class Pipeline:
         return self.fallback
 
     def _resumed(self, decision: Decision, context: RequestContext, next_index: int) -> Any:
+        refuse = self.refuse_source
+        if refuse is not None and refuse(context.source[0]):
+            return DROP
         if decision.kind != "continue":
             return decision
         return self.run(context, next_index)

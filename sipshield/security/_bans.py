@@ -117,14 +117,13 @@ class BanPolicy:
         """Called with each newly banned key (the service closes that source's connections)."""
         self.save_delay = save_delay
         self._save_call: IDelayedCall | None = None
-        self._held = 0  # bans in force, as far as this process knows: the drop path's fast test
         self.dropped = 0
         """Datagrams and connections refused because their source is banned."""
 
     # -- the transports' question, for every datagram and connection --------------------
 
     def refuse_source(self, host: str) -> bool:
-        if not self._held:
+        if not self.state.holds_bans():
             return False
         if self.state.banned(host if ":" not in host else ban_key(host, self.ipv6_prefix), self.reactor.seconds()) is None:
             return False
@@ -164,7 +163,6 @@ class BanPolicy:
         now = self.reactor.seconds()
         ban = Ban(key, now + (self.ban_time if duration is None else duration), reason, now)
         self.state.ban(ban)
-        self._recount(now)
         if self.events is not None:
             self.events.emit(SecurityEvent(BAN, key, transport, user, f"banned for {ban.until - now:g} s: {reason}"))
         if self.on_ban is not None:
@@ -175,20 +173,14 @@ class BanPolicy:
     def unban(self, key: str) -> bool:
         lifted = self.state.unban(key)
         if lifted:
-            self._recount(self.reactor.seconds())
             if self.events is not None:
                 self.events.emit(SecurityEvent(UNBAN, key, "", None, "ban lifted"))
             self._changed()
         return lifted
 
     def bans(self) -> list[Ban]:
-        now = self.reactor.seconds()
-        found = self.state.bans(now)
-        self._held = len(found)
-        return found
-
-    def _recount(self, now: float) -> None:
-        self._held = len(self.state.bans(now))
+        """Every ban in force, soonest to end first."""
+        return self.state.bans(self.reactor.seconds())
 
     # -- keeping them between runs ----------------------------------------------------
 
@@ -200,7 +192,6 @@ class BanPolicy:
         kept = [b for b in self.store.load() if b.until > now]
         for ban in kept:
             self.state.ban(ban)
-        self._recount(now)
         return len(kept)
 
     def save(self) -> None:

@@ -14,6 +14,7 @@ counted (``evicted``), never silently grown.
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -71,6 +72,11 @@ class ShieldState(Protocol):
         """Every ban in force at *now*, soonest to end first."""
         ...
 
+    def holds_bans(self) -> bool:
+        """Whether any ban may be in force (cheap: the drop path asks it
+        for every datagram, and answers False at once while it is False)."""
+        ...
+
 
 class MemoryShieldState:
     """:class:`ShieldState` in this process's memory, bounded per table."""
@@ -83,6 +89,7 @@ class MemoryShieldState:
         self._hits: OrderedDict[str, deque[float]] = OrderedDict()
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, last refill]
         self._bans: dict[str, Ban] = {}
+        self._ending: list[tuple[float, str]] = []  # heap of (until, key); stale entries skipped
         self.evicted = 0
         """Entries forgotten because a table was full (failure windows, buckets, bans)."""
 
@@ -130,11 +137,26 @@ class MemoryShieldState:
             return
         if old is None and len(bans) >= self.max_bans:
             # Full: the ban that would end first makes room (a flood of
-            # sources must not lift the bans that matter, nor grow the table).
-            soonest = min(bans.values(), key=lambda b: b.until)
-            del bans[soonest.key]
+            # sources must not lift the bans that matter, nor grow the
+            # table); found in O(log n) from the heap of end times.
+            self._pop_soonest()
             self.evicted += 1
         bans[ban.key] = ban
+        heapq.heappush(self._ending, (ban.until, ban.key))
+        if len(self._ending) > 2 * len(bans) + 64:
+            # Entries of lifted or replaced bans: rebuild rather than grow.
+            self._ending = [(b.until, b.key) for b in bans.values()]
+            heapq.heapify(self._ending)
+
+    def _pop_soonest(self) -> Ban | None:
+        ending, bans = self._ending, self._bans
+        while ending:
+            until, key = heapq.heappop(ending)
+            ban = bans.get(key)
+            if ban is not None and ban.until == until:
+                del bans[key]
+                return ban
+        return None
 
     def unban(self, key: str) -> bool:
         return self._bans.pop(key, None) is not None
@@ -149,9 +171,16 @@ class MemoryShieldState:
         return ban
 
     def bans(self, now: float) -> list[Ban]:
-        for key in [b.key for b in self._bans.values() if b.until <= now]:
-            del self._bans[key]
+        ending, bans = self._ending, self._bans
+        while ending and ending[0][0] <= now:
+            until, key = heapq.heappop(ending)
+            ban = bans.get(key)
+            if ban is not None and ban.until == until:
+                del bans[key]
         return sorted(self._bans.values(), key=lambda b: b.until)
+
+    def holds_bans(self) -> bool:
+        return bool(self._bans)
 
     def load(self, bans: Iterable[Ban], now: float) -> int:
         """Put back bans kept from an earlier run; how many are still in force."""
@@ -161,14 +190,6 @@ class MemoryShieldState:
                 self.ban(ban)
                 kept += 1
         return kept
-
-    def __bool__(self) -> bool:
-        return True
-
-    @property
-    def any_bans(self) -> bool:
-        """Cheap test for the drop path: is any ban held at all?"""
-        return bool(self._bans)
 
     def _make_room(self, table: OrderedDict[str, Any]) -> None:
         if len(table) >= self.max_keys:

@@ -156,7 +156,8 @@ def wrong_password(proxy: Proxy, source: tuple[str, int], transport: str = "UDP"
 def test_three_wrong_passwords_ban_the_guesser_and_its_datagrams_are_dropped_unparsed(tmp_path: Path) -> None:
     proxy = proxy_service(tmp_path)
     try:
-        assert [wrong_password(proxy, ATTACKER) for _ in range(3)] == [401, 401, 401]
+        # The third failure bans: its own answer is dropped too (the source is refused from then on).
+        assert [wrong_password(proxy, ATTACKER) for _ in range(3)] == [401, 401, None]
         assert proxy.core.refuse_source(ATTACKER[0])
         # The real UDP protocol, with the service's core as its handler: nothing is parsed or answered.
         proto, writer = udp_protocol(proxy.core)
@@ -255,3 +256,43 @@ def test_ban_list_prints_the_bans_the_server_saved(tmp_path: Path, capsys: pytes
     out, err = capsys.readouterr()
     assert out.startswith("192.0.2.9\tuntil 2096-") and "last: user alice" in out and "192.0.2.10" not in out
     assert "1 ban(s) in force" in err
+
+
+def test_a_right_guess_still_in_flight_when_the_ban_lands_is_never_confirmed(tmp_path: Path) -> None:
+    """A burst of guesses sent before the first failure is known: the backend
+    verifies them one after the other; once the third failure bans the source,
+    the right password among them gets no answer and binds nothing."""
+    from inline_pool import QueuedPool
+    from pipeline_support import PHONE
+    from test_registration_cap_service import registration
+
+    from sipshield.auth._credentials import ISIPDigestCredentials
+
+    proxy = proxy_service(tmp_path)
+    try:
+        pool = QueuedPool()
+        for checker in proxy.service.portal.checkers[ISIPDigestCredentials].checkers:
+            checker.threadpool = pool
+        burst = [registration(proxy, f"sip:alice@{PHONE[0]}:{5000 + n}", "wrong") for n in range(3)]
+        burst.append(registration(proxy, f"sip:alice@{PHONE[0]}:5999"))
+        for data, flow in burst:
+            proxy.send(data, flow)
+        assert all(flow.sent == [] for _, flow in burst) and pool.run_queued() == 4
+        assert proxy.core.refuse_source(PHONE[0])
+        right = burst[-1][1]
+        assert right.sent == [] and proxy.bindings("sip:alice@example.com") == []
+        assert proxy.core.transactions.counts()["sources"] == 0  # each dropped transaction ended
+    finally:
+        proxy.stop()
+
+
+def test_a_full_ban_table_makes_room_in_log_time_and_its_heap_does_not_grow_with_replacements() -> None:
+    state = MemoryShieldState(max_bans=1000)
+    for n in range(1000):
+        state.ban(Ban(f"10.0.{n >> 8}.{n & 255}", 1000.0 + n, "x"))
+    state.ban(Ban("192.0.2.1", 5000.0, "x"))  # evicts the soonest to end, 10.0.0.0
+    assert state.banned("10.0.0.0", 0) is None and state.banned("10.0.0.1", 0) is not None and state.evicted == 1
+    for n in range(5000):
+        state.ban(Ban("192.0.2.1", 6000.0 + n, "longer"))  # each a replacement
+    assert len(state._ending) <= 2 * 1000 + 64
+    assert [b.key for b in state.bans(1999.5)][:1] == ["192.0.2.1"] and len(state.bans(1999.5)) == 1

@@ -34,9 +34,9 @@ def queue_store_calls(store: SQLLocationStore) -> QueuedPool:
     return pool
 
 
-def registration(proxy: Proxy, contact: str) -> tuple[bytes, RecordingFlow]:
-    """A REGISTER from alice's phone binding *contact*, with her digest answer."""
-    auth = proxy.digest("REGISTER", "sip:example.com", "alice", PASSWORD, source=PHONE[0])
+def registration(proxy: Proxy, contact: str, password: str = PASSWORD) -> tuple[bytes, RecordingFlow]:
+    """A REGISTER from alice's phone binding *contact*, with a digest answer (her password by default)."""
+    auth = proxy.digest("REGISTER", "sip:example.com", "alice", password, source=PHONE[0])
     call_id = re.sub(r"\W", "", contact)
     data = (
         f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE[0]}:{PHONE[1]};branch=z9hG4bK{call_id}\r\n"
