@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sipshield.auth._passwords import MIN_LENGTH as MIN_PASSWORD_LENGTH
 from sipshield.config import Config, ConfigError
 
 __all__ = ["main"]
@@ -158,14 +159,41 @@ def _read_password(args: argparse.Namespace, name: str) -> str:
     return password
 
 
+def _strong_password(args: argparse.Namespace, name: str, domain: str) -> str:
+    """The password read as ``_read_password`` does, refused when weak
+    (``sipshield.auth._passwords``) unless ``--allow-weak``, which warns."""
+    from sipshield.auth._passwords import weakness
+
+    password = _read_password(args, f"{name}@{domain}")
+    why = weakness(password, name, args.min_length)
+    if why is not None:
+        if not args.allow_weak:
+            raise _UserCommandError(
+                f"weak password for {name}@{domain}: {why}; choose at least {args.min_length} characters that are not the user "
+                "name or a common password (or pass --allow-weak)"
+            )
+        print(f"sipshield user {args.user_command}: WARNING: weak password for {name}@{domain} ({why}), kept because of --allow-weak",
+              file=sys.stderr)
+    return password
+
+
+def _defined_roles(roles: Sequence[str], config: Config) -> tuple[str, ...]:
+    """*roles*, refused when one is not defined in the config's ``[roles]``."""
+    unknown = sorted(set(roles) - set(config.roles))
+    if unknown:
+        defined = ", ".join(sorted(config.roles)) or "none"
+        raise _UserCommandError(f"role(s) {', '.join(unknown)} not defined in [roles] of {config.source or 'the embedded default'} (defined: {defined})")
+    return tuple(roles)
+
+
 def _user_add(args: argparse.Namespace, store: Any, domain: str) -> str:
     from sipshield.auth._users import check_domain, check_username, normalize_roles
 
     name, domain = check_username(args.name), check_domain(domain)
-    roles = normalize_roles(args.roles or "")
+    roles = _defined_roles(normalize_roles(args.roles or ""), args.config_object)
     if args.admin and args.backend_kind == "file":
         raise _UserCommandError("--admin needs the SQL backend (an htdigest file holds no admin hash)")
-    password = _read_password(args, f"{name}@{domain}")
+    password = _strong_password(args, name, domain)
     if args.admin:
         store.add(name, domain, password, roles=roles, admin=True)
     else:
@@ -188,7 +216,7 @@ def _user_passwd(args: argparse.Namespace, store: Any, domain: str) -> str:
     if store.get(name, domain) is None:
         # Say so before prompting for a password that would go nowhere.
         raise UnknownUserError(name, domain)
-    store.set_password(name, domain, _read_password(args, f"{name}@{domain}"))
+    store.set_password(name, domain, _strong_password(args, name, domain))
     return f"password changed for {name}@{domain}"
 
 
@@ -205,24 +233,85 @@ def _user_roles(args: argparse.Namespace, store: Any, domain: str) -> str:
         roles = set(record.roles)
     roles |= set(normalize_roles(args.add or ""))
     roles -= set(normalize_roles(args.remove or ""))
+    if args.set is not None or args.add:
+        _defined_roles(sorted(roles - set(record.roles)), args.config_object)
     if args.set is not None or args.add or args.remove:
         store.set_roles(name, domain, sorted(roles))
     return f"{name}@{domain}: {','.join(sorted(roles)) or '(no roles)'}"
 
 
 def _user_list(args: argparse.Namespace, store: Any, domain: str | None) -> str:
-    rows = [("user", "domain", "roles", "enabled", "algorithms")]
+    locks = {(lock.username, lock.realm) for lock in _with_locks(args.config_object, lambda locks: locks.list(), [])}
+    rows = [("user", "domain", "roles", "enabled", "algorithms", "md5")]
     for r in store.list(args.domain):
-        rows.append((r.username, r.domain, ",".join(r.roles) or "-", "yes" if r.enabled else "no", ",".join(r.algorithms)))
+        md5 = "locked" if (r.username, r.domain) in locks else "-"
+        rows.append((r.username, r.domain, ",".join(r.roles) or "-", "yes" if r.enabled else "no", ",".join(r.algorithms), md5))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def _with_locks(config: Config, use: Any, nothing: Any) -> Any:
+    """``use(store)`` on the MD5 downgrade lock store (the lock table in the
+    config's database, whatever the user backend: see auth/_downgrade.py);
+    *nothing* when that database is a SQLite file not created yet."""
+    from pathlib import Path
+
+    from sipshield.auth._downgrade import DowngradeLockStore, LockStoreError
+
+    url = config.database
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return nothing
+    store = DowngradeLockStore(url)
+    try:
+        return use(store)
+    except LockStoreError as e:
+        raise _UserCommandError(str(e)) from None
+    finally:
+        store.close()
+
+
+def _md5_state(lock: Any) -> str:
+    if lock is None:
+        return "md5: not locked"
+    import datetime
+
+    when = datetime.datetime.fromtimestamp(lock.since, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"md5: locked since {when} (a {lock.algorithm} login; `sipshield user unlock-md5 {lock.username}` lets MD5 in again)"
+
+
+def _user_show(args: argparse.Namespace, store: Any, domain: str) -> str:
+    from sipshield.auth._users import UnknownUserError, check_domain, check_username
+
+    name, domain = check_username(args.name), check_domain(domain)
+    record = store.get(name, domain)
+    lock = _with_locks(args.config_object, lambda locks: locks.get(name, domain), None)
+    if record is None and lock is None:
+        raise UnknownUserError(name, domain)
+    lines = [f"{name}@{domain}"]
+    if record is None:
+        lines.append(f"  not in the {args.backend_kind} user store (a directory user?)")
+    else:
+        lines.append(f"  roles: {','.join(record.roles) or '(none)'}")
+        lines.append(f"  enabled: {'yes' if record.enabled else 'no'}")
+        lines.append(f"  algorithms: {','.join(record.algorithms) or '(none)'}")
+    lines.append(f"  {_md5_state(lock)}")
+    return "\n".join(lines)
+
+
+def _user_unlock_md5(args: argparse.Namespace, store: Any, domain: str) -> str:
+    from sipshield.auth._users import check_domain, check_username
+
+    name, domain = check_username(args.name), check_domain(domain)
+    if not _with_locks(args.config_object, lambda locks: locks.unlock(name, domain), False):
+        return f"MD5 was not locked for {name}@{domain}"
+    return f"MD5 unlocked for {name}@{domain}"
 
 
 def _user(args: argparse.Namespace) -> int:
     from sipshield.auth._users import CredentialStoreError
 
     try:
-        config = _user_config(args)
+        config = args.config_object = _user_config(args)
         args.backend_kind = args.backend or ("file" if args.file else "sql")
         store = _open_user_store(args, config)
         try:
@@ -239,6 +328,13 @@ def _user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _add_user_parser(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
@@ -247,9 +343,12 @@ def _add_user_parser(sub: Any) -> None:
     common.add_argument("--file", metavar="PATH", help="the htdigest file for --backend file (roles in PATH.roles)")
     password = argparse.ArgumentParser(add_help=False)
     password.add_argument("--password-stdin", action="store_true", help="read the password from one line of standard input instead of a prompt")
+    password.add_argument("--allow-weak", action="store_true", help="keep a weak password (short, the user name, a common one) with a warning")
+    password.add_argument("--min-length", type=_positive, default=MIN_PASSWORD_LENGTH, metavar="N",
+                          help=f"shortest password accepted without --allow-weak (default {MIN_PASSWORD_LENGTH})")
 
     user = sub.add_parser("user", help="manage SIP users and their digest credentials")
-    commands = user.add_subparsers(dest="user_command", required=True, metavar="{add,remove,list,passwd,roles}")
+    commands = user.add_subparsers(dest="user_command", required=True, metavar="{add,remove,list,show,passwd,roles,unlock-md5}")
     user.set_defaults(func=_user)
 
     add = commands.add_parser("add", parents=[common, password], help="add a user (password prompted twice, or --password-stdin)")
@@ -264,6 +363,15 @@ def _add_user_parser(sub: Any) -> None:
 
     listing = commands.add_parser("list", parents=[common], help="list users (of --domain only, when given)")
     listing.set_defaults(user_func=_user_list)
+
+    show = commands.add_parser("show", parents=[common], help="show a user: roles, algorithms, whether MD5 is locked")
+    show.add_argument("name")
+    show.set_defaults(user_func=_user_show)
+
+    unlock = commands.add_parser("unlock-md5", parents=[common],
+                                 help="accept MD5 answers from a user again, after a SHA-2 login locked them out (the downgrade lock)")
+    unlock.add_argument("name")
+    unlock.set_defaults(user_func=_user_unlock_md5)
 
     passwd = commands.add_parser("passwd", parents=[common, password], help="set a new password")
     passwd.add_argument("name")

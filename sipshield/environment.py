@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from twisted.cred.portal import Portal
     from twisted.internet.interfaces import IReactorTime
 
+    from sipshield.auth._downgrade import DowngradeLock
     from sipshield.auth._mtls import TrunkMap
     from sipshield.auth._nonce import NonceManager
     from sipshield.auth._setup import BearerSetup
@@ -55,3 +56,6 @@ class StageEnvironment:
     """``[auth] trunks`` (TLS client certificates), None when not configured."""
     bearer: BearerSetup | None = None
     """``[auth] bearer`` (RFC 8898 tokens), None when not configured."""
+    downgrade: DowngradeLock | None = None
+    """The MD5 downgrade lock (its marks in the database, read in the auth
+    thread pool); None leaves MD5 answers unguarded."""

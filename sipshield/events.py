@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["AUTH_FAILURE", "BAN", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents"]
+__all__ = ["AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
@@ -31,13 +31,17 @@ BAN = "ban"
 UNBAN = "unban"
 """A ban was lifted by an operator before it ended."""
 
+AUTH_DOWNGRADE = "auth-downgrade"
+"""A right MD5 answer for a user who has logged in with SHA-2 before (the MD5
+downgrade lock): refused as a wrong password is, on the wire."""
+
 
 @dataclass(frozen=True, slots=True)
 class SecurityEvent:
     """One security decision worth telling an operator about."""
 
     kind: str
-    """What happened, a stable name: ``auth-failure``."""
+    """What happened, a stable name: ``auth-failure``, ``auth-downgrade``."""
     source: str
     """The host (IP address) the request came from."""
     transport: str

@@ -79,6 +79,7 @@ class SIPShieldService(MultiService):
         self.environment = StageEnvironment(
             reactor=reactor, config=config, location=self.location, is_local=self.core.is_local, routed_by_us=self.core.routed_by_us,
             events=self.events, portal=self.portal, nonces=lambda: self.nonces, trunks=self.trunks, bearer=self.bearer,
+            downgrade=self.downgrade,
         )
         self.pipeline = Pipeline(
             build_stages(config.stages, self.environment, config.server.plugins, config.stage_options), reactor=reactor,
@@ -135,6 +136,10 @@ class SIPShieldService(MultiService):
 
         self.trunks = build_trunks(self.config)
         self.bearer = build_bearer(self.config, self.reactor)
+        from sipshield.auth._downgrade import DowngradeLock, DowngradeLockStore
+
+        # In the user store's database, a table of its own: see auth/_downgrade.py.
+        self.downgrade = DowngradeLock(DowngradeLockStore(self.config.database), self.reactor, self.auth_pool)
 
     def _prepare_auth(self) -> None:
         from sipshield.auth import NonceManager, load_or_create_secret
@@ -226,6 +231,9 @@ class SIPShieldService(MultiService):
             if create is not None:
                 ready.addCallback(self._create_schema, create)
                 ready.addErrback(lambda f: self.log.error("user store unavailable: {why}", why=f.getErrorMessage()))
+        ready.addCallback(self._create_schema, self.downgrade.store.create_schema)
+        ready.addErrback(lambda f: self.log.error(
+            "MD5 downgrade lock unavailable: {why}; MD5 answers get 503 until it can be read", why=f.getErrorMessage()))
         ready.addCallback(self._report_users)
         self.schema_ready = ready  # fires once every store has its tables (or has logged why not)
         super().startService()
@@ -271,6 +279,7 @@ class SIPShieldService(MultiService):
 
     def _stop_auth(self) -> None:
         self.auth_pool.stop()
+        self.downgrade.store.close()
         if self.ldap is not None:
             self.ldap.close()
         for store in self.user_stores:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -211,6 +212,22 @@ trusted_role = "admin"
 def ephemeral_config(host: str = "127.0.0.1", extra: str = "", trusted: bool = True) -> str:
     escaped = host.replace(":", "\\\\:")
     return EPHEMERAL.format(host=escaped, extra=extra + (TRUSTED_LOOPBACK if trusted else ""))
+
+
+@pytest.fixture
+def security_log() -> Iterator[list[dict[str, Any]]]:
+    """Every security event logged (the default sink's twisted.logger events) while the test runs."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "security_event" in event:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture

@@ -150,6 +150,7 @@ def build_service(tmp_path: Path, config: Mapping[str, Any] | None = None, *, cl
     if inline_lookups:
         for checker in service.portal.checkers[ISIPDigestCredentials].checkers:
             checker.threadpool = InlinePool()
+        service.downgrade.threadpool = InlinePool()
     start = getattr(service.location, "start", None)
     if start is not None:
         start()

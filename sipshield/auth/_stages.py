@@ -23,8 +23,10 @@ from sipshield.auth._bearer import challenge_value as bearer_challenge
 from sipshield.auth._checkers import BackendUnavailable, IIdentity
 from sipshield.auth._credentials import SIPDigestCredentials
 from sipshield.auth._digest import DigestResponse, challenge_values, credentials_refusal
+from sipshield.auth._downgrade import DowngradeLock, DowngradeRefused
+from sipshield.auth._unanswered import UnansweredChallenges
 from sipshield.config import TrustedSource
-from sipshield.events import AUTH_FAILURE, SecurityEvent, SecurityEvents
+from sipshield.events import AUTH_DOWNGRADE, AUTH_FAILURE, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, ParseError, Request, ip_version, parse_auth
 from sipshield.routing import CONTINUE, Decision, RequestContext
@@ -105,9 +107,11 @@ class DigestAuthStage:
         self, portal: Any, nonces: Callable[[], Any], domains: DomainMap, algorithms: Sequence[str],
         trusted: Sequence[TrustedSource | str] = (), trusted_role: str | None = None, retry_after: int = 30,
         trunks: Any = None, bearer: Any = None, in_dialog: Callable[[Request, Any], bool] | None = None,
-        events: SecurityEvents | None = None,
+        events: SecurityEvents | None = None, downgrade: DowngradeLock | None = None, unanswered: UnansweredChallenges | None = None,
     ) -> None:
         self.events = events
+        self.downgrade = downgrade
+        self.unanswered = unanswered
         self.in_dialog = in_dialog
         self.trunks = trunks
         self.bearer = bearer
@@ -157,9 +161,16 @@ class DigestAuthStage:
             # [auth] max_nonce_failures guesses failed (or are being verified) with this nonce.
             return self._challenge(context.request, context, realm, stale=False)
         credentials = SIPDigestCredentials(response, context.request.method, context.request.body)
-        d = self.portal.login(credentials, None, IIdentity)
+        d = self._login(credentials, response)
         d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm, response))
         return d
+
+    def _login(self, credentials: SIPDigestCredentials, response: DigestResponse) -> defer.Deferred[Any]:
+        """The Portal login, under the MD5 downgrade lock when there is one."""
+        d: defer.Deferred[Any] = self.portal.login(credentials, None, IIdentity)
+        if self.downgrade is None:
+            return d
+        return self.downgrade.guard(d, response.username, response.realm, response.algorithm)
 
     def admission(self, request: Request, flow: Any) -> Decision | None:
         """The challenge decision, synchronously and before any transaction
@@ -252,10 +263,22 @@ class DigestAuthStage:
         name = "WWW-Authenticate" if register else "Proxy-Authenticate"
         nonce = self.nonces().issue(realm, context.source[0])
         values = challenge_values(realm, nonce, self.algorithms, stale=stale)
+        self._note_challenge(context, realm, self.algorithms)
         if self.bearer is not None and (context.flow.transport_name == "TLS" or not self.bearer.require_tls):
             # RFC 8898 2.3: offer Bearer beside Digest.
             values.append(bearer_challenge(realm, self.bearer.authz_server, bearer_error))
         return Decision.reply(401 if register else 407, "Unauthorized" if register else "Proxy Authentication Required", [(name, v) for v in values])
+
+    def _note_challenge(self, context: RequestContext, realm: str, algorithms: Sequence[str]) -> None:
+        if self.unanswered is not None:
+            self.unanswered.challenged(context.source[0], _challenged_user(context.request), context.flow.transport_name, realm, algorithms)
+
+    def _note_answer(self, context: RequestContext, authenticated: bool) -> None:
+        if self.unanswered is not None:
+            if authenticated:
+                self.unanswered.answered(context.source[0], _challenged_user(context.request))
+            else:
+                self.unanswered.refused(context.source[0], _challenged_user(context.request))
 
     def _bearer_token(self, request: Request, header: str) -> str | None:
         for value in request.headers.get_all(header):
@@ -275,6 +298,7 @@ class DigestAuthStage:
             self.log.info("bearer token refused from {host}: {why}", host=context.source[0], why=e.reason)
             return self._challenge(context.request, context, realm, stale=False, bearer_error="invalid_token")
         self._authenticated(context, identity)
+        self._note_answer(context, authenticated=True)
         _remove_bearer(context.request, header)  # the token must not travel downstream
         return CONTINUE
 
@@ -295,6 +319,7 @@ class DigestAuthStage:
             # A replayed (nonce, nc): make the client start over with a fresh nonce.
             return self._challenge(context.request, context, realm, stale=True)
         self._authenticated(context, identity)
+        self._note_answer(context, authenticated=True)
         if header == "Proxy-Authorization":
             # RFC 3261 22.3: credentials for our realm stop here.
             _remove_realm(context.request, header, realm)
@@ -307,15 +332,36 @@ class DigestAuthStage:
         if failure.check(defer.CancelledError):
             return failure  # the pipeline's stage_timeout: it answers and logs
         if failure.check(UnauthorizedLogin):
-            # A wrong password or an unknown user: one event kind for both, as on the wire.
+            # A wrong password or an unknown user: one event kind for both, as
+            # on the wire.  A right MD5 answer under the downgrade lock is
+            # answered as they are and is an auth-failure too (a ban that
+            # counted only wrong guesses would tell a guesser which one was
+            # right), then reported as what it is.
+            self._note_answer(context, authenticated=False)
             if self.events is not None:
-                self.events.emit(SecurityEvent(AUTH_FAILURE, context.source[0], context.flow.transport_name, username, "credentials refused"))
+                for event in _refusal_events(failure, context, username):
+                    self.events.emit(event)
             return self._challenge(context.request, context, realm, stale=False)
         if failure.check(BackendUnavailable):
             self.log.error("credential backend unavailable: {why}", why=failure.getErrorMessage())
             return Decision.reply(503, "Authentication Backend Unavailable", [("Retry-After", self.retry_after)])
         self.log.failure("authentication failed", failure)
         return Decision.reply(500, "Authentication Error")
+
+
+def _refusal_events(failure: Failure, context: RequestContext, username: str) -> list[SecurityEvent]:
+    source, transport = context.source[0], context.flow.transport_name
+    events = [SecurityEvent(AUTH_FAILURE, source, transport, username, "credentials refused")]
+    if failure.check(DowngradeRefused):
+        reason = f"{failure.getErrorMessage()} (MD5 is locked for this user; reset: sipshield user unlock-md5)"
+        events.append(SecurityEvent(AUTH_DOWNGRADE, source, transport, username, reason))
+    return events
+
+
+def _challenged_user(request: Request) -> str | None:
+    """The user a challenge is for: the To user of a REGISTER, else the
+    From user, unescaped (``URI.canonical_user``)."""
+    return (request.to if request.method == "REGISTER" else request.from_).uri.canonical_user
 
 
 def _in_our_dialog(context: RequestContext) -> bool:

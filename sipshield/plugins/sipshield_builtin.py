@@ -74,11 +74,13 @@ def _domain_map(env: StageEnvironment) -> Any:
 
 def _auth(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.auth._stages import DigestAuthStage
+    from sipshield.auth._unanswered import UnansweredChallenges
 
     auth = env.config.auth
     return DigestAuthStage(
         env.portal, env.nonces, _domain_map(env), auth.algorithms, auth.trusted_sources, auth.trusted_role,
         trunks=env.trunks, bearer=env.bearer, in_dialog=env.routed_by_us, events=env.events,
+        downgrade=env.downgrade, unanswered=UnansweredChallenges(env.reactor, auth.nonce_lifetime),
     )
 
 

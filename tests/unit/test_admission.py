@@ -73,7 +73,11 @@ def test_unauthenticated_request_gets_one_small_datagram_and_leaves_no_state(ser
     response = parse_message(answer)
     assert isinstance(response, Response) and response.status == status
     assert svc.transactions.counts() == {"server": 0, "client": 0, "rfc2543_ack": 0, "sources": 0}
-    assert not clock.getDelayedCalls()
+    # The one thing a challenge leaves: its (source, user) in the bounded table
+    # of challenges nobody answered yet, under that table's single timer.
+    unanswered = next(stage for stage in svc.pipeline.stages if stage.name == "auth").unanswered
+    assert [call.func for call in clock.getDelayedCalls()] == ([unanswered._expire] if status in (401, 407) else [])
+    assert len(unanswered) == (1 if status in (401, 407) else 0)
     assert svc.core.counters["stateless_replies"] == 1
 
 

@@ -157,9 +157,9 @@ def test_list_shows_a_table(workdir: Path, config_file: Path, monkeypatch, capsy
     code, out, err = run(monkeypatch, capsys, "user", "list", "--config", cfg)
     assert (code, err) == (0, "")
     assert out.splitlines() == [
-        "user   domain            roles  enabled  algorithms",
-        "carol  example.org       -      yes      SHA-256,SHA-512-256",
-        "bob    voip.example.com  staff  yes      SHA-256,SHA-512-256",
+        "user   domain            roles  enabled  algorithms           md5",
+        "carol  example.org       -      yes      SHA-256,SHA-512-256  -",
+        "bob    voip.example.com  staff  yes      SHA-256,SHA-512-256  -",
     ]
     code, out, _ = run(monkeypatch, capsys, "user", "list", "--config", cfg, "--domain", "example.org")
     assert [line.split()[0] for line in out.splitlines()] == ["user", "carol"]
@@ -167,7 +167,7 @@ def test_list_shows_a_table(workdir: Path, config_file: Path, monkeypatch, capsy
 
 def test_list_on_empty_store_prints_only_the_header(workdir: Path, monkeypatch, capsys) -> None:
     code, out, _ = run(monkeypatch, capsys, "user", "list")
-    assert code == 0 and out.split() == ["user", "domain", "roles", "enabled", "algorithms"]
+    assert code == 0 and out.split() == ["user", "domain", "roles", "enabled", "algorithms", "md5"]
 
 
 def test_passwd_replaces_the_ha1(workdir: Path, monkeypatch, capsys) -> None:
@@ -188,14 +188,14 @@ def test_passwd_unknown_user_fails_before_prompting(workdir: Path, monkeypatch, 
 
 
 def test_roles_set_add_remove_and_show(workdir: Path, monkeypatch, capsys) -> None:
-    run(monkeypatch, capsys, "user", "add", "alice", "--roles", "a", "--password-stdin", stdin=PASSWORD)
-    assert run(monkeypatch, capsys, "user", "roles", "alice", "--set", "x,y")[1].strip() == "alice@localhost: x,y"
-    assert run(monkeypatch, capsys, "user", "roles", "alice", "--add", "z", "--remove", "x")[1].strip() == "alice@localhost: y,z"
-    assert run(monkeypatch, capsys, "user", "roles", "alice")[1].strip() == "alice@localhost: y,z"
+    run(monkeypatch, capsys, "user", "add", "alice", "--roles", "agent", "--password-stdin", stdin=PASSWORD)
+    assert run(monkeypatch, capsys, "user", "roles", "alice", "--set", "staff,trunk")[1].strip() == "alice@localhost: staff,trunk"
+    assert run(monkeypatch, capsys, "user", "roles", "alice", "--add", "admin", "--remove", "staff")[1].strip() == "alice@localhost: admin,trunk"
+    assert run(monkeypatch, capsys, "user", "roles", "alice")[1].strip() == "alice@localhost: admin,trunk"
     assert run(monkeypatch, capsys, "user", "roles", "alice", "--set", "")[1].strip() == "alice@localhost: (no roles)"
     code, _, err = run(monkeypatch, capsys, "user", "roles", "alice", "--add", "bad role")
     assert code == 1 and "not a valid role name" in err
-    code, _, err = run(monkeypatch, capsys, "user", "roles", "ghost", "--set", "a")
+    code, _, err = run(monkeypatch, capsys, "user", "roles", "ghost", "--set", "agent")
     assert code == 1 and err == "sipshield user roles: no user 'ghost' in domain 'localhost'\n"
 
 
@@ -213,13 +213,13 @@ def test_remove_then_remove_again_fails(workdir: Path, monkeypatch, capsys) -> N
 def test_file_backend_writes_htdigest_with_md5_ha1(workdir: Path, monkeypatch, capsys) -> None:
     ht = workdir / "users.htdigest"
     code, _, err = run(
-        monkeypatch, capsys, "user", "add", "phone1", "--backend", "file", "--file", str(ht), "--domain", "pbx.example", "--roles", "legacy",
+        monkeypatch, capsys, "user", "add", "phone1", "--backend", "file", "--file", str(ht), "--domain", "pbx.example", "--roles", "agent",
         "--password-stdin", stdin=PASSWORD,
     )
     assert (code, err) == (0, "")
     assert ht.read_text() == f"phone1:pbx.example:{hashlib.md5(f'phone1:pbx.example:{PASSWORD}'.encode()).hexdigest()}\n"
     code, out, _ = run(monkeypatch, capsys, "user", "list", "--file", str(ht))
-    assert out.splitlines()[1].split() == ["phone1", "pbx.example", "legacy", "yes", "MD5"]
+    assert out.splitlines()[1].split() == ["phone1", "pbx.example", "agent", "yes", "MD5", "-"]
     assert not (workdir / "sipshield-data").exists()  # the SQL store was not touched
 
 
@@ -271,3 +271,101 @@ def test_python_m_sipshield_cli_user_add_stores_ha1_rows_and_no_plaintext(tmp_pa
     assert not any(PASSWORD in str(cell) for row in db_rows(db) for cell in row)
     for f in db.parent.glob("sipshield.db*"):
         assert PASSWORD.encode() not in f.read_bytes(), f
+
+
+# -- weak passwords and undefined roles are refused -------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "password", "why"), [
+    ("alice", "short-pw1", "shorter than 12 characters"),
+    ("alice", "alice", "shorter than 12 characters"),
+    ("alicealice12", "alicealice12", "it is the user name"),
+    ("alice", "xx-Alice-2024-xx", "it contains the user name"),
+    ("1001", "my-1001-phone-pw", "it contains the user name"),
+    ("alice", "password1234", "passwords SIP scanners try first"),
+    ("alice", "Asterisk2024!", "passwords SIP scanners try first"),
+    ("alice", "123456789012", "consecutive digits"),
+    ("alice", "aaaaaaaaaaaaaa", "repeats one or two characters"),
+], ids=["short", "short-username", "username", "contains-username", "extension-number", "common", "pbx-default", "digit-run", "repeated"])
+@pytest.mark.parametrize("command", ["add", "passwd"])
+def test_weak_password_is_refused_with_the_reason_and_nothing_is_written(workdir: Path, monkeypatch, capsys, command: str, name: str,
+                                                                         password: str, why: str) -> None:
+    if command == "passwd":
+        assert run(monkeypatch, capsys, "user", "add", name, "--password-stdin", stdin=PASSWORD)[0] == 0
+    code, out, err = run(monkeypatch, capsys, "user", command, name, "--password-stdin", stdin=password + "\n")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"sipshield user {command}: weak password for {name}@localhost: ") and why in err and "--allow-weak" in err
+    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}")
+    try:
+        stored = store.ha1(name, "localhost", "SHA-256")
+    finally:
+        store.close()
+    assert stored == (sha256_ha1(name, "localhost", PASSWORD) if command == "passwd" else None)
+
+
+def test_allow_weak_keeps_a_weak_password_with_a_warning(workdir: Path, monkeypatch, capsys) -> None:
+    code, out, err = run(monkeypatch, capsys, "user", "add", "1001", "--allow-weak", "--password-stdin", stdin="1001\n")
+    assert (code, out.strip()) == (0, "added 1001@localhost")
+    assert err == "sipshield user add: WARNING: weak password for 1001@localhost (it is shorter than 12 characters), kept because of --allow-weak\n"
+    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}")
+    try:
+        assert store.ha1("1001", "localhost", "SHA-256") == sha256_ha1("1001", "localhost", "1001")
+    finally:
+        store.close()
+
+
+def test_min_length_raises_the_bar(workdir: Path, monkeypatch, capsys) -> None:
+    code, _, err = run(monkeypatch, capsys, "user", "add", "alice", "--min-length", "40", "--password-stdin", stdin=PASSWORD)
+    assert code == 1 and "shorter than 40 characters" in err
+    assert run(monkeypatch, capsys, "user", "add", "alice", "--password-stdin", stdin=PASSWORD)[0] == 0
+
+
+def test_a_strong_password_passes_quietly(workdir: Path, monkeypatch, capsys) -> None:
+    code, out, err = run(monkeypatch, capsys, "user", "add", "1001", "--password-stdin", stdin="tulip-Orbit-7-canal\n")
+    assert (code, out.strip(), err) == (0, "added 1001@localhost", "")
+
+
+def test_undefined_role_is_refused_naming_it_and_the_defined_ones(workdir: Path, config_file: Path, monkeypatch, capsys) -> None:
+    config_file.write_text(config_file.read_text() + '[roles]\nstaff = ["register", "call"]\nnight = ["register"]\n')
+    cfg = str(config_file)
+    code, out, err = run(monkeypatch, capsys, "user", "add", "bob", "--config", cfg, "--roles", "staff,admin,root", "--password-stdin", stdin=PASSWORD)
+    assert (code, out) == (1, "")
+    assert err == f"sipshield user add: role(s) admin, root not defined in [roles] of {cfg} (defined: night, staff)\n"
+    assert run(monkeypatch, capsys, "user", "add", "bob", "--config", cfg, "--roles", "night", "--password-stdin", stdin=PASSWORD)[0] == 0
+    code, _, err = run(monkeypatch, capsys, "user", "roles", "bob", "--config", cfg, "--add", "admin")
+    assert code == 1 and err == f"sipshield user roles: role(s) admin not defined in [roles] of {cfg} (defined: night, staff)\n"
+    assert run(monkeypatch, capsys, "user", "roles", "bob", "--config", cfg)[1].strip() == "bob@voip.example.com: night"
+
+
+def test_embedded_default_refuses_an_unknown_role(workdir: Path, monkeypatch, capsys) -> None:
+    code, _, err = run(monkeypatch, capsys, "user", "add", "alice", "--roles", "superuser", "--password-stdin", stdin=PASSWORD)
+    assert code == 1
+    assert err == "sipshield user add: role(s) superuser not defined in [roles] of the embedded default (defined: admin, agent, staff, trunk)\n"
+
+
+# -- show and unlock-md5 --------------------------------------------------------------------------
+
+
+def test_show_and_unlock_md5_for_a_user_locked_by_a_sha2_login(workdir: Path, monkeypatch, capsys) -> None:
+    from sipshield.auth._downgrade import DowngradeLockStore
+
+    run(monkeypatch, capsys, "user", "add", "alice", "--roles", "staff", "--password-stdin", stdin=PASSWORD)
+    code, out, _ = run(monkeypatch, capsys, "user", "show", "alice")
+    assert code == 0 and out.splitlines() == [
+        "alice@localhost", "  roles: staff", "  enabled: yes", "  algorithms: SHA-256,SHA-512-256", "  md5: not locked"]
+    locks = DowngradeLockStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}")
+    locks.mark("alice", "localhost", "SHA-256", 1_764_000_000.0)
+    locks.mark("ldapuser", "localhost", "SHA-512-256", 1_764_000_000.0)  # a directory user: no row in the SQL store
+    locks.close()
+    code, out, _ = run(monkeypatch, capsys, "user", "show", "alice")
+    assert out.splitlines()[-1] == ("  md5: locked since 2025-11-24 16:00:00 UTC (a SHA-256 login; "
+                                    "`sipshield user unlock-md5 alice` lets MD5 in again)")
+    assert run(monkeypatch, capsys, "user", "list")[1].splitlines()[1].split()[-1] == "locked"
+    code, out, _ = run(monkeypatch, capsys, "user", "show", "ldapuser")
+    assert code == 0 and "not in the sql user store" in out and "md5: locked since" in out
+    assert run(monkeypatch, capsys, "user", "unlock-md5", "alice")[:2] == (0, "MD5 unlocked for alice@localhost\n")
+    assert run(monkeypatch, capsys, "user", "unlock-md5", "alice")[:2] == (0, "MD5 was not locked for alice@localhost\n")
+    assert run(monkeypatch, capsys, "user", "show", "alice")[1].splitlines()[-1] == "  md5: not locked"
+    assert run(monkeypatch, capsys, "user", "unlock-md5", "ldapuser")[:2] == (0, "MD5 unlocked for ldapuser@localhost\n")
+    code, _, err = run(monkeypatch, capsys, "user", "show", "ghost")
+    assert code == 1 and err == "sipshield user show: no user 'ghost' in domain 'localhost'\n"

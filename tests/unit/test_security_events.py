@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pipeline_support import Proxy, proxy_service
 from twisted.internet.task import Clock
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger
 
 from sipshield.events import AUTH_FAILURE, LogSecurityEvents, SecurityEvent
 
@@ -23,19 +23,6 @@ def svc(tmp_path: Path) -> Iterator[Proxy]:
     service = proxy_service(tmp_path, {"alice": ("secret", ["staff"]), "bob": ("b-secret", ["staff"])})
     yield service
     service.stop()
-
-
-@pytest.fixture
-def security_log() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if "security_event" in event:
-            events.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield events
-    globalLogPublisher.removeObserver(observe)
 
 
 def fields(event: dict[str, Any]) -> tuple[Any, ...]:
