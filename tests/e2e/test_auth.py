@@ -60,7 +60,7 @@ class Client:
 def add_user(workdir: Path, name: str, password: str, roles: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "sipshield.cli", "user", "add", name, "--domain", "example.com", "--roles", roles,
-         "--config", str(workdir / "sipshield.toml"), "--password-stdin"],
+         "--config", str(workdir / "sipshield.toml"), "--password-stdin", "--allow-weak"],  # test passwords
         input=password + "\n", capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
