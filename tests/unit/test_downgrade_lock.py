@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 
 from sipshield import cli
 from sipshield.auth._downgrade import DowngradeLockStore
-from sipshield.events import AUTH_DOWNGRADE, AUTH_FAILURE
+from sipshield.events import AUTH_DOWNGRADE, AUTH_FAILURE, SecurityEvent
 
 MIXED = {"auth": {"algorithms": ["SHA-256", "SHA-512-256", "MD5"]}}
 BOB = "sip:bob@192.0.2.20:5060"
@@ -50,10 +50,21 @@ def config_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_md5_after_a_sha256_login_is_refused_like_a_wrong_password_and_reported(proxy: Proxy, security_log: list[dict[str, Any]]) -> None:
+class Recorder:
+    """An observer on the service's security event bus (before the log's rate limit)."""
+
+    def __init__(self) -> None:
+        self.events: list[SecurityEvent] = []
+
+    def emit(self, event: SecurityEvent) -> None:
+        self.events.append(event)
+
+
+def test_md5_after_a_sha256_login_is_refused_like_a_wrong_password_and_reported(proxy: Proxy) -> None:
     assert invite(proxy, "MD5") == (0, "")  # never used SHA-2 so far: MD5 works
     assert invite(proxy, "SHA-256") == (0, "")
-    security_log.clear()
+    recorder = Recorder()
+    proxy.service.events.subscribe(recorder)
     right = invite(proxy, "MD5")
     right_answer = proxy.phone.sent[-1][0]
     wrong = invite(proxy, "MD5", password="WRONG")
@@ -67,9 +78,9 @@ def test_md5_after_a_sha256_login_is_refused_like_a_wrong_password_and_reported(
     assert shape(right_answer) == shape(wrong_answer)  # the refusal tells nobody the password was right
     # Both are an auth-failure (what bans count: the same for a right and a
     # wrong answer); the right one is also an auth-downgrade, for the operator.
-    assert [(e["security_event"], e["host"], e["transport"], e["user"]) for e in security_log] == [
+    assert [(e.kind, e.source, e.transport, e.user) for e in recorder.events] == [
         (AUTH_FAILURE, "127.0.0.2", "UDP", "alice"), (AUTH_DOWNGRADE, "127.0.0.2", "UDP", "alice"), (AUTH_FAILURE, "127.0.0.2", "UDP", "alice")]
-    assert "SHA-256" in security_log[1]["reason"] and "unlock-md5" in security_log[1]["reason"]
+    assert "SHA-256" in recorder.events[1].reason and "unlock-md5" in recorder.events[1].reason
     assert invite(proxy, "SHA-256") == (0, "")  # SHA-2 keeps working
 
 
@@ -142,3 +153,16 @@ def test_an_unreadable_lock_table_fails_md5_closed_and_says_so(proxy: Proxy, tmp
         globalLogPublisher.removeObserver(logged.append)
     text = [e.get("why", "") for e in logged if "credential backend unavailable" in str(e.get("log_format", ""))]
     assert text and "MD5 lock store" in text[0] and "refused until it can be read" in text[0]
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "WRONG"], ids=["right-but-locked", "wrong"])
+def test_locked_right_md5_answers_ban_the_source_as_wrong_ones_do(proxy: Proxy, password: str) -> None:
+    """Bans count auth-failure events: were a locked right answer not one, a
+    guesser would learn which guess was right by not being banned."""
+    assert invite(proxy, "SHA-256") == (0, "")
+    bans = proxy.service.bans
+    for _ in range(proxy.service.config.bans.max_failures - 1):
+        assert invite(proxy, "MD5", password=password)[0] == 407
+    assert not bans.refuse_source("127.0.0.2")
+    assert invite(proxy, "MD5", password=password)[0] == 407
+    assert bans.refuse_source("127.0.0.2")  # the transports now drop it before parsing
