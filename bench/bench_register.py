@@ -56,11 +56,11 @@ class AuthSipshield(Sipshield):
 
 
 def add_users(workdir: Path, count: int) -> None:
-    from sipshield.auth import UserStore
+    from sipshield.auth import KeyFile, UserStore
 
     data = workdir / "data"
     data.mkdir(mode=0o700, exist_ok=True)
-    store = UserStore(f"sqlite:///{data / 'sipshield.db'}", algorithms=["MD5"])
+    store = UserStore(f"sqlite:///{data / 'sipshield.db'}", algorithms=["MD5"], keys=KeyFile(data / "credential.keys"))
     store.create_schema()
     for i in range(count):
         store.add(f"user{i}", "example.com", f"pw{i}", roles=("staff",))

@@ -59,8 +59,8 @@ def _count_users(config: Config) -> tuple[list[str], list[str]]:
     SQLite database that does not exist yet has no users."""
     from pathlib import Path
 
-    from sipshield.auth import HtdigestUserStore, UserStore
-    from sipshield.auth._setup import store_algorithms, user_report
+    from sipshield.auth import HtdigestUserStore
+    from sipshield.auth._setup import sql_user_store, store_algorithms, user_report
 
     stores: list[tuple[str, Any]] = []
     opened: list[Any] = []
@@ -76,7 +76,7 @@ def _count_users(config: Config) -> tuple[list[str], list[str]]:
                 if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
                     empty.append(f"0 user(s) in {backend} (its database is created on first start)")
                     continue
-                store = UserStore(url, algorithms=store_algorithms(config, backend))
+                store = sql_user_store(config, store_algorithms(config, backend))
                 opened.append(store)
                 stores.append((backend, store))
         lines, warnings = user_report(config, stores)
@@ -120,7 +120,7 @@ def _open_user_store(args: argparse.Namespace, config: Config) -> Any:
         return HtdigestUserStore(path)
     if args.file:
         raise _UserCommandError("--file is only for --backend file")
-    from sipshield.auth._users import UserStore
+    from sipshield.auth._setup import sql_user_store
 
     if config.database_url is None:
         # The default SQLite file lives in data_dir: create it as the server
@@ -129,7 +129,7 @@ def _open_user_store(args: argparse.Namespace, config: Config) -> Any:
         if not data_dir.exists():
             data_dir.mkdir(parents=True, mode=0o700)
     # One HA1 per algorithm the server offers ([auth] algorithms).
-    store = UserStore(config.database, algorithms=list(config.auth.algorithms))
+    store = sql_user_store(config)
     try:
         store.create_schema()
     except BaseException:

@@ -192,6 +192,8 @@ class AuthConfig:
     max_nonce_failures: int = 3
     """Failed digest responses one nonce serves before it is invalidated (a fresh challenge)."""
     file: Path | None = None
+    key_file: Path | None = None
+    """``[auth] key_file``: the key file the SQL store's HA1 values are encrypted under (default: data_dir/credential.keys)."""
     trunks: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = ()
     """``[[auth.tls.trunks]]``: (identity, name, domain, roles) for mutual-TLS trunks."""
     bearer: dict[str, Any] | None = None
@@ -322,6 +324,15 @@ class Config:
             return "off"
         text = f"{bans.max_failures} failed logins in {bans.find_time:g} s ban a source for {bans.ban_time:g} s (IPv6 by /{bans.ipv6_prefix})"
         return text + (f"; never banned: {', '.join(bans.allowlist)}" if bans.allowlist else "")
+
+    @property
+    def credential_key_file(self) -> tuple[Path, str]:
+        """The key file the SQL user store encrypts HA1 values under, and the
+        setting it comes from (for messages): ``[auth] key_file``, else
+        ``credential.keys`` in data_dir."""
+        if self.auth.key_file is not None:
+            return self.auth.key_file, "auth.key_file"
+        return self.server.data_dir / "credential.keys", "server.data_dir; [auth] key_file moves it"
 
     @property
     def database(self) -> str:
@@ -682,7 +693,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         backends=backends, algorithms=algorithms, trusted_sources=trusted, trusted_role=trusted_role,
         nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
         max_nonce_failures=au.take_number("max_nonce_failures", 3, 1, 1000, True),
-        file=path(au, "file", None), trunks=tuple(trunks), bearer=bearer,
+        file=path(au, "file", None), key_file=path(au, "key_file", None), trunks=tuple(trunks), bearer=bearer,
     )
     if "file" in backends and auth.file is None:
         raise au.error("file", "the file backend needs auth.file (an htdigest file)")

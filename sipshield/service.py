@@ -114,15 +114,16 @@ class SIPShieldService(MultiService):
         a thread pool of their own.  The nonce secret is read at start."""
         from twisted.python.threadpool import ThreadPool
 
-        from sipshield.auth import HtdigestUserStore, UserStore
+        from sipshield.auth import HtdigestUserStore
         from sipshield.auth._checkers import StoreChecker, make_portal
+        from sipshield.auth._setup import sql_user_store
 
         auth = self.config.auth
         self.auth_pool = ThreadPool(minthreads=0, maxthreads=4, name="sipshield-auth")
         self.user_stores: list[Any] = []
         for backend in auth.backends:
             if backend == "sql":
-                self.user_stores.append(UserStore(self.config.database, algorithms=[a for a in auth.algorithms]))
+                self.user_stores.append(sql_user_store(self.config))
             elif backend == "file" and auth.file is not None:
                 self.user_stores.append(HtdigestUserStore(auth.file))
         from sipshield.auth._setup import build_bearer, build_ldap, build_trunks

@@ -310,7 +310,7 @@ def proxy_service(tmp_path: Path, users: Mapping[str, tuple[str, Sequence[str]]]
     service = build_service(tmp_path, sections, dispatcher=dispatcher)
     (store,) = service.user_stores
     store.create_schema()
-    writer = store if user_algorithms is None else type(store)(store.url.render_as_string(hide_password=False), algorithms=user_algorithms)
+    writer = store if user_algorithms is None else type(store)(store.url.render_as_string(hide_password=False), algorithms=user_algorithms, keys=store.keys)
     for name, (password, roles) in users.items():
         writer.add(name, REALM, password, roles)
     return Proxy(service, service.reactor, dispatcher)

@@ -12,11 +12,14 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 
-from sipshield.auth._users import CredentialStoreError, UnknownUserError, UserRecord, UserStore
+from sipshield.auth._digest import compute_ha1
+from sipshield.auth._keys import KeyFile
+from sipshield.auth._users import CredentialStoreError, KeyUsage, Reencryption, UnknownUserError, UserRecord, UserStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_URL = os.environ.get("SIPSHIELD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -29,9 +32,10 @@ def sha256_ha1(username: str, realm: str, password: str) -> str:
     return hashlib.sha256(f"{username}:{realm}:{password}".encode()).hexdigest()
 
 
-def open_store(url: str) -> Iterator[UserStore]:
+def open_store(url: str, key_file: Path) -> Iterator[UserStore]:
+    """A store at *url* in tables of its own (dropped afterwards), its HA1s encrypted under *key_file*."""
     prefix = f"sipshield_t{uuid.uuid4().hex[:10]}_"
-    store = UserStore(url, table_prefix=prefix)
+    store = UserStore(url, table_prefix=prefix, keys=KeyFile(key_file))
     try:
         store.create_schema()
     except CredentialStoreError as e:
@@ -120,7 +124,7 @@ def test_set_password_replaces_every_ha1(store: UserStore) -> None:
 
 def test_set_password_drops_ha1s_of_algorithms_no_longer_enabled(store: UserStore) -> None:
     url = store.url.render_as_string(hide_password=False)
-    md5_store = UserStore(url, ("MD5", "SHA-256"), table_prefix=store.users.name[: -len("users")])
+    md5_store = UserStore(url, ("MD5", "SHA-256"), table_prefix=store.users.name[: -len("users")], keys=store.keys)
     try:
         md5_store.add("alice", "example.com", PASSWORD)
         assert store.ha1("alice", "example.com", "MD5") == hashlib.md5(f"alice:example.com:{PASSWORD}".encode()).hexdigest()
@@ -236,3 +240,153 @@ def test_schema_creation_is_idempotent(store: UserStore) -> None:
     store.add("alice", "example.com", PASSWORD)
     store.create_schema()
     assert [r.username for r in store.list()] == ["alice"]
+
+
+# -- HA1 values encrypted at rest (sipshield/auth/_keys.py) --------------------------------------
+
+
+def every_ha1(username: str, realm: str, password: str) -> list[str]:
+    return [compute_ha1(a, username, realm, password) for a in ("MD5", "SHA-256", "SHA-512-256")]
+
+
+def stored_value(store: UserStore, username: str, algorithm: str) -> str:
+    users, creds = store.users, store.credentials
+    with store._live_engine().connect() as conn:
+        return str(conn.execute(
+            select(creds.c.ha1).select_from(creds.join(users, creds.c.user_id == users.c.id))
+            .where(users.c.username == username, creds.c.algorithm == algorithm)
+        ).scalar_one())
+
+
+def overwrite_value(store: UserStore, username: str, algorithm: str, value: str) -> None:
+    """Write *value* into the row as someone with write access to the database would."""
+    users, creds = store.users, store.credentials
+    with store._live_engine().begin() as conn:
+        user_id = conn.execute(select(users.c.id).where(users.c.username == username)).scalar_one()
+        conn.execute(update(creds).where(creds.c.user_id == user_id, creds.c.algorithm == algorithm).values(ha1=value))
+
+
+def three_algorithm_store(store: UserStore) -> UserStore:
+    url = store.url.render_as_string(hide_password=False)
+    return UserStore(url, ("MD5", "SHA-256", "SHA-512-256"), table_prefix=store.users.name[: -len("users")], keys=store.keys)
+
+
+def test_a_dump_of_the_tables_holds_no_ha1_of_any_user(store: UserStore) -> None:
+    writer = three_algorithm_store(store)
+    try:
+        writer.add("alice", "example.com", PASSWORD, roles=("staff",), admin=True)
+        writer.add("bob", "example.com", NEW_PASSWORD)
+        writer.set_password("alice", "example.com", NEW_PASSWORD)
+    finally:
+        writer.close()
+    secrets = every_ha1("alice", "example.com", NEW_PASSWORD) + every_ha1("bob", "example.com", NEW_PASSWORD)
+    cells = all_cells(store)
+    assert cells
+    assert not any(s in c for s in secrets for c in cells)
+    assert not any(PASSWORD in c or NEW_PASSWORD in c for c in cells)
+    # ... and yet the store, with the key file, reads every one of them.
+    assert store.ha1("bob", "example.com", "SHA-256") == sha256_ha1("bob", "example.com", NEW_PASSWORD)
+    assert store.key_usage() == KeyUsage(((store.keys.require().current, 6),), plaintext=0, malformed=0)
+
+
+def test_an_encrypted_value_copied_into_another_users_row_does_not_decrypt(store: UserStore) -> None:
+    store.add("alice", "example.com", PASSWORD)
+    store.add("bob", "example.com", NEW_PASSWORD)
+    overwrite_value(store, "bob", "SHA-256", stored_value(store, "alice", "SHA-256"))
+    with pytest.raises(CredentialStoreError, match=r"credential of bob@example.com \(SHA-256\) .*does not decrypt"):
+        store.ha1("bob", "example.com", "SHA-256")
+    assert store.ha1("alice", "example.com", "SHA-256") == sha256_ha1("alice", "example.com", PASSWORD)
+
+
+def test_an_encrypted_value_copied_into_another_algorithms_row_does_not_decrypt(store: UserStore) -> None:
+    store.add("alice", "example.com", PASSWORD)
+    overwrite_value(store, "alice", "SHA-512-256", stored_value(store, "alice", "SHA-256"))
+    with pytest.raises(CredentialStoreError, match=r"alice@example.com \(SHA-512-256\) .*does not decrypt"):
+        store.ha1("alice", "example.com", "SHA-512-256")
+
+
+@pytest.mark.parametrize("tamper", ["flip", "truncate", "garbage", "unknown-key"])
+def test_a_tampered_value_is_a_credential_store_error_naming_the_row(store: UserStore, tamper: str) -> None:
+    store.add("alice", "example.com", PASSWORD)
+    value = stored_value(store, "alice", "SHA-256")
+    prefix, key_id, body = value.split(":")
+    changed = {
+        "flip": f"{prefix}:{key_id}:{body[:-3]}{'A' if body[-3] != 'A' else 'B'}{body[-2:]}",
+        "truncate": value[:30],
+        "garbage": "not an ha1 at all",
+        "unknown-key": f"{prefix}:00000000:{body}",
+    }[tamper]
+    overwrite_value(store, "alice", "SHA-256", changed)
+    with pytest.raises(CredentialStoreError, match=r"credential of alice@example.com \(SHA-256\)"):
+        store.ha1("alice", "example.com", "SHA-256")
+
+
+def older_database(store: UserStore, users: dict[str, str]) -> None:
+    """The rows a version before encryption wrote: plain-text HA1s, and no key file."""
+    for name, password in users.items():
+        store.add(name, "example.com", password)
+        for algorithm in store.algorithms:
+            overwrite_value(store, name, algorithm, compute_ha1(algorithm, name, "example.com", password))
+    store.keys.path.unlink()
+
+
+def test_plain_text_values_of_an_older_database_are_read_then_migrated(store: UserStore) -> None:
+    older_database(store, {"alice": PASSWORD, "bob": PASSWORD})
+    plain = sha256_ha1("alice", "example.com", PASSWORD)
+    assert store.ha1("alice", "example.com", "SHA-256") == plain
+    assert store.key_usage() == KeyUsage((), plaintext=4, malformed=0)
+    # The first write creates the key file, accepting the plain-text values still there.
+    store.add("carol", "example.com", NEW_PASSWORD)
+    keys = store.keys.require()
+    assert keys.accept_plaintext is True
+    assert store.ha1("alice", "example.com", "SHA-256") == plain
+    assert store.reencrypt(keys) == Reencryption(4, ())
+    assert stored_value(store, "alice", "SHA-256").startswith(f"enc1:{keys.current}:")
+    assert store.ha1("alice", "example.com", "SHA-256") == plain
+    assert store.key_usage() == KeyUsage(((keys.current, 6),), plaintext=0, malformed=0)
+    # Once the key file says every value is encrypted, a plain-text value
+    # written into the database (by someone who can write to it) is refused.
+    store.keys.update(lambda k: k.refusing_plaintext())
+    overwrite_value(store, "bob", "SHA-256", sha256_ha1("bob", "example.com", "attacker-chosen"))
+    with pytest.raises(CredentialStoreError, match=r"bob@example.com \(SHA-256\).*plaintext refused"):
+        store.ha1("bob", "example.com", "SHA-256")
+
+
+def test_a_new_key_file_refuses_plain_text_values_when_the_database_holds_none(store: UserStore) -> None:
+    store.add("alice", "example.com", PASSWORD)
+    assert store.keys.require().accept_plaintext is False
+    overwrite_value(store, "alice", "SHA-256", sha256_ha1("alice", "example.com", "attacker-chosen"))
+    with pytest.raises(CredentialStoreError, match="plaintext refused"):
+        store.ha1("alice", "example.com", "SHA-256")
+
+
+def test_a_rotation_keeps_every_value_readable_at_every_step(store: UserStore) -> None:
+    store.add("alice", "example.com", PASSWORD)
+    old = store.keys.require().current
+    rotated = store.keys.update(lambda k: k.rotated())
+    new = rotated.current
+    assert new != old and set(rotated.ids) == {old, new}
+    # A crash right after the new key was added, and half way: values under both keys.
+    store.add("bob", "example.com", NEW_PASSWORD)
+    assert store.key_usage().by_key == tuple(sorted([(old, 2), (new, 2)]))
+    assert store.ha1("alice", "example.com", "SHA-256") == sha256_ha1("alice", "example.com", PASSWORD)
+    assert store.ha1("bob", "example.com", "SHA-256") == sha256_ha1("bob", "example.com", NEW_PASSWORD)
+    assert store.reencrypt(rotated, batch=1) == Reencryption(2, ())
+    assert store.key_usage().by_key == ((new, 4),)
+    assert store.ha1("alice", "example.com", "SHA-512-256") == compute_ha1("SHA-512-256", "alice", "example.com", PASSWORD)
+    # Pruned, the old key is gone and nothing needed it.
+    store.keys.update(lambda k: k.without({old}))
+    assert store.keys.require().ids == (new,)
+    assert store.ha1("alice", "example.com", "SHA-256") == sha256_ha1("alice", "example.com", PASSWORD)
+
+
+def test_reencrypt_leaves_an_unreadable_row_as_it_is_and_reports_it(store: UserStore) -> None:
+    store.add("alice", "example.com", PASSWORD)
+    store.add("bob", "example.com", PASSWORD)
+    overwrite_value(store, "bob", "SHA-256", stored_value(store, "alice", "SHA-256"))
+    moved = stored_value(store, "bob", "SHA-256")
+    rotated = store.keys.update(lambda k: k.rotated())
+    result = store.reencrypt(rotated)
+    assert result.reencrypted == 3
+    assert len(result.unreadable) == 1 and "bob@example.com (SHA-256)" in result.unreadable[0]
+    assert stored_value(store, "bob", "SHA-256") == moved

@@ -4,6 +4,7 @@ from sipshield.auth._bearer import BearerChecker, BearerCredentials, BearerSetti
 from sipshield.auth._credentials import ISIPDigestCredentials, SIPDigestCredentials
 from sipshield.auth._digest import ALGORITHMS, DigestResponse, challenge_values, compute_ha1, verify
 from sipshield.auth._htdigest import HtdigestUserStore
+from sipshield.auth._keys import KeyFile, KeyFileError
 from sipshield.auth._mtls import TrunkAccount, TrunkMap, certificate_identities
 from sipshield.auth._nonce import NonceManager, load_or_create_secret
 from sipshield.auth._users import CredentialStoreError, UnknownUserError, UserRecord, UserStore
@@ -15,6 +16,8 @@ __all__ = [
     "BearerSettings",
     "BearerValidator",
     "InvalidToken",
+    "KeyFile",
+    "KeyFileError",
     "TrunkAccount",
     "TrunkMap",
     "certificate_identities",

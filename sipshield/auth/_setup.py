@@ -3,13 +3,17 @@ service and by ``sipshield check-config``, so both refuse the same mistakes)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from sipshield.auth._bearer import BearerSettings, BearerValidator
 from sipshield.auth._mtls import TrunkAccount, TrunkMap, normalize_identity
 from sipshield.config import Config, ConfigError
 
-__all__ = ["BearerSetup", "build_bearer", "build_ldap", "build_trunks", "store_algorithms", "user_report"]
+if TYPE_CHECKING:
+    from sipshield.auth._users import UserStore
+
+__all__ = ["BearerSetup", "build_bearer", "build_ldap", "build_trunks", "sql_user_store", "store_algorithms", "user_report"]
 
 _BEARER_KEYS = {"issuer", "audience", "keys", "algorithms", "identity_claim", "roles_claim", "leeway", "default_domain", "domains", "authz_server", "require_tls"}
 
@@ -90,6 +94,17 @@ def build_ldap(config: Config, reactor: Any) -> Any:
     return LDAPChecker(settings, reactor)
 
 
+def sql_user_store(config: Config, algorithms: Sequence[str] | None = None) -> UserStore:
+    """The SQL user store of *config* (``Config.database``), its HA1 values
+    encrypted under the configured key file, keeping an HA1 for
+    *algorithms* (default: those ``[auth]`` enables).  Opens no file yet."""
+    from sipshield.auth._keys import KeyFile
+    from sipshield.auth._users import UserStore
+
+    path, setting = config.credential_key_file
+    return UserStore(config.database, algorithms=list(algorithms or config.auth.algorithms), keys=KeyFile(path, setting=setting))
+
+
 def store_algorithms(config: Config, backend: str) -> tuple[str, ...]:
     """The enabled algorithms a user store of *backend* keeps an HA1 for
     (an htdigest file holds MD5 only)."""
@@ -101,7 +116,7 @@ def user_report(config: Config, stores: Any) -> tuple[list[str], list[str]]:
     and how many lack credentials for an enabled algorithm (with the fix).
     *stores* pairs each ``[auth] backends`` entry with its open store, or
     with None for one that holds no countable users (LDAP).  Blocking."""
-    from sipshield.auth._users import CredentialStoreError, describe_users
+    from sipshield.auth._users import CredentialStoreError, UserStore, describe_keys, describe_users
 
     lines: list[str] = []
     warnings: list[str] = []
@@ -118,4 +133,8 @@ def user_report(config: Config, stores: Any) -> tuple[list[str], list[str]]:
         lines.append(line)
         if warning is not None:
             warnings.append(warning)
+        if isinstance(store, UserStore):
+            key_line, key_warnings = describe_keys(backend, store)
+            lines.append(key_line)
+            warnings += key_warnings
     return lines, warnings

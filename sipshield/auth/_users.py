@@ -9,6 +9,12 @@ digest response (RFC 3261 22.4).  The realm is the user's domain.  Users
 with the admin flag also get a slow passlib hash (argon2, else bcrypt) in
 ``admin_hash`` for the admin API, which sees real passwords.
 
+An HA1 is password-equivalent, so each one is stored encrypted (AES-256-GCM,
+bound to its row: :mod:`sipshield.auth._keys`) under a key of the key file,
+which lives outside the database; ``ha1`` decrypts it in the store's thread.
+Plain-text HA1 values of a database from before encryption are read until
+``sipshield keys migrate`` has encrypted them (``migrate_credentials``).
+
 The API is blocking: the CLI calls it directly, the server from a thread
 pool of its own (never on the reactor thread).
 """
@@ -46,6 +52,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 __all__ = [
     "ALGORITHMS",
     "CredentialStoreError",
+    "KeyUsage",
+    "Reencryption",
     "UnknownUserError",
     "UserRecord",
     "UserStore",
@@ -57,6 +65,7 @@ __all__ = [
 
 #: Digest algorithms a credential can be stored for (RFC 7616 3.3, RFC 8760).
 from sipshield.auth._digest import compute_ha1
+from sipshield.auth._keys import KeyFile, KeyFileError, KeySet, SealedValueError, is_plain_ha1, sealed_key_id
 from sipshield.state._sqlite import sqlite_pragmas
 
 ALGORITHMS = ("MD5", "SHA-256", "SHA-512-256")
@@ -100,6 +109,29 @@ class UserRecord:
     enabled: bool
     algorithms: tuple[str, ...]
     admin: bool = False
+
+
+@dataclass(frozen=True)
+class KeyUsage:
+    """How the stored HA1 values are kept: ``(key id, values)`` for each key
+    id some value is encrypted under (sorted by id), plain-text values left
+    from before encryption, and values that are neither."""
+
+    by_key: tuple[tuple[str, int], ...]
+    plaintext: int
+    malformed: int
+
+    def count(self, key_id: str) -> int:
+        return next((n for k, n in self.by_key if k == key_id), 0)
+
+
+@dataclass(frozen=True)
+class Reencryption:
+    """What a pass of :meth:`UserStore.reencrypt` did: values written under
+    the current key, and the rows it could not read (``user@domain (ALG): why``)."""
+
+    reencrypted: int
+    unreadable: tuple[str, ...]
 
 
 def check_username(username: str) -> str:
@@ -185,11 +217,13 @@ class UserStore:
     a password is set (RFC 8760 recommends SHA-256 and SHA-512-256; add
     ``"MD5"`` only for phones that know nothing else).  ``table_prefix``
     names the tables (``sipshield_users``, ``sipshield_credentials``);
-    ``clock`` gives the ``created`` time.
+    ``clock`` gives the ``created`` time.  ``keys`` is the key file the HA1
+    values are encrypted under (created on the first write).
 
     Invalid names raise ValueError, a missing user :class:`UnknownUserError`,
-    and every database failure :class:`CredentialStoreError`.  Calls block:
-    from the reactor, run them in a thread pool.
+    and every database failure, a key file that cannot be used and a value
+    that does not decrypt :class:`CredentialStoreError`.  Calls block: from
+    the reactor, run them in a thread pool.
     """
 
     def __init__(
@@ -197,6 +231,7 @@ class UserStore:
         url: str,
         algorithms: Sequence[str] = ("SHA-256", "SHA-512-256"),
         *,
+        keys: KeyFile,
         table_prefix: str = "sipshield_",
         clock: Callable[[], float] = time.time,
         echo: bool = False,
@@ -210,6 +245,8 @@ class UserStore:
             raise CredentialStoreError(f"not a database URL: {e}") from None
         self._where = self.url.render_as_string(hide_password=True)
         self._clock = clock
+        self.keys = keys
+        self._table_prefix = table_prefix
         self.users, self.credentials = _tables(MetaData(), table_prefix)
         kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True, "hide_parameters": True}
         backend = self.url.get_backend_name()
@@ -336,8 +373,11 @@ class UserStore:
         return self._record(row, list(algorithms))
 
     def ha1(self, username: str, domain: str, algorithm: str) -> str | None:
-        """The stored HA1 (hex) for the digest realm ``domain``; None for an
-        unknown or disabled user or when no HA1 exists for ``algorithm``.
+        """The stored HA1 (hex), decrypted, for the digest realm ``domain``;
+        None for an unknown or disabled user or when no HA1 exists for
+        ``algorithm``.  A value that does not decrypt (a wrong or lost key, a
+        row tampered with) raises :class:`CredentialStoreError` naming the row:
+        it is never taken for "no such user".
 
         A name that is not a valid user token or domain is simply unknown
         (None), since it comes from a peer's Authorization header.
@@ -353,7 +393,10 @@ class UserStore:
         )
         with self._errors(), self._live_engine().connect() as conn:
             value = conn.execute(query).scalar_one_or_none()
-        return None if value is None else str(value)
+        if value is None:
+            return None
+        with self._errors():
+            return self._open(self._read_keys(), str(value), key[0], key[1], algorithm)
 
     def roles(self, username: str, domain: str) -> tuple[str, ...] | None:
         """The user's roles (sorted); None for an unknown or disabled user."""
@@ -394,6 +437,81 @@ class UserStore:
             # hashes read where only bcrypt is installed): not a match.
             return False
 
+    # -- credential keys ---------------------------------------------------------------
+
+    def key_usage(self) -> KeyUsage:
+        """How many HA1 values are encrypted under each key id, and how many are not."""
+        counts: dict[str, int] = {}
+        plaintext = malformed = 0
+        with self._errors(), self._live_engine().connect() as conn:
+            for value, algorithm in conn.execute(select(self.credentials.c.ha1, self.credentials.c.algorithm)):
+                key_id = sealed_key_id(str(value))
+                if key_id is not None:
+                    counts[key_id] = counts.get(key_id, 0) + 1
+                elif is_plain_ha1(str(value), algorithm):
+                    plaintext += 1
+                else:
+                    malformed += 1
+        return KeyUsage(tuple(sorted(counts.items())), plaintext, malformed)
+
+    def reencrypt(self, keys: KeySet, *, batch: int = 200) -> Reencryption:
+        """Write every HA1 value that is not under ``keys.current`` again
+        under it (plain-text ones included), ``batch`` rows per transaction.
+
+        Each row is opened with the keys of *keys* and replaced only if it
+        still holds the value read (a password set meanwhile is kept), so a
+        crash or a concurrent writer leaves every row either as it was or
+        under the current key: readable with *keys* throughout.  A row that
+        does not open is left as it is and reported.
+        """
+        users, creds = self.users, self.credentials
+        query = select(creds.c.user_id, creds.c.algorithm, creds.c.ha1, users.c.username, users.c.domain).select_from(
+            creds.join(users, creds.c.user_id == users.c.id)
+        )
+        done = 0
+        unreadable: list[str] = []
+        with self._errors():
+            with self._live_engine().connect() as conn:
+                rows = [r for r in conn.execute(query) if sealed_key_id(str(r.ha1)) != keys.current]
+            for start in range(0, len(rows), batch):
+                with self._live_engine().begin() as conn:
+                    for row in rows[start:start + batch]:
+                        old = str(row.ha1)
+                        try:
+                            ha1 = self._open(keys, old, row.username, row.domain, row.algorithm)
+                        except CredentialStoreError as e:
+                            unreadable.append(str(e))
+                            continue
+                        sealed = keys.seal(ha1, row.username, row.domain, row.algorithm)
+                        result = conn.execute(
+                            update(creds)
+                            .where(creds.c.user_id == row.user_id, creds.c.algorithm == row.algorithm, creds.c.ha1 == old)
+                            .values(ha1=sealed)
+                        )
+                        done += result.rowcount
+        return Reencryption(done, tuple(unreadable))
+
+    def _read_keys(self) -> KeySet:
+        """The key file's keys for reading; before it exists, plain-text values only."""
+        keys = self.keys.load()
+        return _PLAIN if keys is None else keys
+
+    def _writing_keys(self, conn: Connection) -> KeySet:
+        """The key file's keys, creating the file on the first write: a new
+        file accepts plain-text values only if the database holds some."""
+        if self.keys.exists():
+            return self.keys.require()
+        creds = self.credentials
+        plaintext = conn.execute(select(creds.c.ha1).where(creds.c.ha1.not_like("enc1:%")).limit(1)).first() is not None
+        return self.keys.load_or_create(accept_plaintext=plaintext)
+
+    def _open(self, keys: KeySet, value: str, username: str, domain: str, algorithm: str) -> str:
+        try:
+            return keys.open(value, username, domain, algorithm)
+        except SealedValueError as e:
+            hint = f" ({self.keys.where} does not exist)" if keys is _PLAIN and sealed_key_id(value) is not None else ""
+            raise CredentialStoreError(f"credential of {username}@{domain} ({algorithm}) in {self._where}: {e}{hint}") from None
+
     # -- internals ---------------------------------------------------------------------
 
     def _live_engine(self) -> Engine:
@@ -408,6 +526,8 @@ class UserStore:
             yield
         except (SQLAlchemyError, ImportError) as e:
             raise CredentialStoreError(f"credential database {self._where}: {_one_line(e)}") from e
+        except KeyFileError as e:
+            raise CredentialStoreError(str(e)) from None
 
     def _admin_context(self) -> Any:
         if self._admin is None:
@@ -426,9 +546,16 @@ class UserStore:
         return None if value is None else int(value)
 
     def _write_credentials(self, conn: Connection, user_id: Any, username: str, domain: str, password: str) -> None:
+        try:
+            keys = self._writing_keys(conn)
+        except KeyFileError as e:
+            raise CredentialStoreError(str(e)) from None
         conn.execute(
             insert(self.credentials),
-            [{"user_id": user_id, "algorithm": a, "ha1": compute_ha1(_check_algorithm(a), username, domain, password)} for a in self.algorithms],
+            [
+                {"user_id": user_id, "algorithm": a, "ha1": keys.seal(compute_ha1(_check_algorithm(a), username, domain, password), username, domain, a)}
+                for a in self.algorithms
+            ],
         )
 
     def _update(self, username: str, domain: str, **values: Any) -> None:
@@ -479,6 +606,45 @@ def describe_users(where: str, records: Iterable[UserRecord], algorithms: Sequen
         f"{where}: {gaps} credentials (created before the algorithm was enabled; they cannot answer its challenge): "
         "set each one's password again with `sipshield user passwd USER`, which stores every enabled algorithm"
     )
+
+
+# No key file yet: plain-text HA1 values are read, encrypted ones cannot be.
+_PLAIN = KeySet((), "-", accept_plaintext=True)
+
+
+def describe_keys(where: str, store: UserStore) -> tuple[str, list[str]]:
+    """One line about how a store's HA1 values are encrypted, and warnings:
+    plain-text values left (with the fix), values under a key the key file
+    lacks, values that are neither, a key file that cannot be used.  Blocking."""
+    keyfile = store.keys
+    try:
+        keys = keyfile.load()
+        usage = store.key_usage()
+    except (CredentialStoreError, KeyFileError) as e:
+        return f"{where}: credential keys unusable", [f"{where}: {e}"]
+    warnings: list[str] = []
+    if usage.plaintext:
+        warnings.append(
+            f"{where}: {usage.plaintext} HA1 value(s) stored in plain text (from before encryption): a copy of the database "
+            "is enough to log in as those users; run `sipshield keys migrate`"
+        )
+    held = set(keys.ids) if keys is not None else set()
+    lost = [(k, n) for k, n in usage.by_key if k not in held]
+    if lost:
+        ids = ", ".join(k for k, _ in lost)
+        warnings.append(
+            f"{where}: {sum(n for _, n in lost)} HA1 value(s) encrypted under key(s) {ids}, which {keyfile.where} does not hold: "
+            "those users cannot log in (restore the key file from its backup, or set their passwords again)"
+        )
+    if usage.malformed:
+        warnings.append(f"{where}: {usage.malformed} stored HA1 value(s) are neither encrypted nor plain-text HA1s (tampered with?)")
+    if keys is None:
+        return f"{where}: HA1 values to be encrypted under {keyfile.where}, created with the first user or `sipshield keys migrate`", warnings
+    older = sum(n for k, n in usage.by_key if k != keys.current and k in held)
+    line = f"{where}: HA1 values encrypted under {keyfile.where}: current key {keys.current}, {usage.count(keys.current)} value(s) under it"
+    if older:
+        line += f", {older} under older keys (finish with `sipshield keys rotate`, then `sipshield keys prune`)"
+    return line, warnings
 
 
 def _check_password(password: str) -> None:

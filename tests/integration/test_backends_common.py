@@ -27,7 +27,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
-from sipshield.auth import CredentialStoreError, SIPDigestCredentials, UserStore
+from sipshield.auth import CredentialStoreError, KeyFile, SIPDigestCredentials, UserStore
 from sipshield.auth._checkers import StoreChecker, UnknownUser
 from sipshield.auth._digest import DigestResponse, _h, compute_ha1
 from sipshield.auth._ldap import LDAPChecker, LDAPSettings
@@ -93,12 +93,12 @@ def _sql_backend(name: str, store: UserStore, threadpool: ThreadPool) -> Backend
 @pytest.fixture(params=["sql-sqlite", "sql-postgres", "ldap-slapd"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path, threadpool: ThreadPool) -> Iterator[Backend]:
     if request.param == "sql-sqlite":
-        store = UserStore(f"sqlite:///{tmp_path / 'users.db'}")
+        store = UserStore(f"sqlite:///{tmp_path / 'users.db'}", keys=KeyFile(tmp_path / "credential.keys"))
         yield _sql_backend(request.param, store, threadpool)
         store.close()
     elif request.param == "sql-postgres":
         prefix = f"t{uuid.uuid4().hex[:12]}_"
-        store = UserStore(POSTGRES_URL, table_prefix=prefix)
+        store = UserStore(POSTGRES_URL, table_prefix=prefix, keys=KeyFile(tmp_path / "credential.keys"))
         try:
             built = _sql_backend(request.param, store, threadpool)
         except CredentialStoreError as e:

@@ -19,7 +19,7 @@ from twisted.internet import reactor, ssl
 from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
-from sipshield.auth import SIPDigestCredentials, UserStore, compute_ha1
+from sipshield.auth import KeyFile, SIPDigestCredentials, UserStore, compute_ha1
 from sipshield.auth._checkers import BackendUnavailable, ChainedChecker, IIdentity, StoreChecker, UnknownUser, make_portal
 from sipshield.auth._digest import DigestResponse, _h
 from sipshield.auth._ldap import LDAPChecker, LDAPSettings
@@ -223,7 +223,7 @@ def test_concurrent_requests_share_one_connection(checker: LDAPChecker) -> Itera
 
 @pytest.fixture
 def sqlite_checker(tmp_path: Path) -> Iterator[StoreChecker]:
-    store = UserStore(f"sqlite:///{tmp_path / 'users.db'}")
+    store = UserStore(f"sqlite:///{tmp_path / 'users.db'}", keys=KeyFile(tmp_path / "credential.keys"))
     store.create_schema()
     store.add("bob", REALM, "bob-secret", roles=["admin"])
     store.add("alice", REALM, "sql-alice-secret", roles=["admin"])

@@ -200,9 +200,10 @@ def test_every_start_warns_when_unauthenticated_service_is_allowed(tmp_path: Pat
 def test_the_start_up_log_says_the_posture_and_the_users(tmp_path: Path):
     """The posture and the user counts (tests/unit/test_posture.py), in the start-up log."""
     from sipshield.auth import UserStore
+    from sipshield.auth._keys import KeyFile
 
     (tmp_path / "data").mkdir()
-    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}", algorithms=["SHA-256"])  # before MD5 was enabled
+    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}", algorithms=["SHA-256"], keys=KeyFile(tmp_path / "data" / "credential.keys"))  # before MD5 was enabled
     store.create_schema()
     store.add("alice", "example.com", "alice-long-secret", ["staff"])
     store.close()

@@ -5,6 +5,7 @@ dropped afterwards.  Skips when PostgreSQL is not usable; fails under CI=true.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from user_store_contract import *  # noqa: F403  (the shared suite, run on the store below)
@@ -14,5 +15,5 @@ from sipshield.auth._users import UserStore
 
 
 @pytest.fixture
-def store() -> Iterator[UserStore]:
-    yield from open_store(POSTGRES_URL)
+def store(tmp_path: Path) -> Iterator[UserStore]:
+    yield from open_store(POSTGRES_URL, tmp_path / "credential.keys")

@@ -15,6 +15,7 @@ import pytest
 
 import sipshield
 from sipshield import cli
+from sipshield.auth._keys import KeyFile
 from sipshield.auth._users import UserStore
 
 PASSWORD = "Cli-Plaintext-Never-Stored-93b1"
@@ -79,7 +80,7 @@ def test_add_without_config_uses_default_data_dir_created_owner_only(workdir: Pa
     assert out.strip() == "added alice@localhost"
     data_dir = workdir / "sipshield-data"
     assert data_dir.stat().st_mode & 0o777 == 0o700
-    store = UserStore(f"sqlite:///{data_dir / 'sipshield.db'}")
+    store = UserStore(f"sqlite:///{data_dir / 'sipshield.db'}", keys=KeyFile(data_dir / "credential.keys"))
     assert store.ha1("alice", "localhost", "SHA-256") == sha256_ha1("alice", "localhost", PASSWORD)
     store.close()
 
@@ -89,7 +90,7 @@ def test_add_prompts_twice_and_uses_first_configured_domain(workdir: Path, confi
     code, out, err = run(monkeypatch, capsys, "user", "add", "bob", "--config", str(config_file), "--roles", "staff,admin")
     assert (code, err) == (0, "")
     assert asked == ["Password for bob@voip.example.com: ", "Again: "]
-    store = UserStore(f"sqlite:///{workdir / 'data' / 'sipshield.db'}")
+    store = UserStore(f"sqlite:///{workdir / 'data' / 'sipshield.db'}", keys=KeyFile(workdir / "data" / "credential.keys"))
     assert store.roles("bob", "voip.example.com") == ("admin", "staff")
     assert store.ha1("bob", "voip.example.com", "SHA-512-256") is not None
     store.close()
@@ -175,7 +176,7 @@ def test_passwd_replaces_the_ha1(workdir: Path, monkeypatch, capsys) -> None:
     prompts(monkeypatch, NEW_PASSWORD, NEW_PASSWORD)
     code, out, err = run(monkeypatch, capsys, "user", "passwd", "alice")
     assert (code, err) == (0, "") and out.strip() == "password changed for alice@localhost"
-    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}")
+    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}", keys=KeyFile(workdir / "sipshield-data" / "credential.keys"))
     assert store.ha1("alice", "localhost", "SHA-256") == sha256_ha1("alice", "localhost", NEW_PASSWORD)
     store.close()
 
@@ -246,7 +247,7 @@ def test_check_config_subcommand_still_parses(workdir: Path, capsys) -> None:
 # -- the real entry point ------------------------------------------------------------------------------
 
 
-def test_python_m_sipshield_cli_user_add_stores_ha1_rows_and_no_plaintext(tmp_path: Path) -> None:
+def test_python_m_sipshield_cli_user_add_stores_encrypted_ha1_rows_and_no_plaintext(tmp_path: Path) -> None:
     env = dict(os.environ)
     # The same sipshield the tests import (the work tree or the installed one).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(sipshield.__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
@@ -264,10 +265,18 @@ def test_python_m_sipshield_cli_user_add_stores_ha1_rows_and_no_plaintext(tmp_pa
         ).fetchall())
     finally:
         conn.close()
-    assert creds == {
+    ha1s = {
         "SHA-256": sha256_ha1("alice", "example.com", PASSWORD),
         "SHA-512-256": hashlib.new("sha512_256", f"alice:example.com:{PASSWORD}".encode()).hexdigest(),
     }
+    # The rows hold the HA1s encrypted, under the key file the command created (owner only).
+    assert set(creds) == set(ha1s)
+    assert all(value.startswith("enc1:") and ha1s[a] not in value for a, value in creds.items())
+    keys = db.parent / "credential.keys"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    store = UserStore(f"sqlite:///{db}", keys=KeyFile(keys))
+    assert {a: store.ha1("alice", "example.com", a) for a in ha1s} == ha1s
+    store.close()
     assert not any(PASSWORD in str(cell) for row in db_rows(db) for cell in row)
     for f in db.parent.glob("sipshield.db*"):
         assert PASSWORD.encode() not in f.read_bytes(), f

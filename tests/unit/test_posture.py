@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sipshield import cli
-from sipshield.auth import UserStore
+from sipshield.auth import KeyFile, UserStore
 from sipshield.config import mask_url, parse_config
 
 
@@ -24,7 +24,7 @@ def write(tmp_path: Path, algorithms: list[str], udp_trust: bool = True) -> Path
 
 def users_created_with(tmp_path: Path, algorithms: list[str], names: list[str]) -> None:
     (tmp_path / "data").mkdir(parents=True, exist_ok=True)
-    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}", algorithms=algorithms)
+    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}", algorithms=algorithms, keys=KeyFile(tmp_path / "data" / "credential.keys"))
     store.create_schema()
     for name in names:
         store.add(name, "example.com", f"{name}-long-secret", ["staff"])

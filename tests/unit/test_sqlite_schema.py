@@ -12,6 +12,7 @@ import pytest_twisted
 from sqlalchemy import create_engine, inspect
 from twisted.internet import reactor
 
+from sipshield.auth._keys import KeyFile
 from sipshield.auth._users import UserStore
 from sipshield.state._sql import SQLLocationStore
 
@@ -54,7 +55,7 @@ def _while_another_writer_holds_the_file(path: Path, create: Callable[[], None])
 
 def test_user_store_schema_waits_for_another_writer(tmp_path: Path) -> None:
     path = tmp_path / "sipshield.db"
-    store = UserStore(f"sqlite:///{path}")
+    store = UserStore(f"sqlite:///{path}", keys=KeyFile(tmp_path / "credential.keys"))
     try:
         assert _while_another_writer_holds_the_file(path, store.create_schema) == []
     finally:

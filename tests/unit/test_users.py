@@ -16,12 +16,13 @@ from user_store_contract import NEW_PASSWORD, PASSWORD, open_store
 
 from sipshield.auth._digest import compute_ha1
 from sipshield.auth._htdigest import HtdigestUserStore
+from sipshield.auth._keys import KeyFile
 from sipshield.auth._users import CredentialStoreError, UnknownUserError, UserRecord, UserStore
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[UserStore]:
-    yield from open_store(f"sqlite:///{tmp_path / 'sipshield.db'}")
+    yield from open_store(f"sqlite:///{tmp_path / 'sipshield.db'}", tmp_path / "credential.keys")
 
 
 def test_private_ha1_is_h_of_username_realm_password() -> None:
@@ -35,7 +36,7 @@ def test_private_ha1_is_h_of_username_realm_password() -> None:
 
 
 def test_no_plaintext_password_in_sqlite_file(tmp_path: Path) -> None:
-    store = UserStore(f"sqlite:///{tmp_path / 'sipshield.db'}")
+    store = UserStore(f"sqlite:///{tmp_path / 'sipshield.db'}", keys=KeyFile(tmp_path / "credential.keys"))
     store.create_schema()
     store.add("alice", "example.com", PASSWORD, admin=True)
     store.set_password("alice", "example.com", NEW_PASSWORD)
@@ -86,8 +87,8 @@ def test_no_plaintext_password_in_sqlite_file(tmp_path: Path) -> None:
 # -- errors ------------------------------------------------------------------------------
 
 
-def test_unreachable_database_raises_credential_store_error_without_password() -> None:
-    store = UserStore("postgresql+psycopg://sipshield:hunter2secret@127.0.0.1:1/nodb")
+def test_unreachable_database_raises_credential_store_error_without_password(tmp_path: Path) -> None:
+    store = UserStore("postgresql+psycopg://sipshield:hunter2secret@127.0.0.1:1/nodb", keys=KeyFile(tmp_path / "credential.keys"))
     with pytest.raises(CredentialStoreError) as info:
         store.ha1("alice", "example.com", "SHA-256")
     message = str(info.value)
@@ -97,27 +98,27 @@ def test_unreachable_database_raises_credential_store_error_without_password() -
 
 
 def test_missing_schema_raises_credential_store_error(tmp_path: Path) -> None:
-    store = UserStore(f"sqlite:///{tmp_path / 'empty.db'}")
+    store = UserStore(f"sqlite:///{tmp_path / 'empty.db'}", keys=KeyFile(tmp_path / "credential.keys"))
     with pytest.raises(CredentialStoreError, match="no such table"):
         store.list()
 
 
 def test_closed_store_raises_credential_store_error(tmp_path: Path) -> None:
-    store = UserStore(f"sqlite:///{tmp_path / 'x.db'}")
+    store = UserStore(f"sqlite:///{tmp_path / 'x.db'}", keys=KeyFile(tmp_path / "credential.keys"))
     store.close()
     with pytest.raises(CredentialStoreError, match="closed"):
         store.create_schema()
 
 
-def test_bad_url_and_unknown_algorithm_are_refused() -> None:
+def test_bad_url_and_unknown_algorithm_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CredentialStoreError, match="not a database URL"):
-        UserStore("no url here")
+        UserStore("no url here", keys=KeyFile(tmp_path / "credential.keys"))
     with pytest.raises(ValueError, match="unknown digest algorithm"):
-        UserStore("sqlite://", ("SHA-1",))
+        UserStore("sqlite://", ("SHA-1",), keys=KeyFile(tmp_path / "credential.keys"))
 
 
-def test_in_memory_sqlite_store_works_across_threads() -> None:
-    store = UserStore("sqlite://", ("MD5",))
+def test_in_memory_sqlite_store_works_across_threads(tmp_path: Path) -> None:
+    store = UserStore("sqlite://", ("MD5",), keys=KeyFile(tmp_path / "credential.keys"))
     store.create_schema()
     store.add("alice", "example.com", PASSWORD)
     found: list[str | None] = []
@@ -130,7 +131,7 @@ def test_in_memory_sqlite_store_works_across_threads() -> None:
 
 def test_sqlite_schema_has_the_documented_tables_and_constraints(tmp_path: Path) -> None:
     path = tmp_path / "sipshield.db"
-    store = UserStore(f"sqlite:///{path}")
+    store = UserStore(f"sqlite:///{path}", keys=KeyFile(tmp_path / "credential.keys"))
     store.create_schema()
     store.close()
     engine = create_engine(f"sqlite:///{path}")
