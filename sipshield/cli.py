@@ -120,6 +120,11 @@ def _open_user_store(args: argparse.Namespace, config: Config) -> Any:
         return HtdigestUserStore(path)
     if args.file:
         raise _UserCommandError("--file is only for --backend file")
+    return _open_sql_store(config)
+
+
+def _open_sql_store(config: Config) -> Any:
+    """The config's SQL user store, its schema created if missing."""
     from sipshield.auth._setup import sql_user_store
 
     if config.database_url is None:
@@ -414,6 +419,98 @@ def _add_ban_parser(sub: Any) -> None:
     listing.set_defaults(func=_ban_list)
 
 
+# -- sipshield keys ---------------------------------------------------------------------
+
+
+def _keys_status(store: Any) -> list[str]:
+    keyfile = store.keys
+    keys = keyfile.load()
+    usage = store.key_usage()
+    lines = [keyfile.where + ("" if keys is not None else ": not created yet (the first user, or `sipshield keys migrate`, creates it)")]
+    accepted = keys is None or keys.accept_plaintext
+    lines.append(f"plain-text HA1 values: {usage.plaintext} ({'accepted until migrated' if accepted else 'refused'})")
+    held = keys.ids if keys is not None else ()
+    for key_id in dict.fromkeys((*held, *(k for k, _ in usage.by_key))):
+        count = usage.count(key_id)
+        if keys is not None and key_id == keys.current:
+            state = "current"
+        elif key_id not in held:
+            state = "MISSING: not in the key file, those users cannot log in"
+        elif count:
+            state = "old: `sipshield keys rotate` moves its values to the current key"
+        else:
+            state = "unused: `sipshield keys prune` removes it"
+        lines.append(f"  key {key_id}: {count} value(s), {state}")
+    if usage.malformed:
+        lines.append(f"  {usage.malformed} value(s) neither encrypted nor plain-text HA1s (tampered with?)")
+    return lines
+
+
+def _keys_reencrypt(store: Any, rotate: bool) -> list[str]:
+    """Migrate (and with *rotate*, first add a new current key): every value
+    not under the current key is written again under it; once no plain-text
+    value is left, the key file refuses them from then on."""
+    keyfile = store.keys
+    keys = keyfile.load_or_create(accept_plaintext=True)
+    lines = []
+    if rotate:
+        keys = keyfile.update(lambda k: k.rotated())
+        lines.append(f"new current key {keys.current} (the old ones stay until `sipshield keys prune`)")
+    result = store.reencrypt(keys)
+    lines.append(f"{result.reencrypted} value(s) written under key {keys.current}")
+    lines += [f"  not readable, left as it is: {why}" for why in result.unreadable]
+    if keys.accept_plaintext and store.key_usage().plaintext == 0:
+        keyfile.update(lambda k: k.refusing_plaintext())
+        lines.append("no plain-text value is left: the key file now refuses them")
+    return lines
+
+
+def _keys_prune(store: Any) -> list[str]:
+    keyfile = store.keys
+    removed: list[str] = []
+
+    def prune(keys: Any) -> Any:
+        used = {k for k, n in store.key_usage().by_key if n}
+        removed.extend(k for k in keys.ids if k not in used and k != keys.current)
+        return keys.without(set(removed))
+
+    keys = keyfile.update(prune)
+    lines = [f"removed key {k}" for k in removed] or ["no key to remove"]
+    return lines + [f"kept key {k}" for k in keys.ids]
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from sipshield.auth._keys import KeyFileError
+    from sipshield.auth._users import CredentialStoreError
+
+    try:
+        store = _open_sql_store(_user_config(args))
+        try:
+            lines = args.keys_func(store)
+        finally:
+            store.close()
+    except (ConfigError, CredentialStoreError, KeyFileError, OSError) as e:
+        print(f"sipshield keys {args.keys_command}: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+def _add_keys_parser(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
+    keys = sub.add_parser("keys", help="the key file the SQL user store's HA1 values are encrypted under")
+    commands = keys.add_subparsers(dest="keys_command", required=True, metavar="{status,migrate,rotate,prune}")
+    keys.set_defaults(func=_keys)
+    for name, func, text in (
+        ("status", _keys_status, "how many values each key encrypts, which key is current, plain-text values left"),
+        ("migrate", lambda store: _keys_reencrypt(store, rotate=False), "encrypt every plain-text value (and any under an old key) under the current key"),
+        ("rotate", lambda store: _keys_reencrypt(store, rotate=True), "add a new current key and encrypt every value under it again"),
+        ("prune", _keys_prune, "remove the keys no value is encrypted under any more"),
+    ):
+        commands.add_parser(name, parents=[common], help=text).set_defaults(keys_func=func)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipshield", description="sipshield operator tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -425,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     version.set_defaults(func=lambda args: print(__import__("sipshield").__version__) or 0)
     _add_user_parser(sub)
     _add_ban_parser(sub)
+    _add_keys_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -219,6 +219,25 @@ def test_the_start_up_log_says_the_posture_and_the_users(tmp_path: Path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_the_start_up_log_warns_while_plain_text_ha1_values_remain(tmp_path: Path):
+    """A database from before encryption: its users still log in (tests/user_store_contract.py),
+    and every start says how many values are in plain text and how to encrypt them."""
+    from user_store_contract import older_database
+
+    from sipshield.auth import KeyFile, UserStore
+
+    (tmp_path / "data").mkdir()
+    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}", keys=KeyFile(tmp_path / "data" / "credential.keys"))
+    store.create_schema()
+    older_database(store, {"alice": "alice-long-secret"})
+    store.close()
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}})
+    lines = yield startup_log(config)
+    warnings = [text for level, text in lines if level == "warn"]
+    assert any("sql: 2 HA1 value(s) stored in plain text" in w and "sipshield keys migrate" in w for w in warnings), warnings
+
+
+@pytest_twisted.inlineCallbacks
 def test_service_creates_both_schemas_in_one_new_file(tmp_path: Path):
     """The SQLite start-up race (tests/unit/test_sqlite_schema.py) through a real start."""
     config = parse_config(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import sqlite3
 import subprocess
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import run
 
 import sipshield
 from sipshield import cli
@@ -34,13 +34,6 @@ def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "sipshield.toml"
     path.write_text('[server]\ndata_dir = "data"\ndomains = ["voip.example.com", "example.org"]\n')
     return path
-
-
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str, stdin: str = "") -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def prompts(monkeypatch: pytest.MonkeyPatch, *answers: str) -> list[str]:
