@@ -297,7 +297,7 @@ def test_weak_password_is_refused_with_the_reason_and_nothing_is_written(workdir
     code, out, err = run(monkeypatch, capsys, "user", command, name, "--password-stdin", stdin=password + "\n")
     assert (code, out) == (1, "")
     assert err.startswith(f"sipshield user {command}: weak password for {name}@localhost: ") and why in err and "--allow-weak" in err
-    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}")
+    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}", keys=KeyFile(workdir / "sipshield-data" / "credential.keys"))
     try:
         stored = store.ha1(name, "localhost", "SHA-256")
     finally:
@@ -309,7 +309,7 @@ def test_allow_weak_keeps_a_weak_password_with_a_warning(workdir: Path, monkeypa
     code, out, err = run(monkeypatch, capsys, "user", "add", "1001", "--allow-weak", "--password-stdin", stdin="1001\n")
     assert (code, out.strip()) == (0, "added 1001@localhost")
     assert err == "sipshield user add: WARNING: weak password for 1001@localhost (it is shorter than 12 characters), kept because of --allow-weak\n"
-    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}")
+    store = UserStore(f"sqlite:///{workdir / 'sipshield-data' / 'sipshield.db'}", keys=KeyFile(workdir / "sipshield-data" / "credential.keys"))
     try:
         assert store.ha1("1001", "localhost", "SHA-256") == sha256_ha1("1001", "localhost", "1001")
     finally:
