@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from digest_client import challenges
-from pipeline_support import PHONE, RecordingFlow, proxy_service, request
+from digest_client import authorization, challenges
+from pipeline_support import PASSWORD, PHONE, RecordingFlow, proxy_service, request
 
 BOB = "sip:bob@127.0.0.5:5070"
 BOB2 = "sip:bob@127.0.0.6:5070"
@@ -98,6 +98,55 @@ def test_our_proxy_authorization_is_stripped_and_another_realms_kept(proxy) -> N
     proxy.send(proxy.authorized(extra=f"Proxy-Authorization: {theirs}\r\n"))
     ((fwd, _),) = proxy.forwarded()
     assert fwd.headers.get_all("Proxy-Authorization") == [theirs]
+
+
+def _invite_from(from_uri: str, extra: str = "") -> bytes:
+    return request(uri="sip:bob@example.com", extra=extra).replace(b"From: <sip:alice@example.com>", f"From: <{from_uri}>".encode())
+
+
+def _challenge_for(proxy, from_uri: str) -> dict[str, str]:
+    proxy.send(_invite_from(from_uri))
+    (challenge,) = [c for c in challenges(proxy.phone.sent[-1][0], "Proxy-Authenticate") if c.get("algorithm") == "SHA-256"]
+    return challenge
+
+
+def test_with_two_domains_the_realm_is_the_callers_domain_and_its_password_the_one_checked(tmp_path: Path) -> None:
+    """Realm choice (the auth stage's ``_screen``): a caller in the second
+    served domain is challenged in that domain's realm and only that realm's
+    password lets the INVITE through; alice's example.com digest does not
+    pass for alice@example.org (mutmut survivors with one domain)."""
+    proxy = proxy_service(tmp_path, server={"domains": ["example.com", "example.org"]})
+    try:
+        proxy.service.user_stores[0].add("alice", "example.org", "org-secret", ("staff",))
+        proxy.register("bob", BOB)
+        challenge = _challenge_for(proxy, "sip:alice@example.org")
+        assert challenge["realm"] == "example.org"
+        theirs = {**challenge, "realm": "example.com"}
+        for wrong in (authorization(theirs, "SHA-256", "alice", PASSWORD, "INVITE", "sip:bob@example.com"),
+                      authorization(challenge, "SHA-256", "alice", PASSWORD, "INVITE", "sip:bob@example.com")):
+            proxy.send(_invite_from("sip:alice@example.org", f"Proxy-Authorization: {wrong}\r\n"))
+            assert proxy.forwarded() == []
+            assert proxy.last().status == 407
+        right = authorization(_challenge_for(proxy, "sip:alice@example.org"), "SHA-256", "alice", "org-secret", "INVITE", "sip:bob@example.com")
+        proxy.send(_invite_from("sip:alice@example.org", f"Proxy-Authorization: {right}\r\n"))
+        assert len(proxy.forwarded()) == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_caller_from_a_domain_we_do_not_serve_is_challenged_in_the_default_realm(tmp_path: Path) -> None:
+    """A From in a foreign domain names no realm of ours: the challenge is for
+    the first configured domain, never for the domain the sender chose."""
+    proxy = proxy_service(tmp_path, server={"domains": ["example.com", "example.org"]})
+    try:
+        for caller in ("sip:mallory@evil.example", "tel:+15551234"):
+            proxy.send(_invite_from(caller))
+            assert proxy.last().status == 407
+            realms = {c["realm"] for c in challenges(proxy.phone.sent[-1][0], "Proxy-Authenticate")}
+            assert realms == {"example.com"}
+        assert proxy.forwarded() == []
+    finally:
+        proxy.stop()
 
 
 # -- response context: what goes back upstream ---------------------------------------------
