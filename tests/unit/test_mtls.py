@@ -6,10 +6,9 @@ import datetime
 import ipaddress
 
 import pytest
+from cert_support import make_ca, make_leaf
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
 from sipshield.auth._checkers import Identity
@@ -18,42 +17,9 @@ from sipshield.auth._mtls import TrunkAccount, TrunkMap, certificate_identities,
 NOW = datetime.datetime(2026, 11, 28, tzinfo=datetime.UTC)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder().subject_name(_name("sipshield test CA")).issuer_name(_name("sipshield test CA"))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1)).not_valid_after(NOW + datetime.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def make_leaf(
-    cn: str, san: list[x509.GeneralName] | None, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """A leaf signed by *issuer*, or self-signed when *issuer* is None."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    issuer_name, signer = (issuer[0].subject, issuer[1]) if issuer else (_name(cn), key)
-    builder = (
-        x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(issuer_name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1)).not_valid_after(NOW + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-    )
-    if san is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(signer, hashes.SHA256()), key
-
-
 @pytest.fixture(scope="module")
 def ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    return make_ca()
+    return make_ca(now=NOW)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +29,7 @@ def trunk_cert(ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> x509.
         x509.UniformResourceIdentifier("sip:trunk.example.net"),
         x509.DNSName("Trunk.Example.NET"),
     ]
-    return make_leaf("ignored-cn.example.net", san, ca)[0]
+    return make_leaf("ignored-cn.example.net", san, ca, now=NOW)[0]
 
 
 def test_sip_uri_identities_come_first_then_dns_names_lower_cased(trunk_cert: x509.Certificate) -> None:
@@ -120,7 +86,7 @@ def test_leaf_chains_to_ca_and_self_signed_does_not(ca, trunk_cert: x509.Certifi
     store.add_cert(crypto.X509.from_cryptography(ca[0]))
     store.set_time(NOW.replace(tzinfo=None))
     crypto.X509StoreContext(store, crypto.X509.from_cryptography(trunk_cert)).verify_certificate()
-    rogue, _ = make_leaf("trunk.example.net", [x509.UniformResourceIdentifier("sip:trunk.example.net")])
+    rogue, _ = make_leaf("trunk.example.net", [x509.UniformResourceIdentifier("sip:trunk.example.net")], now=NOW)
     with pytest.raises(crypto.X509StoreContextError):
         crypto.X509StoreContext(store, crypto.X509.from_cryptography(rogue)).verify_certificate()
     # Identities are read, never trusted, here: a caller must only pass verified certificates.

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cert_support import Issued, make_ca, make_leaf, write_pem
+from cryptography import x509
+from OpenSSL import SSL, crypto
 
 from sipshield.config import ConfigError, TLSConfig
 from sipshield.transport import ServerTLSContext, generate_self_signed, load_tls_material
@@ -45,3 +49,108 @@ def test_garbage_certificate_and_mismatched_key_are_refused(tmp_path: Path) -> N
         load_tls_material(TLSConfig(certificate=tmp_path / "a.pem", private_key=tmp_path / "b.key"), tmp_path)
     with pytest.raises(ConfigError, match="tls.client_ca: cannot read"):
         load_tls_material(TLSConfig(client_ca=tmp_path / "ca.pem"), tmp_path)
+
+
+def test_only_half_a_generated_pair_means_none(tmp_path: Path) -> None:
+    """A certificate without its key (a start-up cut short) is generated anew, not half loaded."""
+    generate_self_signed(tmp_path / SELF_SIGNED_CERT, tmp_path / SELF_SIGNED_KEY, ["example.com"])
+    (tmp_path / SELF_SIGNED_KEY).unlink()
+    assert load_tls_material(TLSConfig(), tmp_path) is None
+
+
+# -- what the listener's TLS context lets through: handshakes in memory (no socket) --------
+
+def _handshake(server_context: ServerTLSContext, client: SSL.Context) -> tuple[SSL.Connection, SSL.Connection]:
+    """A TLS handshake between the listener's connection and *client*,
+    bytes passed through memory BIOs; raises SSL.Error when either refuses."""
+    server = server_context.serverConnectionForTLS(None)
+    server.set_accept_state()
+    peer = SSL.Connection(client, None)
+    peer.set_connect_state()
+    done = {server: False, peer: False}
+    for _ in range(20):
+        for side, other in ((peer, server), (server, peer)):
+            if not done[side]:
+                try:
+                    side.do_handshake()
+                    done[side] = True
+                except SSL.WantReadError:
+                    pass
+            try:
+                other.bio_write(side.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+        if all(done.values()):
+            # TLS 1.3: the server judges the client certificate after the
+            # client thinks it is done; the server's verdict reaches it on read.
+            try:
+                peer.recv(1)
+            except SSL.WantReadError:
+                pass
+            return server, peer
+    raise AssertionError("handshake did not finish")
+
+
+def _client(max_version: int | None = None, cert: Issued | None = None, trust: x509.Certificate | None = None) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    if max_version is not None:
+        context.set_max_proto_version(max_version)
+    if cert is not None:
+        context.use_certificate(cert[0])
+        context.use_privatekey(cert[1])
+    if trust is not None:
+        context.get_cert_store().add_cert(crypto.X509.from_cryptography(trust))  # type: ignore[union-attr]
+        context.set_verify(SSL.VERIFY_PEER)
+    return context
+
+
+def _listener(tmp_path: Path, **tls: Any) -> ServerTLSContext:
+    generate_self_signed(tmp_path / SELF_SIGNED_CERT, tmp_path / SELF_SIGNED_KEY, ["127.0.0.1"])
+    material = load_tls_material(TLSConfig(**tls), tmp_path)
+    assert material is not None
+    return ServerTLSContext(material)
+
+
+def test_minimum_version_refuses_an_older_client(tmp_path: Path) -> None:
+    """``[tls] minimum_version`` (downgrade): a client that stops at TLS 1.2 gets no connection to a TLS 1.3 listener."""
+    listener = _listener(tmp_path, minimum_version="TLSv1.3")
+    with pytest.raises(SSL.Error):
+        _handshake(listener, _client(SSL.TLS1_2_VERSION))
+    server, _ = _handshake(listener, _client())
+    assert server.get_protocol_version_name() == "TLSv1.3"
+
+
+def test_maximum_version_caps_what_is_negotiated(tmp_path: Path) -> None:
+    server, _ = _handshake(_listener(tmp_path, maximum_version="TLSv1.2"), _client())
+    assert server.get_protocol_version_name() == "TLSv1.2"
+
+
+@pytest.fixture(scope="module")
+def client_ca() -> Issued:
+    return make_ca("sipshield client CA")
+
+
+def test_with_client_ca_a_certificate_from_another_ca_is_refused_and_none_is_allowed(tmp_path: Path, client_ca: Issued) -> None:
+    """RFC 5922 mutual TLS: a client certificate must chain to ``[tls]
+    client_ca`` (a self-signed one claiming a trunk's name gets no
+    connection); a client without one still connects (digest may follow),
+    and only a verified certificate reaches the auth stage."""
+    listener = _listener(tmp_path, client_ca=write_pem(tmp_path / "client-ca.pem", client_ca[0]))
+    trunk = make_leaf("trunk.example.net", [x509.UniformResourceIdentifier("sip:trunk.example.net")], client_ca)
+    rogue = make_leaf("trunk.example.net", [x509.UniformResourceIdentifier("sip:trunk.example.net")])
+    with pytest.raises(SSL.Error):
+        _handshake(listener, _client(cert=rogue))
+    server, _ = _handshake(listener, _client(cert=trunk))
+    assert server.get_peer_certificate().to_cryptography() == trunk[0]  # type: ignore[union-attr]
+    server, _ = _handshake(listener, _client())
+    assert server.get_peer_certificate() is None
+
+
+def test_the_configured_chain_is_sent_so_clients_trusting_only_the_root_connect(tmp_path: Path) -> None:
+    root = make_ca("sipshield root")
+    intermediate = make_ca("sipshield intermediate", issuer=root)
+    leaf = make_leaf("127.0.0.1", [x509.DNSName("sip.example.com")], intermediate)
+    tls = {"certificate": write_pem(tmp_path / "chain.pem", leaf[0], intermediate[0]), "private_key": write_pem(tmp_path / "leaf.key", key=leaf[1])}
+    material = load_tls_material(TLSConfig(**tls), tmp_path)
+    assert material is not None
+    _handshake(ServerTLSContext(material), _client(trust=root[0]))

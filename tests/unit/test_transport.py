@@ -226,3 +226,32 @@ def test_outbound_connections_are_never_evicted() -> None:
     _, newcomer = connect(factory, host="192.0.2.2")
     assert inbound.disconnecting or inbound.disconnected  # the inbound one made room
     assert not out_transport.disconnecting and not newcomer.disconnecting
+
+
+def test_an_evicted_connection_delivers_nothing_more_and_its_close_frees_no_other_slot() -> None:
+    """Eviction ends the connection for good: bytes still in flight on it
+    reach no handler, and its late connectionLost leaves the newcomer's slot."""
+    handler = RecordingHandler()
+    factory, _ = make_factory(handler, max_connections=2, max_connections_per_source=1)
+    evicted, evicted_transport = connect(factory, host="192.0.2.1")
+    connect(factory, host="192.0.2.2")
+    _, newcomer = connect(factory, host="192.0.2.3")
+    assert evicted_transport.disconnecting or evicted_transport.disconnected
+    evicted.dataReceived(options("late"))
+    assert handler.messages == []
+    evicted.connectionLost(None)
+    assert set(factory.connections) == {("192.0.2.2", 40000), ("192.0.2.3", 40000)} and not newcomer.disconnecting
+    _, again = connect(factory, host="192.0.2.3", port=40001)
+    assert again.disconnecting or again.disconnected  # the per-source count of 192.0.2.3 still holds
+
+
+def test_a_connection_closed_for_an_incomplete_message_gives_its_slot_back() -> None:
+    factory, reactor = make_factory(RecordingHandler(), idle_timeout=30, max_connections_per_source=1)
+    proto, transport = connect(factory)
+    proto.dataReceived(options()[:20])
+    reactor.advance(31)
+    assert transport.disconnecting
+    proto.connectionLost(None)
+    assert factory.connections == {} and reactor.getDelayedCalls() == []
+    _, again = connect(factory, port=40001)
+    assert not again.disconnecting
