@@ -120,3 +120,59 @@ def test_a_token_seen_on_the_wire_relays_nothing_for_a_third_host(tmp_path: Path
         flow = feed(service.core, in_dialog(method, uri=uri, route=stolen, call_id="c1@example.com"), RecordingFlow(ATTACKER))
         assert flow.statuses()[-1] == 407, (uri, flow.statuses())
     assert dispatcher.sent == []
+
+
+# -- where a signed route set leads (hop_for, next_hop: mutmut survivors) -------------------
+
+def _follow(tmp_path: Path, method: str, next_route: str, destination: str) -> list:
+    """*method* in a dialog whose route set is our signed Record-Route (for
+    the sender and *destination*) then *next_route*; what was sent, and where."""
+    service, dispatcher = make_service(tmp_path)
+    route = signed(service, pair=endpoints(ATTACKER[0], destination)) + ", " + next_route
+    flow = feed(service.core, in_dialog(method, route=route), RecordingFlow(ATTACKER))
+    assert 407 not in flow.statuses()
+    return dispatcher.sent
+
+
+@pytest.mark.parametrize("method", ["BYE", "ACK"])
+def test_a_strict_router_next_gets_the_request_uri_and_the_old_one_goes_last(tmp_path: Path, method: str) -> None:
+    """RFC 3261 16.12: a next Route without ``lr`` is a strict router: it
+    becomes the Request-URI and the Request-URI the last Route."""
+    ((fwd, hop),) = _follow(tmp_path, method, "<sip:127.0.0.6:5070>, <sip:127.0.0.7;lr>", "127.0.0.6")
+    assert hop == ("UDP", "127.0.0.6", 5070)
+    assert str(fwd.uri) == "sip:127.0.0.6:5070"
+    assert fwd.headers.get_values("Route") == ["<sip:127.0.0.7;lr>", f"<sip:victim@{VICTIM}>"]
+
+
+def test_a_loose_router_next_leaves_the_request_uri_alone(tmp_path: Path) -> None:
+    ((fwd, hop),) = _follow(tmp_path, "BYE", "<sip:127.0.0.6:5070;lr>", "127.0.0.6")
+    assert hop == ("UDP", "127.0.0.6", 5070)
+    assert str(fwd.uri) == f"sip:victim@{VICTIM}" and fwd.headers.get_values("Route") == ["<sip:127.0.0.6:5070;lr>"]
+
+
+@pytest.mark.parametrize(
+    "next_route, destination, hop",
+    [
+        ("<sip:edge.example.net;lr;maddr=127.0.0.7>", "127.0.0.7", ("UDP", "127.0.0.7", 5060)),
+        ("<sip:edge.example.net:5080;lr;maddr=[::1]>", "::1", ("UDP", "::1", 5080)),
+        ("<sips:127.0.0.8;lr>", "127.0.0.8", ("TLS", "127.0.0.8", 5061)),
+        ("<sip:127.0.0.8;transport=tcp;lr>", "127.0.0.8", ("TCP", "127.0.0.8", 5060)),
+        ("<sips:127.0.0.8;transport=tcp;lr>", "127.0.0.8", ("TLS", "127.0.0.8", 5061)),
+    ],
+    ids=["maddr", "maddr-ipv6-port", "sips", "transport-tcp", "sips-over-tcp-param"],
+)
+def test_the_next_hop_is_maddr_over_host_and_sips_is_always_tls(tmp_path: Path, next_route: str, destination: str, hop: tuple) -> None:
+    """RFC 3261 19.1.1 / RFC 3263: ``maddr`` names the host to send to (and
+    the route token must be for it); ``sips`` is TLS whatever the transport
+    parameter says (a downgrade otherwise), with 5061 as its default port."""
+    ((_, sent_to),) = _follow(tmp_path, "BYE", next_route, destination)
+    assert sent_to == hop
+
+
+def test_a_route_token_for_the_named_host_does_not_cover_its_maddr(tmp_path: Path) -> None:
+    """The token binds the dialog to the host the request really goes to:
+    signed for edge.example.net, it does not let a Route aim it at a maddr."""
+    service, dispatcher = make_service(tmp_path)
+    route = signed(service, pair=endpoints(ATTACKER[0], "edge.example.net")) + f", <sip:edge.example.net;lr;maddr={VICTIM}>"
+    flow = feed(service.core, in_dialog("BYE", route=route), RecordingFlow(ATTACKER))
+    assert flow.statuses()[-1] == 407 and dispatcher.sent == []

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pipeline_support import RecordingHandler, options
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
-from sipshield.config import LimitsConfig
+from sipshield.config import LimitsConfig, TLSConfig
 from sipshield.message import Request
 from sipshield.transport import SIPDatagramProtocol, SIPStreamFactory
+from sipshield.transport._dispatch import TransportDispatcher
 
 
 def connect(factory: SIPStreamFactory, host: str = "192.0.2.1", port: int = 40000):
@@ -255,3 +257,110 @@ def test_a_connection_closed_for_an_incomplete_message_gives_its_slot_back() -> 
     assert factory.connections == {} and reactor.getDelayedCalls() == []
     _, again = connect(factory, port=40001)
     assert not again.disconnecting
+
+
+def test_per_source_counts_follow_every_close_and_are_forgotten_at_zero() -> None:
+    """The per-source cap counts live connections: each close gives back
+    exactly one, and a source with none left holds no table entry (a key
+    per address an attacker ever used would be state that outlives them)."""
+    factory, _ = make_factory(RecordingHandler(), max_connections_per_source=2)
+    first, _ = connect(factory, port=1)
+    second, _ = connect(factory, port=2)
+    first.connectionLost(None)
+    connect(factory, port=3)
+    _, refused = connect(factory, port=4)
+    assert refused.disconnecting or refused.disconnected  # 2 and 3 are live: still at the cap
+    for proto in list(factory.connections.values()):
+        proto.connectionLost(None)
+    assert factory.connections == {} and factory._per_source == {}
+    opened = [connect(factory, port=n)[1] for n in (5, 6, 7)]
+    assert [t.disconnecting or t.disconnected for t in opened] == [False, False, True]
+
+
+def test_a_closed_connection_handles_and_sends_nothing_more() -> None:
+    """After the idle timeout closes it (the peer may still be sending while
+    the close completes) and after it is lost, nothing is delivered or written."""
+    handler = RecordingHandler()
+    factory, reactor = make_factory(handler, idle_timeout=30)
+    proto, transport = connect(factory)
+    reactor.advance(31)
+    assert transport.disconnecting
+    proto.dataReceived(options("late"))
+    proto.send(b"late answer")
+    assert handler.messages == [] and transport.value() == b""
+    other, other_transport = connect(factory, port=40001)
+    other.connectionLost(None)
+    other.send(b"after the loss")
+    assert other_transport.value() == b""
+
+
+def _tls_dispatcher(tmp_path) -> tuple[TransportDispatcher, MemoryReactorClock]:
+    from sipshield.config import ListenerConfig
+    from sipshield.transport import ServerTLSContext, SIPListener, generate_self_signed, load_tls_material
+
+    generate_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", ["127.0.0.1"])
+    material = load_tls_material(TLSConfig(certificate=tmp_path / "c.pem", private_key=tmp_path / "k.pem"), tmp_path)
+    assert material is not None
+    reactor = MemoryReactorClock()
+    dispatcher = TransportDispatcher(reactor)
+    for kind in ("tcp", "tls"):
+        listener = SIPListener(ListenerConfig(kind, 0), RecordingHandler(), LimitsConfig(), reactor, ServerTLSContext(material))
+        listener.listen()
+        dispatcher.add_listener(listener)
+    return dispatcher, reactor
+
+
+def test_a_tls_hop_gets_a_verified_tls_connection_never_plain_tcp(tmp_path) -> None:
+    """Downgrade: a request for a TLS hop (sips:, transport=tls) goes out on a
+    TLS connection that checks the peer's name, within a connect deadline;
+    what was sent before the connection was up is written once it is."""
+    dispatcher, reactor = _tls_dispatcher(tmp_path)
+    flow = dispatcher.send(b"INVITE", ("TLS", "192.0.2.7", 5061))
+    assert reactor.tcpClients == []
+    ((host, port, factory, options_, timeout, _),) = reactor.sslClients
+    assert (host, port) == ("192.0.2.7", 5061) and 0 < timeout <= 10
+    assert options_._hostnameASCII == "192.0.2.7"
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, port), hostAddress=IPv4Address("TCP", "127.0.0.1", 5061))
+    proto = factory.buildProtocol(IPv4Address("TCP", host, port))
+    assert proto is flow and proto.secure
+    proto.makeConnection(transport)
+    assert transport.value() == b"INVITE"
+    dispatcher.send(b"BYE", ("TCP", "192.0.2.8", 5060))
+    ((tcp_host, tcp_port, _, tcp_timeout, _),) = reactor.tcpClients
+    assert (tcp_host, tcp_port) == ("192.0.2.8", 5060) and 0 < tcp_timeout <= 10 and len(reactor.sslClients) == 1
+
+
+def test_a_failed_outbound_connection_is_not_written_to_again(tmp_path) -> None:
+    """A connection that could not be made is closed for good: the next
+    request of the same transaction opens a new one instead of queueing
+    bytes for ever on the dead one."""
+    dispatcher, reactor = _tls_dispatcher(tmp_path)
+    flow = dispatcher.send(b"INVITE", ("TCP", "192.0.2.8", 5060))
+    ((_, _, factory, _, _),) = reactor.tcpClients
+    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError("refused")))
+    again = dispatcher.send(b"CANCEL", ("TCP", "192.0.2.8", 5060), flow)
+    assert again is not flow and len(reactor.tcpClients) == 2
+
+
+def _with_headers(data: bytes, extra: int) -> bytes:
+    return data.replace(b"Content-Length", b"".join(b"X-%d: v\r\n" % n for n in range(extra)) + b"Content-Length")
+
+
+def test_udp_holds_max_headers_and_max_message_bytes_as_tcp_does() -> None:
+    """``[limits] max_headers`` and ``max_message_bytes`` on UDP: a request
+    one line over gets 400 Too many header lines, one byte over 413 (both
+    answered, never delivered); exactly at each limit it is served."""
+    handler = RecordingHandler()
+    base = options("h", "UDP")
+    lines = base.count(b"\r\n") - 2  # header lines, not the request line or the blank one
+    proto = SIPDatagramProtocol(handler, len(base) + 64, max_headers=lines + 4)
+    proto.makeConnection(_UDPWriter())  # type: ignore[arg-type]
+    proto.datagramReceived(_with_headers(base, 4), ("192.0.2.1", 5060))
+    proto.datagramReceived(_with_headers(base, 5), ("192.0.2.1", 5060))
+    big = base.replace(b"Content-Length", b"X-Pad: " + b"a" * (64 - 9) + b"\r\nContent-Length")
+    assert len(big) == len(base) + 64
+    proto.datagramReceived(big, ("192.0.2.1", 5060))
+    proto.datagramReceived(big.replace(b"X-Pad: ", b"X-Pad: a"), ("192.0.2.1", 5060))
+    assert len(handler.messages) == 2
+    assert [(e.status, e.reason) for e in handler.errors] == [(400, "Too many header lines"), (413, "Message too large")]
+    assert all(e.message is not None for e in handler.errors)  # parsed enough to be answered
