@@ -240,7 +240,7 @@ def test_an_evicted_connection_delivers_nothing_more_and_its_close_frees_no_othe
     _, newcomer = connect(factory, host="192.0.2.3")
     assert evicted_transport.disconnecting or evicted_transport.disconnected
     evicted.dataReceived(options("late"))
-    assert handler.messages == []
+    assert handler.messages == [] and handler.errors == []
     evicted.connectionLost(None)
     assert set(factory.connections) == {("192.0.2.2", 40000), ("192.0.2.3", 40000)} and not newcomer.disconnecting
     _, again = connect(factory, host="192.0.2.3", port=40001)
@@ -364,3 +364,24 @@ def test_udp_holds_max_headers_and_max_message_bytes_as_tcp_does() -> None:
     assert len(handler.messages) == 2
     assert [(e.status, e.reason) for e in handler.errors] == [(400, "Too many header lines"), (413, "Message too large")]
     assert all(e.message is not None for e in handler.errors)  # parsed enough to be answered
+
+
+def test_a_connection_that_never_sends_is_closed_at_the_idle_timeout() -> None:
+    """Idle flood: the idle timer starts when the connection is accepted, not at its first byte."""
+    factory, reactor = make_factory(RecordingHandler(), idle_timeout=30)
+    proto, transport = connect(factory)
+    assert not proto.secure  # plain TCP: nothing above may take it for TLS
+    reactor.advance(29)
+    assert not transport.disconnecting
+    reactor.advance(2)
+    assert transport.disconnecting
+
+
+def test_a_refused_connection_delivers_nothing() -> None:
+    handler = RecordingHandler()
+    factory, _ = make_factory(handler, max_connections_per_source=1)
+    connect(factory, port=1)
+    refused, transport = connect(factory, port=2)
+    assert transport.disconnecting or transport.disconnected
+    refused.dataReceived(options("inflight"))
+    assert handler.messages == [] and handler.errors == []
