@@ -13,9 +13,10 @@ the fast unit tests only: mutmut runs pytest several times in one process,
 so the tests that drive the real reactor through pytest-twisted (it cannot
 be restarted), the two that run the CLI or pytest in a subprocess, and the
 end-to-end tests are left out; so is the PYTHONPATH, which would make the
-tests import the unmutated tree.  (The connection-table checks of
-sipshield/transport/_stream.py are therefore tested by hand-made mutations
-only: docs/development.md.)
+tests import the unmutated tree.  The transport's decisions are scored
+all the same: tests/unit drives the transports without a reactor
+(StringTransport, MemoryReactorClock, TLS handshakes through memory BIOs).
+On a shared machine: ``nice -n 10 ... --max-children 1``, one layer per run.
 
 It prints the score (killed / all, per file) and every surviving mutant
 with its diff, and writes the same to ``mutation-report.txt`` in the

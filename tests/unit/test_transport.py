@@ -378,3 +378,13 @@ def test_a_refused_connection_delivers_nothing() -> None:
     assert transport.disconnecting or transport.disconnected
     refused.dataReceived(options("inflight"))
     assert handler.messages == [] and handler.errors == []
+
+
+def test_no_connection_is_attempted_to_an_unusable_destination(tmp_path) -> None:
+    """Relay to ourselves or to a group: a hop at 0.0.0.0 (this host, for
+    Linux), multicast, broadcast or port 0 (from a Route or a Contact) gets no
+    connection attempt even though a listener of that transport exists."""
+    dispatcher, reactor = _tls_dispatcher(tmp_path)
+    for hop in [("TCP", "0.0.0.0", 5060), ("TCP", "224.0.0.1", 5060), ("TLS", "255.255.255.255", 5061), ("TCP", "192.0.2.8", 0), ("TCP", "[::]", 5060)]:
+        assert dispatcher.send(b"INVITE", hop) is None, hop
+    assert reactor.tcpClients == [] and reactor.sslClients == []
