@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sipshield.auth._passwords import MIN_LENGTH as MIN_PASSWORD_LENGTH
+from sipshield.auth._setup import reencrypt
 from sipshield.config import Config, ConfigError
 
 __all__ = ["main"]
@@ -446,25 +447,6 @@ def _keys_status(store: Any) -> list[str]:
     return lines
 
 
-def _keys_reencrypt(store: Any, rotate: bool) -> list[str]:
-    """Migrate (and with *rotate*, first add a new current key): every value
-    not under the current key is written again under it; once no plain-text
-    value is left, the key file refuses them from then on."""
-    keyfile = store.keys
-    keys = keyfile.load_or_create(accept_plaintext=True)
-    lines = []
-    if rotate:
-        keys = keyfile.update(lambda k: k.rotated())
-        lines.append(f"new current key {keys.current} (the old ones stay until `sipshield keys prune`)")
-    result = store.reencrypt(keys)
-    lines.append(f"{result.reencrypted} value(s) written under key {keys.current}")
-    lines += [f"  not readable, left as it is: {why}" for why in result.unreadable]
-    if keys.accept_plaintext and store.key_usage().plaintext == 0:
-        keyfile.update(lambda k: k.refusing_plaintext())
-        lines.append("no plain-text value is left: the key file now refuses them")
-    return lines
-
-
 def _keys_prune(store: Any) -> list[str]:
     keyfile = store.keys
     removed: list[str] = []
@@ -504,8 +486,8 @@ def _add_keys_parser(sub: Any) -> None:
     keys.set_defaults(func=_keys)
     for name, func, text in (
         ("status", _keys_status, "how many values each key encrypts, which key is current, plain-text values left"),
-        ("migrate", lambda store: _keys_reencrypt(store, rotate=False), "encrypt every plain-text value (and any under an old key) under the current key"),
-        ("rotate", lambda store: _keys_reencrypt(store, rotate=True), "add a new current key and encrypt every value under it again"),
+        ("migrate", lambda store: reencrypt(store, rotate=False), "encrypt every plain-text value (and any under an old key) under the current key"),
+        ("rotate", lambda store: reencrypt(store, rotate=True), "add a new current key and encrypt every value under it again"),
         ("prune", _keys_prune, "remove the keys no value is encrypted under any more"),
     ):
         commands.add_parser(name, parents=[common], help=text).set_defaults(keys_func=func)

@@ -232,6 +232,8 @@ class SIPShieldService(MultiService):
             if create is not None:
                 ready.addCallback(self._create_schema, create)
                 ready.addErrback(lambda f: self.log.error("user store unavailable: {why}", why=f.getErrorMessage()))
+            if getattr(store, "key_usage", None) is not None:
+                ready.addCallback(self._migrate_credentials, store)
         ready.addCallback(self._create_schema, self.downgrade.store.create_schema)
         ready.addErrback(lambda f: self.log.error(
             "MD5 downgrade lock unavailable: {why}; MD5 answers get 503 until it can be read", why=f.getErrorMessage()))
@@ -243,6 +245,21 @@ class SIPShieldService(MultiService):
 
     def _create_schema(self, _: object, create: Callable[[], None]) -> Deferred[None]:
         return deferToThreadPool(self.reactor, self.auth_pool, create)
+
+    def _migrate_credentials(self, _: object, store: Any) -> Deferred[None]:
+        """A database from before HA1 encryption: its plain-text values are
+        encrypted now, once, before the user report (which then has none to
+        warn about).  A failure is logged; the values stay readable as they were."""
+        from sipshield.auth._setup import migrate_at_start
+
+        def logged(lines: list[str]) -> None:
+            for line in lines:
+                self.log.info("credentials encrypted at rest: {line}", line=line)
+
+        d = deferToThreadPool(self.reactor, self.auth_pool, migrate_at_start, store)
+        done: Deferred[None] = d.addCallback(logged)
+        done.addErrback(lambda f: self.log.error("credentials: the plain-text HA1 values could not be encrypted: {why}", why=f.getErrorMessage()))
+        return done
 
     def _report_users(self, _: object) -> Deferred[None]:
         """Log how many users each store holds, and warn about users who

@@ -138,3 +138,33 @@ def user_report(config: Config, stores: Any) -> tuple[list[str], list[str]]:
             lines.append(key_line)
             warnings += key_warnings
     return lines, warnings
+
+
+def reencrypt(store: Any, rotate: bool = False) -> list[str]:
+    """Migrate (and with *rotate*, first add a new current key): every value
+    not under the current key is written again under it; once no plain-text
+    value is left, the key file refuses them from then on.  What was done,
+    a line each.  ``sipshield keys migrate|rotate`` and the service's first
+    start on a database of plain-text values (:func:`migrate_at_start`)."""
+    keyfile = store.keys
+    keys = keyfile.load_or_create(accept_plaintext=True)
+    lines = []
+    if rotate:
+        keys = keyfile.update(lambda k: k.rotated())
+        lines.append(f"new current key {keys.current} (the old ones stay until `sipshield keys prune`)")
+    result = store.reencrypt(keys)
+    lines.append(f"{result.reencrypted} value(s) written under key {keys.current}")
+    lines += [f"  not readable, left as it is: {why}" for why in result.unreadable]
+    if keys.accept_plaintext and store.key_usage().plaintext == 0:
+        keyfile.update(lambda k: k.refusing_plaintext())
+        lines.append("no plain-text value is left: the key file now refuses them")
+    return lines
+
+
+def migrate_at_start(store: Any) -> list[str]:
+    """Encrypt the plain-text HA1 values a database from before encryption
+    holds, once, when the service starts on it (in the auth pool); nothing
+    when there are none (a new database creates no key file here)."""
+    if store.key_usage().plaintext == 0:
+        return []
+    return reencrypt(store)

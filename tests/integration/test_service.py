@@ -219,22 +219,40 @@ def test_the_start_up_log_says_the_posture_and_the_users(tmp_path: Path):
 
 
 @pytest_twisted.inlineCallbacks
-def test_the_start_up_log_warns_while_plain_text_ha1_values_remain(tmp_path: Path):
-    """A database from before encryption: its users still log in (tests/user_store_contract.py),
-    and every start says how many values are in plain text and how to encrypt them."""
+def test_the_first_start_on_a_database_from_before_encryption_encrypts_its_values(tmp_path: Path):
+    """Rows written by the previous version (plain-text HA1s, no key file) are
+    encrypted when the service first starts on them; the users' HA1s are the
+    same, read through the key file; the start-up log says so and has no
+    plain-text warning left (tests/unit/test_cli_keys.py: the same by hand)."""
+    from sqlalchemy import create_engine, text
     from user_store_contract import older_database
 
     from sipshield.auth import KeyFile, UserStore
+    from sipshield.auth._digest import compute_ha1
 
     (tmp_path / "data").mkdir()
-    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}", keys=KeyFile(tmp_path / "data" / "credential.keys"))
+    url = f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}"
+    store = UserStore(url, keys=KeyFile(tmp_path / "data" / "credential.keys"))
     store.create_schema()
     older_database(store, {"alice": "alice-long-secret"})
     store.close()
     config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"], "domains": ["example.com"]}})
     lines = yield startup_log(config)
+    infos = [text for level, text in lines if level == "info"]
     warnings = [text for level, text in lines if level == "warn"]
-    assert any("sql: 2 HA1 value(s) stored in plain text" in w and "sipshield keys migrate" in w for w in warnings), warnings
+    assert any(t.startswith("credentials encrypted at rest: 2 value(s) written under key ") for t in infos), infos
+    assert not any("plain text" in w for w in warnings), warnings
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        values = [row[0] for row in conn.execute(text("SELECT ha1 FROM sipshield_credentials"))]
+    engine.dispose()
+    assert len(values) == 2 and all(v.startswith("enc1:") for v in values)
+    again = UserStore(url, keys=KeyFile(tmp_path / "data" / "credential.keys"))
+    try:
+        assert again.ha1("alice", "example.com", "SHA-256") == compute_ha1("SHA-256", "alice", "example.com", "alice-long-secret")
+        assert again.keys.require().accept_plaintext is False  # a plain-text value planted later is refused
+    finally:
+        again.close()
 
 
 @pytest_twisted.inlineCallbacks
