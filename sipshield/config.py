@@ -235,6 +235,42 @@ class BansConfig:
     """Bans held at once; when full, the one ending soonest makes room."""
 
 
+DEFAULT_METHOD_RATES: dict[str, tuple[float, float]] = {
+    "INVITE": (5.0, 20.0), "REGISTER": (5.0, 20.0), "OPTIONS": (5.0, 20.0), "MESSAGE": (10.0, 30.0), "SUBSCRIBE": (5.0, 20.0),
+}
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """``[ratelimit]``: token buckets per source, and per source and method,
+    in the admission step (before any state or challenge)."""
+
+    enabled: bool = True
+    per_source: tuple[float, float] | None = (50.0, 100.0)
+    """(rate per second, burst) of new requests from one address, any method."""
+    methods: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_METHOD_RATES))
+    action: str = "503"
+    """``"503"`` (stateless, with Retry-After) or ``"drop"``."""
+    retry_after: int = 5
+    ban_after: int = 20
+    """A TCP/TLS source over a limit this many times within ``ban_window`` is banned (0: never)."""
+    ban_window: float = 60.0
+    allowlist: tuple[str, ...] = ()
+    """Networks never limited (the trusted sources are not either)."""
+
+
+@dataclass(frozen=True)
+class ScannersConfig:
+    """``[scanners]``: drop scanners by User-Agent, ban proven ones and proven probers."""
+
+    enabled: bool = True
+    user_agents: tuple[str, ...] | None = None
+    """User-Agent substrings (without case); None: the built-in list (sipshield.security.SCANNER_USER_AGENTS)."""
+    max_users: int = 20
+    """A TCP/TLS source naming more distinct To users than this within ``window`` seconds is banned."""
+    window: float = 60.0
+
+
 SECURED_STAGES = ("registrar", "location", "routes")
 """Built-in stages that bind contacts or relay: "auth" and "rbac" must run before them."""
 
@@ -276,6 +312,8 @@ class Config:
     """``[ldap]`` as given (bind_password_file read); checked when the service is built."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     bans: BansConfig = field(default_factory=BansConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    scanners: ScannersConfig = field(default_factory=ScannersConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -493,7 +531,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     directory), or the working directory when there is no file.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -719,18 +757,77 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         server=server, tls=tls, limits=limits, routes=tuple(routes), registrar=registrar, timers=timers,
         stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
+        ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
     )
+
+
+def _networks(section: _Section, key: str) -> tuple[str, ...]:
+    """A list of CIDR networks (IPv4 or IPv6), each checked."""
+    networks = section.take_str_list(key, ())
+    for index, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise section.error(f"{key}[{index}]", f"{network!r} is not an address or network") from None
+    return networks
+
+
+def _bucket(section: _Section, key: str, value: Any) -> tuple[float, float]:
+    """``{rate = R, burst = B}``: R requests per second, B at once (B >= 1)."""
+    table = _Section(f"{section.name}.{key}", value, section.source)
+    if "rate" not in value:
+        raise table.error("rate", "is required (requests per second)")
+    rate = float(table.take_number("rate", 1, 0.001, 1e6, False))
+    burst = float(table.take_number("burst", max(1.0, rate * 2), 1, 1e7, False))
+    table.finish()
+    return rate, burst
+
+
+def _ratelimit(data: Any, source: str | None) -> RateLimitConfig:
+    """``[ratelimit]``."""
+    section = _Section("ratelimit", data, source)
+    per_source_raw = section.take("per_source", (dict, bool), None)
+    if per_source_raw is True:
+        raise section.error("per_source", "a table {rate = R, burst = B}, or false to turn it off")
+    per_source = RateLimitConfig.per_source if per_source_raw is None else None if per_source_raw is False else _bucket(section, "per_source", per_source_raw)
+    methods_raw = section.take("methods", dict, None)
+    methods = dict(DEFAULT_METHOD_RATES)
+    if methods_raw is not None:
+        methods = {}
+        for method, value in methods_raw.items():
+            if not isinstance(method, str) or not method.isalpha():
+                raise section.error(f"methods.{method}", "a SIP method name")
+            methods[method.upper()] = _bucket(section, f"methods.{method}", value)
+    action = section.take("action", str, "503")
+    if action not in ("503", "drop"):
+        raise section.error("action", f'{action!r} is not one of "503", "drop"')
+    limits = RateLimitConfig(
+        enabled=section.take("enabled", bool, True), per_source=per_source, methods=methods, action=action,
+        retry_after=section.take_number("retry_after", 5, 1, 3600, True), ban_after=section.take_number("ban_after", 20, 0, 100000, True),
+        ban_window=float(section.take_number("ban_window", 60, 1, 86400, False)), allowlist=_networks(section, "allowlist"),
+    )
+    section.finish()
+    return limits
+
+
+def _scanners(data: Any, source: str | None) -> ScannersConfig:
+    """``[scanners]``."""
+    section = _Section("scanners", data, source)
+    user_agents = section.take("user_agents", list, None)
+    if user_agents is not None and not all(isinstance(ua, str) and ua for ua in user_agents):
+        raise section.error("user_agents", "a list of non-empty strings")
+    scanners = ScannersConfig(
+        enabled=section.take("enabled", bool, True), user_agents=None if user_agents is None else tuple(user_agents),
+        max_users=section.take_number("max_users", 20, 1, 100000, True), window=float(section.take_number("window", 60, 1, 86400, False)),
+    )
+    section.finish()
+    return scanners
 
 
 def _bans(data: Any, source: str | None) -> BansConfig:
     """``[bans]``."""
     section = _Section("bans", data, source)
-    allowlist = section.take_str_list("allowlist", ())
-    for index, network in enumerate(allowlist):
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise section.error(f"allowlist[{index}]", f"{network!r} is not an address or network") from None
+    allowlist = _networks(section, "allowlist")
     bans = BansConfig(
         enabled=section.take("enabled", bool, True),
         max_failures=section.take_number("max_failures", 3, 1, 1000, True),

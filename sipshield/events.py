@@ -19,13 +19,17 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents"]
+__all__ = ["AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "RATE_LIMIT", "SCANNER", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
 (the two are one answer on the wire, and one kind here).  Emitted only for
 an answer to a nonce this proxy issued to the request's source address, so
 the source has proven its return path (a forged address cannot)."""
+SCANNER = "scanner-drop"
+"""A request was dropped as a scanner's (its User-Agent, or a proven source probing many users)."""
+RATE_LIMIT = "rate-limit"
+"""A source went over one of its request rates ([ratelimit]); refused with 503 or dropped."""
 BAN = "ban"
 """A source was banned (its traffic is dropped before parsing until the ban ends)."""
 UNBAN = "unban"
@@ -34,6 +38,18 @@ UNBAN = "unban"
 AUTH_DOWNGRADE = "auth-downgrade"
 """A right MD5 answer for a user who has logged in with SHA-2 before (the MD5
 downgrade lock): refused as a wrong password is, on the wire."""
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """*text* safe for one log line: control characters (a terminal's escape
+    sequences, a newline forging a second line) and anything else not
+    printable shown as ``\\xNN`` / ``\\uNNNN``, cut at *limit* characters.
+    Remote input (a digest username, a User-Agent) goes through this before
+    it is logged or kept."""
+    if text.isprintable() and len(text) <= limit:
+        return text
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +93,8 @@ class LogSecurityEvents:
     def emit(self, event: SecurityEvent) -> None:
         self._lines.warn(
             event.kind, event.source, "security event {security_event} from {host} over {transport} (user {user}): {reason}",
-            security_event=event.kind, host=event.source, transport=event.transport, user=event.user, reason=event.reason,
+            security_event=event.kind, host=event.source, transport=event.transport,
+            user=None if event.user is None else printable(event.user, 64), reason=printable(event.reason, 256),
         )
 
 

@@ -92,3 +92,16 @@ class ILocationStoreFactory(Interface):
         Not used yet (the service builds the memory and SQL stores itself);
         when it is, it should get a typed environment as stages do, not the
         service."""
+
+
+class IAdmissionStep(Interface):
+    """A check the proxy core runs on every new request between parsing and
+    the transaction layer, synchronously and before any state exists (the
+    shield's scanner blocking and rate limits; the auth stage's challenge)."""
+
+    name = Attribute("A short name for logs and configuration.")
+
+    def admission(request: Any, flow: Any) -> Any:
+        """None to admit the request to the next step; a reply Decision to
+        answer it statelessly (once, within the amplification limit); a drop
+        Decision to send nothing.  Must not block and must not raise."""

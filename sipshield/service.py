@@ -70,9 +70,11 @@ class SIPShieldService(MultiService):
         self.location = self._make_location_store()
         self._make_auth()
         self.events = SecurityEventBus([LogSecurityEvents(reactor)])
-        from sipshield.security import build_ban_policy
+        from sipshield.security import build_admission_steps, build_ban_policy
+        from sipshield.state import MemoryShieldState
 
-        self.bans = build_ban_policy(config, reactor, self.events, on_ban=self._banned)
+        self.shield_state = MemoryShieldState(max_bans=config.bans.max_bans)
+        self.bans = build_ban_policy(config, reactor, self.events, on_ban=self._banned, state=self.shield_state)
         if self.bans is not None:
             self.events.subscribe(self.bans)
             self.core.source_filter = self.bans.refuse_source
@@ -86,7 +88,9 @@ class SIPShieldService(MultiService):
             stage_timeout=limits.stage_timeout, refuse_source=self.core.refuse_source,
         )
         self.core.pipeline = self.pipeline
-        self.core.admission = tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
+        # The shield's cheap refusals first (scanners, rate limits), then the stages' (the auth stage's challenge).
+        shield = build_admission_steps(config, reactor, self.shield_state, self.events, self.bans, self._exempt_from_limits())
+        self.core.admission = shield + tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
         self.tls_context: ServerTLSContext | None = None
         self._bans_loaded = False
         self.listeners: list[SIPListener] = []
@@ -98,6 +102,25 @@ class SIPShieldService(MultiService):
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
+
+    def _exempt_from_limits(self) -> Callable[[str, str], bool]:
+        """Not rate-limited: ``[ratelimit] allowlist`` on every transport, and
+        the trusted sources on the transports they are trusted over."""
+        import ipaddress
+
+        networks = [(ipaddress.ip_network(n, strict=False), True) for n in self.config.ratelimit.allowlist]
+        networks += [(ipaddress.ip_network(t.network, strict=False), t.udp) for t in self.config.auth.trusted_sources]
+        if not networks:
+            return lambda host, transport: False
+
+        def exempt(host: str, transport: str) -> bool:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            return any(ip in net and (udp or transport != "UDP") for net, udp in networks)
+
+        return exempt
 
     def _banned(self, key: str) -> None:
         """A source was just banned: its open connections go too (on the next

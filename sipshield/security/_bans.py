@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -33,25 +34,53 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from sipshield.config import Config
-from sipshield.events import AUTH_FAILURE, BAN, UNBAN, SecurityEvent, SecurityEvents
+from sipshield.events import AUTH_FAILURE, BAN, UNBAN, SecurityEvent, SecurityEvents, printable
 from sipshield.state import Ban, MemoryShieldState, ShieldState
 
-__all__ = ["BanFile", "BanPolicy", "ban_key", "build_ban_policy"]
+__all__ = ["BanFile", "BanPolicy", "ban_key", "build_ban_policy", "host_key"]
+
+
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+def _packed_v6(host: str) -> bytes | None:
+    try:
+        return socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])
+    except OSError:
+        return None
+
+
+def _canonical(host: str) -> tuple[str, bytes | None]:
+    """The key of *host* alone (the IPv4 address as written, an IPv6 address
+    in its canonical text form, an IPv4-mapped one as its IPv4), and the
+    packed IPv6 address (None when it is not one)."""
+    if ":" not in host:
+        return host, None
+    packed = _packed_v6(host)
+    if packed is None:
+        return host, None
+    if packed[:12] == _MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:]), None
+    return socket.inet_ntop(socket.AF_INET6, packed), packed
+
+
+def host_key(host: str) -> str:
+    """The key of *host* alone (see :func:`ban_key`)."""
+    return _canonical(host)[0]
 
 
 def ban_key(host: str, ipv6_prefix: int = 64) -> str:
     """The key a source is banned under: the IPv4 address as written, an
     IPv6 address's network of *ipv6_prefix* bits (``2001:db8::/64``), an
-    IPv4-mapped IPv6 address's IPv4 address.  Not an address: as given."""
-    if ":" not in host:
-        return host
-    try:
-        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
+    IPv4-mapped IPv6 address's IPv4 address, a link-local IPv6 address
+    itself (fe80::/10 is every host's own link: one host must not ban its
+    neighbours).  Not an address: as given.  Computed with inet_pton and
+    integer masks: it is asked for every IPv6 datagram while bans are held."""
+    key, packed = _canonical(host)
+    if packed is None or (packed[0] == 0xFE and packed[1] & 0xC0 == 0x80):
+        return key
+    network = int.from_bytes(packed, "big") & ~((1 << (128 - ipv6_prefix)) - 1)
+    return socket.inet_ntop(socket.AF_INET6, network.to_bytes(16, "big")) + f"/{ipv6_prefix}"
 
 
 class BanFile:
@@ -120,27 +149,47 @@ class BanPolicy:
         self.dropped = 0
         """Datagrams and connections refused because their source is banned."""
 
+    def key(self, host: str) -> str:
+        """The key *host* is banned under: :func:`ban_key` with
+        ``ipv6_prefix``, or the host alone when that network holds an
+        allowlisted address (a neighbour must not get it banned)."""
+        key = ban_key(host, self.ipv6_prefix)
+        if "/" in key and self._allowlist_overlaps(ipaddress.ip_network(key)):
+            return host_key(host)
+        return key
+
+    def _allowlist_overlaps(self, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+        return any(network.overlaps(allowed) for allowed in self.allowlist)
+
     # -- the transports' question, for every datagram and connection --------------------
 
     def refuse_source(self, host: str) -> bool:
-        if not self.state.holds_bans():
+        state = self.state
+        if not state.holds_bans():
             return False
-        if self.state.banned(host if ":" not in host else ban_key(host, self.ipv6_prefix), self.reactor.seconds()) is None:
-            return False
-        self.dropped += 1
-        return True
+        now = self.reactor.seconds()
+        if ":" not in host:
+            banned = state.banned(host, now) is not None
+        else:
+            # An IPv6 host is banned with its network, or alone (next to an allowlisted address).
+            banned = state.banned(ban_key(host, self.ipv6_prefix), now) is not None or state.banned(host_key(host), now) is not None
+        if banned:
+            self.dropped += 1
+        return banned
 
     # -- observing the security events ------------------------------------------------------
 
     def emit(self, event: SecurityEvent) -> None:
-        if event.kind != AUTH_FAILURE:
+        if event.kind != AUTH_FAILURE or self._allowed(event.source):
             return
-        key = ban_key(event.source, self.ipv6_prefix)
+        key = self.key(event.source)
         now = self.reactor.seconds()
+        if self.state.banned(key, now) is not None:
+            return  # a guess verified after the ban landed: the ban stands, nothing to redo
         failures = self.state.hit("auth:" + key, self.find_time, now, self.max_failures)
-        if failures >= self.max_failures and not self._allowed(event.source):
+        if failures >= self.max_failures:
             self.state.forget("auth:" + key)
-            reason = f"{failures} failed logins in {self.find_time:g} s (last: user {event.user})"
+            reason = f"{failures} failed logins in {self.find_time:g} s (last: user {printable(event.user or '', 64)})"
             self.ban(key, reason, transport=event.transport, user=event.user)
 
     def _allowed(self, host: str) -> bool:
@@ -161,7 +210,11 @@ class BanPolicy:
         *duration* seconds (``ban_time`` by default); logged as a ``ban``
         event and kept in the ban file."""
         now = self.reactor.seconds()
-        ban = Ban(key, now + (self.ban_time if duration is None else duration), reason, now)
+        until = now + (self.ban_time if duration is None else duration)
+        held = self.state.banned(key, now)
+        if held is not None and held.until >= until:
+            return held  # already banned at least as long: no event, no connection scan, no write
+        ban = Ban(key, until, reason[:200], now)
         self.state.ban(ban)
         if self.events is not None:
             self.events.emit(SecurityEvent(BAN, key, transport, user, f"banned for {ban.until - now:g} s: {reason}"))
@@ -206,19 +259,29 @@ class BanPolicy:
 
     def _changed(self) -> None:
         if self.store is not None and self._save_call is None:
-            self._save_call = self.reactor.callLater(self.save_delay, self.save)  # type: ignore[attr-defined]
+            # The file is written whole: with many bans, less often (a second
+            # more per thousand bans), so that a flood of bans cannot keep the
+            # reactor writing.
+            delay = self.save_delay + len(self.state.bans(self.reactor.seconds())) / 1000
+            self._save_call = self.reactor.callLater(delay, self.save)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"<BanPolicy {self.max_failures} in {self.find_time:g} s -> {self.ban_time:g} s>"
 
 
-def build_ban_policy(config: Config, reactor: IReactorTime, events: SecurityEvents, on_ban: Callable[[str], None] | None = None) -> BanPolicy | None:
-    """The policy ``[bans]`` asks for (None when disabled), kept in data_dir/bans.json."""
+def build_ban_policy(
+    config: Config, reactor: IReactorTime, events: SecurityEvents, on_ban: Callable[[str], None] | None = None, state: ShieldState | None = None,
+) -> BanPolicy | None:
+    """The policy ``[bans]`` asks for (None when disabled), kept in
+    data_dir/bans.json.  Never banned: the allowlist and the trusted
+    sources (a peer proxy or PBX there carries many users: one of them
+    failing must not cut off all)."""
     bans = config.bans
+    allowlist = tuple(dict.fromkeys((*bans.allowlist, *(t.network for t in config.auth.trusted_sources))))
     if not bans.enabled:
         return None
     return BanPolicy(
-        reactor, state=MemoryShieldState(max_bans=bans.max_bans), events=events, max_failures=bans.max_failures,
-        find_time=bans.find_time, ban_time=bans.ban_time, allowlist=bans.allowlist, ipv6_prefix=bans.ipv6_prefix,
+        reactor, state=state if state is not None else MemoryShieldState(max_bans=bans.max_bans), events=events, max_failures=bans.max_failures,
+        find_time=bans.find_time, ban_time=bans.ban_time, allowlist=allowlist, ipv6_prefix=bans.ipv6_prefix,
         store=BanFile(config.server.data_dir / "bans.json"), on_ban=on_ban,
     )

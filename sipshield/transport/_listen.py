@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from sipshield.transport._stream import SIPStreamFactory
 from sipshield.transport._udp import SIPDatagramProtocol
@@ -34,6 +35,17 @@ class MessageHandler(Protocol):
 
     def bad_message(self, error: ParseError, flow: Flow) -> None:
         """A message could not be parsed or framed; answer it if it can be."""
+
+
+class RefusingTLSFactory(TLSMemoryBIOFactory):
+    """TLS over a SIPStreamFactory that refuses a source (a ban) at accept,
+    before any handshake: the connection is closed as a refused TCP one is."""
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped: SIPStreamFactory = self.wrappedFactory
+        if wrapped.handler.refuse_source(addr.host):
+            return None
+        return super().buildProtocol(addr)
 
 
 class ListenerError(Exception):
@@ -75,7 +87,10 @@ class SIPListener(Service):
                 else:
                     if self.tls_context is None:
                         raise ListenerError(f"cannot listen on {cfg.description}: no TLS certificate loaded")
-                    self.port = self.reactor.listenSSL(cfg.port, self.factory, self.tls_context, interface=cfg.interface, backlog=128)
+                    # listenSSL's own TLS wrapper would wrap the None of a refused
+                    # source and handshake with it: refuse before the handshake.
+                    tls = RefusingTLSFactory(self.tls_context, False, self.factory)
+                    self.port = self.reactor.listenTCP(cfg.port, tls, interface=cfg.interface, backlog=128)
         except CannotListenError as e:
             raise ListenerError(f"cannot listen on {cfg.description}: {e.socketError}") from None
         host, port = self.address

@@ -179,7 +179,7 @@ def test_a_forged_source_flood_never_bans_the_address_it_claims(tmp_path: Path) 
     """The attacker at 127.0.0.5 gets nonces for itself and sends wrong answers
     with the victim's address as source: each is challenged again (the nonce was
     not issued to the victim), none is a failure of the victim's."""
-    proxy = proxy_service(tmp_path)
+    proxy = proxy_service(tmp_path, ratelimit={"enabled": False})  # 50 REGISTERs at one instant: over any rate
     victim = ("127.0.0.9", 5060)
     try:
         service = proxy.service
@@ -222,7 +222,7 @@ def test_bans_survive_a_restart_and_an_unreadable_file_is_moved_aside(tmp_path: 
     proxy = proxy_service(tmp_path)
     for _ in range(3):
         wrong_password(proxy, ATTACKER)
-    proxy.clock.advance(1)  # the write after a change
+    proxy.clock.advance(2)  # the write after a change (a second, and a second more per thousand bans)
     path = proxy.service.config.server.data_dir / "bans.json"
     assert os.stat(path).st_mode & 0o777 == 0o600
     (saved,) = json.loads(path.read_text())["bans"]
@@ -296,3 +296,61 @@ def test_a_full_ban_table_makes_room_in_log_time_and_its_heap_does_not_grow_with
         state.ban(Ban("192.0.2.1", 6000.0 + n, "longer"))  # each a replacement
     assert len(state._ending) <= 2 * 1000 + 64
     assert [b.key for b in state.bans(1999.5)][:1] == ["192.0.2.1"] and len(state.bans(1999.5)) == 1
+
+
+def test_an_allowlisted_ipv6_host_is_not_banned_with_its_neighbours_nor_link_local_hosts_together() -> None:
+    clock = Clock()
+    bans, _ = policy(clock, allowlist=["2001:db8:0:7::10/128"])
+    for _ in range(3):
+        bans.emit(failure("2001:db8:0:7::66"))  # a neighbour of the allowlisted host
+    assert bans.refuse_source("2001:db8:0:7::66") and not bans.refuse_source("2001:db8:0:7::10")
+    assert not bans.refuse_source("2001:db8:0:7::67")  # the host alone was banned, not its /64
+    for _ in range(3):
+        bans.emit(failure("fe80::1%eth0"))
+    assert bans.refuse_source("fe80::1") and not bans.refuse_source("fe80::2")
+    assert ban_key("2001:DB8:0:7:0:0:0:66") == "2001:db8:0:7::/64" and ban_key("fe80::1%eth0") == "fe80::1"
+
+
+def test_guesses_verified_after_the_ban_ban_nothing_again_and_reasons_are_cleaned() -> None:
+    clock = Clock()
+    bans, recorder = policy(clock)
+    closed: list[str] = []
+    bans.on_ban = closed.append
+    for _ in range(10):
+        bans.emit(failure("192.0.2.9", user="al\x1b[2Jice\n" + "x" * 500))
+    assert closed == ["192.0.2.9"] and sum(e.kind == BAN for e in recorder.events) == 1
+    (ban,) = bans.bans()
+    assert "\x1b" not in ban.reason and "\n" not in ban.reason and len(ban.reason) <= 200
+
+
+def test_trusted_sources_are_never_banned(tmp_path: Path) -> None:
+    service = build_service(tmp_path, {"auth": {"trusted_sources": ["127.0.0.0/24"], "trusted_role": "staff"}})
+    assert service.bans is not None
+    for _ in range(5):
+        service.bans.emit(failure("127.0.0.7"))  # over UDP, where a TCP-trusted network is challenged
+    assert not service.core.refuse_source("127.0.0.7")
+
+
+def test_a_banned_source_gets_no_tls_handshake_at_accept(tmp_path: Path) -> None:
+    """listenSSL's wrapper would wrap the refused source's None and handshake;
+    the listener's RefusingTLSFactory closes it at accept, as TCP does."""
+    from twisted.internet.address import IPv4Address
+
+    from sipshield.config import TLSConfig
+    from sipshield.transport import ServerTLSContext, generate_self_signed, load_tls_material
+    from sipshield.transport._listen import RefusingTLSFactory
+    from sipshield.transport._tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY
+
+    proxy = proxy_service(tmp_path)
+    try:
+        generate_self_signed(tmp_path / SELF_SIGNED_CERT, tmp_path / SELF_SIGNED_KEY, ["example.com"])
+        material = load_tls_material(TLSConfig(), tmp_path)
+        assert material is not None
+        factory = SIPStreamFactory(proxy.core, proxy.service.config.limits, proxy.clock, "TLS")
+        tls = RefusingTLSFactory(ServerTLSContext(material), False, factory)
+        tls.doStart()
+        assert tls.buildProtocol(IPv4Address("TCP", "127.0.0.6", 40000)) is not None
+        proxy.service.bans.ban(ATTACKER[0], "test")
+        assert tls.buildProtocol(IPv4Address("TCP", ATTACKER[0], 40000)) is None
+    finally:
+        proxy.stop()

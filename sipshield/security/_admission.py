@@ -1,0 +1,202 @@
+"""Admission steps of the shield: scanner blocking and rate limits.
+
+Both run in the proxy core's admission step, synchronously, between parsing
+and the transaction layer, before the auth stage's challenge (cheap refusals
+first), so what they refuse costs no transaction, no 100 Trying and no
+nonce.  Each returns None (no objection), a stateless reply, or a drop.
+
+The return-path rule again: over UDP the source address is one forged
+datagram away, so what a request looks like never gets its claimed source
+*banned* over UDP (it is dropped or answered once, that is all); over TCP
+and TLS the handshake proved the address, and a scanner or a source that
+keeps exceeding its limits is banned (Kamailio's pike idea).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from sipshield.config import Config
+from sipshield.events import RATE_LIMIT, SCANNER, SecurityEvent, SecurityEvents
+from sipshield.interfaces import IAdmissionStep
+from sipshield.message import Request
+from sipshield.proxy import DROP, Decision
+from sipshield.security._bans import BanPolicy
+from sipshield.state import ShieldState
+
+__all__ = ["SCANNER_USER_AGENTS", "Bucket", "RateLimiter", "ScannerBlock", "build_admission_steps"]
+
+SCANNER_USER_AGENTS = ("friendly-scanner", "sipvicious", "sipcli", "vaxsipuseragent", "sipscan", "sundayddr", "iwar", "sip-scan", "pplsip")
+"""User-Agent substrings of SIP scanners and war-dialers (compared without case)."""
+
+
+def _proven(flow: Any) -> bool:
+    """Has the source proven its address?  (A TCP or TLS handshake has.)"""
+    return bool(flow.reliable)
+
+
+@implementer(IAdmissionStep)
+class ScannerBlock:
+    """Drop requests whose User-Agent names a scanner; ban a proven source
+    (TCP/TLS) that sends one, and one that probes many distinct users.
+
+    Probing: SIPVicious' svwar tells extensions apart by how the proxy
+    answers each (sipshield answers existing and unknown users alike, so it
+    learns nothing), but it still costs us one answer per guess; a proven
+    source that names more than ``max_users`` distinct To users within
+    ``window`` seconds is banned.
+    """
+
+    name = "scanners"
+
+    def __init__(
+        self, reactor: IReactorTime, state: ShieldState, *, user_agents: Sequence[str] = SCANNER_USER_AGENTS,
+        bans: BanPolicy | None = None, events: SecurityEvents | None = None, max_users: int = 20, window: float = 60.0,
+    ) -> None:
+        self.reactor = reactor
+        self.state = state
+        self.bans = bans
+        self.events = events
+        self.max_users = max_users
+        self.window = window
+        self._pattern = re.compile("|".join(re.escape(ua.lower()) for ua in user_agents)) if user_agents else None
+        self._users: dict[str, set[str]] = {}
+        self.dropped = 0
+
+    def admission(self, request: Request, flow: Any) -> Decision | None:
+        pattern = self._pattern
+        if pattern is not None:
+            user_agent = request.headers.get("User-Agent")
+            if user_agent is not None and pattern.search(user_agent.lower()) is not None:
+                self.dropped += 1
+                self._report(flow, f"scanner User-Agent {user_agent[:80]!r}", ban=_proven(flow))
+                return DROP
+        if self.bans is not None and _proven(flow) and request.method in ("REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE", "MESSAGE"):
+            return self._probing(request, flow)
+        return None
+
+    def _probing(self, request: Request, flow: Any) -> Decision | None:
+        user = request.to.uri.user or ""
+        source = flow.remote[0]
+        now = self.reactor.seconds()
+        # One event per (source, user) pair first seen: the window counts distinct users.
+        key = f"probe:{source}:{user}"
+        if self.state.hit(key, self.window, now, 2) > 1:
+            return None
+        distinct = self.state.hit("probes:" + source, self.window, now, self.max_users + 1)
+        if distinct > self.max_users:
+            self.dropped += 1
+            self._report(flow, f"{distinct} distinct users probed in {self.window:g} s", ban=True)
+            return DROP
+        return None
+
+    def _report(self, flow: Any, reason: str, *, ban: bool) -> None:
+        source, transport = flow.remote[0], flow.transport_name
+        if self.events is not None:
+            self.events.emit(SecurityEvent(SCANNER, source, transport, None, reason))
+        if ban and self.bans is not None:
+            self.bans.ban(self.bans.key(source), reason, transport=transport)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A token bucket: ``rate`` requests per second on average, ``burst`` at once."""
+
+    rate: float
+    burst: float
+
+
+@implementer(IAdmissionStep)
+class RateLimiter:
+    """Token buckets per source (every new request) and per source and
+    method; over a limit, a stateless ``503`` with Retry-After or a drop
+    (``action``).  A proven source (TCP/TLS) over its limits ``ban_after``
+    times within ``ban_window`` seconds is banned.  Sources in
+    ``exempt`` (trusted networks, the allowlist) and TLS connections that
+    presented a client certificate (trunks, checked in the handshake) are
+    not limited.  ACKs and CANCELs are never limited (they end state).
+    """
+
+    name = "ratelimit"
+
+    def __init__(
+        self, reactor: IReactorTime, state: ShieldState, *, per_source: Bucket | None, per_method: Mapping[str, Bucket],
+        action: str = "503", retry_after: int = 5, ban_after: int = 0, ban_window: float = 60.0,
+        exempt: Callable[[str, str], bool] | None = None, bans: BanPolicy | None = None, events: SecurityEvents | None = None,
+    ) -> None:
+        if action not in ("503", "drop"):
+            raise ValueError("action is 503 or drop")
+        self.reactor = reactor
+        self.state = state
+        self.per_source = per_source
+        self.per_method = dict(per_method)
+        self.refusal = DROP if action == "drop" else Decision.reply(503, "Rate Limit Exceeded", [("Retry-After", str(retry_after))])
+        self.ban_after = ban_after
+        self.ban_window = ban_window
+        self.exempt = exempt
+        self.bans = bans
+        self.events = events
+        self.refused = 0
+
+    def admission(self, request: Request, flow: Any) -> Decision | None:
+        method = request.method
+        if method in ("ACK", "CANCEL"):
+            return None
+        source = flow.remote[0]
+        exempt = self.exempt
+        if exempt is not None and exempt(source, flow.transport_name):
+            return None
+        if flow.secure and flow.peer_certificate() is not None:
+            return None
+        now = self.reactor.seconds()
+        take = self.state.take
+        per_source = self.per_source
+        if per_source is not None and not take("rate:" + source, per_source.rate, per_source.burst, now):
+            return self._over(flow, "requests", per_source, now)
+        bucket = self.per_method.get(method)
+        if bucket is not None and not take(f"rate:{source}:{method}", bucket.rate, bucket.burst, now):
+            return self._over(flow, method, bucket, now)
+        return None
+
+    def _over(self, flow: Any, what: str, bucket: Bucket, now: float) -> Decision:
+        self.refused += 1
+        source, transport = flow.remote[0], flow.transport_name
+        reason = f"over {bucket.rate:g} {what}/s (burst {bucket.burst:g})"
+        if self.events is not None:
+            self.events.emit(SecurityEvent(RATE_LIMIT, source, transport, None, reason))
+        if self.ban_after and self.bans is not None and _proven(flow):
+            if self.state.hit("over:" + source, self.ban_window, now, self.ban_after) >= self.ban_after:
+                self.state.forget("over:" + source)
+                self.bans.ban(self.bans.key(source), f"{self.ban_after} times {reason} within {self.ban_window:g} s", transport=transport)
+                return DROP
+        return self.refusal
+
+
+
+def build_admission_steps(
+    config: Config, reactor: IReactorTime, state: ShieldState, events: SecurityEvents, bans: BanPolicy | None,
+    exempt: Callable[[str, str], bool] | None,
+) -> tuple[ScannerBlock | RateLimiter, ...]:
+    """The shield's admission steps ``[scanners]`` and ``[ratelimit]`` ask
+    for, in the order they run (scanners first: they drop without counting)."""
+    steps: list[ScannerBlock | RateLimiter] = []
+    scanners = config.scanners
+    if scanners.enabled:
+        steps.append(ScannerBlock(
+            reactor, state, user_agents=SCANNER_USER_AGENTS if scanners.user_agents is None else scanners.user_agents,
+            bans=bans, events=events, max_users=scanners.max_users, window=scanners.window,
+        ))
+    limits = config.ratelimit
+    if limits.enabled:
+        steps.append(RateLimiter(
+            reactor, state, per_source=None if limits.per_source is None else Bucket(*limits.per_source),
+            per_method={m: Bucket(*b) for m, b in limits.methods.items()}, action=limits.action, retry_after=limits.retry_after,
+            ban_after=limits.ban_after, ban_window=limits.ban_window, exempt=exempt, bans=bans, events=events,
+        ))
+    return tuple(steps)
