@@ -134,7 +134,8 @@ def _open_sql_store(config: Config) -> Any:
         data_dir = config.server.data_dir
         if not data_dir.exists():
             data_dir.mkdir(parents=True, mode=0o700)
-    # One HA1 per algorithm the server offers ([auth] algorithms).
+    # One HA1 per algorithm the server offers to some source ([auth]
+    # algorithms and every [[auth.profiles]] entry's).
     store = sql_user_store(config)
     try:
         store.create_schema()

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "AlgorithmProfile",
     "Config",
     "ConfigError",
     "LimitsConfig",
@@ -181,11 +182,31 @@ class TrustedSource:
 
 
 @dataclass(frozen=True)
+class AlgorithmProfile:
+    """One ``[[auth.profiles]]`` entry: sources in ``networks`` are
+    challenged with ``algorithms`` (in this order) instead of ``[auth]
+    algorithms``, and only those are accepted from them (the "legacy phones
+    VLAN": MD5-only phones on a network of their own)."""
+
+    networks: tuple[str, ...]
+    algorithms: tuple[str, ...]
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name, or the networks when there is none (logs, check-config)."""
+        return self.name or ", ".join(self.networks)
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """``[auth]``: digest backends and who is trusted without a challenge."""
 
     backends: tuple[str, ...] = ("sql",)
     algorithms: tuple[str, ...] = ("SHA-256", "SHA-512-256")
+    """The default profile: what a source in no ``profiles`` network is challenged with, in order."""
+    profiles: tuple[AlgorithmProfile, ...] = ()
+    """``[[auth.profiles]]`` in config order: the first whose networks hold the source wins."""
     trusted_sources: tuple[TrustedSource, ...] = ()
     trusted_role: str | None = None
     nonce_lifetime: float = 300.0
@@ -198,6 +219,16 @@ class AuthConfig:
     """``[[auth.tls.trunks]]``: (identity, name, domain, roles) for mutual-TLS trunks."""
     bearer: dict[str, Any] | None = None
     """``[auth.bearer]`` as given (paths resolved); checked when the service is built."""
+
+    @property
+    def enabled_algorithms(self) -> tuple[str, ...]:
+        """Every algorithm some source is challenged with: ``algorithms``
+        and those of every profile, in that order.  What a user store keeps
+        an HA1 for; MD5 counts as enabled only when one of them lists it."""
+        found = list(self.algorithms)
+        for profile in self.profiles:
+            found += profile.algorithms
+        return tuple(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)
@@ -347,7 +378,11 @@ class Config:
             ("listeners", ", ".join(lc.description for lc in self.server.listen) or "(none)"),
             ("domains", ", ".join(self.server.domains) or "(none: answers for its own addresses)"),
             ("pipeline", " -> ".join(self.stages)),
-            ("digest algorithms", ", ".join(auth.algorithms) + " (challenged in this order)"),
+            ("digest algorithms", ", ".join(auth.algorithms) + " (challenged in this order)" + (" to sources in no profile" if auth.profiles else "")),
+            *(
+                (f"digest profile {p.label}", f"{', '.join(p.algorithms)} (challenged in this order) to {', '.join(p.networks)}")
+                for p in auth.profiles
+            ),
             ("trusted sources", (", ".join(trusted) + f"; acting as role {auth.trusted_role or '(none)'}") if trusted else "(none)"),
             ("bans", self._bans_posture()),
             ("users", ", ".join(stores[b] for b in auth.backends)),
@@ -524,6 +559,53 @@ def _trusted_source(auth: _Section, index: int, entry: Any) -> TrustedSource:
     return TrustedSource(network, udp)
 
 
+def _algorithms(section: _Section, default: tuple[str, ...] | None) -> tuple[str, ...]:
+    """``algorithms`` of *section*: known names, at least one, in the order
+    given (the challenges list them in that order, the operator's
+    preference, RFC 8760 2.3, and a phone that answers only the first
+    challenge, linphone, uses the first one it can), duplicates dropped."""
+    if default is None and "algorithms" not in section.table:
+        raise section.error("algorithms", "is required")
+    algorithms = section.take_str_list("algorithms", default or ())
+    if not algorithms:
+        raise section.error("algorithms", "at least one algorithm is needed")
+    for algorithm in algorithms:
+        if algorithm not in AUTH_ALGORITHMS:
+            raise section.error("algorithms", f"unknown algorithm {algorithm!r} (known: {', '.join(AUTH_ALGORITHMS)})")
+    return tuple(dict.fromkeys(algorithms))
+
+
+def _profiles(auth: _Section) -> tuple[AlgorithmProfile, ...]:
+    """``[[auth.profiles]]``: networks (CIDRs, IPv4 and IPv6) and the
+    algorithms their sources are challenged with; an optional unique name."""
+    entries = auth.take("profiles", list, [])
+    profiles: list[AlgorithmProfile] = []
+    names: set[str] = set()
+    for index, entry in enumerate(entries):
+        section = _Section(f"auth.profiles[{index}]", entry, auth.source)
+        name = section.take("name", str, None)
+        if name is not None:
+            if not name.strip() or any(not c.isprintable() for c in name):
+                raise section.error("name", f"{name!r} is not a usable name (printable, not empty)")
+            if name in names:
+                raise section.error("name", f"{name!r} is the name of an earlier profile")
+            names.add(name)
+        if "networks" not in section.table:
+            raise section.error("networks", "is required (source networks, such as \"10.20.0.0/16\")")
+        networks = section.take_str_list("networks", ())
+        if not networks:
+            raise section.error("networks", "at least one network is needed")
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise section.error("networks", f"{network!r} is not an address or network") from None
+        algorithms = _algorithms(section, None)
+        section.finish()
+        profiles.append(AlgorithmProfile(networks=tuple(dict.fromkeys(networks)), algorithms=algorithms, name=name))
+    return tuple(profiles)
+
+
 def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document and build a :class:`Config`.
 
@@ -685,18 +767,10 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     for backend in backends:
         if backend not in ("sql", "file", "ldap"):
             raise au.error("backends", f"unknown backend {backend!r} (known: sql, file, ldap)")
-    algorithms = au.take_str_list("algorithms", ("SHA-256", "SHA-512-256"))
-    if not algorithms:
-        raise au.error("algorithms", "at least one algorithm is needed")
-    for algorithm in algorithms:
-        if algorithm not in AUTH_ALGORITHMS:
-            raise au.error("algorithms", f"unknown algorithm {algorithm!r} (known: {', '.join(AUTH_ALGORITHMS)})")
-    # In the order given: the challenges list them in that order, the
-    # operator's preference (RFC 8760 2.3), and a phone that answers only the
-    # first challenge (linphone) uses the first one it can.
-    algorithms = tuple(dict.fromkeys(algorithms))
-    if "file" in backends and "MD5" not in algorithms:
-        raise au.error("backends", "the file (htdigest) backend holds MD5 only: add \"MD5\" to auth.algorithms")
+    algorithms = _algorithms(au, ("SHA-256", "SHA-512-256"))
+    profiles = _profiles(au)
+    if "file" in backends and "MD5" not in {*algorithms, *(a for p in profiles for a in p.algorithms)}:
+        raise au.error("backends", "the file (htdigest) backend holds MD5 only: add \"MD5\" to auth.algorithms or to a [[auth.profiles]] entry")
     trusted = tuple(_trusted_source(au, index, entry) for index, entry in enumerate(au.take("trusted_sources", list, [])))
     trusted_role = au.take("trusted_role", str, None)
     if trusted_role is not None and trusted_role not in roles:
@@ -728,7 +802,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
             keys = Path(os.path.expanduser(bearer["keys"]))
             bearer["keys"] = keys if keys.is_absolute() else base / keys
     auth = AuthConfig(
-        backends=backends, algorithms=algorithms, trusted_sources=trusted, trusted_role=trusted_role,
+        backends=backends, algorithms=algorithms, profiles=profiles, trusted_sources=trusted, trusted_role=trusted_role,
         nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
         max_nonce_failures=au.take_number("max_nonce_failures", 3, 1, 1000, True),
         file=path(au, "file", None), key_file=path(au, "key_file", None), trunks=tuple(trunks), bearer=bearer,

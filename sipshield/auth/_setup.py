@@ -97,18 +97,19 @@ def build_ldap(config: Config, reactor: Any) -> Any:
 def sql_user_store(config: Config, algorithms: Sequence[str] | None = None) -> UserStore:
     """The SQL user store of *config* (``Config.database``), its HA1 values
     encrypted under the configured key file, keeping an HA1 for
-    *algorithms* (default: those ``[auth]`` enables).  Opens no file yet."""
+    *algorithms* (default: every algorithm some source is offered, ``[auth]
+    algorithms`` and every profile's).  Opens no file yet."""
     from sipshield.auth._keys import KeyFile
     from sipshield.auth._users import UserStore
 
     path, setting = config.credential_key_file
-    return UserStore(config.database, algorithms=list(algorithms or config.auth.algorithms), keys=KeyFile(path, setting=setting))
+    return UserStore(config.database, algorithms=list(algorithms or config.auth.enabled_algorithms), keys=KeyFile(path, setting=setting))
 
 
 def store_algorithms(config: Config, backend: str) -> tuple[str, ...]:
-    """The enabled algorithms a user store of *backend* keeps an HA1 for
-    (an htdigest file holds MD5 only)."""
-    return tuple(a for a in config.auth.algorithms if backend != "file" or a == "MD5")
+    """The enabled algorithms (``[auth] algorithms`` and every profile's) a
+    user store of *backend* keeps an HA1 for (an htdigest file holds MD5 only)."""
+    return tuple(a for a in config.auth.enabled_algorithms if backend != "file" or a == "MD5")
 
 
 def user_report(config: Config, stores: Any) -> tuple[list[str], list[str]]:

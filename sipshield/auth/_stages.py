@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
@@ -25,16 +25,67 @@ from sipshield.auth._credentials import SIPDigestCredentials
 from sipshield.auth._digest import DigestResponse, challenge_values, credentials_refusal
 from sipshield.auth._downgrade import DowngradeLock, DowngradeRefused
 from sipshield.auth._unanswered import UnansweredChallenges
-from sipshield.config import TrustedSource
+from sipshield.config import AlgorithmProfile, TrustedSource
 from sipshield.events import AUTH_DOWNGRADE, AUTH_FAILURE, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, ParseError, Request, ip_version, parse_auth
 from sipshield.routing import CONTINUE, Decision, RequestContext
 
-__all__ = ["DigestAuthStage", "RBACStage", "DomainMap"]
+__all__ = ["DigestAuthStage", "RBACStage", "DomainMap", "SourceNetworks"]
 
 IsLocal = Callable[[str, "int | None"], bool]
 _NO_CHALLENGE = frozenset(("ACK", "CANCEL"))
+_T = TypeVar("_T")
+
+
+class SourceNetworks(Generic[_T]):
+    """Networks (IPv4 and IPv6 CIDRs), each with a value, and the values of
+    those that hold a source address, in the order given: what trusted
+    sources and algorithm profiles are matched with.
+
+    Asked for every request, so an IPv4 source (the usual case) is matched
+    with integer masks, without building ipaddress objects.  An IPv4-mapped
+    IPv6 source (``::ffff:10.20.0.5``, from a dual-stack listener on ``::``)
+    is the IPv4 host it maps and matches IPv4 networks.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, _T]]) -> None:
+        self.entries = [(ipaddress.ip_network(network, strict=False), value) for network, value in entries]
+        self._v4 = [(int(net.network_address), int(net.netmask), value) for net, value in self.entries if net.version == 4]
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def matching(self, host: str) -> Iterator[_T]:
+        """The value of every network holding *host*, in order (none for a
+        host that is not an IP address)."""
+        if ip_version(host) == 4:
+            address = int.from_bytes(socket.inet_aton(host), "big")
+            return (value for network, mask, value in self._v4 if address & mask == network)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return iter(())
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return self.matching(str(ip.ipv4_mapped))
+        return (value for net, value in self.entries if ip in net)
+
+
+class _Offer(NamedTuple):
+    """The algorithms challenged to a source, in order, those accepted from
+    it (their -sess forms too), and the profile's label for the logs."""
+
+    algorithms: tuple[str, ...]
+    accepted: frozenset[str]
+    label: str
+
+    @classmethod
+    def of(cls, algorithms: Sequence[str], label: str) -> _Offer:
+        return cls(tuple(algorithms), frozenset(algorithms) | frozenset(a + "-sess" for a in algorithms), label)
+
+
+class _NotOffered(UnauthorizedLogin):
+    """A digest answer with an algorithm its source was not challenged with."""
 
 
 class DomainMap:
@@ -96,6 +147,13 @@ class DigestAuthStage:
     from ``trusted`` networks are not challenged and act with ``trusted_role``:
     over TCP and TLS only, and over UDP too for an entry that says ``udp``
     (a plain string entry is a TCP/TLS one).
+
+    The algorithms challenged, and the only ones accepted, depend on the
+    source address alone (never on the user, whose existence must not
+    show): those of the first of ``profiles`` whose networks hold it, else
+    ``algorithms``.  An answer with an algorithm its source was not offered
+    is refused as a wrong password is (no downgrade to MD5 from a network
+    that is offered SHA-256 only).
     In-dialog requests (To tag) that come through our Record-Route are not
     challenged (the dialog was); a To tag alone does not exempt a request.
     """
@@ -108,6 +166,7 @@ class DigestAuthStage:
         trusted: Sequence[TrustedSource | str] = (), trusted_role: str | None = None, retry_after: int = 30,
         trunks: Any = None, bearer: Any = None, in_dialog: Callable[[Request, Any], bool] | None = None,
         events: SecurityEvents | None = None, downgrade: DowngradeLock | None = None, unanswered: UnansweredChallenges | None = None,
+        profiles: Sequence[AlgorithmProfile] = (),
     ) -> None:
         self.events = events
         self.downgrade = downgrade
@@ -119,10 +178,13 @@ class DigestAuthStage:
         self.nonces = nonces
         self.domains = domains
         self.algorithms = tuple(algorithms)
-        self.accepted = frozenset(self.algorithms) | frozenset(a + "-sess" for a in self.algorithms)
+        self._default_offer = _Offer.of(self.algorithms, "default")
+        self.profiles = tuple(profiles)
+        self._offers = SourceNetworks(
+            (network, _Offer.of(profile.algorithms, f"profile {profile.label}")) for profile in self.profiles for network in profile.networks
+        )
         entries = [TrustedSource(t) if isinstance(t, str) else t for t in trusted]
-        self.trusted = [(ipaddress.ip_network(t.network, strict=False), t.udp) for t in entries]
-        self._trusted_v4 = [(int(net.network_address), int(net.netmask), udp) for net, udp in self.trusted if net.version == 4]
+        self.trusted = SourceNetworks((t.network, t.udp) for t in entries)
         self.trusted_role = trusted_role
         self.retry_after = str(retry_after)
         self._admitted: tuple[Request, _BearerAnswer | tuple[DigestResponse, str, str]] | None = None
@@ -132,15 +194,14 @@ class DigestAuthStage:
             return False
         # A UDP source address is one forged datagram away: only where asked.
         connected = transport in ("TCP", "TLS")
-        if ip_version(host) == 4:
-            # The usual case, asked for every request: integer masks, no ipaddress objects.
-            address = int.from_bytes(socket.inet_aton(host), "big")
-            return any(address & mask == network and (connected or udp) for network, mask, udp in self._trusted_v4)
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(ip in net and (connected or udp) for net, udp in self.trusted)
+        return any(connected or udp for udp in self.trusted.matching(host))
+
+    def _offer(self, host: str) -> _Offer:
+        """What *host* is challenged with and may answer with: its address
+        alone decides (the first profile holding it, else the default)."""
+        if not self._offers:
+            return self._default_offer
+        return next(self._offers.matching(host), self._default_offer)
 
     def process(self, context: RequestContext) -> Decision | defer.Deferred[Decision]:
         screened: Decision | _BearerAnswer | tuple[DigestResponse, str, str]
@@ -160,8 +221,15 @@ class DigestAuthStage:
         if not self.nonces().begin(response.nonce):
             # [auth] max_nonce_failures guesses failed (or are being verified) with this nonce.
             return self._challenge(context.request, context, realm, stale=False)
-        credentials = SIPDigestCredentials(response, context.request.method, context.request.body)
-        d = self._login(credentials, response)
+        d: defer.Deferred[Any]
+        offer = self._offer(context.source[0])
+        if response.algorithm not in offer.accepted:
+            # Not offered to this source (MD5 from a SHA-256 network): the
+            # answer a wrong password gets, and the nonce's failure count.
+            d = defer.fail(_NotOffered(f"{response.algorithm} not offered to this source ({offer.label})"))
+        else:
+            credentials = SIPDigestCredentials(response, context.request.method, context.request.body)
+            d = self._login(credentials, response)
         d.addCallbacks(self._logged_in, self._refused, callbackArgs=(context, response, realm, header), errbackArgs=(context, realm, response))
         return d
 
@@ -240,7 +308,7 @@ class DigestAuthStage:
         state = self.nonces().check(response.nonce, realm, context.source[0])
         if state != "valid":
             return self._challenge(request, context, realm, stale=state == "stale")
-        if response.algorithm not in self.accepted or not _same_uri(response.uri, request):
+        if not _same_uri(response.uri, request):
             return self._challenge(request, context, realm, stale=False)
         return response, realm, header
 
@@ -262,8 +330,9 @@ class DigestAuthStage:
         register = request.method == "REGISTER"
         name = "WWW-Authenticate" if register else "Proxy-Authenticate"
         nonce = self.nonces().issue(realm, context.source[0])
-        values = challenge_values(realm, nonce, self.algorithms, stale=stale)
-        self._note_challenge(context, realm, self.algorithms)
+        algorithms = self._offer(context.source[0]).algorithms
+        values = challenge_values(realm, nonce, algorithms, stale=stale)
+        self._note_challenge(context, realm, algorithms)
         if self.bearer is not None and (context.flow.transport_name == "TLS" or not self.bearer.require_tls):
             # RFC 8898 2.3: offer Bearer beside Digest.
             values.append(bearer_challenge(realm, self.bearer.authz_server, bearer_error))
@@ -351,7 +420,8 @@ class DigestAuthStage:
 
 def _refusal_events(failure: Failure, context: RequestContext, username: str) -> list[SecurityEvent]:
     source, transport = context.source[0], context.flow.transport_name
-    events = [SecurityEvent(AUTH_FAILURE, source, transport, username, "credentials refused")]
+    why = failure.getErrorMessage() if failure.check(_NotOffered) else "credentials refused"
+    events = [SecurityEvent(AUTH_FAILURE, source, transport, username, why)]
     if failure.check(DowngradeRefused):
         reason = f"{failure.getErrorMessage()} (MD5 is locked for this user; reset: sipshield user unlock-md5)"
         events.append(SecurityEvent(AUTH_DOWNGRADE, source, transport, username, reason))

@@ -79,7 +79,7 @@ def _auth(env: StageEnvironment, options: dict[str, Any]) -> Any:
     auth = env.config.auth
     return DigestAuthStage(
         env.portal, env.nonces, _domain_map(env), auth.algorithms, auth.trusted_sources, auth.trusted_role,
-        trunks=env.trunks, bearer=env.bearer, in_dialog=env.routed_by_us, events=env.events,
+        trunks=env.trunks, bearer=env.bearer, in_dialog=env.routed_by_us, events=env.events, profiles=auth.profiles,
         downgrade=env.downgrade, unanswered=UnansweredChallenges(env.reactor, auth.nonce_lifetime),
     )
 
@@ -92,5 +92,5 @@ def _rbac(env: StageEnvironment, options: dict[str, Any]) -> Any:
     return RBACStage(env.config.roles, _domain_map(env), lambda request: any(route.matches(request) for route in external))
 
 
-auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled); trusted sources", _auth)
+auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled; per source network profiles); trusted sources", _auth)
 rbac = StageFactory("rbac", "role permissions for REGISTER and every out-of-dialog request: register, call, call:external; own AOR and From only", _rbac)
