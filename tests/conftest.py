@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +90,72 @@ def twistd_command() -> list[str]:
 _LISTENING = re.compile(r"sipshield listening on (udp|tcp|tls) \[?([0-9a-fA-F.:]+?)\]?:(\d+)$")
 
 
+class OutputLines:
+    """What a subprocess writes on its stdout, line by line: a daemon thread
+    reads it (so the pipe never fills), ``lines`` holds what was read so far.
+    *clean* is applied to each line (say, to remove colour codes)."""
+
+    def __init__(self, process: subprocess.Popen[str], what: str, clean: Callable[[str], str] = str) -> None:
+        self.process = process
+        self.what = what
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, args=(clean,), daemon=True)
+        self._thread.start()
+
+    def _read(self, clean: Callable[[str], str]) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(clean(line.rstrip("\n")))
+        self._queue.put(None)
+
+    def drain(self) -> None:
+        """Move every line read so far into ``lines``."""
+        while not self._ended:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._take(line)
+
+    def _take(self, line: str | None) -> None:
+        if line is None:
+            self._ended = True
+        else:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, deadline: float, start: int = 0) -> re.Match[str]:
+        """The first match of *pattern* in a line from *start* on, waiting
+        until the monotonic *deadline* at most: one deadline for the whole
+        wait (a chatty process must not extend it line by line).  Fails with
+        what the process wrote."""
+        regex = re.compile(pattern)
+        scanned = start
+        while True:
+            self.drain()
+            for line in self.lines[scanned:]:
+                m = regex.search(line)
+                if m:
+                    return m
+            scanned = max(scanned, len(self.lines))
+            if self._ended:
+                pytest.fail(f"{self.what} exited ({self.process.wait()}) before writing {pattern!r}:\n" + "\n".join(self.lines))
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                pytest.fail(f"{self.what}: no line matching {pattern!r} in time:\n" + "\n".join(self.lines))
+            self._take(line)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout=timeout)
+
+
 class RunningServer:
     """A real ``twistd -n sipshield`` in a subprocess, on ephemeral ports."""
 
     def __init__(self, workdir: Path, config_text: str | None, extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
         self.addresses: dict[str, tuple[str, int]] = {}
         self._scan = 0
         args = [*twistd_command(), "-n", "--pidfile=", "sipshield"]
@@ -107,35 +166,12 @@ class RunningServer:
         args += list(extra_args)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(args, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self._queue.put(line.rstrip("\n"))
-        self._queue.put(None)
+        self.output = OutputLines(self.process, "twistd")
+        self.lines = self.output.lines
 
     def wait_for(self, pattern: str, timeout: float = 20.0, start: int = 0) -> re.Match[str]:
         """Wait (bounded) until a log line from ``start`` on matches; fail with the log so far."""
-        regex = re.compile(pattern)
-        for line in self.lines[start:]:
-            m = regex.search(line)
-            if m:
-                return m
-        # One deadline for the whole wait: a chatty server must not extend it line by line.
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"no log line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines))
-            if line is None:
-                pytest.fail(f"twistd exited ({self.process.wait()}) before logging {pattern!r}:\n" + "\n".join(self.lines))
-            self.lines.append(line)
-            m = regex.search(line)
-            if m:
-                return m
+        return self.output.wait_for(pattern, time.monotonic() + timeout, start)
 
     def wait_listening(self, count: int) -> None:
         """Wait for ``count`` listener lines and record each kind's address."""
@@ -158,20 +194,11 @@ class RunningServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=15)
-        self._reader.join(timeout=5)
+        self.output.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()
-        self._drain()
+        self.output.drain()
         return self.process.returncode
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                line = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if line is not None:
-                self.lines.append(line)
 
     def wait_count(self, pattern: str, at_least: int, timeout: float = 10.0) -> int:
         """Wait (bounded) until ``at_least`` log lines match; return the count."""
@@ -186,7 +213,7 @@ class RunningServer:
     @property
     def log(self) -> str:
         """Everything logged so far."""
-        self._drain()
+        self.output.drain()
         return "\n".join(self.lines)
 
 
@@ -245,6 +272,16 @@ def start_server(tmp_path: Path) -> Iterator:
     yield start
     for server in servers:
         server.stop()
+
+
+def ipv6_available() -> bool:
+    """Whether this machine has an IPv6 loopback (::1) to bind."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def free_udp_port() -> int:

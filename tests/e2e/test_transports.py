@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ephemeral_config, require_tool
+from conftest import ephemeral_config, ipv6_available, require_tool
 
 pytestmark = pytest.mark.e2e
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -17,15 +17,6 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 # handshake as the answer ("nothing received, select returned error"), so the
 # sipsak runs cap TLS at 1.2; TLS 1.3 is covered by the Python client tests.
 SIPSAK_TLS = '[tls]\nmaximum_version = "TLSv1.2"'
-
-
-def ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def sipsak_options(sipsak: str, host: str, port: int, transport: str, ca: Path | None = None) -> subprocess.CompletedProcess[str]:
