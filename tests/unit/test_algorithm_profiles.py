@@ -156,6 +156,18 @@ def test_an_answer_with_an_algorithm_not_offered_to_the_source_is_refused_as_a_w
     assert [normalised(sent) for sent in answers["not-offered"]] == [normalised(sent) for sent in answers["wrong-password"]]
 
 
+def test_a_legacy_phones_md5_answer_sent_from_another_source_is_challenged_with_sha256(proxy: Proxy) -> None:
+    """A forged or relayed source: the MD5 answer to a nonce issued to
+    127.0.0.2 (in the profile), sent from 127.0.0.3, proves no return path
+    and asks for an algorithm 127.0.0.3 is not offered: a fresh SHA-256
+    challenge, nothing bound."""
+    (challenge,) = Phone(proxy, LEGACY).challenge("REGISTER", "alice")
+    md5 = authorization(challenge, "MD5", "alice", "alice-secret", "REGISTER", "sip:example.com")
+    (answer,) = Phone(proxy, DEFAULT).send(message("REGISTER", "alice", DEFAULT, "UDP", md5, seq=2))
+    assert statuses([answer]) == [401] and offered(answer) == ["SHA-256", "SHA-512-256"]
+    assert proxy.bindings("sip:alice@example.com") == []
+
+
 def test_md5_from_the_default_network_counts_against_the_nonce_as_a_wrong_password(tmp_path: Path) -> None:
     """[auth] max_nonce_failures = 1: the MD5 answer used up the nonce, so the
     right SHA-256 answer over the same nonce is challenged afresh."""
