@@ -60,7 +60,7 @@ name = "legacy-phones"
 networks = ["127.0.0.2/32", "::1/128"]      # baresip over UDP, and over TCP/TLS (see the module docstring)
 algorithms = ["MD5"]                        # baresip gives up on any other challenge
 """
-USERS = {"alice": "alice-long-secret", "bob": "bob-long-secret"}  # alice on baresip, bob on linphonec
+USERS = {"alice": "pale-orchid-tundra-7", "bob": "quiet-harbour-lamp-42"}  # alice on baresip, bob on linphonec
 REGISTER_DEADLINE = 10.0
 CALL_DEADLINE = 10.0
 _LISTENING = re.compile(r"sipshield listening on (udp|tcp|tls) \[?([0-9a-fA-F.:]+?)\]?:(\d+)$")

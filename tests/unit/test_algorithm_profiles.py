@@ -351,7 +351,7 @@ def test_users_without_an_md5_ha1_are_reported_when_only_a_profile_enables_md5(t
 def test_user_add_stores_an_ha1_for_every_profiles_algorithm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "sipshield.toml"
     path.write_text(CONFIG)
-    monkeypatch.setattr(sys, "stdin", io.StringIO("alice-long-secret\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pale-orchid-tundra-7\n"))
     assert cli.main(["user", "add", "--config", str(path), "alice", "--password-stdin", "--roles", "staff"]) == 0
     store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}")
     try:
@@ -359,3 +359,22 @@ def test_user_add_stores_an_ha1_for_every_profiles_algorithm(tmp_path: Path, mon
     finally:
         store.close()
     assert sorted(record.algorithms) == ["MD5", "SHA-256", "SHA-512-256"]
+
+
+def test_a_challenge_nobody_answers_is_logged_with_the_algorithms_its_source_was_offered(proxy: Proxy) -> None:
+    """The unanswered-challenge line (a phone that gave up) names what that
+    source was offered: MD5 from the profile network, the default elsewhere."""
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_kind") == "unanswered-challenge":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for source in (LEGACY, DEFAULT):
+            Phone(proxy, source).challenge("REGISTER", "alice")
+        proxy.clock.advance(proxy.service.config.auth.nonce_lifetime + 1)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert sorted((e["host"], e["algorithms"]) for e in events) == [("127.0.0.2", "MD5"), ("127.0.0.3", "SHA-256, SHA-512-256")]
