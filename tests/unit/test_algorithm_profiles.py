@@ -23,10 +23,9 @@ from pipeline_support import REALM, Proxy, RecordingFlow, proxy_service
 from twisted.logger import globalLogPublisher
 
 from sipshield import cli
-from sipshield.auth import UserStore
-from sipshield.auth._setup import store_algorithms, user_report
+from sipshield.auth._setup import sql_user_store, store_algorithms, user_report
 from sipshield.auth._stages import SourceNetworks
-from sipshield.config import AlgorithmProfile, ConfigError, parse_config
+from sipshield.config import AlgorithmProfile, ConfigError, load_config, parse_config
 from sipshield.message import Response, parse_message
 
 LEGACY = ("127.0.0.2", 40000)  # in the legacy-phones profile: MD5 only
@@ -337,14 +336,14 @@ def test_posture_and_check_config_list_every_profile(tmp_path: Path, capsys: pyt
 
 def test_users_without_an_md5_ha1_are_reported_when_only_a_profile_enables_md5(tmp_path: Path) -> None:
     config = parse_config({"server": {"data_dir": str(tmp_path)}, "auth": AUTH})
-    store = UserStore(f"sqlite:///{tmp_path / 'users.db'}", algorithms=["SHA-256", "SHA-512-256"])  # before the profile
+    store = sql_user_store(config, ["SHA-256", "SHA-512-256"])  # created before the profile was
     store.create_schema()
     store.add("alice", REALM, "alice-long-secret", ["staff"])
     try:
         lines, warnings = user_report(config, [("sql", store)])
     finally:
         store.close()
-    assert lines == ["1 user(s) in sql"]
+    assert lines[0] == "1 user(s) in sql"
     assert len(warnings) == 1 and "1 without MD5 credentials" in warnings[0] and "sipshield user passwd" in warnings[0]
 
 
@@ -353,7 +352,7 @@ def test_user_add_stores_an_ha1_for_every_profiles_algorithm(tmp_path: Path, mon
     path.write_text(CONFIG)
     monkeypatch.setattr(sys, "stdin", io.StringIO("pale-orchid-tundra-7\n"))
     assert cli.main(["user", "add", "--config", str(path), "alice", "--password-stdin", "--roles", "staff"]) == 0
-    store = UserStore(f"sqlite:///{tmp_path / 'data' / 'sipshield.db'}")
+    store = sql_user_store(load_config(path))
     try:
         (record,) = store.list()
     finally:
