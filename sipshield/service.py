@@ -105,20 +105,18 @@ class SIPShieldService(MultiService):
 
     def _exempt_from_limits(self) -> Callable[[str, str], bool]:
         """Not rate-limited: ``[ratelimit] allowlist`` on every transport, and
-        the trusted sources on the transports they are trusted over."""
-        import ipaddress
+        the trusted sources on the transports they are trusted over (one
+        matcher for both, with the auth stage's IPv4 fast path)."""
+        from sipshield.auth._stages import SourceNetworks
 
-        networks = [(ipaddress.ip_network(n, strict=False), True) for n in self.config.ratelimit.allowlist]
-        networks += [(ipaddress.ip_network(t.network, strict=False), t.udp) for t in self.config.auth.trusted_sources]
+        networks = SourceNetworks(
+            [(n, True) for n in self.config.ratelimit.allowlist] + [(t.network, t.udp) for t in self.config.auth.trusted_sources]
+        )
         if not networks:
             return lambda host, transport: False
 
         def exempt(host: str, transport: str) -> bool:
-            try:
-                ip = ipaddress.ip_address(host)
-            except ValueError:
-                return False
-            return any(ip in net and (udp or transport != "UDP") for net, udp in networks)
+            return any(udp or transport != "UDP" for udp in networks.matching(host))
 
         return exempt
 
