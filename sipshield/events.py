@@ -19,13 +19,16 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "RATE_LIMIT", "SCANNER", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
+__all__ = ["AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
 (the two are one answer on the wire, and one kind here).  Emitted only for
 an answer to a nonce this proxy issued to the request's source address, so
 the source has proven its return path (a forged address cannot)."""
+BEARER_REFUSED = "bearer-refused"
+"""A bearer token was refused over UDP (not counted towards a ban: the source may be forged;
+over TCP/TLS a refused token is an ``auth-failure``)."""
 SCANNER = "scanner-drop"
 """A request was dropped as a scanner's (its User-Agent, or a proven source probing many users)."""
 RATE_LIMIT = "rate-limit"

@@ -26,7 +26,7 @@ from sipshield.auth._digest import DigestResponse, challenge_values, credentials
 from sipshield.auth._downgrade import DowngradeLock, DowngradeRefused
 from sipshield.auth._unanswered import UnansweredChallenges
 from sipshield.config import AlgorithmProfile, TrustedSource
-from sipshield.events import AUTH_DOWNGRADE, AUTH_FAILURE, SecurityEvent, SecurityEvents
+from sipshield.events import AUTH_DOWNGRADE, AUTH_FAILURE, BEARER_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, ParseError, Request, ip_version, parse_auth
 from sipshield.routing import CONTINUE, Decision, RequestContext
@@ -364,7 +364,13 @@ class DigestAuthStage:
         try:
             identity = self.bearer.validator.validate(token)
         except InvalidToken as e:
-            self.log.info("bearer token refused from {host}: {why}", host=context.source[0], why=e.reason)
+            # A guess like a wrong password: over TCP/TLS (the source proven by
+            # the handshake) an auth-failure, which bans count; over UDP (bearer
+            # allowed there by config) the source may be forged: reported, not counted.
+            if self.events is not None:
+                flow = context.flow
+                kind = AUTH_FAILURE if flow.reliable else BEARER_REFUSED
+                self.events.emit(SecurityEvent(kind, context.source[0], flow.transport_name, None, f"bearer token refused: {e.reason}"))
             return self._challenge(context.request, context, realm, stale=False, bearer_error="invalid_token")
         self._authenticated(context, identity)
         self._note_answer(context, authenticated=True)

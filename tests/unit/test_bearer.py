@@ -396,3 +396,34 @@ def test_stage_refuses_tokens_over_udp_and_challenges_bad_ones(jwks: Path, clock
     assert values[-1] == 'Bearer realm="example.com", authz_server="https://as.example.com/token", error="invalid_token"'
     plain = stage.process(_context("TLS", None))
     assert [v for n, v in plain.headers][-1] == 'Bearer realm="example.com", authz_server="https://as.example.com/token"'
+
+
+def test_refused_bearer_tokens_over_tls_count_towards_a_ban_over_udp_they_do_not(jwks: Path, clock: Clock, rsa_key) -> None:
+    """A bad token is a guess like a wrong password: over TLS an auth-failure
+    (the handshake proved the source), which the ban policy counts; over UDP
+    (bearer allowed there by config) a bearer-refused event, counted by nobody."""
+    from sipshield.events import AUTH_FAILURE, BEARER_REFUSED, SecurityEventBus
+    from sipshield.security import BanPolicy
+
+    recorded: list[Any] = []
+
+    class Recorder:
+        def emit(self, event: Any) -> None:
+            recorded.append(event)
+
+    bus = SecurityEventBus([Recorder()])
+    bans = BanPolicy(clock, events=bus)
+    bus.subscribe(bans)
+    stage = _stage_with_bearer(jwks, clock)
+    stage.events = bus
+    stage.bearer.require_tls = False
+    for transport in ("UDP", "UDP", "UDP", "TLS", "TLS"):
+        context = _context(transport, mint(rsa_key, aud="someone-else"))
+        context.flow.reliable = transport != "UDP"  # type: ignore[attr-defined]
+        assert stage.process(context).status == 407
+    assert [e.kind for e in recorded] == [BEARER_REFUSED] * 3 + [AUTH_FAILURE] * 2
+    assert not bans.refuse_source("192.0.2.9")
+    context = _context("TLS", mint(rsa_key, aud="someone-else"))
+    context.flow.reliable = True  # type: ignore[attr-defined]
+    stage.process(context)
+    assert bans.refuse_source("192.0.2.9")
