@@ -44,6 +44,7 @@ from twisted.python.threadpool import ThreadPool
 
 from sipshield._ratelog import ThrottledLog
 from sipshield.auth._checkers import BackendUnavailable
+from sipshield.auth._users import one_line
 from sipshield.state._sqlite import sqlite_pragmas
 
 __all__ = ["DowngradeLock", "DowngradeLockStore", "DowngradeRefused", "LockStoreError", "MD5Lock", "is_md5", "is_sha2"]
@@ -192,8 +193,7 @@ class DowngradeLockStore:
         try:
             yield
         except (SQLAlchemyError, ImportError) as e:
-            text = str(getattr(e, "orig", None) or e).strip().splitlines()
-            raise LockStoreError(f"MD5 lock store {self._where}: {type(e).__name__}: {text[0] if text else ''}") from e
+            raise LockStoreError(f"MD5 lock store {self._where}: {one_line(e)}") from e
 
 
 class DowngradeLock:

@@ -259,7 +259,7 @@ class UserStore:
         try:
             engine = create_engine(self.url, **kwargs)
         except (SQLAlchemyError, ImportError) as e:
-            raise CredentialStoreError(f"credential database {self._where}: {_one_line(e)}") from None
+            raise CredentialStoreError(f"credential database {self._where}: {one_line(e)}") from None
         if backend == "sqlite":
             event.listen(engine, "connect", sqlite_pragmas)
         self._engine: Engine | None = engine
@@ -525,7 +525,7 @@ class UserStore:
         try:
             yield
         except (SQLAlchemyError, ImportError) as e:
-            raise CredentialStoreError(f"credential database {self._where}: {_one_line(e)}") from e
+            raise CredentialStoreError(f"credential database {self._where}: {one_line(e)}") from e
         except KeyFileError as e:
             raise CredentialStoreError(str(e)) from None
 
@@ -663,7 +663,8 @@ def _split_roles(text: str) -> tuple[str, ...]:
     return tuple(r for r in text.split(",") if r)
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """A database error in one line: its type and the first line of its text."""
     # SQLAlchemy puts the SQL and its parameters on later lines: keep only the first.
     orig = getattr(error, "orig", None)
     text = str(orig if orig is not None else error).strip()
