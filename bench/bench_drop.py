@@ -14,7 +14,10 @@ the listener:
   which is parsed, admitted and answered with a stateless 407;
 * ``filter``: the cost the ban check adds to every datagram of a source that
   is not banned, with no ban held and with ``--bans`` held
-  (``ProxyCore.refuse_source`` alone).
+  (``ProxyCore.refuse_source`` alone);
+* ``shield admission steps``: the scanner and rate-limit steps on one parsed
+  request from a source that is not exempt (the issue's target: under 5 % of
+  a call's CPU, bench/bench_call.py).
 
 Reported: datagrams per second (best of ``--runs``) and microseconds each.
 """
@@ -89,6 +92,39 @@ def main() -> int:
             port.sent.clear()
 
         rows.append(("not banned: parsed, admitted, stateless 407", rate(answered, max(1, args.datagrams // 20), args.runs)))
+
+        # The shield's admission steps alone (scanner User-Agent check, two
+        # token buckets) on a parsed INVITE from a source that is not exempt,
+        # each from its own address so that no bucket runs dry.
+        from sipshield.message import parse_message
+        from sipshield.security import RateLimiter, ScannerBlock
+
+        steps = [s for s in core.admission if isinstance(s, (ScannerBlock, RateLimiter))]
+        assert len(steps) == 2, "[scanners] and [ratelimit] are on by default"
+        request = parse_message(INVITE)
+
+        class Flow:
+            reliable = secure = False
+            transport_name = "UDP"
+            remote = ("198.51.100.7", 5060)
+
+            def peer_certificate(self) -> None:
+                return None
+
+        flows = []
+        for n in range(1000):
+            flow = Flow()
+            flow.remote = (f"198.51.{n >> 8}.{n & 255}", 5060)
+            flows.append(flow)
+
+        def shield(n: int) -> None:
+            for i in range(n):
+                flow = flows[i % 1000]
+                for step in steps:
+                    step.admission(request, flow)
+            reactor.advance(1.0)  # refill
+
+        rows.append(("shield admission steps on one request (scanners + rate limits)", rate(shield, args.datagrams, args.runs)))
         print("| path | datagrams/s | us each |")
         print("|---|---|---|")
         for name, per_second in rows:
