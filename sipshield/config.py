@@ -302,6 +302,63 @@ class ScannersConfig:
     window: float = 60.0
 
 
+@dataclass(frozen=True)
+class ACLRuleConfig:
+    """One ``[[acl.rules]]`` entry."""
+
+    allow: bool
+    networks: tuple[str, ...] = ()
+    """Source CIDRs (IPv4, IPv6); empty: any source."""
+    methods: tuple[str, ...] = ()
+    """SIP methods; empty: any."""
+    listeners: tuple[tuple[str, int | None], ...] = ()
+    """(``UDP``/``TCP``/``TLS``, port or None) from ``"tls"`` or ``"udp:5060"``; empty: any."""
+
+
+@dataclass(frozen=True)
+class ACLConfig:
+    """``[acl]``: CIDR allow/deny rules, first match wins (an admission step)."""
+
+    rules: tuple[ACLRuleConfig, ...] = ()
+    default_allow: bool = True
+    """What a request no rule matches gets (``default = "allow"`` or ``"deny"``)."""
+    action: str = "403"
+    """For a denied request: ``"403"`` (stateless) or ``"drop"``."""
+
+
+def _acl(data: Any, source: str | None) -> ACLConfig:
+    """``[acl]`` and its ``[[acl.rules]]``."""
+    section = _Section("acl", data, source)
+    default = section.take("default", str, "allow")
+    if default not in ("allow", "deny"):
+        raise section.error("default", f'{default!r} is not one of "allow", "deny"')
+    action = section.take("action", str, "403")
+    if action not in ("403", "drop"):
+        raise section.error("action", f'{action!r} is not one of "403", "drop"')
+    raw_rules = section.take("rules", list, [])
+    section.finish()
+    rules = []
+    for index, entry in enumerate(raw_rules):
+        rule = _Section(f"acl.rules[{index}]", entry, source)
+        verdict = rule.take("action", str, None)
+        if verdict not in ("allow", "deny"):
+            raise rule.error("action", f'is required: "allow" or "deny" (got {verdict!r})')
+        networks = _networks(rule, "networks")
+        methods = rule.take_str_list("methods", ())
+        for method in methods:
+            if not method.isalpha():
+                raise rule.error("methods", f"{method!r} is not a SIP method")
+        listeners = []
+        for text in rule.take_str_list("listeners", ()):
+            kind, _, port = text.partition(":")
+            if kind.lower() not in ("udp", "tcp", "tls") or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+                raise rule.error("listeners", f'{text!r} is not "udp", "tcp" or "tls", with an optional ":PORT"')
+            listeners.append((kind.upper(), int(port) if port else None))
+        rule.finish()
+        rules.append(ACLRuleConfig(verdict == "allow", networks, tuple(m.upper() for m in methods), tuple(listeners)))
+    return ACLConfig(tuple(rules), default == "allow", action)
+
+
 SECURED_STAGES = ("registrar", "location", "routes")
 """Built-in stages that bind contacts or relay: "auth" and "rbac" must run before them."""
 
@@ -345,6 +402,7 @@ class Config:
     bans: BansConfig = field(default_factory=BansConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     scanners: ScannersConfig = field(default_factory=ScannersConfig)
+    acl: ACLConfig = field(default_factory=ACLConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -385,6 +443,8 @@ class Config:
             ),
             ("trusted sources", (", ".join(trusted) + f"; acting as role {auth.trusted_role or '(none)'}") if trusted else "(none)"),
             ("bans", self._bans_posture()),
+            ("acl", f"{len(self.acl.rules)} rule(s), first match wins; otherwise {'allow' if self.acl.default_allow else 'deny'}; "
+                    f"denied: {'403' if self.acl.action == '403' else 'dropped'}" if self.acl.rules or not self.acl.default_allow else "(none)"),
             ("users", ", ".join(stores[b] for b in auth.backends)),
             ("locations", locations),
             ("tls", tls),
@@ -613,7 +673,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     directory), or the working directory when there is no file.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -832,6 +892,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
+        acl=_acl(data.get("acl", {}), source),
     )
 
 

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
+__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
@@ -29,6 +29,8 @@ the source has proven its return path (a forged address cannot)."""
 BEARER_REFUSED = "bearer-refused"
 """A bearer token was refused over UDP (not counted towards a ban: the source may be forged;
 over TCP/TLS a refused token is an ``auth-failure``)."""
+ACL_DENY = "acl-deny"
+"""A request was refused by an ``[acl]`` rule (or its default)."""
 SCANNER = "scanner-drop"
 """A request was dropped as a scanner's (its User-Agent, or a proven source probing many users)."""
 RATE_LIMIT = "rate-limit"

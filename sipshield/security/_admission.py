@@ -23,14 +23,14 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from sipshield.config import Config
-from sipshield.events import RATE_LIMIT, SCANNER, SecurityEvent, SecurityEvents
+from sipshield.events import ACL_DENY, RATE_LIMIT, SCANNER, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IAdmissionStep
 from sipshield.message import Request
 from sipshield.proxy import DROP, Decision
 from sipshield.security._bans import BanPolicy
 from sipshield.state import ShieldState
 
-__all__ = ["SCANNER_USER_AGENTS", "Bucket", "RateLimiter", "ScannerBlock", "build_admission_steps"]
+__all__ = ["SCANNER_USER_AGENTS", "ACLRule", "AccessList", "Bucket", "RateLimiter", "ScannerBlock", "build_admission_steps"]
 
 SCANNER_USER_AGENTS = ("friendly-scanner", "sipvicious", "sipcli", "vaxsipuseragent", "sipscan", "sundayddr", "iwar", "sip-scan", "pplsip")
 """User-Agent substrings of SIP scanners and war-dialers (compared without case)."""
@@ -182,10 +182,20 @@ class RateLimiter:
 def build_admission_steps(
     config: Config, reactor: IReactorTime, state: ShieldState, events: SecurityEvents, bans: BanPolicy | None,
     exempt: Callable[[str, str], bool] | None,
-) -> tuple[ScannerBlock | RateLimiter, ...]:
-    """The shield's admission steps ``[scanners]`` and ``[ratelimit]`` ask
-    for, in the order they run (scanners first: they drop without counting)."""
-    steps: list[ScannerBlock | RateLimiter] = []
+) -> tuple[AccessList | ScannerBlock | RateLimiter, ...]:
+    """The shield's admission steps ``[acl]``, ``[scanners]`` and
+    ``[ratelimit]`` ask for, in the order they run (the ACL first: a denied
+    source costs no bucket; scanners next: they drop without counting)."""
+    from sipshield.auth._stages import SourceNetworks
+
+    steps: list[AccessList | ScannerBlock | RateLimiter] = []
+    acl = config.acl
+    if acl.rules or not acl.default_allow:
+        rules = [
+            ACLRule(r.allow, SourceNetworks((n, True) for n in r.networks) if r.networks else None, frozenset(r.methods), r.listeners)
+            for r in acl.rules
+        ]
+        steps.append(AccessList(rules, default_allow=acl.default_allow, action=acl.action, events=events))
     scanners = config.scanners
     if scanners.enabled:
         steps.append(ScannerBlock(
@@ -200,3 +210,59 @@ def build_admission_steps(
             ban_after=limits.ban_after, ban_window=limits.ban_window, exempt=exempt, bans=bans, events=events,
         ))
     return tuple(steps)
+
+
+@dataclass(frozen=True, slots=True)
+class ACLRule:
+    """One ``[[acl.rules]]`` entry: ``allow`` or ``deny`` the requests that
+    match every criterion it gives (an empty one matches anything)."""
+
+    allow: bool
+    networks: Any = None
+    """A SourceNetworks of the source CIDRs, or None for any source."""
+    methods: frozenset[str] = frozenset()
+    listeners: tuple[tuple[str, int | None], ...] = ()
+    """(transport, port or None): the listener the request came in on."""
+
+    def matches(self, request: Request, flow: Any) -> bool:
+        if self.methods and request.method not in self.methods:
+            return False
+        if self.listeners:
+            transport, port = flow.transport_name, flow.local[1]
+            if not any(t == transport and (p is None or p == port) for t, p in self.listeners):
+                return False
+        return self.networks is None or any(True for _ in self.networks.matching(flow.remote[0]))
+
+
+@implementer(IAdmissionStep)
+class AccessList:
+    """CIDR allow/deny rules, globally, per listener and per method; the
+    first rule that matches decides, ``default_allow`` when none does.  A
+    denied request gets a stateless ``403`` or, with ``action = "drop"``,
+    nothing; an ``acl-deny`` event either way.  ACKs are not checked (an
+    ACK creates nothing; one for a 2xx follows a route set we signed)."""
+
+    name = "acl"
+
+    def __init__(self, rules: Sequence[ACLRule], *, default_allow: bool = True, action: str = "403", events: SecurityEvents | None = None) -> None:
+        if action not in ("403", "drop"):
+            raise ValueError("action is 403 or drop")
+        self.rules = tuple(rules)
+        self.default_allow = default_allow
+        self.refusal = DROP if action == "drop" else Decision.reply(403, "Forbidden: Not Allowed From This Source")
+        self.events = events
+        self.denied = 0
+
+    def admission(self, request: Request, flow: Any) -> Decision | None:
+        if request.method == "ACK":
+            return None
+        for index, rule in enumerate(self.rules):
+            if rule.matches(request, flow):
+                return None if rule.allow else self._deny(request, flow, f"rule {index}")
+        return None if self.default_allow else self._deny(request, flow, "default deny")
+
+    def _deny(self, request: Request, flow: Any, why: str) -> Decision:
+        self.denied += 1
+        if self.events is not None:
+            self.events.emit(SecurityEvent(ACL_DENY, flow.remote[0], flow.transport_name, None, f"{request.method} denied by acl {why}"))
+        return self.refusal

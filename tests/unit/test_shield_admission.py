@@ -42,7 +42,7 @@ def send(proxy: Proxy, method: str = "OPTIONS", *, to_user: str | None = "bob", 
     uri = "sip:example.com" if to_user is None else f"sip:{to_user}@example.com"
     lines = [
         f"{method} {uri} SIP/2.0",
-        f"Via: SIP/2.0/{transport} {source[0]}:{source[1]};branch=z9hG4bK{secrets.token_hex(8)}",
+        f"Via: SIP/2.0/{transport} {f'[{source[0]}]' if ':' in source[0] else source[0]}:{source[1]};branch=z9hG4bK{secrets.token_hex(8)}",
         "Max-Forwards: 70", f"From: <sip:probe@example.com>;tag={secrets.token_hex(4)}", f"To: <{uri}>",
         f"Call-ID: {secrets.token_hex(8)}@x", f"CSeq: 1 {method}",
     ]
