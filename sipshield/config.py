@@ -5,6 +5,10 @@ dataclasses that are passed down to the services that need them.  Nothing
 below this module reads the environment or the file again.  Every error is a
 :class:`ConfigError` whose message names the file and the key at fault, so an
 operator sees one clear line instead of a traceback.
+
+Each section has its own parser, ``_server`` for ``[server]`` and so on,
+placed right after the dataclass it builds; :func:`parse_config` calls them in
+order and keeps only the checks that span sections.
 """
 
 from __future__ import annotations
@@ -53,6 +57,85 @@ class ConfigError(Exception):
         super().__init__(f"{prefix}{message}")
 
 
+class _Section:
+    """Reads typed keys out of one TOML table and refuses unknown ones."""
+
+    def __init__(self, name: str, table: Any, source: str | None) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError("must be a table", key=name, source=source)
+        self.name = name
+        self.table = dict(table)
+        self.source = source
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, key=f"{self.name}.{key}", source=self.source)
+
+    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table.pop(key)
+        # bool is an int subclass; a boolean is never a valid number here.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(key, f"expected {_type_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(key, f"expected {_type_name(kind)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def take_str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.take(key, list, None)
+        if value is None:
+            return default
+        for item in value:
+            if not isinstance(item, str):
+                raise self.error(key, f"expected a list of strings, found {item!r}")
+        return tuple(value)
+
+    def take_number(self, key: str, default: float, minimum: float, maximum: float, integer: bool) -> Any:
+        value = self.take(key, int if integer else (int, float), default)
+        if not minimum <= value <= maximum:
+            raise self.error(key, f"{value} is out of range ({minimum}..{maximum})")
+        return value
+
+    def finish(self) -> None:
+        if self.table:
+            unknown = ", ".join(sorted(self.table))
+            raise ConfigError(f"unknown key(s): {unknown}", key=self.name, source=self.source)
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "a boolean", dict: "a table"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _path(section: _Section, key: str, default: str | None, base: Path) -> Path | None:
+    """A path setting of *section*: ``~`` expanded, relative to *base*."""
+    value = section.take(key, str, default)
+    if value is None:
+        return None
+    if not value:
+        raise section.error(key, "must not be empty")
+    return _resolve(value, base)
+
+
+def _resolve(value: str, base: Path) -> Path:
+    """*value* with ``~`` expanded; relative to *base* (the config file's
+    directory, or the working directory when there is no file)."""
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p)
+
+
+def _networks(section: _Section, key: str) -> tuple[str, ...]:
+    """A list of CIDR networks (IPv4 or IPv6), each checked."""
+    networks = section.take_str_list(key, ())
+    for index, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise section.error(f"{key}[{index}]", f"{network!r} is not an address or network") from None
+    return networks
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """One listening socket: ``udp``, ``tcp`` or ``tls`` on an interface and port."""
@@ -67,6 +150,63 @@ class ListenerConfig:
         return f"{self.kind}:{host}:{self.port}"
 
 
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` except where backslash-escaped (Twisted endpoint-string style)."""
+    parts: list[str] = []
+    current: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            current.append(nxt)
+        elif ch == sep:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def parse_listener(description: str) -> ListenerConfig:
+    """Parse ``KIND:PORT[:interface=ADDR]`` (Twisted's endpoint-string style).
+
+    ``KIND`` is ``udp``, ``tcp`` or ``tls``; colons inside an IPv6 address are
+    escaped with a backslash (``interface=\\:\\:1``).  Raises ValueError.
+    """
+    parts = _split_unescaped(description, ":")
+    kind = parts[0].strip().lower()
+    if kind not in LISTENER_KINDS:
+        raise ValueError(f"unknown listener kind {parts[0]!r} in {description!r} (use udp, tcp or tls)")
+    port: int | None = None
+    interface = "127.0.0.1"
+    for part in parts[1:]:
+        key, eq, value = part.partition("=")
+        if not eq:
+            if port is not None:
+                raise ValueError(f"more than one port in {description!r}")
+            key, value = "port", key
+        key = key.strip()
+        if key == "port":
+            try:
+                port = int(value)
+            except ValueError:
+                raise ValueError(f"port {value!r} is not a number in {description!r}") from None
+            if not 0 <= port <= 65535:
+                raise ValueError(f"port {port} out of range in {description!r}")
+        elif key == "interface":
+            interface = value.strip().strip("[]")
+            try:
+                ipaddress.ip_address(interface)
+            except ValueError:
+                raise ValueError(f"interface {value!r} is not an IP address in {description!r}") from None
+        else:
+            raise ValueError(f"unknown listener option {key!r} in {description!r} (known: port, interface)")
+    if port is None:
+        raise ValueError(f"no port in {description!r}")
+    return ListenerConfig(kind=kind, port=port, interface=interface)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     data_dir: Path = Path(DEFAULT_DATA_DIR)
@@ -76,6 +216,39 @@ class ServerConfig:
     advertise: str | None = None
     """Host put in Via and Record-Route for listeners bound to 0.0.0.0 or ::
     (default: the first domain)."""
+
+
+def _server(data: Any, source: str | None, base: Path) -> ServerConfig:
+    """``[server]``."""
+    s = _Section("server", data, source)
+    data_dir = _path(s, "data_dir", DEFAULT_DATA_DIR, base) or Path(DEFAULT_DATA_DIR)
+    listen_raw = s.take_str_list("listen", DEFAULT_LISTEN)
+    listeners = []
+    for item in listen_raw:
+        try:
+            listeners.append(parse_listener(item))
+        except ValueError as e:
+            raise s.error("listen", str(e)) from None
+    if not listeners:
+        raise s.error("listen", "at least one listener is needed")
+    seen = set()
+    for lc in listeners:
+        ident = (lc.kind, lc.interface, lc.port)
+        if lc.port and ident in seen:
+            raise s.error("listen", f"{lc.description} is listed twice")
+        seen.add(ident)
+    domains = tuple(d.lower() for d in s.take_str_list("domains", ()))
+    for d in domains:
+        if not d or any(c in d for c in " ;:@<>/"):
+            raise s.error("domains", f"{d!r} is not a domain name")
+    plugins = s.take_str_list("plugins", ())
+    advertise = s.take("advertise", str, None)
+    if advertise is not None and (not advertise or any(c in advertise for c in " ;@<>/")):
+        raise s.error("advertise", f"{advertise!r} is not a host name or address")
+    s.finish()
+    if advertise is None and any(lc.interface in ("0.0.0.0", "::") for lc in listeners) and not domains:
+        raise s.error("advertise", "listeners on 0.0.0.0 or :: need [server] advertise (or domains) for Via and Record-Route")
+    return ServerConfig(data_dir=data_dir, listen=tuple(listeners), domains=domains, plugins=plugins, advertise=advertise)
 
 
 @dataclass(frozen=True)
@@ -88,6 +261,30 @@ class TLSConfig:
     client_ca: Path | None = None
     minimum_version: str = "TLSv1.2"
     maximum_version: str | None = None
+
+
+def _tls(data: Any, source: str | None, base: Path) -> TLSConfig:
+    """``[tls]``."""
+    t = _Section("tls", data, source)
+    certificate = _path(t, "certificate", None, base)
+    private_key = _path(t, "private_key", None, base)
+    client_ca = _path(t, "client_ca", None, base)
+    minimum_version = t.take("minimum_version", str, "TLSv1.2")
+    if minimum_version not in TLS_VERSIONS:
+        raise t.error("minimum_version", f"{minimum_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+    maximum_version = t.take("maximum_version", str, None)
+    if maximum_version is not None:
+        if maximum_version not in TLS_VERSIONS:
+            raise t.error("maximum_version", f"{maximum_version!r} is not one of {', '.join(TLS_VERSIONS)}")
+        if TLS_VERSIONS.index(maximum_version) < TLS_VERSIONS.index(minimum_version):
+            raise t.error("maximum_version", f"{maximum_version} is below minimum_version {minimum_version}")
+    if (certificate is None) != (private_key is None):
+        missing = "private_key" if private_key is None else "certificate"
+        raise t.error(missing, "certificate and private_key must be given together")
+    t.finish()
+    return TLSConfig(
+        certificate=certificate, private_key=private_key, client_ca=client_ca, minimum_version=minimum_version, maximum_version=maximum_version
+    )
 
 
 @dataclass(frozen=True)
@@ -119,6 +316,25 @@ class LimitsConfig:
     and the request's state is freed."""
 
 
+def _limits(data: Any, source: str | None) -> LimitsConfig:
+    """``[limits]``."""
+    lim = _Section("limits", data, source)
+    limits = LimitsConfig(
+        max_message_bytes=lim.take_number("max_message_bytes", 65535, 1024, 1 << 20, True),
+        max_headers=lim.take_number("max_headers", 256, 16, 4096, True),
+        max_header_values=lim.take_number("max_header_values", 64, 8, 4096, True),
+        idle_timeout=float(lim.take_number("idle_timeout", 300.0, 1, 86400, False)),
+        max_connections_per_source=lim.take_number("max_connections_per_source", 64, 1, 100000, True),
+        max_connections=lim.take_number("max_connections", 10000, 1, 1000000, True),
+        udp_buffer_bytes=lim.take_number("udp_buffer_bytes", 4 * 1024 * 1024, 65536, 1 << 30, True),
+        max_transactions=lim.take_number("max_transactions", 100000, 1, 10_000_000, True),
+        max_transactions_per_source=lim.take_number("max_transactions_per_source", 1000, 1, 10_000_000, True),
+        stage_timeout=float(lim.take_number("stage_timeout", 10.0, 0.1, 600, False)),
+    )
+    lim.finish()
+    return limits
+
+
 @dataclass(frozen=True)
 class RouteConfig:
     """One ``[[routes]]`` entry."""
@@ -127,6 +343,28 @@ class RouteConfig:
     match_domain: str | None = None
     match_user_prefix: str | None = None
     external: bool = False
+
+
+def _routes(data: Any, source: str | None) -> tuple[RouteConfig, ...]:
+    """``[[routes]]``."""
+    if not isinstance(data, list):
+        raise ConfigError("must be an array of tables ([[routes]])", key="routes", source=source)
+    routes = []
+    for index, entry in enumerate(data):
+        r = _Section(f"routes[{index}]", entry, source)
+        target = r.take("target", str, None)
+        if target is None:
+            raise r.error("target", "is required")
+        if not target.startswith(("sip:", "sips:")):
+            raise r.error("target", f"{target!r} is not a sip: or sips: URI")
+        match_domain = r.take("match_domain", str, None)
+        match_user_prefix = r.take("match_user_prefix", str, None)
+        if match_domain is None and match_user_prefix is None:
+            raise r.error("match_domain", "give match_domain, match_user_prefix or both")
+        external = r.take("external", bool, False)
+        r.finish()
+        routes.append(RouteConfig(target, match_domain.lower() if match_domain else None, match_user_prefix, external))
+    return tuple(routes)
 
 
 @dataclass(frozen=True)
@@ -142,6 +380,26 @@ class RegistrarConfig:
     (a REGISTER adding more gets 403 Too Many Registrations)."""
 
 
+def _registrar(data: Any, source: str | None) -> RegistrarConfig:
+    """``[registrar]``."""
+    reg = _Section("registrar", data, source)
+    store = reg.take("store", str, "memory")
+    if store not in ("memory", "sql"):
+        raise reg.error("store", f"{store!r} is not one of memory, sql")
+    registrar = RegistrarConfig(
+        store=store,
+        min_expires=reg.take_number("min_expires", 60, 1, 86400, True),
+        max_expires=reg.take_number("max_expires", 3600, 1, 7 * 86400, True),
+        default_expires=reg.take_number("default_expires", 3600, 1, 7 * 86400, True),
+        max_bindings=reg.take_number("max_bindings", 16, 1, 10000, True),
+        max_bindings_per_identity=reg.take_number("max_bindings_per_identity", 32, 1, 100000, True),
+    )
+    if not registrar.min_expires <= registrar.default_expires <= registrar.max_expires:
+        raise reg.error("default_expires", "must lie between min_expires and max_expires")
+    reg.finish()
+    return registrar
+
+
 @dataclass(frozen=True)
 class TimerConfig:
     """RFC 3261 17 T1/T2/T4 and the proxy's timer C (16.6 step 11), seconds."""
@@ -150,6 +408,19 @@ class TimerConfig:
     t2: float = 4.0
     t4: float = 5.0
     timer_c: float = 180.0
+
+
+def _timers(data: Any, source: str | None) -> TimerConfig:
+    """``[timers]``."""
+    tm = _Section("timers", data, source)
+    timers = TimerConfig(
+        t1=float(tm.take_number("t1", 0.5, 0.01, 60, False)),
+        t2=float(tm.take_number("t2", 4.0, 0.1, 600, False)),
+        t4=float(tm.take_number("t4", 5.0, 0.1, 600, False)),
+        timer_c=float(tm.take_number("timer_c", 180.0, 1, 3600, False)),
+    )
+    tm.finish()
+    return timers
 
 
 # auth before options: its admission step marks a trusted source's connection
@@ -164,6 +435,37 @@ DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "trunk": ("call", "call:external"),
 }
 PERMISSIONS = ("register", "call", "call:external", "manage")
+
+
+def _pipeline(data: Any, source: str | None) -> tuple[str, ...]:
+    """``[pipeline]``: the stage names, in order."""
+    pl = _Section("pipeline", data, source)
+    stages = pl.take_str_list("stages", DEFAULT_STAGES)
+    if not stages:
+        raise pl.error("stages", "at least one stage is needed")
+    pl.finish()
+    return stages
+
+
+def _stage_options(data: Any, source: str | None) -> dict[str, dict[str, Any]]:
+    """``[stage.NAME]`` tables as given; each stage checks its own when it is built."""
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError("must hold one table per stage ([stage.NAME])", key="stage", source=source)
+    return {k: dict(v) for k, v in data.items()}
+
+
+def _roles(data: Any, source: str | None) -> dict[str, tuple[str, ...]]:
+    """A given ``[roles]``: it replaces DEFAULT_ROLES as a whole."""
+    ro = _Section("roles", data, source)
+    roles = {}
+    for role in list(ro.table):
+        perms = ro.take_str_list(role, ())
+        for perm in perms:
+            if perm not in PERMISSIONS:
+                raise ro.error(role, f"unknown permission {perm!r} (known: {', '.join(PERMISSIONS)})")
+        roles[role] = perms
+    ro.finish()
+    return roles
 
 
 @dataclass(frozen=True)
@@ -181,6 +483,29 @@ class TrustedSource:
     udp: bool = False
 
 
+def _trusted_source(auth: _Section, index: int, entry: Any) -> TrustedSource:
+    """A string ``"10.0.0.0/8"`` (TCP and TLS) or a table ``{network =
+    "192.0.2.10/32", udp = true}``."""
+    key = f"trusted_sources[{index}]"
+    if isinstance(entry, str):
+        network, udp = entry, False
+    elif isinstance(entry, dict):
+        table = _Section(f"auth.{key}", entry, auth.source)
+        network = table.take("network", str, None)
+        if network is None:
+            raise table.error("network", "is required")
+        udp = table.take("udp", bool, False)
+        table.finish()
+        key += ".network"
+    else:
+        raise auth.error(key, f"expected a network string or a table {{network = ..., udp = ...}}, got {entry!r}")
+    try:
+        ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise auth.error(key, f"{network!r} is not an address or network") from None
+    return TrustedSource(network, udp)
+
+
 @dataclass(frozen=True)
 class AlgorithmProfile:
     """One ``[[auth.profiles]]`` entry: sources in ``networks`` are
@@ -196,6 +521,53 @@ class AlgorithmProfile:
     def label(self) -> str:
         """The name, or the networks when there is none (logs, check-config)."""
         return self.name or ", ".join(self.networks)
+
+
+def _algorithms(section: _Section, default: tuple[str, ...] | None) -> tuple[str, ...]:
+    """``algorithms`` of *section*: known names, at least one, in the order
+    given (the challenges list them in that order, the operator's
+    preference, RFC 8760 2.3, and a phone that answers only the first
+    challenge, linphone, uses the first one it can), duplicates dropped."""
+    if default is None and "algorithms" not in section.table:
+        raise section.error("algorithms", "is required")
+    algorithms = section.take_str_list("algorithms", default or ())
+    if not algorithms:
+        raise section.error("algorithms", "at least one algorithm is needed")
+    for algorithm in algorithms:
+        if algorithm not in AUTH_ALGORITHMS:
+            raise section.error("algorithms", f"unknown algorithm {algorithm!r} (known: {', '.join(AUTH_ALGORITHMS)})")
+    return tuple(dict.fromkeys(algorithms))
+
+
+def _profiles(auth: _Section) -> tuple[AlgorithmProfile, ...]:
+    """``[[auth.profiles]]``: networks (CIDRs, IPv4 and IPv6) and the
+    algorithms their sources are challenged with; an optional unique name."""
+    entries = auth.take("profiles", list, [])
+    profiles: list[AlgorithmProfile] = []
+    names: set[str] = set()
+    for index, entry in enumerate(entries):
+        section = _Section(f"auth.profiles[{index}]", entry, auth.source)
+        name = section.take("name", str, None)
+        if name is not None:
+            if not name.strip() or any(not c.isprintable() for c in name):
+                raise section.error("name", f"{name!r} is not a usable name (printable, not empty)")
+            if name in names:
+                raise section.error("name", f"{name!r} is the name of an earlier profile")
+            names.add(name)
+        if "networks" not in section.table:
+            raise section.error("networks", "is required (source networks, such as \"10.20.0.0/16\")")
+        networks = section.take_str_list("networks", ())
+        if not networks:
+            raise section.error("networks", "at least one network is needed")
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise section.error("networks", f"{network!r} is not an address or network") from None
+        algorithms = _algorithms(section, None)
+        section.finish()
+        profiles.append(AlgorithmProfile(networks=tuple(dict.fromkeys(networks)), algorithms=algorithms, name=name))
+    return tuple(profiles)
 
 
 @dataclass(frozen=True)
@@ -231,6 +603,92 @@ class AuthConfig:
         return tuple(dict.fromkeys(found))
 
 
+def _auth(data: Any, source: str | None, base: Path, roles: dict[str, tuple[str, ...]], client_ca: Path | None) -> AuthConfig:
+    """``[auth]``: its roles must be in *roles*, its mutual-TLS trunks need
+    ``[tls] client_ca``."""
+    au = _Section("auth", data, source)
+    backends = au.take_str_list("backends", ("sql",))
+    for backend in backends:
+        if backend not in ("sql", "file", "ldap"):
+            raise au.error("backends", f"unknown backend {backend!r} (known: sql, file, ldap)")
+    algorithms = _algorithms(au, ("SHA-256", "SHA-512-256"))
+    profiles = _profiles(au)
+    if "file" in backends and "MD5" not in {*algorithms, *(a for p in profiles for a in p.algorithms)}:
+        raise au.error("backends", "the file (htdigest) backend holds MD5 only: add \"MD5\" to auth.algorithms or to a [[auth.profiles]] entry")
+    trusted = tuple(_trusted_source(au, index, entry) for index, entry in enumerate(au.take("trusted_sources", list, [])))
+    trusted_role = au.take("trusted_role", str, None)
+    if trusted_role is not None and trusted_role not in roles:
+        raise au.error("trusted_role", f"{trusted_role!r} is not a role in [roles] (known: {', '.join(sorted(roles))})")
+    trunks = _trunks(au, roles)
+    if trunks and client_ca is None:
+        raise ConfigError("mutual-TLS trunks need [tls] client_ca (the CA their certificates chain to)", key="auth.tls.trunks", source=source)
+    bearer = au.take("bearer", dict, None)
+    if bearer is not None:
+        bearer = dict(bearer)
+        if isinstance(bearer.get("keys"), str):
+            bearer["keys"] = _resolve(bearer["keys"], base)
+    auth = AuthConfig(
+        backends=backends, algorithms=algorithms, profiles=profiles, trusted_sources=trusted, trusted_role=trusted_role,
+        nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
+        max_nonce_failures=au.take_number("max_nonce_failures", 3, 1, 1000, True),
+        file=_path(au, "file", None, base), key_file=_path(au, "key_file", None, base), trunks=trunks, bearer=bearer,
+    )
+    if "file" in backends and auth.file is None:
+        raise au.error("file", "the file backend needs auth.file (an htdigest file)")
+    au.finish()
+    return auth
+
+
+def _trunks(auth: _Section, roles: dict[str, tuple[str, ...]]) -> tuple[tuple[str, str, str | None, tuple[str, ...]], ...]:
+    """``[[auth.tls.trunks]]``: identity, name, optional domain and roles (in *roles*)."""
+    trunks = []
+    tls_table = auth.take("tls", dict, None)
+    if tls_table is not None:
+        tt = _Section("auth.tls", tls_table, auth.source)
+        entries = tt.take("trunks", list, [])
+        tt.finish()
+        for index, entry in enumerate(entries):
+            tr = _Section(f"auth.tls.trunks[{index}]", entry, auth.source)
+            identity = tr.take("identity", str, None)
+            name = tr.take("name", str, None)
+            if identity is None or name is None:
+                raise tr.error("identity" if identity is None else "name", "is required")
+            trunk_roles = tr.take_str_list("roles", ("trunk",))
+            for role in trunk_roles:
+                if role not in roles:
+                    raise tr.error("roles", f"{role!r} is not a role in [roles]")
+            trunks.append((identity, name, tr.take("domain", str, None), trunk_roles))
+            tr.finish()
+    return tuple(trunks)
+
+
+def _ldap(data: Any, source: str | None, base: Path) -> dict[str, Any] | None:
+    """``[ldap]`` as given, its ``bind_password_file`` read into ``bind_password``."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", key="ldap", source=source)
+    ldap = dict(data)
+    secret_file = ldap.pop("bind_password_file", None)
+    if secret_file is not None:
+        secret_path = _resolve(str(secret_file), base)
+        try:
+            ldap["bind_password"] = secret_path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read {secret_path}: {e.strerror}", key="ldap.bind_password_file", source=source) from None
+    return ldap
+
+
+def _database(data: Any, source: str | None) -> str | None:
+    """``[database] url``."""
+    db = _Section("database", data, source)
+    url = db.take("url", str, None)
+    if url is not None and "://" not in url:
+        raise db.error("url", f"{url!r} is not a database URL (postgresql://... or sqlite:///...)")
+    db.finish()
+    return url
+
+
 @dataclass(frozen=True)
 class SecurityConfig:
     """``[security]``: running without the protections, only on purpose."""
@@ -240,6 +698,14 @@ class SecurityConfig:
     without ``auth`` or ``rbac`` before the stages that register or relay,
     trusted networks covering every address); each finding is then a
     warning logged at every start."""
+
+
+def _security(data: Any, source: str | None) -> SecurityConfig:
+    """``[security]``."""
+    section = _Section("security", data, source)
+    security = SecurityConfig(allow_unauthenticated=section.take("allow_unauthenticated", bool, False))
+    section.finish()
+    return security
 
 
 @dataclass(frozen=True)
@@ -266,6 +732,23 @@ class BansConfig:
     """Bans held at once; when full, the one ending soonest makes room."""
 
 
+def _bans(data: Any, source: str | None) -> BansConfig:
+    """``[bans]``."""
+    section = _Section("bans", data, source)
+    allowlist = _networks(section, "allowlist")
+    bans = BansConfig(
+        enabled=section.take("enabled", bool, True),
+        max_failures=section.take_number("max_failures", 3, 1, 1000, True),
+        find_time=float(section.take_number("find_time", 60, 1, 86400, False)),
+        ban_time=float(section.take_number("ban_time", 900, 1, 365 * 86400, False)),
+        allowlist=allowlist,
+        ipv6_prefix=section.take_number("ipv6_prefix", 64, 16, 128, True),
+        max_bans=section.take_number("max_bans", 100_000, 1, 10_000_000, True),
+    )
+    section.finish()
+    return bans
+
+
 DEFAULT_METHOD_RATES: dict[str, tuple[float, float]] = {
     "INVITE": (5.0, 20.0), "REGISTER": (5.0, 20.0), "OPTIONS": (5.0, 20.0), "MESSAGE": (10.0, 30.0), "SUBSCRIBE": (5.0, 20.0),
 }
@@ -290,6 +773,44 @@ class RateLimitConfig:
     """Networks never limited (the trusted sources are not either)."""
 
 
+def _bucket(section: _Section, key: str, value: Any) -> tuple[float, float]:
+    """``{rate = R, burst = B}``: R requests per second, B at once (B >= 1)."""
+    table = _Section(f"{section.name}.{key}", value, section.source)
+    if "rate" not in value:
+        raise table.error("rate", "is required (requests per second)")
+    rate = float(table.take_number("rate", 1, 0.001, 1e6, False))
+    burst = float(table.take_number("burst", max(1.0, rate * 2), 1, 1e7, False))
+    table.finish()
+    return rate, burst
+
+
+def _ratelimit(data: Any, source: str | None) -> RateLimitConfig:
+    """``[ratelimit]``."""
+    section = _Section("ratelimit", data, source)
+    per_source_raw = section.take("per_source", (dict, bool), None)
+    if per_source_raw is True:
+        raise section.error("per_source", "a table {rate = R, burst = B}, or false to turn it off")
+    per_source = RateLimitConfig.per_source if per_source_raw is None else None if per_source_raw is False else _bucket(section, "per_source", per_source_raw)
+    methods_raw = section.take("methods", dict, None)
+    methods = dict(DEFAULT_METHOD_RATES)
+    if methods_raw is not None:
+        methods = {}
+        for method, value in methods_raw.items():
+            if not isinstance(method, str) or not method.isalpha():
+                raise section.error(f"methods.{method}", "a SIP method name")
+            methods[method.upper()] = _bucket(section, f"methods.{method}", value)
+    action = section.take("action", str, "503")
+    if action not in ("503", "drop"):
+        raise section.error("action", f'{action!r} is not one of "503", "drop"')
+    limits = RateLimitConfig(
+        enabled=section.take("enabled", bool, True), per_source=per_source, methods=methods, action=action,
+        retry_after=section.take_number("retry_after", 5, 1, 3600, True), ban_after=section.take_number("ban_after", 20, 0, 100000, True),
+        ban_window=float(section.take_number("ban_window", 60, 1, 86400, False)), allowlist=_networks(section, "allowlist"),
+    )
+    section.finish()
+    return limits
+
+
 @dataclass(frozen=True)
 class ScannersConfig:
     """``[scanners]``: drop scanners by User-Agent, ban proven ones and proven probers."""
@@ -300,6 +821,20 @@ class ScannersConfig:
     max_users: int = 20
     """A TCP/TLS source naming more distinct To users than this within ``window`` seconds is banned."""
     window: float = 60.0
+
+
+def _scanners(data: Any, source: str | None) -> ScannersConfig:
+    """``[scanners]``."""
+    section = _Section("scanners", data, source)
+    user_agents = section.take("user_agents", list, None)
+    if user_agents is not None and not all(isinstance(ua, str) and ua for ua in user_agents):
+        raise section.error("user_agents", "a list of non-empty strings")
+    scanners = ScannersConfig(
+        enabled=section.take("enabled", bool, True), user_agents=None if user_agents is None else tuple(user_agents),
+        max_users=section.take_number("max_users", 20, 1, 100000, True), window=float(section.take_number("window", 60, 1, 86400, False)),
+    )
+    section.finish()
+    return scanners
 
 
 @dataclass(frozen=True)
@@ -488,503 +1023,44 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _split_unescaped(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` except where backslash-escaped (Twisted endpoint-string style)."""
-    parts: list[str] = []
-    current: list[str] = []
-    chars = iter(text)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, "")
-            current.append(nxt)
-        elif ch == sep:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
-def parse_listener(description: str) -> ListenerConfig:
-    """Parse ``KIND:PORT[:interface=ADDR]`` (Twisted's endpoint-string style).
-
-    ``KIND`` is ``udp``, ``tcp`` or ``tls``; colons inside an IPv6 address are
-    escaped with a backslash (``interface=\\:\\:1``).  Raises ValueError.
-    """
-    parts = _split_unescaped(description, ":")
-    kind = parts[0].strip().lower()
-    if kind not in LISTENER_KINDS:
-        raise ValueError(f"unknown listener kind {parts[0]!r} in {description!r} (use udp, tcp or tls)")
-    port: int | None = None
-    interface = "127.0.0.1"
-    for part in parts[1:]:
-        key, eq, value = part.partition("=")
-        if not eq:
-            if port is not None:
-                raise ValueError(f"more than one port in {description!r}")
-            key, value = "port", key
-        key = key.strip()
-        if key == "port":
-            try:
-                port = int(value)
-            except ValueError:
-                raise ValueError(f"port {value!r} is not a number in {description!r}") from None
-            if not 0 <= port <= 65535:
-                raise ValueError(f"port {port} out of range in {description!r}")
-        elif key == "interface":
-            interface = value.strip().strip("[]")
-            try:
-                ipaddress.ip_address(interface)
-            except ValueError:
-                raise ValueError(f"interface {value!r} is not an IP address in {description!r}") from None
-        else:
-            raise ValueError(f"unknown listener option {key!r} in {description!r} (known: port, interface)")
-    if port is None:
-        raise ValueError(f"no port in {description!r}")
-    return ListenerConfig(kind=kind, port=port, interface=interface)
-
-
-class _Section:
-    """Reads typed keys out of one TOML table and refuses unknown ones."""
-
-    def __init__(self, name: str, table: Any, source: str | None) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError("must be a table", key=name, source=source)
-        self.name = name
-        self.table = dict(table)
-        self.source = source
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, key=f"{self.name}.{key}", source=self.source)
-
-    def take(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if key not in self.table:
-            return default
-        value = self.table.pop(key)
-        # bool is an int subclass; a boolean is never a valid number here.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise self.error(key, f"expected {_type_name(kind)}, got a boolean")
-        if not isinstance(value, kind):
-            raise self.error(key, f"expected {_type_name(kind)}, got {type(value).__name__} {value!r}")
-        return value
-
-    def take_str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.take(key, list, None)
-        if value is None:
-            return default
-        for item in value:
-            if not isinstance(item, str):
-                raise self.error(key, f"expected a list of strings, found {item!r}")
-        return tuple(value)
-
-    def take_number(self, key: str, default: float, minimum: float, maximum: float, integer: bool) -> Any:
-        value = self.take(key, int if integer else (int, float), default)
-        if not minimum <= value <= maximum:
-            raise self.error(key, f"{value} is out of range ({minimum}..{maximum})")
-        return value
-
-    def finish(self) -> None:
-        if self.table:
-            unknown = ", ".join(sorted(self.table))
-            raise ConfigError(f"unknown key(s): {unknown}", key=self.name, source=self.source)
-
-
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", list: "a list", bool: "a boolean", dict: "a table"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _trusted_source(auth: _Section, index: int, entry: Any) -> TrustedSource:
-    """A string ``"10.0.0.0/8"`` (TCP and TLS) or a table ``{network =
-    "192.0.2.10/32", udp = true}``."""
-    key = f"trusted_sources[{index}]"
-    if isinstance(entry, str):
-        network, udp = entry, False
-    elif isinstance(entry, dict):
-        table = _Section(f"auth.{key}", entry, auth.source)
-        network = table.take("network", str, None)
-        if network is None:
-            raise table.error("network", "is required")
-        udp = table.take("udp", bool, False)
-        table.finish()
-        key += ".network"
-    else:
-        raise auth.error(key, f"expected a network string or a table {{network = ..., udp = ...}}, got {entry!r}")
-    try:
-        ipaddress.ip_network(network, strict=False)
-    except ValueError:
-        raise auth.error(key, f"{network!r} is not an address or network") from None
-    return TrustedSource(network, udp)
-
-
-def _algorithms(section: _Section, default: tuple[str, ...] | None) -> tuple[str, ...]:
-    """``algorithms`` of *section*: known names, at least one, in the order
-    given (the challenges list them in that order, the operator's
-    preference, RFC 8760 2.3, and a phone that answers only the first
-    challenge, linphone, uses the first one it can), duplicates dropped."""
-    if default is None and "algorithms" not in section.table:
-        raise section.error("algorithms", "is required")
-    algorithms = section.take_str_list("algorithms", default or ())
-    if not algorithms:
-        raise section.error("algorithms", "at least one algorithm is needed")
-    for algorithm in algorithms:
-        if algorithm not in AUTH_ALGORITHMS:
-            raise section.error("algorithms", f"unknown algorithm {algorithm!r} (known: {', '.join(AUTH_ALGORITHMS)})")
-    return tuple(dict.fromkeys(algorithms))
-
-
-def _profiles(auth: _Section) -> tuple[AlgorithmProfile, ...]:
-    """``[[auth.profiles]]``: networks (CIDRs, IPv4 and IPv6) and the
-    algorithms their sources are challenged with; an optional unique name."""
-    entries = auth.take("profiles", list, [])
-    profiles: list[AlgorithmProfile] = []
-    names: set[str] = set()
-    for index, entry in enumerate(entries):
-        section = _Section(f"auth.profiles[{index}]", entry, auth.source)
-        name = section.take("name", str, None)
-        if name is not None:
-            if not name.strip() or any(not c.isprintable() for c in name):
-                raise section.error("name", f"{name!r} is not a usable name (printable, not empty)")
-            if name in names:
-                raise section.error("name", f"{name!r} is the name of an earlier profile")
-            names.add(name)
-        if "networks" not in section.table:
-            raise section.error("networks", "is required (source networks, such as \"10.20.0.0/16\")")
-        networks = section.take_str_list("networks", ())
-        if not networks:
-            raise section.error("networks", "at least one network is needed")
-        for network in networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise section.error("networks", f"{network!r} is not an address or network") from None
-        algorithms = _algorithms(section, None)
-        section.finish()
-        profiles.append(AlgorithmProfile(networks=tuple(dict.fromkeys(networks)), algorithms=algorithms, name=name))
-    return tuple(profiles)
-
-
 def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: Path | None = None) -> Config:
     """Validate a parsed TOML document and build a :class:`Config`.
 
     Relative paths are resolved against ``base_dir`` (the config file's
-    directory), or the working directory when there is no file.
+    directory), or the working directory when there is no file.  Each
+    section is parsed by the function next to its dataclass; what spans
+    sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
     known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
-
-    def path(section: _Section, key: str, default: str | None) -> Path | None:
-        value = section.take(key, str, default)
-        if value is None:
-            return None
-        if not value:
-            raise section.error(key, "must not be empty")
-        p = Path(os.path.expanduser(value))
-        return p if p.is_absolute() else (base / p)
-
-    s = _Section("server", data.get("server", {}), source)
-    data_dir = path(s, "data_dir", DEFAULT_DATA_DIR) or Path(DEFAULT_DATA_DIR)
-    listen_raw = s.take_str_list("listen", DEFAULT_LISTEN)
-    listeners = []
-    for item in listen_raw:
-        try:
-            listeners.append(parse_listener(item))
-        except ValueError as e:
-            raise s.error("listen", str(e)) from None
-    if not listeners:
-        raise s.error("listen", "at least one listener is needed")
-    seen = set()
-    for lc in listeners:
-        ident = (lc.kind, lc.interface, lc.port)
-        if lc.port and ident in seen:
-            raise s.error("listen", f"{lc.description} is listed twice")
-        seen.add(ident)
-    domains = tuple(d.lower() for d in s.take_str_list("domains", ()))
-    for d in domains:
-        if not d or any(c in d for c in " ;:@<>/"):
-            raise s.error("domains", f"{d!r} is not a domain name")
-    plugins = s.take_str_list("plugins", ())
-    advertise = s.take("advertise", str, None)
-    if advertise is not None and (not advertise or any(c in advertise for c in " ;@<>/")):
-        raise s.error("advertise", f"{advertise!r} is not a host name or address")
-    s.finish()
-    if advertise is None and any(lc.interface in ("0.0.0.0", "::") for lc in listeners) and not domains:
-        raise s.error("advertise", "listeners on 0.0.0.0 or :: need [server] advertise (or domains) for Via and Record-Route")
-    server = ServerConfig(data_dir=data_dir, listen=tuple(listeners), domains=domains, plugins=plugins, advertise=advertise)
-
-    t = _Section("tls", data.get("tls", {}), source)
-    certificate = path(t, "certificate", None)
-    private_key = path(t, "private_key", None)
-    client_ca = path(t, "client_ca", None)
-    minimum_version = t.take("minimum_version", str, "TLSv1.2")
-    if minimum_version not in TLS_VERSIONS:
-        raise t.error("minimum_version", f"{minimum_version!r} is not one of {', '.join(TLS_VERSIONS)}")
-    maximum_version = t.take("maximum_version", str, None)
-    if maximum_version is not None:
-        if maximum_version not in TLS_VERSIONS:
-            raise t.error("maximum_version", f"{maximum_version!r} is not one of {', '.join(TLS_VERSIONS)}")
-        if TLS_VERSIONS.index(maximum_version) < TLS_VERSIONS.index(minimum_version):
-            raise t.error("maximum_version", f"{maximum_version} is below minimum_version {minimum_version}")
-    if (certificate is None) != (private_key is None):
-        missing = "private_key" if private_key is None else "certificate"
-        raise t.error(missing, "certificate and private_key must be given together")
-    t.finish()
-    tls = TLSConfig(
-        certificate=certificate, private_key=private_key, client_ca=client_ca, minimum_version=minimum_version, maximum_version=maximum_version
-    )
-
-    lim = _Section("limits", data.get("limits", {}), source)
-    limits = LimitsConfig(
-        max_message_bytes=lim.take_number("max_message_bytes", 65535, 1024, 1 << 20, True),
-        max_headers=lim.take_number("max_headers", 256, 16, 4096, True),
-        max_header_values=lim.take_number("max_header_values", 64, 8, 4096, True),
-        idle_timeout=float(lim.take_number("idle_timeout", 300.0, 1, 86400, False)),
-        max_connections_per_source=lim.take_number("max_connections_per_source", 64, 1, 100000, True),
-        max_connections=lim.take_number("max_connections", 10000, 1, 1000000, True),
-        udp_buffer_bytes=lim.take_number("udp_buffer_bytes", 4 * 1024 * 1024, 65536, 1 << 30, True),
-        max_transactions=lim.take_number("max_transactions", 100000, 1, 10_000_000, True),
-        max_transactions_per_source=lim.take_number("max_transactions_per_source", 1000, 1, 10_000_000, True),
-        stage_timeout=float(lim.take_number("stage_timeout", 10.0, 0.1, 600, False)),
-    )
-    lim.finish()
-
-    raw_routes = data.get("routes", [])
-    if not isinstance(raw_routes, list):
-        raise ConfigError("must be an array of tables ([[routes]])", key="routes", source=source)
-    routes = []
-    for index, entry in enumerate(raw_routes):
-        r = _Section(f"routes[{index}]", entry, source)
-        target = r.take("target", str, None)
-        if target is None:
-            raise r.error("target", "is required")
-        if not target.startswith(("sip:", "sips:")):
-            raise r.error("target", f"{target!r} is not a sip: or sips: URI")
-        match_domain = r.take("match_domain", str, None)
-        match_user_prefix = r.take("match_user_prefix", str, None)
-        if match_domain is None and match_user_prefix is None:
-            raise r.error("match_domain", "give match_domain, match_user_prefix or both")
-        external = r.take("external", bool, False)
-        r.finish()
-        routes.append(RouteConfig(target, match_domain.lower() if match_domain else None, match_user_prefix, external))
-
-    reg = _Section("registrar", data.get("registrar", {}), source)
-    store = reg.take("store", str, "memory")
-    if store not in ("memory", "sql"):
-        raise reg.error("store", f"{store!r} is not one of memory, sql")
-    registrar = RegistrarConfig(
-        store=store,
-        min_expires=reg.take_number("min_expires", 60, 1, 86400, True),
-        max_expires=reg.take_number("max_expires", 3600, 1, 7 * 86400, True),
-        default_expires=reg.take_number("default_expires", 3600, 1, 7 * 86400, True),
-        max_bindings=reg.take_number("max_bindings", 16, 1, 10000, True),
-        max_bindings_per_identity=reg.take_number("max_bindings_per_identity", 32, 1, 100000, True),
-    )
-    if not registrar.min_expires <= registrar.default_expires <= registrar.max_expires:
-        raise reg.error("default_expires", "must lie between min_expires and max_expires")
-    reg.finish()
-
-    tm = _Section("timers", data.get("timers", {}), source)
-    timers = TimerConfig(
-        t1=float(tm.take_number("t1", 0.5, 0.01, 60, False)),
-        t2=float(tm.take_number("t2", 4.0, 0.1, 600, False)),
-        t4=float(tm.take_number("t4", 5.0, 0.1, 600, False)),
-        timer_c=float(tm.take_number("timer_c", 180.0, 1, 3600, False)),
-    )
-    tm.finish()
-
-    pl = _Section("pipeline", data.get("pipeline", {}), source)
-    stages = pl.take_str_list("stages", DEFAULT_STAGES)
-    if not stages:
-        raise pl.error("stages", "at least one stage is needed")
-    pl.finish()
-    raw_options = data.get("stage", {})
-    if not isinstance(raw_options, dict) or not all(isinstance(v, dict) for v in raw_options.values()):
-        raise ConfigError("must hold one table per stage ([stage.NAME])", key="stage", source=source)
-
-    db = _Section("database", data.get("database", {}), source)
-    url = db.take("url", str, None)
-    if url is not None and "://" not in url:
-        raise db.error("url", f"{url!r} is not a database URL (postgresql://... or sqlite:///...)")
-    db.finish()
-
-    ro = _Section("roles", data.get("roles", {}), source)
-    roles = dict(DEFAULT_ROLES) if "roles" not in data else {}
-    for role in list(ro.table):
-        perms = ro.take_str_list(role, ())
-        for perm in perms:
-            if perm not in PERMISSIONS:
-                raise ro.error(role, f"unknown permission {perm!r} (known: {', '.join(PERMISSIONS)})")
-        roles[role] = perms
-    ro.finish()
-
-    au = _Section("auth", data.get("auth", {}), source)
-    backends = au.take_str_list("backends", ("sql",))
-    for backend in backends:
-        if backend not in ("sql", "file", "ldap"):
-            raise au.error("backends", f"unknown backend {backend!r} (known: sql, file, ldap)")
-    algorithms = _algorithms(au, ("SHA-256", "SHA-512-256"))
-    profiles = _profiles(au)
-    if "file" in backends and "MD5" not in {*algorithms, *(a for p in profiles for a in p.algorithms)}:
-        raise au.error("backends", "the file (htdigest) backend holds MD5 only: add \"MD5\" to auth.algorithms or to a [[auth.profiles]] entry")
-    trusted = tuple(_trusted_source(au, index, entry) for index, entry in enumerate(au.take("trusted_sources", list, [])))
-    trusted_role = au.take("trusted_role", str, None)
-    if trusted_role is not None and trusted_role not in roles:
-        raise au.error("trusted_role", f"{trusted_role!r} is not a role in [roles] (known: {', '.join(sorted(roles))})")
-    trunks = []
-    tls_table = au.take("tls", dict, None)
-    if tls_table is not None:
-        tt = _Section("auth.tls", tls_table, source)
-        entries = tt.take("trunks", list, [])
-        tt.finish()
-        for index, entry in enumerate(entries):
-            tr = _Section(f"auth.tls.trunks[{index}]", entry, source)
-            identity = tr.take("identity", str, None)
-            name = tr.take("name", str, None)
-            if identity is None or name is None:
-                raise tr.error("identity" if identity is None else "name", "is required")
-            trunk_roles = tr.take_str_list("roles", ("trunk",))
-            for role in trunk_roles:
-                if role not in roles:
-                    raise tr.error("roles", f"{role!r} is not a role in [roles]")
-            trunks.append((identity, name, tr.take("domain", str, None), trunk_roles))
-            tr.finish()
-        if trunks and tls.client_ca is None:
-            raise ConfigError("mutual-TLS trunks need [tls] client_ca (the CA their certificates chain to)", key="auth.tls.trunks", source=source)
-    bearer = au.take("bearer", dict, None)
-    if bearer is not None:
-        bearer = dict(bearer)
-        if isinstance(bearer.get("keys"), str):
-            keys = Path(os.path.expanduser(bearer["keys"]))
-            bearer["keys"] = keys if keys.is_absolute() else base / keys
-    auth = AuthConfig(
-        backends=backends, algorithms=algorithms, profiles=profiles, trusted_sources=trusted, trusted_role=trusted_role,
-        nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
-        max_nonce_failures=au.take_number("max_nonce_failures", 3, 1, 1000, True),
-        file=path(au, "file", None), key_file=path(au, "key_file", None), trunks=tuple(trunks), bearer=bearer,
-    )
-    if "file" in backends and auth.file is None:
-        raise au.error("file", "the file backend needs auth.file (an htdigest file)")
-    au.finish()
-
-    ldap = data.get("ldap")
-    if ldap is not None:
-        if not isinstance(ldap, dict):
-            raise ConfigError("must be a table", key="ldap", source=source)
-        ldap = dict(ldap)
-        secret_file = ldap.pop("bind_password_file", None)
-        if secret_file is not None:
-            secret_path = Path(os.path.expanduser(str(secret_file)))
-            secret_path = secret_path if secret_path.is_absolute() else base / secret_path
-            try:
-                ldap["bind_password"] = secret_path.read_text().strip()
-            except OSError as e:
-                raise ConfigError(f"cannot read {secret_path}: {e.strerror}", key="ldap.bind_password_file", source=source) from None
-    if "ldap" in backends and ldap is None:
+    server = _server(data.get("server", {}), source, base)
+    tls = _tls(data.get("tls", {}), source, base)
+    limits = _limits(data.get("limits", {}), source)
+    routes = _routes(data.get("routes", []), source)
+    registrar = _registrar(data.get("registrar", {}), source)
+    timers = _timers(data.get("timers", {}), source)
+    stages = _pipeline(data.get("pipeline", {}), source)
+    stage_options = _stage_options(data.get("stage", {}), source)
+    database_url = _database(data.get("database", {}), source)
+    roles = _roles(data["roles"], source) if "roles" in data else dict(DEFAULT_ROLES)
+    auth = _auth(data.get("auth", {}), source, base, roles, tls.client_ca)
+    ldap = _ldap(data.get("ldap"), source, base)
+    if "ldap" in auth.backends and ldap is None:
         raise ConfigError("the ldap backend needs an [ldap] section (url, base_dn...)", key="auth.backends", source=source)
-    security = _security(data.get("security", {}), source, stages, auth)
+    security = _security(data.get("security", {}), source)
+    if not security.allow_unauthenticated:
+        for key, why in unsafe_posture(stages, auth.trusted_sources):
+            raise ConfigError(f"{why}; refused (set [security] allow_unauthenticated = true to run like this on purpose)", key=key, source=source)
     return Config(
-        server=server, tls=tls, limits=limits, routes=tuple(routes), registrar=registrar, timers=timers,
-        stages=stages, stage_options={k: dict(v) for k, v in raw_options.items()}, database_url=url, source=source,
+        server=server, tls=tls, limits=limits, routes=routes, registrar=registrar, timers=timers,
+        stages=stages, stage_options=stage_options, database_url=database_url, source=source,
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
         acl=_acl(data.get("acl", {}), source),
     )
-
-
-def _networks(section: _Section, key: str) -> tuple[str, ...]:
-    """A list of CIDR networks (IPv4 or IPv6), each checked."""
-    networks = section.take_str_list(key, ())
-    for index, network in enumerate(networks):
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise section.error(f"{key}[{index}]", f"{network!r} is not an address or network") from None
-    return networks
-
-
-def _bucket(section: _Section, key: str, value: Any) -> tuple[float, float]:
-    """``{rate = R, burst = B}``: R requests per second, B at once (B >= 1)."""
-    table = _Section(f"{section.name}.{key}", value, section.source)
-    if "rate" not in value:
-        raise table.error("rate", "is required (requests per second)")
-    rate = float(table.take_number("rate", 1, 0.001, 1e6, False))
-    burst = float(table.take_number("burst", max(1.0, rate * 2), 1, 1e7, False))
-    table.finish()
-    return rate, burst
-
-
-def _ratelimit(data: Any, source: str | None) -> RateLimitConfig:
-    """``[ratelimit]``."""
-    section = _Section("ratelimit", data, source)
-    per_source_raw = section.take("per_source", (dict, bool), None)
-    if per_source_raw is True:
-        raise section.error("per_source", "a table {rate = R, burst = B}, or false to turn it off")
-    per_source = RateLimitConfig.per_source if per_source_raw is None else None if per_source_raw is False else _bucket(section, "per_source", per_source_raw)
-    methods_raw = section.take("methods", dict, None)
-    methods = dict(DEFAULT_METHOD_RATES)
-    if methods_raw is not None:
-        methods = {}
-        for method, value in methods_raw.items():
-            if not isinstance(method, str) or not method.isalpha():
-                raise section.error(f"methods.{method}", "a SIP method name")
-            methods[method.upper()] = _bucket(section, f"methods.{method}", value)
-    action = section.take("action", str, "503")
-    if action not in ("503", "drop"):
-        raise section.error("action", f'{action!r} is not one of "503", "drop"')
-    limits = RateLimitConfig(
-        enabled=section.take("enabled", bool, True), per_source=per_source, methods=methods, action=action,
-        retry_after=section.take_number("retry_after", 5, 1, 3600, True), ban_after=section.take_number("ban_after", 20, 0, 100000, True),
-        ban_window=float(section.take_number("ban_window", 60, 1, 86400, False)), allowlist=_networks(section, "allowlist"),
-    )
-    section.finish()
-    return limits
-
-
-def _scanners(data: Any, source: str | None) -> ScannersConfig:
-    """``[scanners]``."""
-    section = _Section("scanners", data, source)
-    user_agents = section.take("user_agents", list, None)
-    if user_agents is not None and not all(isinstance(ua, str) and ua for ua in user_agents):
-        raise section.error("user_agents", "a list of non-empty strings")
-    scanners = ScannersConfig(
-        enabled=section.take("enabled", bool, True), user_agents=None if user_agents is None else tuple(user_agents),
-        max_users=section.take_number("max_users", 20, 1, 100000, True), window=float(section.take_number("window", 60, 1, 86400, False)),
-    )
-    section.finish()
-    return scanners
-
-
-def _bans(data: Any, source: str | None) -> BansConfig:
-    """``[bans]``."""
-    section = _Section("bans", data, source)
-    allowlist = _networks(section, "allowlist")
-    bans = BansConfig(
-        enabled=section.take("enabled", bool, True),
-        max_failures=section.take_number("max_failures", 3, 1, 1000, True),
-        find_time=float(section.take_number("find_time", 60, 1, 86400, False)),
-        ban_time=float(section.take_number("ban_time", 900, 1, 365 * 86400, False)),
-        allowlist=allowlist,
-        ipv6_prefix=section.take_number("ipv6_prefix", 64, 16, 128, True),
-        max_bans=section.take_number("max_bans", 100_000, 1, 10_000_000, True),
-    )
-    section.finish()
-    return bans
-
-
-def _security(data: Any, source: str | None, stages: Sequence[str], auth: AuthConfig) -> SecurityConfig:
-    """``[security]``, and the refusal of an unsafe posture it does not allow."""
-    section = _Section("security", data, source)
-    security = SecurityConfig(allow_unauthenticated=section.take("allow_unauthenticated", bool, False))
-    section.finish()
-    if not security.allow_unauthenticated:
-        for key, why in unsafe_posture(stages, auth.trusted_sources):
-            raise ConfigError(f"{why}; refused (set [security] allow_unauthenticated = true to run like this on purpose)", key=key, source=source)
-    return security
 
 
 def default_config(data_dir: str | None = None) -> Config:
