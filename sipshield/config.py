@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -426,7 +426,7 @@ def _timers(data: Any, source: str | None) -> TimerConfig:
 # auth before options: its admission step marks a trusted source's connection
 # authenticated (kept when the table is full) before options answers the
 # OPTIONS to the proxy statelessly, ending admission.
-DEFAULT_STAGES = ("sanity", "auth", "options", "rbac", "dialog", "registrar", "location", "routes", "final")
+DEFAULT_STAGES = ("sanity", "auth", "options", "rbac", "egress", "dialog", "registrar", "location", "routes", "final")
 AUTH_ALGORITHMS = ("SHA-512-256", "SHA-256", "MD5")
 DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "agent": ("register",),
@@ -838,6 +838,37 @@ def _scanners(data: Any, source: str | None) -> ScannersConfig:
 
 
 @dataclass(frozen=True)
+class EgressConfig:
+    """``[egress]``: the toll-fraud policy of the ``egress`` stage."""
+
+    max_calls_per_minute: int = 10
+    """External call attempts one user may make within 60 s (0: no limit)."""
+    roles: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    """``[egress.roles.NAME]``: role -> (allow prefixes, deny prefixes) of the dialled number."""
+
+
+def _egress(data: Any, source: str | None, roles: Mapping[str, Any]) -> EgressConfig:
+    """``[egress]`` and its ``[egress.roles.NAME]`` tables (NAME a role of ``[roles]``)."""
+    section = _Section("egress", data, source)
+    limit = section.take_number("max_calls_per_minute", 10, 0, 100000, True)
+    raw_roles = section.take("roles", dict, {})
+    section.finish()
+    prefixes = {}
+    for role, table in raw_roles.items():
+        entry = _Section(f"egress.roles.{role}", table, source)
+        if role not in roles:
+            raise ConfigError(f"{role!r} is not a role of [roles] ({', '.join(sorted(roles))})", key=f"egress.roles.{role}", source=source)
+        allow, deny = entry.take_str_list("allow", ()), entry.take_str_list("deny", ())
+        for key, values in (("allow", allow), ("deny", deny)):
+            for value in values:
+                if not value or any(c.isspace() for c in value):
+                    raise entry.error(key, f"{value!r} is not a number prefix")
+        entry.finish()
+        prefixes[role] = (allow, deny)
+    return EgressConfig(limit, prefixes)
+
+
+@dataclass(frozen=True)
 class ACLRuleConfig:
     """One ``[[acl.rules]]`` entry."""
 
@@ -938,6 +969,7 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     scanners: ScannersConfig = field(default_factory=ScannersConfig)
     acl: ACLConfig = field(default_factory=ACLConfig)
+    egress: EgressConfig = field(default_factory=EgressConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -1032,7 +1064,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -1059,7 +1091,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         stages=stages, stage_options=stage_options, database_url=database_url, source=source,
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
-        acl=_acl(data.get("acl", {}), source),
+        acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
     )
 
 

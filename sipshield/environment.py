@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sipshield.events import SecurityEvents
     from sipshield.interfaces import ILocationStore
     from sipshield.message import Request
+    from sipshield.state import ShieldState
     from sipshield.transport import Flow
 
 __all__ = ["StageEnvironment"]
@@ -56,6 +57,9 @@ class StageEnvironment:
     """``[auth] trunks`` (TLS client certificates), None when not configured."""
     bearer: BearerSetup | None = None
     """``[auth] bearer`` (RFC 8898 tokens), None when not configured."""
+    shield: ShieldState | None = None
+    """The shield's counters, buckets and bans (bounded; shared by the
+    service's protections), for stages that count per user or source."""
     downgrade: DowngradeLock | None = None
     """The MD5 downgrade lock (its marks in the database, read in the auth
     thread pool); None leaves MD5 answers unguarded."""

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
+__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "TOLL_FRAUD", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
@@ -29,6 +29,9 @@ the source has proven its return path (a forged address cannot)."""
 BEARER_REFUSED = "bearer-refused"
 """A bearer token was refused over UDP (not counted towards a ban: the source may be forged;
 over TCP/TLS a refused token is an ``auth-failure``)."""
+TOLL_FRAUD = "toll-fraud"
+"""An external call was refused by the egress policy (a destination the caller's roles may not
+dial, or more external calls a minute than allowed)."""
 ACL_DENY = "acl-deny"
 """A request was refused by an ``[acl]`` rule (or its default)."""
 SCANNER = "scanner-drop"

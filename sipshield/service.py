@@ -81,7 +81,7 @@ class SIPShieldService(MultiService):
         self.environment = StageEnvironment(
             reactor=reactor, config=config, location=self.location, is_local=self.core.is_local, routed_by_us=self.core.routed_by_us,
             events=self.events, portal=self.portal, nonces=lambda: self.nonces, trunks=self.trunks, bearer=self.bearer,
-            downgrade=self.downgrade,
+            downgrade=self.downgrade, shield=self.shield_state,
         )
         self.pipeline = Pipeline(
             build_stages(config.stages, self.environment, config.server.plugins, config.stage_options), reactor=reactor,

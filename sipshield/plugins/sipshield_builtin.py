@@ -86,11 +86,30 @@ def _auth(env: StageEnvironment, options: dict[str, Any]) -> Any:
 
 def _rbac(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.auth._stages import RBACStage
+
+    return RBACStage(env.config.roles, _domain_map(env), _is_external(env))
+
+
+def _is_external(env: StageEnvironment) -> Any:
+    """Would an ``external = true`` [[routes]] entry carry this request?"""
     from sipshield.routing._stages import StaticRoute
 
     external = [StaticRoute(r.target, r.match_domain, r.match_user_prefix, r.external) for r in env.config.routes if r.external]
-    return RBACStage(env.config.roles, _domain_map(env), lambda request: any(route.matches(request) for route in external))
+    return lambda request: any(route.matches(request) for route in external)
+
+
+def _egress(env: StageEnvironment, options: dict[str, Any]) -> Any:
+    from sipshield.security._egress import EgressPolicy, RolePrefixes
+    from sipshield.state import MemoryShieldState
+
+    egress = env.config.egress
+    return EgressPolicy(
+        env.reactor, env.shield if env.shield is not None else MemoryShieldState(), _is_external(env),
+        roles={role: RolePrefixes(allow, deny) for role, (allow, deny) in egress.roles.items()},
+        max_calls_per_minute=egress.max_calls_per_minute, events=env.events,
+    )
 
 
 auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled; per source network profiles); trusted sources", _auth)
+egress = StageFactory("egress", "toll-fraud policy for external routes: number prefixes per role, external calls a minute per user", _egress)
 rbac = StageFactory("rbac", "role permissions for REGISTER and every out-of-dialog request: register, call, call:external; own AOR and From only", _rbac)
