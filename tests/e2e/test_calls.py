@@ -74,14 +74,14 @@ class Sipp:
 
     def __init__(self, sipp: str, workdir: Path, name: str, scenario: str, *, port: int, service: str,
                  remote: tuple[str, int] | None = None, transport: str = "u1", calls: int = 1, timeout: int = SIPP_TIMEOUT,
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), interface: str = "127.0.0.1") -> None:
         self.name = name
         self.stdout_path = workdir / f"sipp-{name}.out"
         self.messages_path = workdir / f"sipp-{name}-messages.log"
         args = [sipp]
         if remote is not None:
             args.append(f"{remote[0]}:{remote[1]}")
-        args += ["-sf", str(SCENARIOS / scenario), "-s", service, "-t", transport, "-i", "127.0.0.1", "-p", str(port),
+        args += ["-sf", str(SCENARIOS / scenario), "-s", service, "-t", transport, "-i", interface, "-p", str(port),
                  "-m", str(calls), "-timeout", str(timeout), "-timeout_error", "-nostdin",
                  "-trace_msg", "-message_file", str(self.messages_path), *extra]
         self.args = args
