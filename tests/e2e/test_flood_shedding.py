@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import test_calls
 from conftest import free_udp_port
-from test_calls import register, sipp_counter, sipp_runner  # noqa: F401 - the fixture
+from test_calls import register, sipp_counter
+
+sipp_runner = test_calls.sipp_runner  # the fixture, shared
 
 CONFIG = """
 [server]
