@@ -25,9 +25,15 @@ class ThrottledLog:
     no memory an attacker can grow.
     """
 
-    __slots__ = ("_log", "_seconds", "interval", "per_kind", "max_sources", "_kinds")
+    __slots__ = ("_log", "_seconds", "interval", "per_kind", "max_sources", "per_source", "_kinds")
 
-    def __init__(self, log: Logger, reactor: IReactorTime, interval: float = 60.0, per_kind: int = 20, max_sources: int = 1024) -> None:
+    def __init__(
+        self, log: Logger, reactor: IReactorTime, interval: float = 60.0, per_kind: int = 20, max_sources: int = 1024, per_source: bool = True,
+    ) -> None:
+        """With ``per_source=False`` only the budget per kind holds: every
+        line is written until ``per_kind`` lines of that kind in one
+        ``interval``, whatever their sources."""
+        self.per_source = per_source
         self._log = log
         self._seconds = reactor.seconds
         self.interval = interval
@@ -43,12 +49,13 @@ class ThrottledLog:
             held = budget.held + budget.held_before if budget is not None else 0
             budget = self._kinds[kind] = _KindBudget(now)
             budget.held_before = held
-        if budget.lines >= self.per_kind or source in budget.sources:
+        if budget.lines >= self.per_kind or (self.per_source and source in budget.sources):
             budget.held += 1
             return False
-        if len(budget.sources) >= self.max_sources:
-            budget.sources.pop(next(iter(budget.sources)))
-        budget.sources[source] = None
+        if self.per_source:
+            if len(budget.sources) >= self.max_sources:
+                budget.sources.pop(next(iter(budget.sources)))
+            budget.sources[source] = None
         budget.lines += 1
         held = budget.held_before + budget.held
         budget.held_before = budget.held = 0

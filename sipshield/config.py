@@ -929,6 +929,74 @@ SECURED_STAGES = ("registrar", "location", "routes")
 """Built-in stages that bind contacts or relay: "auth" and "rbac" must run before them."""
 
 
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7, "uucp": 8, "cron": 9,
+    "authpriv": 10, "ftp": 11, "local0": 16, "local1": 17, "local2": 18, "local3": 19, "local4": 20, "local5": 21,
+    "local6": 22, "local7": 23,
+}  # fmt: skip
+"""RFC 5424 6.2.1 facility names (as syslog.conf spells them) -> codes."""
+
+
+@dataclass(frozen=True)
+class SyslogConfig:
+    """``[logging.syslog]``: RFC 5424 messages to a collector."""
+
+    address: str = "unix:/dev/log"
+    """``udp:HOST:PORT`` (RFC 5426), ``tcp:HOST:PORT`` (RFC 6587 octet counting) or ``unix:PATH``."""
+    facility: str = "local0"
+    app_name: str = "sipshield"
+
+
+def _syslog(section: _Section, data: Any) -> SyslogConfig:
+    """``[logging.syslog]``."""
+    table = _Section("logging.syslog", data, section.source)
+    address = table.take("address", str, "unix:/dev/log")
+    scheme, _, rest = address.partition(":")
+    if scheme == "unix":
+        if not rest.startswith("/"):
+            raise table.error("address", "unix: takes an absolute path, e.g. unix:/dev/log")
+    elif scheme in ("udp", "tcp"):
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise table.error("address", f"{scheme}: takes HOST:PORT, e.g. {scheme}:127.0.0.1:514 ([::1]:514 for IPv6)")
+    else:
+        raise table.error("address", "udp:HOST:PORT, tcp:HOST:PORT or unix:PATH")
+    facility = table.take("facility", str, "local0")
+    if facility not in SYSLOG_FACILITIES:
+        raise table.error("facility", f"one of {', '.join(SYSLOG_FACILITIES)}")
+    app_name = table.take("app_name", str, "sipshield")
+    if not app_name or len(app_name) > 48 or not all("!" <= c <= "~" for c in app_name):
+        raise table.error("app_name", "1 to 48 printable ASCII characters, no spaces (RFC 5424 APP-NAME)")
+    table.finish()
+    return SyslogConfig(address=address, facility=facility, app_name=app_name)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``[logging]``: where log events go besides twistd's own log (standard
+    output with ``-n``, else ``--logfile``, which stays the human-readable one)."""
+
+    level: str = "info"
+    """The lowest level the outputs below write."""
+    json_file: Path | None = None
+    """Every event as one JSON object per line (twisted.logger's format)."""
+    syslog: SyslogConfig | None = None
+
+
+def _logging(data: Any, source: str | None, base: Path) -> LoggingConfig:
+    """``[logging]`` and ``[logging.syslog]``."""
+    section = _Section("logging", data, source)
+    level = section.take("level", str, "info")
+    if level not in LOG_LEVELS:
+        raise section.error("level", f"one of {', '.join(LOG_LEVELS)}")
+    json_file = _path(section, "json_file", None, base)
+    syslog_table = section.take("syslog", dict, None)
+    logging = LoggingConfig(level=level, json_file=json_file, syslog=None if syslog_table is None else _syslog(section, syslog_table))
+    section.finish()
+    return logging
+
+
 def unsafe_posture(stages: Sequence[str], trusted: Sequence[TrustedSource]) -> list[tuple[str, str]]:
     """What in a pipeline and a trust list serves strangers unauthenticated:
     ``(key, why)`` pairs, none for a safe configuration."""
@@ -970,6 +1038,7 @@ class Config:
     scanners: ScannersConfig = field(default_factory=ScannersConfig)
     acl: ACLConfig = field(default_factory=ACLConfig)
     egress: EgressConfig = field(default_factory=EgressConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -1064,7 +1133,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -1092,6 +1161,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
+        logging=_logging(data.get("logging", {}), source, base),
     )
 
 

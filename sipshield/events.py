@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "TOLL_FRAUD", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
+__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "TOLL_FRAUD", "UNBAN", "EVERY_LINE", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
@@ -46,6 +46,10 @@ UNBAN = "unban"
 AUTH_DOWNGRADE = "auth-downgrade"
 """A right MD5 answer for a user who has logged in with SHA-2 before (the MD5
 downgrade lock): refused as a wrong password is, on the wire."""
+
+
+EVERY_LINE = frozenset((AUTH_FAILURE, AUTH_DOWNGRADE, BAN, UNBAN, TOLL_FRAUD))
+"""Kinds logged line by line (see LogSecurityEvents): their sources proved their addresses."""
 
 
 def printable(text: str, limit: int = 128) -> str:
@@ -90,16 +94,30 @@ class LogSecurityEvents:
     (the kind), ``host`` (the source), ``transport``, ``user`` and
     ``reason`` (and ``log_kind``, the kind again, as every rate-limited line has).
 
-    Remote input causes these events, so they go through a ThrottledLog: one
-    line per source and kind per interval, and a bounded number per kind; the
-    lines held back are counted in the next one let through.
+    The text form is stable, for fail2ban and the like (examples/fail2ban/):
+    ``security event KIND from HOST over TRANSPORT (user USER): REASON``,
+    the address before anything the sender chose, so no user name can move
+    it.
+
+    Remote input causes these events, so they go through a ThrottledLog.
+    The kinds in :data:`EVERY_LINE` come only from sources that proved their
+    address (an answer to a nonce sent to it, a TCP/TLS connection) or from
+    an operator, and a ban follows a few of them: each is written (fail2ban
+    and a SIEM must see every failed login), within a budget of
+    ``every_line_budget`` lines a second per kind.  The others (a forged
+    datagram can cause them) get one line per source and kind a minute, and
+    a bounded number per kind; the lines held back are counted in the next
+    one let through.
     """
 
-    def __init__(self, reactor: IReactorTime, log: Logger | None = None) -> None:
-        self._lines = ThrottledLog(log if log is not None else Logger(namespace="sipshield.security"), reactor)
+    def __init__(self, reactor: IReactorTime, log: Logger | None = None, every_line_budget: int = 200) -> None:
+        log = log if log is not None else Logger(namespace="sipshield.security")
+        self._lines = ThrottledLog(log, reactor)
+        self._every = ThrottledLog(log, reactor, interval=1.0, per_kind=every_line_budget, per_source=False)
 
     def emit(self, event: SecurityEvent) -> None:
-        self._lines.warn(
+        lines = self._every if event.kind in EVERY_LINE else self._lines
+        lines.warn(
             event.kind, event.source, "security event {security_event} from {host} over {transport} (user {user}): {reason}",
             security_event=event.kind, host=event.source, transport=event.transport,
             user=None if event.user is None else printable(event.user, 64), reason=printable(event.reason, 256),

@@ -70,6 +70,11 @@ class SIPShieldService(MultiService):
         self.location = self._make_location_store()
         self._make_auth()
         self.events = SecurityEventBus([LogSecurityEvents(reactor)])
+        from sipshield.ops import LogOutputs
+
+        self.log_outputs = LogOutputs(config.logging, reactor)
+        """The ``[logging]`` outputs (JSON lines, syslog), the first child service."""
+        self.log_outputs.setServiceParent(self)
         from sipshield.security import build_admission_steps, build_ban_policy
         from sipshield.state import MemoryShieldState
 
@@ -226,6 +231,7 @@ class SIPShieldService(MultiService):
                 self.core.add_local_address(*listener.address)
 
     def startService(self) -> None:
+        self.log_outputs.open()  # before the start-up lines below
         for label, text in self.config.posture():
             self.log.info("{label}: {text}", label=label, text=text)
         for warning in self.config.warnings():

@@ -29,6 +29,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "security": {"ops"} | _WIRING,
     "state": {"transport", "transaction", "proxy"} | _ABOVE_PROXY,
     "plugins": {"ops"} | _WIRING,
+    "ops": {"plugins"} | _WIRING,
     # modules beside the layers, that any layer may use
     "config": {"message", "transport", "transaction", "proxy", "state"} | _ABOVE_PROXY,
     "interfaces": {"transport", "transaction", "proxy"} | _ABOVE_PROXY,

@@ -13,7 +13,7 @@ from pipeline_support import Proxy, proxy_service
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from sipshield.events import AUTH_FAILURE, LogSecurityEvents, SecurityEvent
+from sipshield.events import AUTH_FAILURE, SCANNER, LogSecurityEvents, SecurityEvent
 
 SOURCE = ("127.0.0.2", 40000)
 
@@ -62,13 +62,14 @@ def test_a_challenge_without_credentials_is_no_event(svc: Proxy, security_log: l
 
 
 def test_default_sink_logs_one_line_per_source_and_kind_per_interval() -> None:
+    """For the kinds a forged datagram can cause (auth failures are written line by line: test_log_outputs)."""
     lines: list[dict[str, Any]] = []
     clock = Clock()
     sink = LogSecurityEvents(clock, Logger(observer=lines.append))
     for source in ("192.0.2.1", "192.0.2.1", "192.0.2.2"):
-        sink.emit(SecurityEvent(AUTH_FAILURE, source, "UDP", "alice", "credentials refused"))
+        sink.emit(SecurityEvent(SCANNER, source, "UDP", "alice", "credentials refused"))
     assert [(e["host"], e["user"], e["reason"]) for e in lines] == [("192.0.2.1", "alice", "credentials refused"), ("192.0.2.2", "alice", "credentials refused")]
     assert lines[1]["suppressed"] == 1  # the repeat from 192.0.2.1, counted in the next line let through
     clock.advance(61)
-    sink.emit(SecurityEvent(AUTH_FAILURE, "192.0.2.1", "UDP", "alice", "credentials refused"))
+    sink.emit(SecurityEvent(SCANNER, "192.0.2.1", "UDP", "alice", "credentials refused"))
     assert len(lines) == 3 and lines[-1]["host"] == "192.0.2.1"

@@ -1,0 +1,64 @@
+"""examples/fail2ban/ against the log of a real run: Debian's fail2ban-regex,
+with the shipped filter, over what a real twistd sipshield wrote while SIPp
+guessed passwords from three addresses (one of them until it was banned),
+a phone registered with the right one, and a client named itself as a user
+whose name tries to put another address in the line.  Every failed login
+is matched, with its own source address, and nothing else is."""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+from pathlib import Path
+
+from conftest import ephemeral_config, require_tool
+from digest_client import authorization, challenges
+from test_auth import Client, add_user
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+FILTER = ROOT / "examples" / "fail2ban" / "filter.d" / "sipshield.conf"
+SCENARIO = Path(__file__).parent / "scenarios" / "register_auth.xml"
+INJECTED = "x) from 10.9.9.9 over UDP (user y"
+
+
+def sipp_register(sipp: str, address: tuple[str, int], source: str, password: str, calls: int, workdir: Path) -> int:
+    host, port = address
+    result = subprocess.run(
+        [sipp, f"{host}:{port}", "-sf", str(SCENARIO), "-s", "alice", "-au", "alice", "-ap", password, "-i", source, "-p", "0",
+         "-m", str(calls), "-r", "1", "-timeout", "20", "-timeout_error", "-nostdin", "-recv_timeout", "3000"],
+        cwd=workdir, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return result.returncode
+
+
+def test_fail2ban_regex_matches_every_failed_login_with_its_source_and_nothing_else(start_server, tmp_path: Path) -> None:
+    sipp = require_tool("sipp", "sip-tester")
+    fail2ban_regex = require_tool("fail2ban-regex", "fail2ban")
+    # SIPp answers MD5 only: offer it to loopback (a profile), SHA-256 to everyone else.
+    extra = '[[auth.profiles]]\nnetworks = ["127.0.0.0/8"]\nalgorithms = ["MD5"]\n'
+    server = start_server(ephemeral_config(trusted=False, extra=extra))
+    add_user(tmp_path, "alice", "right-password-1", "staff")
+    udp = server.addresses["udp"]
+
+    assert sipp_register(sipp, udp, "127.0.0.3", "wrong-1", 2, tmp_path) != 0
+    assert sipp_register(sipp, udp, "127.0.0.4", "wrong-2", 3, tmp_path) != 0  # the third failure bans it
+    server.wait_for(r"security event ban from 127\.0\.0\.4 over UDP")
+    # the right password from another address: no failure (SIPp's INVITE after it gets a 404, as the scenario expects)
+    assert sipp_register(sipp, udp, "127.0.0.5", "right-password-1", 1, tmp_path) == 0
+    client = Client(udp)  # from 127.0.0.2
+    _, _, first = client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com")
+    challenge = challenges(first, "WWW-Authenticate")[0]
+    auth = authorization(challenge, challenge.get("algorithm", "MD5"), INJECTED, "whatever", "REGISTER", "sip:example.com")
+    assert client.send("REGISTER", "sip:example.com", "alice", "sip:alice@example.com", auth)[0] == 401
+    server.wait_count(r"security event auth-failure from ", 6)
+    server.stop()
+    log = tmp_path / "twistd.log"
+    log.write_text(server.log + "\n")
+    failures = [line for line in server.lines if "security event auth-failure from " in line]
+    assert len(failures) == 6, "\n".join(failures)
+
+    result = subprocess.run([fail2ban_regex, "-o", "ip", str(log), str(FILTER)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    matched = collections.Counter(line.strip() for line in result.stdout.splitlines() if line.strip())
+    assert matched == {"127.0.0.3": 2, "127.0.0.4": 3, "127.0.0.2": 1}, result.stdout + "\n" + "\n".join(failures)
+    assert INJECTED in "\n".join(failures)  # the name was in the line, and still did not move the address
