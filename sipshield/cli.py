@@ -392,33 +392,163 @@ def _add_user_parser(sub: Any) -> None:
     roles.set_defaults(user_func=_user_roles)
 
 
-def _ban_list(args: argparse.Namespace) -> int:
-    """``sipshield ban list``: the bans kept in data_dir (as the server last wrote them)."""
+def _admin_client(args: argparse.Namespace) -> Any:
+    """The admin API client for ``--url`` or the config's ``[admin]``, with
+    the local token (data_dir/admin.token, or $SIPSHIELD_ADMIN_TOKEN)."""
+    import os
+
+    from sipshield.ops._client import AdminClient
+
+    config = _user_config(args)
+    url = args.url
+    if url is None:
+        admin = config.admin
+        if not admin.enabled or admin.port == 0:
+            raise ConfigError("[admin] is off or on a port chosen at start (port = 0): give --url", key="admin.port", source=config.source)
+        host = f"[{admin.host}]" if ":" in admin.host else admin.host
+        url = f"http://{host}:{admin.port}"
+    token = os.environ.get("SIPSHIELD_ADMIN_TOKEN")
+    if not token:
+        path = config.server.data_dir / "admin.token"
+        try:
+            token = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the admin token {path}: {e.strerror} (the server writes it at its first start)", key="server.data_dir",
+                              source=config.source) from None
+    return AdminClient(url.rstrip("/"), token)
+
+
+def _when(seconds: float) -> str:
     import time
 
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _admin_command(name: str, act: Any) -> Any:
+    """A CLI command that talks to the admin API: errors become one line and exit 1."""
+    from sipshield.ops._client import AdminError, AdminUnavailable
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result = act(args, _admin_client(args))
+        except (ConfigError, AdminError, AdminUnavailable) as e:
+            print(f"sipshield {name}: {e}", file=sys.stderr)
+            return 1
+        if getattr(args, "json", False):
+            import json
+
+            print(json.dumps(result, indent=2, sort_keys=True))
+        return 0
+
+    return run
+
+
+def _print_bans(bans: list[dict[str, Any]]) -> None:
+    for ban in bans:
+        print(f"{ban['key']}\tuntil {_when(ban['until'])} ({ban['remaining']} s)\t{ban['reason']}")
+
+
+def _ban_list(args: argparse.Namespace) -> int:
+    """``sipshield ban list``: the running server's bans; when it does not
+    answer, the ones it last saved in data_dir/bans.json."""
+    import time
+
+    from sipshield.ops._client import AdminError, AdminUnavailable
     from sipshield.security import BanFile
 
     try:
         config = _user_config(args)
-    except ConfigError as e:
+        try:
+            bans = _admin_client(args).bans()
+        except (AdminUnavailable, ConfigError) as e:
+            print(f"sipshield ban list: {e}; showing data_dir/bans.json as last saved", file=sys.stderr)
+        else:
+            if not args.json:
+                _print_bans(bans)
+                print(f"{len(bans)} ban(s) in force", file=sys.stderr)
+            else:
+                import json
+
+                print(json.dumps(bans, indent=2, sort_keys=True))
+            return 0
+    except (ConfigError, AdminError) as e:
         print(f"sipshield ban list: {e}", file=sys.stderr)
         return 1
     path = config.server.data_dir / "bans.json"
     now = time.time()
-    bans = sorted((b for b in BanFile(path).load() if b.until > now), key=lambda b: b.until)
-    for ban in bans:
-        until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ban.until))
-        print(f"{ban.key}\tuntil {until} UTC ({int(ban.until - now)} s)\t{ban.reason}")
-    print(f"{len(bans)} ban(s) in force in {path}", file=sys.stderr)
+    saved = sorted((b for b in BanFile(path).load() if b.until > now), key=lambda b: b.until)
+    _print_bans([{"key": b.key, "until": b.until, "remaining": int(b.until - now), "reason": b.reason} for b in saved])
+    print(f"{len(saved)} ban(s) in force in {path}", file=sys.stderr)
     return 0
 
 
-def _add_ban_parser(sub: Any) -> None:
-    ban = sub.add_parser("ban", help="the bans after failed logins ([bans])")
-    commands = ban.add_subparsers(dest="ban_command", required=True, metavar="{list}")
-    listing = commands.add_parser("list", help="list the bans in force, as the server last saved them (data_dir/bans.json)")
-    listing.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
-    listing.set_defaults(func=_ban_list)
+def _ban_add(args: argparse.Namespace, client: Any) -> Any:
+    ban = client.ban(args.address, args.duration, args.reason)
+    if not args.json:
+        print(f"banned {ban['key']} until {_when(ban['until'])} ({ban['remaining']} s)")
+    return ban
+
+
+def _ban_remove(args: argparse.Namespace, client: Any) -> Any:
+    client.unban(args.key)
+    if not args.json:
+        print(f"lifted the ban on {args.key}")
+    return {"unbanned": args.key}
+
+
+def _status(args: argparse.Namespace, client: Any) -> Any:
+    status = client.status()
+    if not args.json:
+        print(f"sipshield {status['version']}, up {status['uptime']:.0f} s")
+        for listener in status["listeners"]:
+            print(f"listening: {listener['transport']} {listener['host']}:{listener['port']}")
+        print(f"server transactions: {status['server_transactions']}, proxied requests in progress: {status['proxied_requests']}, bans: {status['bans']}")
+        print("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(status["counters"].items())))
+    return status
+
+
+def _registrations(args: argparse.Namespace, client: Any) -> Any:
+    rows = client.registrations(args.limit)
+    if not args.json:
+        for row in rows:
+            print(f"{row['aor']}\t{row['contact']}\t{row['expires_in']} s\t{row['source'] or '-'}\t{row['user_agent'] or '-'}")
+        print(f"{len(rows)} binding(s)", file=sys.stderr)
+    return rows
+
+
+def _tls_reload(args: argparse.Namespace, client: Any) -> Any:
+    served = client.reload_tls()
+    if not args.json:
+        print(f"now serving {served['subject']}, valid until {served['not_after']}")
+    return served
+
+
+def _add_admin_parsers(sub: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
+    common.add_argument("--url", help="the admin API (default: http://[admin] host:port of the config)")
+    common.add_argument("--json", action="store_true", help="print the API's JSON")
+    ban = sub.add_parser("ban", help="bans: list, add, remove (through the running server's admin API)")
+    commands = ban.add_subparsers(dest="ban_command", required=True, metavar="{list,add,remove}")
+    commands.add_parser("list", parents=[common], help="the bans in force (data_dir/bans.json when the server does not answer)").set_defaults(
+        func=_ban_list)
+    add = commands.add_parser("add", parents=[common], help="ban an address (an IPv6 one with its /64, as [bans] ipv6_prefix says)")
+    add.add_argument("address")
+    add.add_argument("--duration", type=_positive, help="seconds (default: [bans] ban_time)")
+    add.add_argument("--reason", help="kept with the ban and logged")
+    add.set_defaults(func=_admin_command("ban add", _ban_add))
+    remove = commands.add_parser("remove", parents=[common], help="lift a ban (its key, as ban list shows it)")
+    remove.add_argument("key")
+    remove.set_defaults(func=_admin_command("ban remove", _ban_remove))
+    sub.add_parser("status", parents=[common], help="the running server: version, listeners, transactions, bans, counters").set_defaults(
+        func=_admin_command("status", _status))
+    registrations = sub.add_parser("registrations", parents=[common], help="the registered contacts, by AOR")
+    registrations.add_argument("--limit", type=_positive, default=1000)
+    registrations.set_defaults(func=_admin_command("registrations", _registrations))
+    tls = sub.add_parser("tls", help="TLS certificates")
+    tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="{reload}")
+    tls_commands.add_parser("reload", parents=[common], help="read the certificate and key files again (new handshakes get them)").set_defaults(
+        func=_admin_command("tls reload", _tls_reload))
 
 
 # -- sipshield keys ---------------------------------------------------------------------
@@ -504,7 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda args: print(__import__("sipshield").__version__) or 0)
     _add_user_parser(sub)
-    _add_ban_parser(sub)
+    _add_admin_parsers(sub)
     _add_keys_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -997,6 +997,39 @@ def _logging(data: Any, source: str | None, base: Path) -> LoggingConfig:
     return logging
 
 
+@dataclass(frozen=True)
+class AdminConfig:
+    """``[admin]``: the JSON admin API (docs/operations/admin-api.md)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9061
+    """0: any free port (logged); the API is plain HTTP, so it listens on loopback unless told otherwise."""
+    token_role: str = "admin"
+    """The role the local token (data_dir/admin.token) acts with; it must grant
+    ``manage`` (a config error when set explicitly; a warning at start when the
+    default ``admin`` role of a custom [roles] does not)."""
+
+
+def _admin(data: Any, source: str | None, roles: Mapping[str, Sequence[str]]) -> AdminConfig:
+    """``[admin]``."""
+    section = _Section("admin", data, source)
+    host = section.take("host", str, "127.0.0.1")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise section.error("host", f"an IP address to listen on, not {host!r}") from None
+    explicit = "token_role" in section.table
+    token_role = section.take("token_role", str, "admin")
+    if explicit and "manage" not in roles.get(token_role, ()):
+        raise section.error("token_role", f"the role {token_role!r} must exist in [roles] and grant manage, or the admin API locks everyone out")
+    admin = AdminConfig(
+        enabled=section.take("enabled", bool, True), host=host, port=section.take_number("port", 9061, 0, 65535, True), token_role=token_role,
+    )
+    section.finish()
+    return admin
+
+
 def unsafe_posture(stages: Sequence[str], trusted: Sequence[TrustedSource]) -> list[tuple[str, str]]:
     """What in a pipeline and a trust list serves strangers unauthenticated:
     ``(key, why)`` pairs, none for a safe configuration."""
@@ -1039,6 +1072,7 @@ class Config:
     acl: ACLConfig = field(default_factory=ACLConfig)
     egress: EgressConfig = field(default_factory=EgressConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -1133,7 +1167,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -1161,7 +1195,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
-        logging=_logging(data.get("logging", {}), source, base),
+        logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles),
     )
 
 

@@ -47,6 +47,10 @@ class ILocationStore(Interface):
         """Fire with the number of unexpired bindings whose ``identity`` is
         *identity*, across every AOR (the registrar's per-identity cap)."""
 
+    def listing(limit: int) -> Any:
+        """Fire with at most *limit* unexpired bindings of every AOR, by AOR
+        then highest q first (the admin API's registrations)."""
+
 
 class IPipelineStage(Interface):
     """One step of request handling (see sipshield.routing.pipeline).

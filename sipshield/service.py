@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from sipshield.config import Config
+from sipshield.config import Config, ConfigError
 from sipshield.environment import StageEnvironment
 from sipshield.events import LogSecurityEvents, SecurityEventBus
 from sipshield.proxy import ProxyCore
@@ -104,6 +104,14 @@ class SIPShieldService(MultiService):
             listener.setServiceParent(self)
             self.listeners.append(listener)
             self.dispatcher.add_listener(listener)
+        self._started_at = reactor.seconds()
+        self.admin: Any = None
+        """The admin API's listener service (None with ``[admin] enabled = false``)."""
+        if config.admin.enabled:
+            from sipshield.ops import AdminService
+
+            self.admin = AdminService(reactor, config.admin.host, config.admin.port, self._admin_resource)
+            self.admin.setServiceParent(self)
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
@@ -231,6 +239,7 @@ class SIPShieldService(MultiService):
                 self.core.add_local_address(*listener.address)
 
     def startService(self) -> None:
+        self._started_at = self.reactor.seconds()
         self.log_outputs.open()  # before the start-up lines below
         for label, text in self.config.posture():
             self.log.info("{label}: {text}", label=label, text=text)
@@ -269,6 +278,52 @@ class SIPShieldService(MultiService):
         super().startService()
         for listener in self.listeners:
             self.core.add_local_address(*listener.address)
+
+    # -- the admin API ----------------------------------------------------------------------
+
+    def _admin_resource(self) -> Any:
+        """The admin API's resource tree behind its Portal, built when its
+        listener starts (the local token is read or made then)."""
+        from sipshield.ops import AdminBackend, admin_resource, load_or_create_token
+
+        config = self.config
+        token = load_or_create_token(config.server.data_dir / "admin.token")
+        backend = AdminBackend(
+            bans=self.bans, location=self.location, status=self.status, seconds=self.reactor.seconds,
+            reload_tls=self.reload_tls if self.tls_context is not None else None,
+        )
+
+        def permissions(name: str) -> frozenset[str]:
+            return frozenset(p for role in (config.admin.token_role,) for p in config.roles.get(role, ()))
+
+        return admin_resource(backend, {"local": token}, permissions)
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` and ``sipshield status`` show."""
+        from sipshield import __version__
+
+        listeners = [{"transport": lc.kind, "host": host, "port": port} for lc, (host, port) in
+                     ((listener.config, listener.address) for listener in self.listeners)]
+        live, _ = self.transactions.server_load("")
+        return {
+            "version": __version__, "uptime": round(self.reactor.seconds() - self._started_at, 3), "listeners": listeners,
+            "server_transactions": live, "proxied_requests": len(self.core.contexts),
+            "bans": 0 if self.bans is None else len(self.bans.bans()), "counters": dict(self.core.counters),
+        }
+
+    def reload_tls(self) -> dict[str, Any]:
+        """Read the TLS certificate and key files again and serve them on new
+        handshakes (connections already up keep theirs).  Raises ConfigError,
+        keeping the material in use, when the new files do not load."""
+        cfg = self.config
+        material = load_tls_material(cfg.tls, cfg.server.data_dir, source=cfg.source)
+        if material is None or self.tls_context is None:
+            raise ConfigError("no certificate to load", key="tls.certificate", source=cfg.source)
+        self.tls_context.reload(material)
+        certificate = material.certificate.to_cryptography()
+        info = {"subject": certificate.subject.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat()}
+        self.log.info("TLS certificate reloaded: {subject}, valid until {not_after}", **info)
+        return info
 
     def _create_schema(self, _: object, create: Callable[[], None]) -> Deferred[None]:
         return deferToThreadPool(self.reactor, self.auth_pool, create)

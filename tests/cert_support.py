@@ -57,3 +57,17 @@ def write_pem(path: Path, *certs: x509.Certificate, key: ec.EllipticCurvePrivate
     else:
         path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
     return path
+
+
+def served_subject(port: int, host: str = "127.0.0.1") -> str:
+    """The subject of the certificate a TLS server at host:port presents (not verified)."""
+    import socket
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()

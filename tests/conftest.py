@@ -222,6 +222,9 @@ EPHEMERAL = """
 data_dir = "data"
 listen = ["udp:0:interface={host}", "tcp:0:interface={host}", "tls:0:interface={host}"]
 domains = ["example.com"]
+
+[admin]
+port = 0
 {extra}
 """
 

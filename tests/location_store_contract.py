@@ -147,3 +147,15 @@ def test_update_removes_then_puts_in_one_step(store: Any):
     c = binding("sip:c@192.0.2.3")
     yield store.update(AOR, ["sip:a@192.0.2.1", "sip:nothing@192.0.2.9"], [c])
     assert [b.contact for b in (yield store.bindings(AOR))] == ["sip:b@192.0.2.2", "sip:c@192.0.2.3"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_listing_gives_unexpired_bindings_of_every_aor_by_aor_then_q_up_to_a_limit(store: Any):
+    yield store.put(binding("sip:b@192.0.2.2", aor="sip:bob@example.com"))
+    yield store.put(binding("sip:a1@192.0.2.1", q=0.5))
+    yield store.put(binding("sip:a2@192.0.2.1", q=0.9))
+    yield store.put(binding("sip:gone@192.0.2.9", expires_in=-1, aor="sip:carol@example.com"))
+    listed = yield store.listing(10)
+    assert [(b.aor, b.contact) for b in listed] == [
+        (AOR, "sip:a2@192.0.2.1"), (AOR, "sip:a1@192.0.2.1"), ("sip:bob@example.com", "sip:b@192.0.2.2")]
+    assert [b.contact for b in (yield store.listing(2))] == ["sip:a2@192.0.2.1", "sip:a1@192.0.2.1"]

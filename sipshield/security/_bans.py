@@ -192,6 +192,10 @@ class BanPolicy:
             reason = f"{failures} failed logins in {self.find_time:g} s (last: user {printable(event.user or '', 64)})"
             self.ban(key, reason, transport=event.transport, user=event.user)
 
+    def allowlisted(self, host: str) -> bool:
+        """Is *host* in ``allowlist`` (never banned)?"""
+        return self._allowed(host)
+
     def _allowed(self, host: str) -> bool:
         if not self.allowlist:
             return False

@@ -95,6 +95,14 @@ class MemoryLocationStore:
         """O(1); counts bindings past their expiry until the expiry loop reaps them."""
         return defer.succeed(self._identities.get(identity, 0))
 
+    def listing(self, limit: int) -> Deferred[list[Binding]]:
+        found: list[Binding] = []
+        for aor in sorted(self._aors):
+            if len(found) >= limit:
+                break
+            found += self.bindings_now(aor)[: limit - len(found)]
+        return defer.succeed(found)
+
     # -- beyond the interface ---------------------------------------------
 
     def update(self, aor: str, remove: Iterable[str] = (), put: Iterable[Binding] = ()) -> Deferred[None]:

@@ -215,6 +215,9 @@ class SQLLocationStore:
         query = select(func.count()).select_from(table).where(table.c.identity == identity, table.c.expires_at > self.reactor.seconds())
         return self._run(self._scalar, query)
 
+    def listing(self, limit: int) -> Deferred[list[Binding]]:
+        return self._run(self._listing, limit, self.reactor.seconds())
+
     # -- beyond the interface -----------------------------------------------------------
 
     def update(self, aor: str, remove: Iterable[str] = (), put: Iterable[Binding] = ()) -> Deferred[None]:
@@ -270,6 +273,12 @@ class SQLLocationStore:
     def _bindings(self, engine: Engine, aor: str, now: float) -> list[Binding]:
         table = self.table
         query = select(table).where(table.c.aor == aor, table.c.expires_at > now).order_by(table.c.q.desc(), table.c.id)
+        with engine.connect() as conn:
+            return [_binding(row) for row in conn.execute(query)]
+
+    def _listing(self, engine: Engine, limit: int, now: float) -> list[Binding]:
+        table = self.table
+        query = select(table).where(table.c.expires_at > now).order_by(table.c.aor, table.c.q.desc(), table.c.id).limit(limit)
         with engine.connect() as conn:
             return [_binding(row) for row in conn.execute(query)]
 

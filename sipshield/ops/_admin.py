@@ -1,0 +1,358 @@
+"""The admin API: JSON over HTTP (twisted.web), behind a twisted.cred Portal.
+
+The resource tree is the avatar of an authenticated operator: the
+:class:`AdminRealm` gives the API to an identity whose roles grant
+``manage``, and a 403 resource to any other; ``HTTPAuthSessionWrapper``
+(twisted.web.guard) asks the Portal, with :class:`BearerTokenFactory`
+turning ``Authorization: Bearer TOKEN`` into :class:`AdminToken`
+credentials for :class:`AdminTokenChecker`.  Nothing below the wrapper is
+reachable without a token.
+
+The API never reaches into the service: it is given an :class:`AdminBackend`
+(the ban policy, the location store, and callables for the status and the
+TLS reload), so ops stays below the wiring.  Documented in
+docs/admin-api.yaml (OpenAPI 3.1), which tests/integration/test_admin_api.py
+checks every real response against.
+
+    GET    /v1/status                 counters, listeners, bans and registrations held
+    GET    /v1/bans                   the bans in force
+    POST   /v1/bans                   {"address", "duration"?, "reason"?} -> 201 the ban
+    DELETE /v1/bans/{key}             lift a ban (the key URL-encoded: 2001:db8::/64)
+    GET    /v1/registrations?limit=N  the bindings, by AOR
+    POST   /v1/tls/reload             read the certificate and key files again
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.application.service import Service
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTCP
+from twisted.logger import Logger
+from twisted.web.guard import HTTPAuthSessionWrapper
+from twisted.web.iweb import ICredentialFactory
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import Attribute, implementer
+
+from sipshield.config import ConfigError
+from sipshield.security import BanPolicy
+
+__all__ = ["AdminBackend", "AdminService", "AdminRealm", "AdminToken", "AdminTokenChecker", "BearerTokenFactory", "admin_resource", "load_or_create_token"]
+
+MAX_BODY = 16 * 1024
+MAX_LISTING = 10000
+MAX_BAN = 365 * 86400
+
+
+class IAdminToken(ICredentials):
+    token = Attribute("The bearer token the client presented (bytes).")
+
+
+@implementer(IAdminToken)
+@dataclass(frozen=True)
+class AdminToken:
+    token: bytes
+
+
+@implementer(ICredentialFactory)
+class BearerTokenFactory:
+    """``Authorization: Bearer TOKEN`` (RFC 6750 2.1) -> :class:`AdminToken`."""
+
+    scheme = b"bearer"
+
+    def getChallenge(self, request: Any) -> dict[str, str]:
+        return {"realm": "sipshield-admin"}
+
+    def decode(self, response: bytes, request: Any) -> AdminToken:
+        token = response.strip()
+        if not token or len(token) > 512:
+            raise LoginFailed("no usable bearer token")
+        return AdminToken(token)
+
+
+@implementer(ICredentialsChecker)
+class AdminTokenChecker:
+    """Tokens known by their SHA-256 digest only, compared in constant time;
+    the avatar id is the token's name."""
+
+    credentialInterfaces = (IAdminToken,)
+
+    def __init__(self, tokens: Mapping[str, bytes]) -> None:
+        self.digests = {name: hashlib.sha256(token).digest() for name, token in tokens.items()}
+
+    def requestAvatarId(self, credentials: AdminToken) -> defer.Deferred[bytes | tuple[()]]:
+        presented = hashlib.sha256(credentials.token).digest()
+        found = None
+        for name, digest in self.digests.items():
+            if hmac.compare_digest(presented, digest):
+                found = name
+        if found is None:
+            return defer.fail(UnauthorizedLogin("unknown token"))
+        return defer.succeed(found.encode())
+
+
+def load_or_create_token(path: Path) -> bytes:
+    """The local operator's token in *path* (mode 0600), made on first use."""
+    if path.exists():
+        token = path.read_bytes().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32).encode()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_bytes(token + b"\n")
+    return token
+
+
+@dataclass(frozen=True)
+class AdminBackend:
+    """What the API acts on (the service builds it)."""
+
+    bans: BanPolicy | None
+    location: Any
+    """The ILocationStore."""
+    status: Callable[[], dict[str, Any]]
+    reload_tls: Callable[[], dict[str, Any]] | None
+    """Read the TLS files again; returns what is served now; raises ConfigError. None: no TLS listener."""
+    seconds: Callable[[], float]
+
+
+# -- resources ------------------------------------------------------------------------------------
+
+
+def _send(request: Request, code: int, body: Any, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    for name, value in headers:
+        request.setHeader(name, value)
+    return json.dumps(body, sort_keys=True).encode() + b"\n"
+
+
+def _error(request: Request, code: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    return _send(request, code, {"error": message}, headers)
+
+
+class _JSONResource(Resource):
+    """A leaf that answers its methods with JSON, 405 otherwise."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, backend: AdminBackend) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def render(self, request: Request) -> bytes | int:
+        method = request.method.decode("ascii", "replace")
+        handler = getattr(self, f"do_{method}", None)
+        if handler is None:
+            allowed = ", ".join(sorted(n[3:] for n in dir(self) if n.startswith("do_")))
+            return _error(request, 405, f"{method} not allowed here", [(b"allow", allowed.encode())])
+        try:
+            result: bytes | int = handler(request)
+            return result
+        except Exception:
+            self.log.failure("admin API: {method} {path} failed", method=method, path=request.path)
+            return _error(request, 500, "internal error (logged)")
+
+
+def _body(request: Request) -> dict[str, Any]:
+    content = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+    if len(content) > MAX_BODY:
+        raise ValueError(f"body over {MAX_BODY} bytes")
+    try:
+        data = json.loads(content or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    return data
+
+
+class _Status(_JSONResource):
+    def do_GET(self, request: Request) -> bytes:
+        return _send(request, 200, self.backend.status())
+
+
+def _ban_json(ban: Any, now: float) -> dict[str, Any]:
+    return {"key": ban.key, "reason": ban.reason, "since": ban.since, "until": ban.until, "remaining": max(0, round(ban.until - now))}
+
+
+class _Bans(_JSONResource):
+    """/v1/bans and, as a leaf below it, /v1/bans/{key}."""
+
+    def do_GET(self, request: Request) -> bytes:
+        bans = self.backend.bans
+        if request.postpath and request.postpath != [b""]:
+            return _error(request, 405, "GET /v1/bans lists them all", [(b"allow", b"DELETE")])
+        now = self.backend.seconds()
+        return _send(request, 200, {"bans": [] if bans is None else [_ban_json(b, now) for b in bans.bans()]})
+
+    def do_POST(self, request: Request) -> bytes:
+        bans = self.backend.bans
+        if bans is None:
+            return _error(request, 409, "bans are off ([bans] enabled = false)")
+        try:
+            data = _body(request)
+            address = data.get("address")
+            if not isinstance(address, str):
+                raise ValueError("address: an IP address is required")
+            host = str(ipaddress.ip_address(address))
+            duration = data.get("duration", bans.ban_time)
+            if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 1 <= duration <= MAX_BAN:
+                raise ValueError(f"duration: seconds, 1 to {MAX_BAN}")
+            reason = data.get("reason", "banned by an operator")
+            if not isinstance(reason, str) or len(reason) > 200:
+                raise ValueError("reason: a string of at most 200 characters")
+            unknown = set(data) - {"address", "duration", "reason"}
+            if unknown:
+                raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        except ValueError as e:
+            return _error(request, 400, str(e))
+        if bans.allowlisted(host):
+            return _error(request, 409, f"{host} is in [bans] allowlist: never banned")
+        ban = bans.ban(bans.key(host), f"operator: {reason}", float(duration), transport="admin")
+        return _send(request, 201, _ban_json(ban, self.backend.seconds()))
+
+    def do_DELETE(self, request: Request) -> bytes:
+        bans = self.backend.bans
+        key = unquote(b"/".join(request.postpath or ()).decode("utf-8", "replace"))
+        if not key:
+            return _error(request, 405, "DELETE /v1/bans/{key}", [(b"allow", b"GET, POST")])
+        if bans is None or not bans.unban(key):
+            return _error(request, 404, f"no ban on {key}")
+        return _send(request, 200, {"unbanned": key})
+
+
+class _Registrations(_JSONResource):
+    def do_GET(self, request: Request) -> bytes | int:
+        raw = request.args.get(b"limit", [b"1000"])[0]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTING:
+            return _error(request, 400, f"limit: 1 to {MAX_LISTING}")
+        now = self.backend.seconds()
+
+        def listed(bindings: list[Any]) -> None:
+            rows = [{
+                "aor": b.aor, "contact": b.contact, "expires_in": b.expires_in(now), "q": b.q, "identity": b.identity,
+                "user_agent": b.user_agent, "source": None if b.source is None else f"{b.source[0]} {b.source[1]}:{b.source[2]}",
+            } for b in bindings]  # fmt: skip
+            request.write(_send(request, 200, {"registrations": rows}))
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            request.write(_error(request, 503, f"location store unavailable: {failure.getErrorMessage()}"))
+            request.finish()
+
+        self.backend.location.listing(int(raw)).addCallbacks(listed, failed)
+        return NOT_DONE_YET
+
+
+class _TLSReload(_JSONResource):
+    def do_POST(self, request: Request) -> bytes:
+        reload = self.backend.reload_tls
+        if reload is None:
+            return _error(request, 404, "no TLS listener")
+        try:
+            return _send(request, 200, reload())
+        except ConfigError as e:
+            return _error(request, 409, f"kept the certificate in use: {e}")
+
+
+class _Forbidden(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _error(request, 403, "this token's roles do not grant manage")
+
+
+def _api(backend: AdminBackend) -> Resource:
+    root = Resource()
+    v1 = Resource()
+    root.putChild(b"v1", v1)
+    v1.putChild(b"status", _Status(backend))
+    v1.putChild(b"bans", _Bans(backend))
+    v1.putChild(b"registrations", _Registrations(backend))
+    tls = Resource()
+    v1.putChild(b"tls", tls)
+    tls.putChild(b"reload", _TLSReload(backend))
+    return root
+
+
+@implementer(IRealm)
+class AdminRealm:
+    """The API for an identity whose roles grant ``manage``; 403 otherwise."""
+
+    def __init__(self, api: Resource, permissions: Callable[[str], frozenset[str]]) -> None:
+        self.api = api
+        self.permissions = permissions
+
+    def requestAvatar(self, avatarId: bytes | tuple[()], mind: object, *interfaces: Any) -> tuple[Any, Any, Callable[[], None]]:
+        if IResource not in interfaces:
+            raise NotImplementedError("the admin realm serves web resources only")
+        name = avatarId.decode() if isinstance(avatarId, bytes) else ""
+        avatar = self.api if "manage" in self.permissions(name) else _Forbidden()
+        return IResource, avatar, lambda: None
+
+
+def admin_resource(backend: AdminBackend, tokens: Mapping[str, bytes], permissions: Callable[[str], frozenset[str]]) -> IResource:
+    """The whole API behind its Portal."""
+    portal = Portal(AdminRealm(_api(backend), permissions), [AdminTokenChecker(tokens)])
+    wrapper: IResource = HTTPAuthSessionWrapper(portal, [BearerTokenFactory()])
+    return wrapper
+
+
+class AdminService(Service):
+    """Listens for the admin API on ``[admin] host:port`` (plain HTTP: keep
+    it on loopback or a management network); logs the address it got.  A
+    port it cannot bind is logged, and the proxy runs on without the API."""
+
+    log = Logger()
+    name = "admin-api"
+
+    def __init__(self, reactor: Any, host: str, port: int, resource: Callable[[], IResource]) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.port = port
+        self.resource = resource
+        self.listening: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.listening is not None or not IReactorTCP.providedBy(self.reactor):
+            return  # a task.Clock in tests: no sockets
+        site = Site(self.resource())
+        site.displayTracebacks = False
+        site.noisy = False
+        try:
+            self.listening = self.reactor.listenTCP(self.port, site, interface=self.host)  # type: ignore[arg-type]
+        except CannotListenError as e:
+            self.log.error("admin API: cannot listen on {host}:{port}: {why}; running without it", host=self.host, port=self.port, why=e.socketError)
+            return
+        address = self.listening.getHost()
+        host = f"[{address.host}]" if ":" in address.host else address.host
+        self.log.info("admin API listening on http://{host}:{port}/v1/", host=host, port=address.port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            return listening.stopListening()
+        return None

@@ -1,0 +1,82 @@
+"""The admin API's client, for the ``sipshield`` command (blocking: a CLI
+runs no reactor).  docs/admin-api.yaml describes what it talks to."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+__all__ = ["AdminClient", "AdminUnavailable", "AdminError"]
+
+
+class AdminUnavailable(Exception):
+    """Nothing answers at the API's address (the server is not running, or runs without it)."""
+
+
+class AdminError(Exception):
+    """The API answered with an error: ``status`` and its ``error`` text."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class AdminClient:
+    url: str
+    """``http://HOST:PORT``, no trailing slash."""
+    token: str
+    timeout: float = 10.0
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 - the operator's own URL
+                return json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                message = json.loads(raw).get("error", raw.decode(errors="replace"))
+            except (ValueError, AttributeError):
+                message = raw.decode(errors="replace").strip() or e.reason
+            raise AdminError(e.code, str(message)) from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise AdminUnavailable(f"no admin API at {self.url}: {reason}") from None
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/v1/status")
+        return result
+
+    def bans(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", "/v1/bans")["bans"]
+        return result
+
+    def ban(self, address: str, duration: float | None = None, reason: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"address": address}
+        if duration is not None:
+            body["duration"] = duration
+        if reason is not None:
+            body["reason"] = reason
+        result: dict[str, Any] = self.request("POST", "/v1/bans", body)
+        return result
+
+    def unban(self, key: str) -> None:
+        self.request("DELETE", "/v1/bans/" + quote(key, safe=""))
+
+    def registrations(self, limit: int = 1000) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request("GET", f"/v1/registrations?limit={limit}")["registrations"]
+        return result
+
+    def reload_tls(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/tls/reload")
+        return result
