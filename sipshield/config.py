@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ __all__ = [
     "ConfigError",
     "LimitsConfig",
     "ListenerConfig",
+    "NftablesConfig",
     "ServerConfig",
     "TLSConfig",
     "TrustedSource",
@@ -730,12 +733,59 @@ class BansConfig:
     allocation: its other addresses are a rotation away)."""
     max_bans: int = 100_000
     """Bans held at once; when full, the one ending soonest makes room."""
+    nftables: NftablesConfig | None = None
+    """``[bans.nftables]`` with ``enabled = true``: bans enforced in the kernel too (None: off)."""
+
+
+NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}\Z")
+"""A name sipshield writes into an nft script: an nft identifier, nothing an
+nft script could read as more (no spaces, quotes, braces, semicolons)."""
+
+
+@dataclass(frozen=True)
+class NftablesConfig:
+    """``[bans.nftables]``: the bans written into an nftables set too, so that
+    the kernel drops a banned source's packets to the SIP listeners' ports
+    before they reach the process (sipshield/security/_nftables.py).  The
+    table (family ``inet``) is sipshield's own; ``nft`` must be able to change
+    the ruleset (CAP_NET_ADMIN)."""
+
+    nft: Path = Path("/usr/sbin/nft")
+    """The nft executable (Debian package nftables), or a wrapper taking the same arguments."""
+    table: str = "sipshield"
+    set4: str = "banned4"
+    set6: str = "banned6"
+    chain: str = "input"
+
+
+def _nftables(data: Any, source: str | None) -> NftablesConfig | None:
+    """``[bans.nftables]``: names checked as nft identifiers; when enabled,
+    the nft executable must exist."""
+    section = _Section("bans.nftables", data, source)
+    enabled = section.take("enabled", bool, False)
+    names = {}
+    for key, default in (("table", "sipshield"), ("set4", "banned4"), ("set6", "banned6"), ("chain", "input")):
+        name = section.take(key, str, default)
+        if not NFT_NAME.match(name):
+            raise section.error(key, f"{name!r} is not an nft name (a letter, then up to 31 letters, digits or _)")
+        names[key] = name
+    if names["set4"] == names["set6"]:
+        raise section.error("set6", f"must differ from set4 ({names['set4']!r})")
+    nft = section.take("nft", str, "/usr/sbin/nft")
+    section.finish()
+    if not enabled:
+        return None
+    found = shutil.which(nft)
+    if found is None:
+        raise section.error("nft", f"{nft!r} is not an executable (apt-get install nftables, or set the path)")
+    return NftablesConfig(nft=Path(found), **names)
 
 
 def _bans(data: Any, source: str | None) -> BansConfig:
     """``[bans]``."""
     section = _Section("bans", data, source)
     allowlist = _networks(section, "allowlist")
+    nftables = _nftables(section.take("nftables", dict, {}), source)
     bans = BansConfig(
         enabled=section.take("enabled", bool, True),
         max_failures=section.take_number("max_failures", 3, 1, 1000, True),
@@ -744,6 +794,7 @@ def _bans(data: Any, source: str | None) -> BansConfig:
         allowlist=allowlist,
         ipv6_prefix=section.take_number("ipv6_prefix", 64, 16, 128, True),
         max_bans=section.take_number("max_bans", 100_000, 1, 10_000_000, True),
+        nftables=nftables,
     )
     section.finish()
     return bans
@@ -1126,7 +1177,11 @@ class Config:
         if not bans.enabled:
             return "off"
         text = f"{bans.max_failures} failed logins in {bans.find_time:g} s ban a source for {bans.ban_time:g} s (IPv6 by /{bans.ipv6_prefix})"
-        return text + (f"; never banned: {', '.join(bans.allowlist)}" if bans.allowlist else "")
+        text += f"; never banned: {', '.join(bans.allowlist)}" if bans.allowlist else ""
+        nft = bans.nftables
+        if nft is not None:
+            text += f"; in the kernel too: nftables table inet {nft.table}, sets {nft.set4} and {nft.set6}, through {nft.nft}"
+        return text
 
     @property
     def credential_key_file(self) -> tuple[Path, str]:

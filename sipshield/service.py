@@ -41,7 +41,8 @@ class SIPShieldService(MultiService):
     Attributes users' plugins may rely on: ``config``, ``reactor``, ``core``
     (``core.is_local(host, port)``), ``location`` (an ILocationStore),
     ``transactions``, ``pipeline``, ``events`` (the security event bus), ``bans``
-    (the ban policy, None when ``[bans] enabled = false``)
+    (the ban policy, None when ``[bans] enabled = false``), ``nft_bans`` (their
+    nftables set, None unless ``[bans.nftables] enabled = true``)
     and ``environment`` (the StageEnvironment every stage factory gets).
     """
 
@@ -75,7 +76,7 @@ class SIPShieldService(MultiService):
         self.log_outputs = LogOutputs(config.logging, reactor)
         """The ``[logging]`` outputs (JSON lines, syslog), the first child service."""
         self.log_outputs.setServiceParent(self)
-        from sipshield.security import build_admission_steps, build_ban_policy
+        from sipshield.security import build_admission_steps, build_ban_policy, build_nft_ban_set
         from sipshield.state import MemoryShieldState
 
         self.shield_state = MemoryShieldState(max_bans=config.bans.max_bans)
@@ -83,6 +84,7 @@ class SIPShieldService(MultiService):
         if self.bans is not None:
             self.events.subscribe(self.bans)
             self.core.source_filter = self.bans.refuse_source
+        self.nft_bans = build_nft_ban_set(config.bans.nftables, reactor, self.bans)
         self.environment = StageEnvironment(
             reactor=reactor, config=config, location=self.location, is_local=self.core.is_local, routed_by_us=self.core.routed_by_us,
             events=self.events, portal=self.portal, nonces=lambda: self.nonces, trunks=self.trunks, bearer=self.bearer,
@@ -278,6 +280,20 @@ class SIPShieldService(MultiService):
         super().startService()
         for listener in self.listeners:
             self.core.add_local_address(*listener.address)
+        self._start_nft_bans()
+
+    def _start_nft_bans(self) -> None:
+        """The kernel's copy of the bans, for the ports the listeners got."""
+        if self.nft_bans is None:
+            return
+        from sipshield.security import NftPorts
+
+        bound = [(listener.config.kind, listener.address[1]) for listener in self.listeners if listener.port is not None]
+        ports = NftPorts(udp=tuple(port for kind, port in bound if kind == "udp"), tcp=tuple(port for kind, port in bound if kind != "udp"))
+        self.nft_bans.start(ports)
+        self.log.info("bans: in the kernel too, nftables table inet {table} (sets {set4}, {set6}; UDP ports {udp}, TCP ports {tcp})",
+                      table=self.nft_bans.config.table, set4=self.nft_bans.config.set4, set6=self.nft_bans.config.set6,
+                      udp=" ".join(map(str, ports.udp)) or "none", tcp=" ".join(map(str, ports.tcp)) or "none")
 
     # -- the admin API ----------------------------------------------------------------------
 
@@ -370,6 +386,8 @@ class SIPShieldService(MultiService):
         self.core.contexts.clear()
         if self.bans is not None:
             self.bans.save()
+        if self.nft_bans is not None:
+            self.nft_bans.stop()
         stopped = super().stopService()
         stopped.addCallback(lambda _: self._stop_auth())
         stop = getattr(self.location, "stop", None)

@@ -29,6 +29,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -37,7 +38,7 @@ from sipshield.config import Config
 from sipshield.events import AUTH_FAILURE, BAN, UNBAN, SecurityEvent, SecurityEvents, printable
 from sipshield.state import Ban, MemoryShieldState, ShieldState
 
-__all__ = ["BanFile", "BanPolicy", "ban_key", "build_ban_policy", "host_key"]
+__all__ = ["BanFile", "BanObserver", "BanPolicy", "ban_key", "build_ban_policy", "host_key"]
 
 
 _MAPPED = b"\0" * 10 + b"\xff\xff"
@@ -119,6 +120,19 @@ class BanFile:
             raise
 
 
+class BanObserver(Protocol):
+    """Told of every change to the bans (the kernel's nftables set, say:
+    sipshield/security/_nftables.py).  Called on the reactor thread, it must
+    return at once; bans put back by :meth:`BanPolicy.load` are not told
+    one by one (an observer reads :meth:`BanPolicy.bans` when it starts)."""
+
+    def banned(self, ban: Ban) -> None:
+        """*ban* is new, or lasts longer than before."""
+
+    def unbanned(self, key: str) -> None:
+        """The ban of *key* was lifted before its end."""
+
+
 class BanPolicy:
     """Counts failed logins per source and bans; answers the transports'
     ``refuse_source``.  A :class:`~sipshield.events.SecurityEvents` observer
@@ -148,6 +162,8 @@ class BanPolicy:
         self._save_call: IDelayedCall | None = None
         self.dropped = 0
         """Datagrams and connections refused because their source is banned."""
+        self.observers: list[BanObserver] = []
+        """Told of each ban and unban (see :class:`BanObserver`)."""
 
     def key(self, host: str) -> str:
         """The key *host* is banned under: :func:`ban_key` with
@@ -224,6 +240,8 @@ class BanPolicy:
             self.events.emit(SecurityEvent(BAN, key, transport, user, f"banned for {ban.until - now:g} s: {reason}"))
         if self.on_ban is not None:
             self.on_ban(key)
+        for observer in self.observers:
+            observer.banned(ban)
         self._changed()
         return ban
 
@@ -232,6 +250,8 @@ class BanPolicy:
         if lifted:
             if self.events is not None:
                 self.events.emit(SecurityEvent(UNBAN, key, "", None, "ban lifted"))
+            for observer in self.observers:
+                observer.unbanned(key)
             self._changed()
         return lifted
 
