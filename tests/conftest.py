@@ -154,11 +154,12 @@ class OutputLines:
 class RunningServer:
     """A real ``twistd -n sipshield`` in a subprocess, on ephemeral ports."""
 
-    def __init__(self, workdir: Path, config_text: str | None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, config_text: str | None, extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> None:
+        """*prefix* runs twistd through a command (``ip netns exec NS``, which execs it)."""
         self.workdir = workdir
         self.addresses: dict[str, tuple[str, int]] = {}
         self._scan = 0
-        args = [*twistd_command(), "-n", "--pidfile=", "sipshield"]
+        args = [*prefix, *twistd_command(), "-n", "--pidfile=", "sipshield"]
         if config_text:
             config = workdir / "sipshield.toml"
             config.write_text(config_text)
@@ -265,8 +266,8 @@ def start_server(tmp_path: Path) -> Iterator:
     """Factory fixture: start_server(config_text) -> RunningServer, stopped after the test."""
     servers: list[RunningServer] = []
 
-    def start(config_text: str | None = None, listeners: int = 3, extra_args: tuple[str, ...] = ()) -> RunningServer:
-        server = RunningServer(tmp_path, config_text if config_text is not None else ephemeral_config(), extra_args)
+    def start(config_text: str | None = None, listeners: int = 3, extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> RunningServer:
+        server = RunningServer(tmp_path, config_text if config_text is not None else ephemeral_config(), extra_args, prefix)
         servers.append(server)
         if listeners:
             server.wait_listening(listeners)

@@ -298,15 +298,17 @@ class NftBanSet:
             self._idle()
             return
         lines = self.script()
+        whole = self._resync
         self._resync = False
         self._changes.clear()
         self._busy = True
         self.runs += 1
         d = defer.maybeDeferred(self.run, "\n".join(lines) + "\n")
         d.addErrback(lambda f: NftResult(None, f.getErrorMessage()))
-        d.addCallback(self._ran, len(lines))
+        d.addCallback(self._ran, sum(line.startswith("add element") for line in lines) if whole else None)
 
-    def _ran(self, result: NftResult, count: int) -> None:
+    def _ran(self, result: NftResult, written: int | None) -> None:
+        """*written*: for a whole table, how many bans it holds."""
         self._busy = False
         if result.code != 0:
             self.failures += 1
@@ -321,6 +323,8 @@ class NftBanSet:
             self._idle()
             return
         self._backoff = 1.0
+        if written is not None:
+            self.log.info("bans: nftables table inet {table} written, {count} ban(s) in the kernel", table=self.config.table, count=written)
         if self._resync or self._changes:
             self._schedule()
         else:
