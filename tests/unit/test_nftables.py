@@ -112,8 +112,9 @@ def test_names_are_nft_identifiers_and_the_binary_must_exist(tmp_path: Path) -> 
     fake = tmp_path / "nft"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
-    config = parse_config({"bans": {"nftables": {"enabled": True, "nft": str(fake), "table": "edge_1"}}}).bans.nftables
-    assert config == NftablesConfig(nft=fake, table="edge_1")
+    parsed = parse_config({"bans": {"nftables": {"enabled": True, "nft": str(fake), "table": "edge_1"}}})
+    assert parsed.bans.nftables == NftablesConfig(nft=fake, table="edge_1")
+    assert f"in the kernel too: nftables table inet edge_1, sets banned4 and banned6, through {fake}" in dict(parsed.posture())["bans"]
     for key, value in (("table", "sipshield; flush ruleset"), ("set4", "a b"), ("set6", "x}"), ("chain", "1input"), ("table", "t" * 33), ("set4", "")):
         with pytest.raises(ConfigError, match=rf"bans\.nftables\.{key}: .* is not an nft name"):
             parse_config({"bans": {"nftables": {"enabled": True, "nft": str(fake), key: value}}})
