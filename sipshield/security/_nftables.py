@@ -244,6 +244,8 @@ class NftBanSet:
         self._flush_call = self._retry_call = None
         self._changes.clear()
         self._resync = False
+        if not self._busy:
+            self._idle()
 
     def resync(self) -> None:
         """Write the whole table again (at start, and after nft failed)."""

@@ -208,6 +208,12 @@ def test_one_nft_at_a_time_and_the_changes_meanwhile_coalesce_into_one_batch() -
     nft.finish()
     clock.advance(0)
     assert len(nft.scripts) == 2 and bans.idle is None
+    # Stopped with a change waiting: it is dropped (the next start writes the ban file's bans), and nothing waits on it.
+    policy.ban("198.51.100.9", "at stop")
+    waiting = bans.idle
+    bans.stop()
+    clock.advance(0)
+    assert len(nft.scripts) == 2 and waiting is not None and waiting.called and bans.idle is None
 
 
 def test_resync_never_writes_overlapping_elements() -> None:
