@@ -80,8 +80,15 @@ class _KeyedLocks:
     store every lock is free when asked, and the REGISTER stays synchronous.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: Any = None, wait: float = 5.0, settled: Callable[[], Deferred[None]] | None = None) -> None:
         self._locks: dict[str, defer.DeferredLock] = {}
+        self.reactor = reactor
+        self.wait = wait
+        """Seconds a REGISTER waits for a lock; past it, a TimeoutError (the 503 of a store that does not answer)."""
+        self.settled = settled
+        """The store's ``settled()``: after a store call failed (timed out), the
+        locks are held until the store's jobs have ended, since a write that
+        timed out may still be running and land after the next REGISTER read."""
 
     async def run(self, keys: tuple[str, ...], work: Callable[[], Deferred[Decision]]) -> Decision:
         held: list[defer.DeferredLock] = []
@@ -91,16 +98,30 @@ class _KeyedLocks:
                 lock = locks.get(key)
                 if lock is None:
                     lock = locks[key] = defer.DeferredLock()
-                await lock.acquire()  # a cancelled wait leaves the lock's queue
+                acquired = lock.acquire()
+                if self.reactor is not None and not acquired.called:
+                    acquired.addTimeout(self.wait, self.reactor)
+                await acquired  # a cancelled or timed-out wait leaves the lock's queue
                 held.append(lock)
-            return await work()
+            try:
+                return await work()
+            except _STORE_ERRORS:
+                if self.settled is not None:
+                    # Answer (503) now; let the next REGISTER in once the write that timed out has ended.
+                    later, held = held, []
+                    self.settled().addBoth(lambda _: self._release(keys, later))
+                raise
         finally:
-            for lock in reversed(held):
-                lock.release()
-            for key in keys:
-                lock = locks.get(key)
-                if lock is not None and not lock.locked and not lock.waiting:
-                    del locks[key]
+            self._release(keys, held)
+
+    def _release(self, keys: tuple[str, ...], held: list[defer.DeferredLock]) -> None:
+        locks = self._locks
+        for lock in reversed(held):
+            lock.release()
+        for key in keys:
+            free = locks.get(key)
+            if free is not None and not free.locked and not free.waiting:
+                del locks[key]
 
     def __len__(self) -> int:
         return len(self._locks)
@@ -193,7 +214,7 @@ class Registrar:
         self.max_bindings = max_bindings
         self.max_bindings_per_identity = max_bindings_per_identity
         self._guard = _StoreGuard(reactor, store_timeout, retry_after)
-        self._serial = _KeyedLocks()
+        self._serial = _KeyedLocks(reactor, store_timeout, getattr(store, "settled", None))
         self._update = getattr(store, "update", None)
 
     # -- the hook for authentication (RFC 3261 10.3 steps 3 and 4) -------------

@@ -157,6 +157,8 @@ class SQLLocationStore:
         self._threadpool_size = threadpool_size
         self._engine: Engine | None = None
         self._pool: ThreadPool | None = None
+        self._in_pool = 0
+        self._settled: list[Deferred[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -250,14 +252,33 @@ class SQLLocationStore:
         outer: Deferred[T] = Deferred(lambda _: abandoned.append(True))
 
         def relay(result: Any) -> None:
+            self._in_pool -= 1
+            if not self._in_pool:
+                waiting, self._settled = self._settled, []
+                for d in waiting:
+                    d.callback(None)
             if not outer.called:
                 if isinstance(result, Failure):
                     outer.errback(result)
                 else:
                     outer.callback(result)
 
+        self._in_pool += 1
         deferToThreadPool(self.reactor, pool, job).addBoth(relay)
         return outer.addErrback(_unavailable)
+
+    def settled(self) -> Deferred[None]:
+        """Fires once no job of this store is queued or running in its pool.
+
+        A cancelled call (the registrar's timeout) may still be running its
+        write: the registrar waits for this before it lets the next
+        REGISTER of the same AOR or identity read the bindings, or two
+        could pass a cap that only one may."""
+        if not self._in_pool:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._settled.append(d)
+        return d
 
     def _create(self, engine: Engine) -> None:
         table = self.table

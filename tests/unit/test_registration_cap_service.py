@@ -13,10 +13,13 @@ from typing import Any
 from inline_pool import ImmediateReactor, QueuedPool
 from pipeline_support import PASSWORD, PHONE, Proxy, RecordingFlow, proxy_service
 from test_registrar import register
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
 from sipshield.message import parse_message
 from sipshield.routing._registrar import Registrar
-from sipshield.state import SQLLocationStore
+from sipshield.state import MemoryLocationStore, SQLLocationStore
 
 AOR = "sip:alice@example.com"
 
@@ -112,3 +115,88 @@ def test_one_identity_racing_into_two_aors_stays_under_its_cap(tmp_path: Path) -
     pool.run_queued()
     assert counted == [1]
     assert len(registrar._serial) == 0
+
+
+class SlowWriteStore(MemoryLocationStore):
+    """A store whose writes, once started, end only when the test says so,
+    and go on when the registrar's timeout cancels them: a SQL write that is
+    still running in its thread after its call timed out.  (A real slow
+    database cannot be made to stop at a given point; this can.)"""
+
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
+        self.writes: list[tuple[str, tuple[str, ...], tuple[Any, ...]]] = []
+        self.waiting: list[Deferred[None]] = []
+
+    def update(self, aor: str, remove: Any = (), put: Any = ()) -> Deferred[None]:
+        self.writes.append((aor, tuple(remove), tuple(put)))
+        return Deferred()  # cancelled by the timeout; the write itself goes on
+
+    def finish_writes(self) -> None:
+        writes, self.writes = self.writes, []
+        for aor, remove, put in writes:
+            super().update(aor, remove, put)
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def settled(self) -> Deferred[None]:
+        if not self.writes:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self.waiting.append(d)
+        return d
+
+
+def test_a_write_that_timed_out_but_still_runs_keeps_the_next_register_of_its_identity_waiting() -> None:
+    """The first REGISTER's write times out (503) while it is still running;
+    the next REGISTER of the same identity must not read the count before
+    that write has ended, or both pass max_bindings_per_identity = 1."""
+    clock = Clock()
+    store = SlowWriteStore(clock)
+    registrar = Registrar(store, ["example.com"], clock, max_bindings_per_identity=1, store_timeout=5)
+    results: dict[str, list[Any]] = {"first": [], "second": [], "third": []}
+
+    def start(name: str, aor: str, n: int) -> None:
+        context = register([f"<sip:alice@192.0.2.{n}>"], to=aor, call_id=f"{name}{n}@ua")
+        context.identity = "alice@example.com"
+        registrar.process(context).addBoth(results[name].append)
+
+    start("first", "sip:alice@example.com", 1)
+    clock.advance(5)
+    assert [(d.status, d.reason) for d in results["first"]] == [(503, "Location Service Unavailable")]
+    start("second", "sip:sales@example.com", 2)
+    assert results["second"] == []  # waits for the identity's lock: the first write has not ended
+    store.finish_writes()
+    assert [(d.status, d.reason) for d in results["second"]] == [(403, "Too Many Registrations")]
+    counted: list[int] = []
+    store.count_for_identity("alice@example.com").addBoth(counted.append)
+    assert counted == [1]
+    assert len(registrar._serial) == 0
+
+    # a write that never ends: the REGISTERs behind it get 503 once their wait for the lock times out
+    start("third", "sip:alice@example.com", 1)  # a refresh of the one binding: it writes (and hangs)
+    clock.advance(5)
+    start("second", "sip:alice@example.com", 1)
+    clock.advance(5)
+    assert [(d.status, d.reason) for d in results["third"]] == [(503, "Location Service Unavailable")]
+    assert [(d.status, d.reason) for d in results["second"][1:]] == [(503, "Location Service Unavailable")]
+
+
+def test_the_sql_store_is_settled_only_once_its_jobs_have_ended_cancelled_ones_included(tmp_path: Path) -> None:
+    reactor = ImmediateReactor()
+    store = SQLLocationStore(f"sqlite:///{tmp_path / 'loc.db'}", reactor)
+    store.start()
+    pool = queue_store_calls(store)
+    pool.run_queued()
+    first = store.count()
+    first.cancel()  # as the registrar's timeout does: the job may still run
+    store.count()
+    settled: list[Any] = []
+    store.settled().addBoth(settled.append)
+    assert settled == []
+    pool.run_queued()
+    assert settled == [None]
+    again: list[Any] = []
+    store.settled().addBoth(again.append)
+    assert again == [None]
