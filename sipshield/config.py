@@ -429,7 +429,11 @@ def _timers(data: Any, source: str | None) -> TimerConfig:
 # auth before options: its admission step marks a trusted source's connection
 # authenticated (kept when the table is full) before options answers the
 # OPTIONS to the proxy statelessly, ending admission.
-DEFAULT_STAGES = ("sanity", "auth", "options", "rbac", "egress", "dialog", "registrar", "location", "routes", "final")
+# media after auth and rbac: only authenticated callers, trusted sources and
+# requests on our own verified route sets get their SDP read (an unauthenticated
+# sender gets the challenge, and costs no SDP parsing); before dialog, so that
+# re-INVITEs and UPDATEs inside a dialog are checked too.
+DEFAULT_STAGES = ("sanity", "auth", "options", "rbac", "egress", "media", "dialog", "registrar", "location", "routes", "final")
 AUTH_ALGORITHMS = ("SHA-512-256", "SHA-256", "MD5")
 DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "agent": ("register",),
@@ -919,6 +923,28 @@ def _egress(data: Any, source: str | None, roles: Mapping[str, Any]) -> EgressCo
     return EgressConfig(limit, prefixes)
 
 
+SRTP_MODES = ("off", "prefer", "mandatory")
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """``[media]``: the SRTP policy of the ``media`` stage (sipshield.security._media)."""
+
+    srtp: str = "prefer"
+    """``off`` (SDP not read), ``prefer`` (plain RTP let through, reported as srtp-plain events) or
+    ``mandatory`` (SRTP with SDES over TLS or DTLS-SRTP only; anything else refused with 488)."""
+
+
+def _media(data: Any, source: str | None) -> MediaConfig:
+    """``[media]``."""
+    section = _Section("media", data, source)
+    srtp = section.take("srtp", str, "prefer")
+    if srtp not in SRTP_MODES:
+        raise section.error("srtp", f"{srtp!r} is not one of {', '.join(SRTP_MODES)}")
+    section.finish()
+    return MediaConfig(srtp)
+
+
 @dataclass(frozen=True)
 class ACLRuleConfig:
     """One ``[[acl.rules]]`` entry."""
@@ -1124,6 +1150,7 @@ class Config:
     egress: EgressConfig = field(default_factory=EgressConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -1166,11 +1193,20 @@ class Config:
             ("bans", self._bans_posture()),
             ("acl", f"{len(self.acl.rules)} rule(s), first match wins; otherwise {'allow' if self.acl.default_allow else 'deny'}; "
                     f"denied: {'403' if self.acl.action == '403' else 'dropped'}" if self.acl.rules or not self.acl.default_allow else "(none)"),
+            ("media", self._media_posture()),
             ("users", ", ".join(stores[b] for b in auth.backends)),
             ("locations", locations),
             ("tls", tls),
             ("data_dir", str(self.server.data_dir)),
         ]
+
+    def _media_posture(self) -> str:
+        srtp = self.media.srtp
+        if srtp == "off" or "media" not in self.stages:
+            return "SDP not checked" + ("" if srtp == "off" else ' (no "media" stage in the pipeline)')
+        if srtp == "prefer":
+            return "srtp prefer: plain RTP let through, reported as srtp-plain events"
+        return "srtp mandatory: SDES (a=crypto) over TLS hops only, or DTLS-SRTP (a=fingerprint); anything else 488"
 
     def _bans_posture(self) -> str:
         bans = self.bans
@@ -1222,7 +1258,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin", "media"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -1241,6 +1277,9 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     if "ldap" in auth.backends and ldap is None:
         raise ConfigError("the ldap backend needs an [ldap] section (url, base_dn...)", key="auth.backends", source=source)
     security = _security(data.get("security", {}), source)
+    media = _media(data.get("media", {}), source)
+    if media.srtp == "mandatory" and "media" not in stages:
+        raise ConfigError('srtp = "mandatory" needs the "media" stage in [pipeline] stages (it is in the default pipeline)', key="media.srtp", source=source)
     if not security.allow_unauthenticated:
         for key, why in unsafe_posture(stages, auth.trusted_sources):
             raise ConfigError(f"{why}; refused (set [security] allow_unauthenticated = true to run like this on purpose)", key=key, source=source)
@@ -1250,7 +1289,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
-        logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles),
+        logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles), media=media,
     )
 
 

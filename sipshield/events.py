@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "TOLL_FRAUD", "UNBAN", "EVERY_LINE", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
+__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "SRTP_PLAIN", "SRTP_REFUSED", "TOLL_FRAUD", "UNBAN", "EVERY_LINE", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
@@ -42,6 +42,12 @@ BAN = "ban"
 """A source was banned (its traffic is dropped before parsing until the ban ends)."""
 UNBAN = "unban"
 """A ban was lifted by an operator before it ended."""
+SRTP_REFUSED = "srtp-refused"
+"""An offer or answer failed ``[media] srtp = "mandatory"`` (plain RTP, SRTP without its key or
+fingerprint, SDES keys over a non-TLS hop, an SDP that cannot be read): the request got 488, or
+the answer was not relayed."""
+SRTP_PLAIN = "srtp-plain"
+"""An offer or answer that ``mandatory`` would refuse, let through under ``[media] srtp = "prefer"``."""
 
 AUTH_DOWNGRADE = "auth-downgrade"
 """A right MD5 answer for a user who has logged in with SHA-2 before (the MD5

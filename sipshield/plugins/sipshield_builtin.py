@@ -110,6 +110,13 @@ def _egress(env: StageEnvironment, options: dict[str, Any]) -> Any:
     )
 
 
+def _media(env: StageEnvironment, options: dict[str, Any]) -> Any:
+    from sipshield.security._media import MediaPolicy
+
+    return MediaPolicy(env.config.media.srtp, events=env.events)
+
+
 auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled; per source network profiles); trusted sources", _auth)
 egress = StageFactory("egress", "toll-fraud policy for external routes: number prefixes per role, external calls a minute per user", _egress)
+media = StageFactory("media", "SRTP media policy ([media] srtp): SDP offers and answers of INVITE, UPDATE, PRACK; 488 + Warning", _media)
 rbac = StageFactory("rbac", "role permissions for REGISTER and every out-of-dialog request: register, call, call:external; own AOR and From only", _rbac)

@@ -477,7 +477,7 @@ class ProxyCore:
         host, port = outbound
         shown = f"[{host}]" if ":" in host else host
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(rc.context.request)}")
-        calls = _BranchCallbacks(branch, self, txn.flow)
+        calls = branch.calls = _BranchCallbacks(branch, self, txn.flow)
         branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=branch.flow)
 
     def _send_stateless(self, request: Request, hop: Hop, branch: str) -> None:
@@ -550,14 +550,17 @@ class _BranchCallbacks:
     on (RFC 3261 16.7, RFC 6026 8.2).
     """
 
-    __slots__ = ("_branch", "_core", "_upstream")
+    __slots__ = ("_branch", "_core", "_upstream", "muted")
 
     def __init__(self, branch: Branch, core: ProxyCore, upstream: Flow) -> None:
         self._branch = weakref.ref(branch)
         self._core = core
         self._upstream = upstream
+        self.muted = False  # a response filter refused the branch's 2xx (Branch.mute)
 
     def response(self, txn: Any, response: Response) -> None:
+        if self.muted:
+            return
         branch = self._branch()
         if branch is not None and branch.context is not None:
             branch.context.on_response(txn, response, branch)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from sipshield.message import URI, Request, Response
     from sipshield.transport import Flow
 
-__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "RequestPipeline", "ResponseHook", "Target"]
+__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "RequestPipeline", "ResponseFilter", "ResponseHook", "Target"]
 
 
 @dataclass(slots=True)
@@ -80,6 +80,23 @@ of ``response`` (None keeps it).  Called synchronously, in order; one that
 raises is logged and skipped, and the response still goes upstream."""
 
 
+ResponseFilter = Callable[["RequestContext", "Response", "tuple[str, str, int]"], "Response | None"]
+"""``filter(context, response, hop)``: sees each provisional response (101-199)
+and each 2xx (retransmissions and the 2xx of every branch too) of a relayed
+request before it goes upstream; *hop* is the branch's next hop (transport,
+host, port): where the response came from, over which transport.  Returns
+the response to relay (the same or another), or None to relay nothing.
+
+A provisional is relayed or dropped (a filter cannot turn it into a final).
+A 2xx replaced by a non-2xx (or dropped: then the proxy's own ``502 Bad
+Gateway: answer refused``) is not relayed: that becomes its branch's final
+response, which takes part in the best-response choice (RFC 3261 16.7 step
+6) like any other, and the branch's later 2xx retransmissions are dropped,
+also once the response context is gone.  Called synchronously, in order; a
+filter that raises is logged and the response counts as dropped (fail
+closed: a filter is there to stop what must not pass)."""
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Everything a stage may look at for one new request, and the typed
@@ -112,6 +129,9 @@ class RequestContext:
     response_hooks: tuple[ResponseHook, ...] = ()
     """Called with the final response before it goes upstream (a Router that
     relayed the request adds its ``on_response``); see ResponseHook."""
+    response_filters: tuple[ResponseFilter, ...] = ()
+    """Called with every provisional and every 2xx before it goes upstream
+    (the media policy adds its answer check); see ResponseFilter."""
     attributes: dict[str, Any] = field(default_factory=dict)
     """Free-form notes for third-party stages; unused by sipshield itself."""
     admitted_by: tuple[object, ...] = ()

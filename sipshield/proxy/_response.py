@@ -20,7 +20,7 @@ __all__ = ["Branch", "ResponseContext"]
 class Branch:
     """One forwarded copy of the request and its client transaction."""
 
-    __slots__ = ("context", "request", "hop", "flow", "txn", "final", "provisional", "cancel_pending", "cancelled", "timer_c", "__weakref__")
+    __slots__ = ("context", "request", "hop", "flow", "txn", "final", "provisional", "cancel_pending", "cancelled", "timer_c", "muted", "calls", "__weakref__")
 
     def __init__(self, context: ResponseContext, request: Request, hop: tuple[str, str, int], flow: Any) -> None:
         self.context: ResponseContext | None = context
@@ -33,6 +33,16 @@ class Branch:
         self.cancel_pending = False
         self.cancelled = False
         self.timer_c: Any = None
+        self.muted = False
+        """A response filter refused this branch's 2xx: nothing more of it goes upstream."""
+        self.calls: Any = None
+        """What its client transaction calls back (the core's _BranchCallbacks), muted with it."""
+
+    def mute(self) -> None:
+        """Relay nothing more from this branch, also after the response context is gone."""
+        self.muted = True
+        if self.calls is not None:
+            self.calls.muted = True
 
 
 def _rank(status: int) -> tuple[int, int]:
@@ -86,13 +96,20 @@ class ResponseContext:
             if self.is_invite and branch.timer_c is not None and branch.timer_c.active():
                 branch.timer_c.reset(self.core.timer_c)
             if not self.answered:
-                self.server_txn.send_response(response)
+                passed = self._filtered(response, branch)
+                if passed is not None and passed.status < 200:
+                    self.server_txn.send_response(passed)
             return
         first_final = branch.final is None
         if first_final:
             branch.final = response
             self._stop_timer(branch)
         if 200 <= status < 300:
+            passed = self._filtered(response, branch)
+            if passed is None or passed.status >= 300:
+                self._refused_2xx(branch, passed, first_final)
+                return
+            response = passed
             # 16.7 step 5: every 2xx goes upstream at once (also retransmissions
             # and 2xx from other branches: the UAC must see them to ACK/BYE).
             self._forward_final(response)
@@ -105,6 +122,32 @@ class ResponseContext:
         if status >= 600 and self.is_invite:
             self._cancel_pending()
         self._consider(response)
+
+    def _filtered(self, response: Response, branch: Branch) -> Response | None:
+        """The response after every filter of the context (see ResponseFilter), or None."""
+        for check in self.context.response_filters:
+            try:
+                passed = check(self.context, response, branch.hop)
+            except Exception:
+                self.log.failure("response filter {filter} failed; response not relayed", filter=getattr(check, "__qualname__", repr(check)))
+                return None
+            if passed is None:
+                return None
+            response = passed
+        return response
+
+    def _refused_2xx(self, branch: Branch, replacement: Response | None, first_final: bool) -> None:
+        """A filter refused a branch's 2xx: the branch ends with *replacement*
+        (else the proxy's own 502) instead, which is weighed as any final;
+        its 2xx retransmissions go nowhere (the callee gets no ACK and ends
+        the dialog itself, RFC 3261 13.3.1.4)."""
+        branch.mute()
+        if not first_final:
+            return  # a 2xx after a final of this branch: only dropped
+        if replacement is None:
+            replacement = self.context.request.make_response(502, "Bad Gateway: answer refused")
+        branch.final = replacement
+        self._consider(replacement)
 
     def on_timeout(self, txn: Any, branch: Branch) -> None:
         """Timer B/F fired: the branch behaves as if it got 408 (16.7 step 2)."""

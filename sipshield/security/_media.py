@@ -1,0 +1,159 @@
+"""The media policy: SRTP for every call (``[media] srtp``).
+
+The proxy never sees the media, only the SDP offers and answers that set it
+up (RFC 3264), so this is what it can enforce: in ``mandatory`` mode every
+active audio or video stream (an ``m=audio`` / ``m=video`` line with a port
+other than 0; port 0 declines a stream) must be
+
+* ``RTP/SAVP`` or ``RTP/SAVPF`` with an ``a=crypto`` key (SDES, RFC 4568), or
+* ``UDP/TLS/RTP/SAVP`` or ``UDP/TLS/RTP/SAVPF`` with an ``a=fingerprint``
+  (DTLS-SRTP, RFC 5763/5764; the keys are agreed on the media path).
+
+Other media types (``image`` for T.38 fax, ``application``, ``text``,
+``message``) are not checked: SRTP does not apply to most of them.  SDES
+keys travel in clear inside the SDP, so an SDP carrying ``a=crypto`` is
+refused in ``mandatory`` mode when it arrived over UDP or TCP, or when, as an
+answer, it would be relayed onto a non-TLS upstream hop: whoever reads the
+signalling would have the media keys.  An SDP that cannot be inspected
+(:class:`sipshield.message.SDPError`) is refused too (fail closed).  The
+body is never changed (ICE and every other attribute pass as they are).
+
+Requests (INVITE, re-INVITE, UPDATE, PRACK: the ``media`` stage) are
+answered ``488 Not Acceptable Here`` with a ``Warning`` (RFC 3261 20.43)
+saying why.  Answers (each provisional and each 2xx of those requests: the
+stage's response filter) that fail are not relayed: a provisional is
+dropped, a 2xx becomes ``488`` with the Warning for that branch (the caller
+gets it, or a better answer of another branch; the callee gets no ACK and
+ends the dialog itself, RFC 3261 13.3.1.4).  Each refusal is an
+``srtp-refused`` security event; ``prefer`` lets everything through and
+reports ``srtp-plain`` events instead; ``off`` looks at nothing.  An ACK
+for a 2xx is not checked: it is forwarded statelessly, outside the pipeline.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from zope.interface import implementer
+
+from sipshield.config import SRTP_MODES
+from sipshield.events import SRTP_PLAIN, SRTP_REFUSED, SecurityEvent, SecurityEvents
+from sipshield.interfaces import IPipelineStage
+from sipshield.message import Message, Response, SDPError, media_sections
+from sipshield.proxy import CONTINUE, Decision, RequestContext
+
+__all__ = ["CHECKED_METHODS", "SRTP_MODES", "MediaPolicy", "MediaRefusal", "srtp_refusal"]
+
+CHECKED_METHODS = frozenset(("INVITE", "UPDATE", "PRACK"))
+"""Requests that carry offers or answers and pass the pipeline (RFC 3261 13, RFC 3311, RFC 3262)."""
+_CHECKED_MEDIA = frozenset(("audio", "video"))
+_SDES = frozenset(("RTP/SAVP", "RTP/SAVPF"))
+_DTLS = frozenset(("UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF"))
+_SHOWN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/_.+-")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRefusal:
+    """Why an SDP fails the policy: a Warning code (RFC 3261 20.43) and text."""
+
+    code: int
+    """302 Incompatible transport protocol (plain RTP), else 399 Miscellaneous warning."""
+    text: str
+
+    def warning(self, agent: str) -> str:
+        """The Warning header value, ``code agent "text"``."""
+        return f'{self.code} {agent} "{self.text}"'
+
+
+def _shown(token: str) -> str:
+    """A token from the SDP, safe inside a quoted Warning text and a log line."""
+    return "".join(c if c in _SHOWN else "?" for c in token[:32])
+
+
+def srtp_refusal(message: Message, plaintext_hop: str | None) -> MediaRefusal | None:
+    """Why the SDP of *message* fails ``mandatory``, or None when it passes
+    (no SDP at all passes: there is nothing to set up).  *plaintext_hop* is
+    the transport name (``UDP``, ``TCP``) of a non-TLS hop that this SDP has
+    crossed or would cross, None when every hop is TLS.  One verdict for
+    offers and answers, requests and responses."""
+    try:
+        sections = media_sections(message.body, message.content_type, message.headers.get("Content-Encoding"))
+    except SDPError as e:
+        return MediaRefusal(399, "SRTP required: SDP cannot be inspected: " + "".join(c if c.isprintable() and c not in '"\\' else "?" for c in e.reason[:80]))
+    if sections is None:
+        return None
+    for section in sections:
+        if section.media not in _CHECKED_MEDIA or section.port == 0:
+            continue
+        proto = section.proto.upper()
+        where = f"m={_shown(section.media)}"
+        if proto in _SDES:
+            if not section.crypto:
+                return MediaRefusal(399, f"SRTP required: {where} {_shown(section.proto)} without a=crypto")
+        elif proto in _DTLS:
+            if not section.fingerprint:
+                return MediaRefusal(399, f"SRTP required: {where} {_shown(section.proto)} without a=fingerprint")
+        else:
+            return MediaRefusal(302, f"SRTP required: {where} uses {_shown(section.proto)}")
+        if section.crypto and plaintext_hop is not None:
+            return MediaRefusal(399, f"SRTP keys (a=crypto) in clear over {plaintext_hop}: SDES needs TLS on every hop")
+    return None
+
+
+@implementer(IPipelineStage)
+class MediaPolicy:
+    """The ``media`` stage (see the module docstring), and the response
+    filter it puts on each request it checks."""
+
+    name = "media"
+
+    def __init__(self, mode: str, events: SecurityEvents | None = None) -> None:
+        if mode not in SRTP_MODES:
+            raise ValueError(f"srtp mode {mode!r} is not one of {', '.join(SRTP_MODES)}")
+        self.mode = mode
+        self.events = events
+
+    def process(self, context: RequestContext) -> Decision:
+        request = context.request
+        if self.mode == "off" or request.method not in CHECKED_METHODS:
+            return CONTINUE
+        context.response_filters += (self.check_answer,)
+        refusal = srtp_refusal(request, None if context.flow.secure else context.transport)
+        if refusal is None:
+            return CONTINUE
+        self._report(context, context.source[0], context.transport, f"{request.method}: {refusal.text}")
+        if self.mode != "mandatory":
+            return CONTINUE
+        return Decision.reply(488, "Not Acceptable Here", (("Warning", refusal.warning(_agent(context))),))
+
+    def check_answer(self, context: RequestContext, response: Response, hop: tuple[str, str, int]) -> Response | None:
+        """The ResponseFilter: a provisional or 2xx whose SDP fails is not
+        relayed in ``mandatory`` (a provisional is dropped, a 2xx becomes 488);
+        in ``prefer`` it is reported and relayed."""
+        transport, host, _ = hop
+        plaintext = transport if transport != "TLS" else (None if context.flow.secure else context.transport)
+        refusal = srtp_refusal(response, plaintext)
+        if refusal is None:
+            return response
+        self._report(context, host, transport, f"{response.status} to {context.request.method}: {refusal.text}")
+        if self.mode != "mandatory":
+            return response
+        if response.status < 200:
+            return None
+        answer = context.request.make_response(488, "Not Acceptable Here", to_tag=secrets.token_hex(6))
+        answer.headers.add("Warning", refusal.warning(_agent(context)))
+        return answer
+
+    def _report(self, context: RequestContext, source: str, transport: str, reason: str) -> None:
+        if self.events is None:
+            return
+        user = None if context.user is None else f"{context.user[0]}@{context.user[1]}"
+        kind = SRTP_REFUSED if self.mode == "mandatory" else SRTP_PLAIN
+        self.events.emit(SecurityEvent(kind, source, transport, user, reason))
+
+
+def _agent(context: RequestContext) -> str:
+    """Our warn-agent (RFC 3261 20.43): the address the request reached us on."""
+    host, port = context.flow.local
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
