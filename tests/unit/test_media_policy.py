@@ -294,3 +294,67 @@ def test_the_verdict_is_the_same_for_offers_and_answers() -> None:
     hostile = HEAD + 'm=audio 4000 RTP/"AVP\\ 0\r\n'
     refusal = srtp_refusal(Response(200, "OK", [("Content-Type", SDP)], hostile.encode()), None)
     assert refusal is not None and '"' not in refusal.text and "\\" not in refusal.text
+
+
+# -- the proxy core's side: ResponseFilter as any stage may use it -------------------------------
+
+
+class FilterStage:
+    """A stage that puts *check* on every request's response filters."""
+
+    name = "test-filter"
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def process(self, context: Any) -> Any:
+        from sipshield.proxy import CONTINUE
+
+        context.response_filters += (self.check,)
+        return CONTINUE
+
+
+def with_filter(proxy: Proxy, check: Any) -> None:
+    pipeline = proxy.core.pipeline
+    stages = list(pipeline.stages)
+    stages.insert(pipeline.names.index("dialog"), FilterStage(check))
+    pipeline.stages = tuple(stages)
+
+
+def test_a_filter_that_drops_a_2xx_ends_its_branch_with_502_and_one_that_raises_drops_too(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path, "off")
+    try:
+        with_filter(proxy, lambda context, response, hop: None if response.status >= 200 else response)
+        flow, (forwarded,) = offer(proxy, "")
+        answer(proxy, forwarded, 180)
+        answer(proxy, forwarded, 200)
+        assert [(m.status, m.reason) for m in upstream(flow)][-2:] == [(180, "Ringing"), (502, "Bad Gateway: answer refused")]
+    finally:
+        proxy.stop()
+    proxy, _ = make(tmp_path / "raising", "off")
+    try:
+        def broken(context: Any, response: Response, hop: Any) -> Response:
+            raise RuntimeError("a bug")
+        with_filter(proxy, broken)
+        flow, (forwarded,) = offer(proxy, "")
+        answer(proxy, forwarded, 183)
+        answer(proxy, forwarded, 200)
+        assert [m.status for m in upstream(flow)] == [100, 502]
+    finally:
+        proxy.stop()
+
+
+def test_a_refused_2xx_is_weighed_with_the_other_branches_answers(tmp_path: Path) -> None:
+    """Forked to two contacts: one answers plain RTP (refused: 488 on its
+    branch), the other DTLS-SRTP; the caller gets the good 200."""
+    proxy, _ = make(tmp_path, "mandatory")
+    try:
+        proxy.register("bob", "sip:bob@127.0.0.6:5070")
+        flow, forwarded = offer(proxy, DTLS)
+        assert len(forwarded) == 2
+        answer(proxy, forwarded[0], 200, PLAIN)
+        assert upstream(flow)[-1].status == 100
+        answer(proxy, forwarded[1], 200, DTLS)
+        assert upstream(flow)[-1].status == 200 and upstream(flow)[-1].body == DTLS.encode()
+    finally:
+        proxy.stop()
