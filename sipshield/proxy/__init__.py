@@ -2,7 +2,7 @@
 and what the pipeline it runs sees (RequestContext) and returns (Decision)."""
 
 from sipshield.proxy._core import ProxyCore
-from sipshield.proxy._decision import CONTINUE, DROP, Decision, RequestContext, RequestPipeline, ResponseFilter, Target
+from sipshield.proxy._decision import CONTINUE, DROP, BranchCheck, Decision, RequestContext, RequestPipeline, ResponseFilter, Target
 from sipshield.proxy._forward import endpoints
 from sipshield.proxy._response import ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
@@ -10,6 +10,7 @@ from sipshield.proxy._signer import RecordRouteSigner
 __all__ = [
     "CONTINUE",
     "DROP",
+    "BranchCheck",
     "Decision",
     "ProxyCore",
     "RecordRouteSigner",

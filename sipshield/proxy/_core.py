@@ -465,6 +465,10 @@ class ProxyCore:
                 self.remote_log.warn("unusable-hop", hop[1], "cannot use next hop {transport} {host}:{port}: {why}", transport=transport, host=hop[1], port=hop[2], why=why)
             rc.on_unusable_hop(branch, why or "no listener")
             return
+        refusal = rc.branch_refusal(branch)
+        if refusal is not None:
+            rc.end_unsent(branch, refusal)
+            return
         if fwd.method in RECORD_ROUTE_METHODS and fwd.to.tag is None:
             local_host, local_port = txn.flow.local
             inbound: Hop = (txn.flow.transport_name, self.dispatcher.advertised(local_host), local_port)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from sipshield.message import URI, Request, Response
     from sipshield.transport import Flow
 
-__all__ = ["CONTINUE", "DROP", "Decision", "RequestContext", "RequestPipeline", "ResponseFilter", "ResponseHook", "Target"]
+__all__ = ["CONTINUE", "DROP", "BranchCheck", "Decision", "RequestContext", "RequestPipeline", "ResponseFilter", "ResponseHook", "Target"]
 
 
 @dataclass(slots=True)
@@ -97,6 +97,16 @@ filter that raises is logged and the response counts as dropped (fail
 closed: a filter is there to stop what must not pass)."""
 
 
+BranchCheck = Callable[["RequestContext", "Request", "tuple[str, str, int]"], "Response | None"]
+"""``check(context, request, hop)``: sees each branch's copy of a relayed
+request and its next hop (transport, host, port) just before it is sent.
+Returns None to send it, or a final response (made from
+``context.request``) that ends the branch unsent instead; that response is
+weighed with the other branches' answers (RFC 3261 16.7 step 6).  Called
+synchronously, in order; a check that raises is logged and the branch ends
+unsent with 500 (fail closed)."""
+
+
 @dataclass(slots=True)
 class RequestContext:
     """Everything a stage may look at for one new request, and the typed
@@ -132,6 +142,9 @@ class RequestContext:
     response_filters: tuple[ResponseFilter, ...] = ()
     """Called with every provisional and every 2xx before it goes upstream
     (the media policy adds its answer check); see ResponseFilter."""
+    branch_checks: tuple[BranchCheck, ...] = ()
+    """Called with each branch's request and next hop before it is sent (the
+    media policy keeps SDES keys off non-TLS hops); see BranchCheck."""
     attributes: dict[str, Any] = field(default_factory=dict)
     """Free-form notes for third-party stages; unused by sipshield itself."""
     admitted_by: tuple[object, ...] = ()

@@ -170,14 +170,31 @@ class ResponseContext:
 
     def _local_final(self, branch: Branch, status: int, reason: str) -> None:
         """A final answer the proxy makes up for a branch that gave none."""
+        # From the request as it reached us: a branch that failed before it
+        # was sent (no listener, a name that does not resolve) has no Via of ours.
+        self.end_unsent(branch, self.context.request.make_response(status, reason))
+
+    def end_unsent(self, branch: Branch, response: Response) -> None:
+        """End a branch with the proxy's own final *response* (one made from
+        the request as it reached us), weighed as any other answer."""
         if branch.final is not None:
             return
         self._stop_timer(branch)
-        # From the request as it reached us: a branch that failed before it
-        # was sent (no listener, a name that does not resolve) has no Via of ours.
-        response = self.context.request.make_response(status, reason)
         branch.final = response
         self._consider(response)
+
+    def branch_refusal(self, branch: Branch) -> Response | None:
+        """What the context's branch checks say of *branch* before it is sent
+        (see BranchCheck): None to send it, else the final it ends with."""
+        for check in self.context.branch_checks:
+            try:
+                refusal = check(self.context, branch.request, branch.hop)
+            except Exception:
+                self.log.failure("branch check {check} failed; branch not sent", check=getattr(check, "__qualname__", repr(check)))
+                return self.context.request.make_response(500, "Server Internal Error")
+            if refusal is not None:
+                return refusal
+        return None
 
     def _consider(self, response: Response) -> None:
         """Keep the best final so far (16.7 step 6), then finish if all are in."""

@@ -40,7 +40,7 @@ from zope.interface import implementer
 from sipshield.config import SRTP_MODES
 from sipshield.events import SRTP_PLAIN, SRTP_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
-from sipshield.message import Message, Response, SDPError, media_sections
+from sipshield.message import Message, Request, Response, SDPError, media_sections
 from sipshield.proxy import CONTINUE, Decision, RequestContext
 
 __all__ = ["CHECKED_METHODS", "SRTP_MODES", "MediaPolicy", "MediaRefusal", "srtp_refusal"]
@@ -97,8 +97,22 @@ def srtp_refusal(message: Message, plaintext_hop: str | None) -> MediaRefusal | 
         else:
             return MediaRefusal(302, f"SRTP required: {where} uses {_shown(section.proto)}")
         if section.crypto and plaintext_hop is not None:
-            return MediaRefusal(399, f"SRTP keys (a=crypto) in clear over {plaintext_hop}: SDES needs TLS on every hop")
+            return _keys_in_clear(plaintext_hop)
     return None
+
+
+def _keys_in_clear(transport: str) -> MediaRefusal:
+    return MediaRefusal(399, f"SRTP keys (a=crypto) in clear over {transport}: SDES needs TLS on every hop")
+
+
+def _sdes_keys(message: Message) -> bool:
+    """Does *message* carry an SDES key for an active audio or video stream?
+    (An SDP that cannot be read carries none here: it was refused on arrival.)"""
+    try:
+        sections = media_sections(message.body, message.content_type, message.headers.get("Content-Encoding"))
+    except SDPError:
+        return False
+    return any(s.crypto and s.port != 0 and s.media in _CHECKED_MEDIA for s in sections or ())
 
 
 @implementer(IPipelineStage)
@@ -119,6 +133,7 @@ class MediaPolicy:
         if self.mode == "off" or request.method not in CHECKED_METHODS:
             return CONTINUE
         context.response_filters += (self.check_answer,)
+        context.branch_checks += (self.check_branch,)
         refusal = srtp_refusal(request, None if context.flow.secure else context.transport)
         if refusal is None:
             return CONTINUE
@@ -126,6 +141,17 @@ class MediaPolicy:
         if self.mode != "mandatory":
             return CONTINUE
         return Decision.reply(488, "Not Acceptable Here", (("Warning", refusal.warning(_agent(context))),))
+
+    def check_branch(self, context: RequestContext, request: Request, hop: tuple[str, str, int]) -> Response | None:
+        """The BranchCheck: an SDES offer is not relayed onto a non-TLS hop
+        in ``mandatory`` (that branch ends with 488); the rest of its SDP was
+        checked when it arrived."""
+        transport, host, _ = hop
+        if transport == "TLS" or not _sdes_keys(request):
+            return None
+        refusal = _keys_in_clear(transport)
+        self._report(context, host, transport, f"{request.method} not relayed: {refusal.text}")
+        return self._refusal(context, refusal) if self.mode == "mandatory" else None
 
     def check_answer(self, context: RequestContext, response: Response, hop: tuple[str, str, int]) -> Response | None:
         """The ResponseFilter: a provisional or 2xx whose SDP fails is not
@@ -141,6 +167,10 @@ class MediaPolicy:
             return response
         if response.status < 200:
             return None
+        return self._refusal(context, refusal)
+
+    def _refusal(self, context: RequestContext, refusal: MediaRefusal) -> Response:
+        """The proxy's own 488 with the Warning, for a branch it ends."""
         answer = context.request.make_response(488, "Not Acceptable Here", to_tag=secrets.token_hex(6))
         answer.headers.add("Warning", refusal.warning(_agent(context)))
         return answer

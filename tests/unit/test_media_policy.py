@@ -109,7 +109,7 @@ def test_mandatory_refuses_sdes_keys_that_arrived_over_udp_or_tcp(tmp_path: Path
 
 
 def test_mandatory_relays_sdes_over_tls_and_dtls_srtp_over_udp_with_the_body_unchanged(tmp_path: Path) -> None:
-    proxy, recorder = make(tmp_path, "mandatory")
+    proxy, recorder = make(tmp_path, "mandatory", bob="sip:bob@127.0.0.5:5071;transport=tls")
     try:
         _, relayed = offer(proxy, SDES, transport="TLS")
         assert len(relayed) == 1 and relayed[0].body == SDES.encode()
@@ -244,9 +244,25 @@ def test_a_late_offer_in_a_2xx_is_checked_and_sdes_is_never_relayed_onto_a_plain
 def test_an_sdes_answer_that_arrives_over_udp_is_refused(tmp_path: Path) -> None:
     proxy, _ = make(tmp_path, "mandatory")
     try:
-        flow, (forwarded,) = offer(proxy, SDES, transport="TLS")
-        answer(proxy, forwarded, 200, SDES)  # bob is reached over UDP
+        flow, (forwarded,) = offer(proxy, DTLS, transport="TLS")
+        answer(proxy, forwarded, 200, SDES)  # bob is reached over UDP: his key came in clear
         assert upstream(flow)[-1].status == 488 and "in clear over UDP" in (upstream(flow)[-1].headers.get("Warning") or "")
+    finally:
+        proxy.stop()
+
+
+def test_an_sdes_offer_that_arrived_over_tls_is_not_relayed_onto_a_udp_hop(tmp_path: Path) -> None:
+    proxy, recorder = make(tmp_path, "mandatory")  # bob registered over UDP
+    try:
+        flow, relayed = offer(proxy, SDES, transport="TLS")
+        assert relayed == []
+        last = upstream(flow)[-1]
+        assert last.status == 488 and "SRTP keys (a=crypto) in clear over UDP" in (last.headers.get("Warning") or "")
+        (event,) = recorder.events
+        assert (event.kind, event.source, event.transport) == (SRTP_REFUSED, "127.0.0.5", "UDP") and "not relayed" in event.reason
+        proxy.register("bob", "sip:bob@127.0.0.6:5071;transport=tls")  # a second contact, over TLS: that branch goes
+        flow, relayed = offer(proxy, SDES, transport="TLS")
+        assert [hop for m, hop in proxy.dispatcher.sent if m in relayed] == [("TLS", "127.0.0.6", 5071)]
     finally:
         proxy.stop()
 

@@ -6,7 +6,8 @@ of test_calls, since Debian's SIPp has no TLS):
 * SDES (RTP/SAVP + a=crypto) offered over UDP: 488, the keys were in clear;
 * a multipart/mixed body whose SDP part is plain RTP: 488;
 * DTLS-SRTP (UDP/TLS/RTP/SAVPF + a=fingerprint, ICE attributes) over UDP: a call;
-* SDES offered over TLS: relayed to the callee, whose DTLS-SRTP answer comes back;
+* SDES over TLS from caller to callee (both TLS): a call; the same offer to a callee
+  reached over UDP: 488, the keys are never put on a plain hop;
 * a plain RTP answer to a good offer: the caller gets 488, never the 200
   (nor its retransmissions), and the callee, never ACKed, gives up.
 """
@@ -44,10 +45,10 @@ def refused(sipp_runner, server, scenario: str, extra: tuple[str, ...] = ()) -> 
     return first_message(caller.messages, "received", "SIP/2.0 488")
 
 
-def start_callee(sipp_runner, server, extra: tuple[str, ...]):
+def start_callee(sipp_runner, server, extra: tuple[str, ...], user: str = "bob"):
     port = free_udp_port()
-    register(sipp_runner, server, "bob", port)
-    callee = sipp_runner("callee", "uas_answer_sdp.xml", port=port, service="bob", timeout=SIPP_TIMEOUT + 10, extra=extra)
+    register(sipp_runner, server, user, port)
+    callee = sipp_runner("callee", "uas_answer_sdp.xml", port=port, service=user, timeout=SIPP_TIMEOUT + 10, extra=extra)
     callee.wait_listening(port)
     return callee
 
@@ -97,30 +98,82 @@ def test_a_plain_rtp_answer_is_replaced_by_488_and_its_retransmissions_never_rea
     server.wait_for(r"security event srtp-refused from 127\.0\.0\.1 over UDP .*200 to INVITE: SRTP required")
 
 
-def test_sdes_offer_over_tls_is_relayed_and_a_dtls_answer_comes_back(start_server, sipp_runner, tmp_path: Path) -> None:
+def answer_to(request: str, status: str, to_tag: str, contact: str, sdp: str = "") -> str:
+    """A UAS's response to *request* (Via, From, To with *to_tag* unless it has a tag, Call-ID, CSeq, Record-Route copied), LF line ends."""
+    lines = [f"SIP/2.0 {status}"]
+    lines += [f"Via: {v}" for v in header_values(request, "Via")]
+    to = header_values(request, "To")[0]
+    lines += [f"From: {header_values(request, 'From')[0]}", f"To: {to}" if ";tag=" in to else f"To: {to};tag={to_tag}"]
+    lines += [f"Call-ID: {header_values(request, 'Call-ID')[0]}", f"CSeq: {header_values(request, 'CSeq')[0]}"]
+    lines += [f"Record-Route: {v}" for v in header_values(request, "Record-Route")]
+    lines.append(f"Contact: {contact}")
+    if sdp:
+        lines.append("Content-Type: application/sdp")
+    return "\n".join(lines) + f"\nContent-Length: {len(sdp.replace(chr(10), chr(13) + chr(10)))}\n\n{sdp}"
+
+
+def sdes_sdp(who: str, port: int) -> str:
+    return f"v=0\no={who} 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio {port} RTP/SAVP 0\n{CRYPTO}\n"
+
+
+def test_sdes_over_tls_end_to_end_makes_a_call_and_an_sdes_offer_is_not_relayed_onto_udp(start_server, sipp_runner, tmp_path: Path) -> None:
+    """Caller and callee both on TLS (Python ssl clients: Debian's SIPp has no
+    TLS), SDES both ways: the call goes through, keys never on a plain hop.
+    The same offer to a callee registered over UDP (SIPp) gets 488."""
     server = start_server(MANDATORY)
-    callee = start_callee(sipp_runner, server, DTLS)
     host, port = server.addresses["tls"]
-    uac = StreamUAC(host, port, tmp_path / "data" / "tls-selfsigned.pem")
+    ca = tmp_path / "data" / "tls-selfsigned.pem"
+    callee, caller = StreamUAC(host, port, ca), StreamUAC(host, port, ca)
     try:
-        me = f"{uac.local[0]}:{uac.local[1]}"
-        sdp = f"v=0\no=caller 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 6000 RTP/SAVP 0\n{CRYPTO}\n"
+        bob = f"{callee.local[0]}:{callee.local[1]}"
+        contact = f"<sip:bob@{bob};transport=tls>"
+        callee.send(f"REGISTER sip:example.com SIP/2.0\nVia: SIP/2.0/TLS {bob};branch=z9hG4bKtlsreg;rport\nMax-Forwards: 70\n"
+                    f"From: <sip:bob@example.com>;tag=bobreg\nTo: <sip:bob@example.com>\nCall-ID: tls-reg-{time.time_ns()}\n"
+                    f"CSeq: 1 REGISTER\nContact: {contact}\nExpires: 300\nContent-Length: 0\n\n")
+        registered = callee.response("REGISTER", time.monotonic() + 10)
+        assert registered.startswith("SIP/2.0 200"), registered + server.log[-4000:]
+
+        me = f"{caller.local[0]}:{caller.local[1]}"
+        offer = sdes_sdp("caller", 6000)
         common = (f'From: "caller" <sip:caller@example.com>;tag=tlssdes\nCall-ID: tls-sdes-{time.time_ns()}\n'
                   f"Contact: <sip:caller@{me};transport=tls>\nMax-Forwards: 70\n")
-        uac.send(f"INVITE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlssdes;rport\n{common}"
-                 f"To: <sip:bob@example.com>\nCSeq: 1 INVITE\nContent-Type: application/sdp\nContent-Length: {len(sdp.replace(chr(10), chr(13) + chr(10)))}\n\n{sdp}")
-        ok = uac.response("INVITE", time.monotonic() + 15)
-        assert ok.startswith("SIP/2.0 200"), ok + server.log[-4000:]
-        assert "UDP/TLS/RTP/SAVPF" in ok and FINGERPRINT in ok
+        caller.send(f"INVITE sip:bob@example.com SIP/2.0\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlssdes;rport\n{common}"
+                    f"To: <sip:bob@example.com>\nCSeq: 1 INVITE\nContent-Type: application/sdp\n"
+                    f"Content-Length: {len(offer.replace(chr(10), chr(13) + chr(10)))}\n\n{offer}")
+        invite = callee.read(time.monotonic() + 10)
+        assert invite.startswith("INVITE ") and CRYPTO in invite, invite  # relayed over TLS, the body unchanged
+        callee.send(answer_to(invite, "200 OK", "bobtls", contact, sdes_sdp("callee", 7000)))
+        ok = caller.response("INVITE", time.monotonic() + 10)
+        assert ok.startswith("SIP/2.0 200") and CRYPTO in ok, ok + server.log[-4000:]
         to = header_values(ok, "To")[0]
         target = uris_in(header_values(ok, "Contact"))[0]
         route = "Route: " + ", ".join(f"<{u}>" for u in reversed(uris_in(header_values(ok, "Record-Route")))) + "\n"
-        uac.send(f"ACK {target} SIP/2.0\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlssdesack;rport\n{route}{common}To: {to}\nCSeq: 1 ACK\nContent-Length: 0\n\n")
-        uac.send(f"BYE {target} SIP/2.0\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlssdesbye;rport\n{route}{common}To: {to}\nCSeq: 2 BYE\nContent-Length: 0\n\n")
-        assert uac.response("BYE", time.monotonic() + 15).startswith("SIP/2.0 200")
+        caller.send(f"ACK {target} SIP/2.0\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlssdesack;rport\n{route}{common}To: {to}\nCSeq: 1 ACK\nContent-Length: 0\n\n")
+        assert callee.read(time.monotonic() + 10).startswith("ACK ")
+        caller.send(f"BYE {target} SIP/2.0\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlssdesbye;rport\n{route}{common}To: {to}\nCSeq: 2 BYE\nContent-Length: 0\n\n")
+        bye = callee.read(time.monotonic() + 10)
+        assert bye.startswith("BYE "), bye
+        callee.send(answer_to(bye, "200 OK", "bobtls", contact))
+        assert caller.response("BYE", time.monotonic() + 10).startswith("SIP/2.0 200")
+    finally:
+        caller.close()
+        callee.close()
+    assert "srtp-refused" not in server.log and "Traceback" not in server.log
+
+    # carol, registered over UDP from SIPp
+    udp_callee = start_callee(sipp_runner, server, DTLS, user="carol")
+    uac = StreamUAC(host, port, ca)
+    try:
+        me = f"{uac.local[0]}:{uac.local[1]}"
+        offer = sdes_sdp("caller", 6002)
+        uac.send(f"INVITE sip:carol@example.com SIP/2.0\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtlssdes2;rport\n"
+                 f'From: "caller" <sip:caller@example.com>;tag=tlssdes2\nCall-ID: tls-sdes2-{time.time_ns()}\n'
+                 f"Contact: <sip:caller@{me};transport=tls>\nMax-Forwards: 70\nTo: <sip:carol@example.com>\nCSeq: 1 INVITE\n"
+                 f"Content-Type: application/sdp\nContent-Length: {len(offer.replace(chr(10), chr(13) + chr(10)))}\n\n{offer}")
+        refused_answer = uac.response("INVITE", time.monotonic() + 15)
     finally:
         uac.close()
-    uas = callee.wait()
-    assert_ok(server, uas)
-    invite = first_message(uas.messages, "received", "INVITE ")
-    assert CRYPTO in invite  # the SDES offer went through unchanged
+    assert refused_answer.startswith("SIP/2.0 488"), refused_answer + server.log[-4000:]
+    assert "SRTP keys (a=crypto) in clear over UDP" in header_values(refused_answer, "Warning")[0]
+    udp_callee.kill()
+    assert not [m for m in messages_in(udp_callee.result(0).messages, "received") if m.startswith("INVITE ")]  # nothing reached it
