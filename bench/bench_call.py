@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU per call through the whole proxy, in one process, without sockets.
 
-    python bench/bench_call.py [--calls 20000] [--runs 5] [--profile] [--json FILE]
+    python bench/bench_call.py [--calls 20000] [--runs 5] [--srtp off|prefer|mandatory] [--profile] [--json FILE]
 
 The proxy is the service that ``twistd sipshield`` runs, built by
 ``makeService`` from the same config as bench/sipp_load.py (one UDP listener,
@@ -19,6 +19,11 @@ the proxy, six out.  Only the proxy's work is timed (the fake caller and callee
 build their messages outside the timed sections).  Reported: microseconds of
 proxy CPU per call (best and median of ``--runs``), and with ``--profile`` the
 functions where that time goes (cProfile, sorted by own time).
+
+``--srtp`` sets ``[media] srtp`` (default: the config's default, prefer);
+with ``mandatory`` both SDPs are DTLS-SRTP (UDP/TLS/RTP/SAVPF with a
+fingerprint and ICE candidates), which the policy lets through, so the
+figure is the policy's cost on a call it accepts.
 
 Unlike sipp_load.py this is repeatable on a busy machine (best of runs, one
 process, no kernel in the loop), so it is the one to compare commits with; the
@@ -50,6 +55,12 @@ UAS = ("127.0.0.1", 5080)
 SDP = (
     b"v=0\r\no=caller 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
     b"t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
+DTLS_SDP = (
+    b"v=0\r\no=caller 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+    b"a=fingerprint:sha-256 4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF:3E:5D:49:6B:19:E5:7C:AB:4A:AD:B9:B1:3F:82:18:3B:54:02:12:DF\r\n"
+    b"m=audio 6000 UDP/TLS/RTP/SAVPF 111 0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\na=setup:actpass\r\n"
+    b"a=ice-ufrag:F7gI\r\na=ice-pwd:x9cml/YzichV2+XlhiMu8g\r\na=candidate:1 1 udp 2130706431 127.0.0.1 6000 typ host\r\na=rtcp-mux\r\n"
 )
 
 
@@ -134,7 +145,7 @@ class BenchReactor:
         f(*args, **kw)
 
 
-def build_proxy(workdir: Path) -> tuple[Any, BenchReactor, FakePort]:
+def build_proxy(workdir: Path, srtp: str | None = None) -> tuple[Any, BenchReactor, FakePort]:
     from sipshield.config import parse_config
     from sipshield.service import makeService
 
@@ -142,6 +153,7 @@ def build_proxy(workdir: Path) -> tuple[Any, BenchReactor, FakePort]:
         "server": {"data_dir": str(workdir / "data"), "listen": [f"udp:{PROXY[1]}:interface={PROXY[0]}"], "domains": ["example.com"]},
         "routes": [{"match_domain": BENCH_DOMAIN, "target": f"sip:{UAS[0]}:{UAS[1]};transport=udp"}],
         "auth": {"trusted_sources": [{"network": "127.0.0.1/32", "udp": True}], "trusted_role": "trunk"},
+        **({"media": {"srtp": srtp}} if srtp else {}),
     })  # fmt: skip
     reactor = BenchReactor()
     reactor.advance(1_000_000)
@@ -169,8 +181,9 @@ def value(line: bytes) -> bytes:
 class Call:
     """The SIPp caller and callee of one call, building their messages as uac_call.xml / uas_answer.xml do."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, sdp: bytes = SDP) -> None:
         self.n = n
+        self.sdp = sdp
         self.call_id = f"{n}-bench@127.0.0.1".encode()
         self.from_tag = f"{n}SIPpTag00".encode()
         self.to_tag = f"{n}SIPpTag01".encode()
@@ -186,7 +199,7 @@ class Call:
             b"To: <sip:bob@" + BENCH_DOMAIN.encode() + b">\r\n"
             b"Call-ID: " + self.call_id + b"\r\nCSeq: 1 INVITE\r\n"
             b"Contact: <sip:caller@127.0.0.1:5070;transport=UDP>\r\nUser-Agent: sipshield-e2e\r\n"
-            b"Content-Type: application/sdp\r\nContent-Length: " + str(len(SDP)).encode() + b"\r\n\r\n" + SDP
+            b"Content-Type: application/sdp\r\nContent-Length: " + str(len(self.sdp)).encode() + b"\r\n\r\n" + self.sdp
         )
 
     def answer(self, request: bytes, status: bytes, with_rr: bool, body: bytes = b"") -> bytes:
@@ -227,11 +240,12 @@ class Call:
 STEPS = ("INVITE", "180", "200 INVITE", "ACK", "BYE", "200 BYE", "timers")
 
 
-def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: str | None = None) -> dict[str, float]:
+def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: str | None = None, srtp: str | None = None) -> dict[str, float]:
     """Proxy CPU seconds for ``calls`` calls by step (process time of the
     proxy's own sections: each datagram in, and the timers)."""
     with tempfile.TemporaryDirectory(prefix="sipshield-bench-call-") as tmp:
-        service, reactor, port = build_proxy(Path(tmp))
+        service, reactor, port = build_proxy(Path(tmp), srtp)
+        sdp = DTLS_SDP if srtp == "mandatory" else SDP
         receive = port.protocol.datagramReceived
         spent = dict.fromkeys(STEPS, 0.0)
         clock = time.process_time
@@ -248,7 +262,7 @@ def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: s
                 profile.disable()  # type: ignore[union-attr]
 
         for n in range(calls):
-            call = Call(n)
+            call = Call(n, sdp)
             proxy("INVITE", call.invite(), UAC)
             forwarded = port.take(UAS)
             port.take(UAC)  # 100 Trying
@@ -257,7 +271,7 @@ def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: s
                 continue
             invite = forwarded[0]
             proxy("180", call.answer(invite, b"180 Ringing", with_rr=True), UAS)
-            proxy("200 INVITE", call.answer(invite, b"200 OK", with_rr=True, body=SDP), UAS)
+            proxy("200 INVITE", call.answer(invite, b"200 OK", with_rr=True, body=sdp), UAS)
             up = port.take(UAC)
             if len(up) != 2 or not up[1].startswith(b"SIP/2.0 200"):
                 failures += 1
@@ -300,9 +314,10 @@ def main() -> int:
     parser.add_argument("--profile-step", choices=STEPS, help="profile only this step of each call")
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--srtp", choices=("off", "prefer", "mandatory"), help="[media] srtp (default: the config default)")
     args = parser.parse_args()
-    one_run(min(args.calls, 500))  # warm-up: imports, first-use caches
-    runs = [{step: seconds * 1e6 / args.calls for step, seconds in one_run(args.calls).items()} for _ in range(args.runs)]
+    one_run(min(args.calls, 500), srtp=args.srtp)  # warm-up: imports, first-use caches
+    runs = [{step: seconds * 1e6 / args.calls for step, seconds in one_run(args.calls, srtp=args.srtp).items()} for _ in range(args.runs)]
     results = [sum(run.values()) for run in runs]
     best, median = min(results), statistics.median(results)
     print(f"proxy CPU per call: best {best:.1f} us, median {median:.1f} us over {args.runs} runs of {args.calls} calls "
@@ -313,7 +328,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"calls": args.calls, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": steps}))
     if args.profile:
         profile = cProfile.Profile()
-        one_run(args.calls, profile, args.profile_step)
+        one_run(args.calls, profile, args.profile_step, args.srtp)
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)

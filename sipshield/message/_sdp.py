@@ -71,7 +71,7 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     media, _, rest = value.partition(";")
     media = media.strip().lower()
     kind, slash, sub = media.partition("/")
-    if not slash or not kind or not sub or any(c.isspace() for c in media):
+    if not slash or not kind or not sub or len(media.split()) != 1:
         raise SDPError(f"Content-Type {value[:40]!r} is not type/subtype")
     params: dict[str, str] = {}
     while rest:
@@ -185,9 +185,9 @@ class _Reader:
         current: list[str] | None = None  # the m= line's fields
         crypto = fingerprint = False
         for line in lines[1:]:
-            kind, eq, value = line.partition("=")
-            if not eq or len(kind) != 1:
+            if line[1:2] != "=":
                 raise SDPError(f"SDP line {line[:30]!r} is not type=value")
+            kind, value = line[0], line[2:]
             if kind == "m":
                 if current is not None:
                     self._add(current, crypto, fingerprint or session_fingerprint)

@@ -32,6 +32,7 @@ for a 2xx is not checked: it is forwarded statelessly, outside the pipeline.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -50,7 +51,9 @@ CHECKED_METHODS = frozenset(("INVITE", "UPDATE", "PRACK"))
 _CHECKED_MEDIA = frozenset(("audio", "video"))
 _SDES = frozenset(("RTP/SAVP", "RTP/SAVPF"))
 _DTLS = frozenset(("UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF"))
-_SHOWN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/_.+-")
+_UNSHOWN = re.compile(r"[^A-Za-z0-9/_.+-]")
+_UNQUOTABLE = re.compile(r'[^\x20-\x7e]|["\\]')
+"""What may not stand in a Warning's quoted text as it is (RFC 3261 25.1 quoted-string), nor in a log line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,7 @@ class MediaRefusal:
 
 def _shown(token: str) -> str:
     """A token from the SDP, safe inside a quoted Warning text and a log line."""
-    return "".join(c if c in _SHOWN else "?" for c in token[:32])
+    return _UNSHOWN.sub("?", token[:32])
 
 
 def srtp_refusal(message: Message, plaintext_hop: str | None) -> MediaRefusal | None:
@@ -80,7 +83,7 @@ def srtp_refusal(message: Message, plaintext_hop: str | None) -> MediaRefusal | 
     try:
         sections = media_sections(message.body, message.content_type, message.headers.get("Content-Encoding"))
     except SDPError as e:
-        return MediaRefusal(399, "SRTP required: SDP cannot be inspected: " + "".join(c if c.isprintable() and c not in '"\\' else "?" for c in e.reason[:80]))
+        return MediaRefusal(399, "SRTP required: SDP cannot be inspected: " + _UNQUOTABLE.sub("?", e.reason[:80]))
     if sections is None:
         return None
     for section in sections:

@@ -94,6 +94,7 @@ def test_the_example_configuration_is_valid() -> None:
     assert config.registrar.store == "sql" and config.auth.trusted_role == "trunk"
     assert config.routes[0].external and "call:external" in config.roles["trunk"]
     assert config.stages[1:4] == ("auth", "options", "rbac")
+    assert config.media.srtp == "mandatory" and "media" in config.stages
 
 
 def test_wildcard_listeners_need_an_advertised_name(tmp_path: Path) -> None:
