@@ -28,6 +28,7 @@ from twisted.internet.task import Clock
 
 from sipshield.auth._credentials import ISIPDigestCredentials
 from sipshield.config import parse_config
+from sipshield.events import SecurityEvent
 from sipshield.message import ParseError, Request, Response, parse_message
 from sipshield.service import makeService
 from sipshield.state import Binding
@@ -37,6 +38,16 @@ REALM = "example.com"
 PROXY = ("127.0.0.1", 5060)
 PHONE = ("127.0.0.2", 40000)  # alice's phone: not a trusted source
 PASSWORD = "alice-secret"
+
+
+class EventRecorder:
+    """A security event observer (subscribe it to ``service.events``): keeps every event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[SecurityEvent] = []
+
+    def emit(self, event: SecurityEvent) -> None:
+        self.events.append(event)
 
 
 class RecordingFlow:

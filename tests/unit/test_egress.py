@@ -8,26 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_support import PASSWORD, Proxy, proxy_service
+from pipeline_support import PASSWORD, EventRecorder, Proxy, proxy_service
 
 from sipshield.config import ConfigError, parse_config
-from sipshield.events import TOLL_FRAUD, SecurityEvent
+from sipshield.events import TOLL_FRAUD
 
 ROUTES = [{"match_domain": "pstn.example.com", "target": "sip:127.0.0.1:5090;transport=udp", "external": True}]
 ROLES = {"staff": ["register", "call", "call:external"], "manager": ["register", "call", "call:external"]}
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[SecurityEvent] = []
-
-    def emit(self, event: SecurityEvent) -> None:
-        self.events.append(event)
-
-
-def make(tmp_path: Path, user_roles: tuple[str, ...] = ("staff",), **egress: Any) -> tuple[Proxy, Recorder]:
+def make(tmp_path: Path, user_roles: tuple[str, ...] = ("staff",), **egress: Any) -> tuple[Proxy, EventRecorder]:
     proxy = proxy_service(tmp_path, {"alice": (PASSWORD, user_roles)}, routes=ROUTES, roles=ROLES, egress=egress)
-    recorder = Recorder()
+    recorder = EventRecorder()
     proxy.service.events.subscribe(recorder)
     return proxy, recorder
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_support import PASSWORD, PHONE, Proxy, RecordingFlow, proxy_service
+from pipeline_support import PASSWORD, PHONE, EventRecorder, Proxy, RecordingFlow, proxy_service
 
 from sipshield.config import ConfigError, parse_config
-from sipshield.events import SRTP_PLAIN, SRTP_REFUSED, SecurityEvent
+from sipshield.events import SRTP_PLAIN, SRTP_REFUSED
 from sipshield.message import Request, Response, parse_message
 from sipshield.proxy import endpoints
 from sipshield.security import MediaRefusal, srtp_refusal
@@ -26,17 +26,9 @@ DTLS = HEAD + f"m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:{FP}\r\na=setup
 SDP = "application/sdp"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[SecurityEvent] = []
-
-    def emit(self, event: SecurityEvent) -> None:
-        self.events.append(event)
-
-
-def make(tmp_path: Path, srtp: str, bob: str = "sip:bob@127.0.0.5:5070", **sections: Any) -> tuple[Proxy, Recorder]:
+def make(tmp_path: Path, srtp: str, bob: str = "sip:bob@127.0.0.5:5070", **sections: Any) -> tuple[Proxy, EventRecorder]:
     proxy = proxy_service(tmp_path, media={"srtp": srtp}, **sections)
-    recorder = Recorder()
+    recorder = EventRecorder()
     proxy.service.events.subscribe(recorder)
     proxy.register("bob", bob)
     return proxy, recorder
