@@ -17,7 +17,14 @@ What it does (see bench/README.md and /work/shared/PERFORMANCE.md for the method
   retransmissions of both SIPps), and the proxy's CPU seconds from
   /proc/PID/stat before and after the step, and its memory;
 * with ``--kamailio`` runs the same steps through Kamailio (bench/kamailio.cfg:
-  tm + rr + sl, one UDP worker, ``-m 1024``) and prints both side by side.
+  tm + rr + sl, one UDP worker, ``-m 1024``) as Debian ships it (its default,
+  debugging allocator), and with ``--kamailio-tuned`` through the same Kamailio
+  with the fast allocators (``-x fm -X fm``), and prints them side by side;
+* with ``--shield`` sipshield runs with every shield stage on (bans, an access
+  list, the scanner filter, rate limits, the egress policy on an external route,
+  and the media policy in ``mandatory`` mode), and both SIPps offer and answer
+  DTLS-SRTP (``UDP/TLS/RTP/SAVP`` with ``a=fingerprint``) instead of plain RTP, for
+  every system in the run, so that the policy admits them.
 
 "Sustainable" = zero failed calls and retransmissions under 1% of the calls
 attempted (UAC + UAS retransmissions together). Loopback only; every loop is
@@ -212,9 +219,46 @@ class System:
         return None
 
 
+SHIELD_CONFIG = """\
+[bans]
+enabled = true
+
+[scanners]
+enabled = true
+
+[ratelimit]
+per_source = {rate = 50, burst = 100}
+
+[acl]
+default = "deny"
+
+[[acl.rules]]
+action = "allow"
+networks = ["127.0.0.0/8"]
+
+[egress]
+max_calls_per_minute = 10
+
+[egress.roles.trunk]
+deny = ["+1900", "+1976", "00"]
+
+[media]
+srtp = "mandatory"
+"""
+"""Every shield stage on (``--shield``).  The SIPp pair is a trusted source
+(as in Kamailio's config), which the rate limits do not count and which has
+no user for the per-user limits; the checks still run on every request."""
+
+DTLS_SDP = "m=audio [media_port] UDP/TLS/RTP/SAVP 0\n      a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\n      a=setup:actpass"
+
+
 class Sipshield(System):
     name = "sipshield"
     memory_label = "VmRSS"
+
+    def __init__(self, workdir: Path, port: int, uas_port: int, shield: bool = False) -> None:
+        super().__init__(workdir, port, uas_port)
+        self.shield = shield
 
     def command(self) -> list[str]:
         config = self.workdir / "sipshield.toml"
@@ -225,11 +269,13 @@ class Sipshield(System):
             'domains = ["example.com"]\n\n'
             "[[routes]]\n"
             f'match_domain = "{BENCH_DOMAIN}"\n'
-            f'target = "sip:127.0.0.1:{self.uas_port};transport=udp"\n\n'
+            f'target = "sip:127.0.0.1:{self.uas_port};transport=udp"\n'
+            f"external = {'true' if self.shield else 'false'}\n\n"
             # Like the Kamailio config: the SIPp pair is a trusted peer (no digest).
             "[auth]\n"
             'trusted_sources = [{network = "127.0.0.1/32", udp = true}]\n'
-            'trusted_role = "trunk"\n'
+            'trusted_role = "trunk"\n\n'
+            + (SHIELD_CONFIG if self.shield else "")
         )
         twistd = Path(sys.executable).parent / "twistd"
         runner = [str(twistd)] if twistd.exists() else [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
@@ -240,17 +286,20 @@ class Kamailio(System):
     name = "kamailio"
     memory_label = "Pss (all processes)"
 
-    def __init__(self, workdir: Path, port: int, uas_port: int, binary: str) -> None:
+    def __init__(self, workdir: Path, port: int, uas_port: int, binary: str, tuned: bool = False) -> None:
+        self.name = "kamailio-fm" if tuned else "kamailio"
         super().__init__(workdir, port, uas_port)
         self.binary = binary
+        self.tuned = tuned
 
     def command(self) -> list[str]:
-        runtime = self.workdir / "kamailio-run"
+        runtime = self.workdir / f"{self.name}-run"
         runtime.mkdir(exist_ok=True)
         return [
             *pin(1), self.binary, "-DD", "-E", "-f", str(ROOT / "bench" / "kamailio.cfg"),
             "-l", f"udp:127.0.0.1:{self.port}", "-m", "1024", "-M", "16", "-n", "1",
             "-Y", str(runtime), "-A", f'BENCH_UAS="sip:127.0.0.1:{self.uas_port}"',
+            *(["-x", "fm", "-X", "fm"] if self.tuned else []),
         ]  # fmt: skip
 
     def pids(self) -> list[int]:
@@ -283,12 +332,22 @@ def screen_counter(stdout: str, name: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def bench_scenario(workdir: Path) -> Path:
-    """uac_call.xml calling USER@bench.example.com instead of USER@example.com."""
-    text = (SCENARIOS / "uac_call.xml").read_text()
-    target = workdir / "uac_bench.xml"
-    target.write_text(text.replace("@example.com", f"@{BENCH_DOMAIN}"))
-    return target
+def bench_scenarios(workdir: Path, srtp: bool) -> tuple[Path, Path]:
+    """(UAC, UAS): uac_call.xml calling USER@bench.example.com instead of
+    USER@example.com, and uas_answer.xml; with *srtp* both offer and answer
+    DTLS-SRTP instead of plain RTP."""
+    plain = "m=audio [media_port] RTP/AVP 0"
+    paths = []
+    for name, edit in (("uac_call", lambda t: t.replace("@example.com", f"@{BENCH_DOMAIN}")), ("uas_answer", lambda t: t)):
+        text = edit((SCENARIOS / f"{name}.xml").read_text())
+        if srtp:
+            if plain not in text:
+                raise RuntimeError(f"{name}.xml has no {plain!r} line to make DTLS-SRTP")
+            text = text.replace(plain, DTLS_SDP)
+        target = workdir / f"{name}_bench.xml"
+        target.write_text(text)
+        paths.append(target)
+    return paths[0], paths[1]
 
 
 @dataclass
@@ -344,7 +403,7 @@ def stop_sipp(process: subprocess.Popen[bytes], grace: float) -> int:
             return process.wait(timeout=5)
 
 
-def run_step(system: System, sipp: str, rate: int, duration: int, workdir: Path, scenario: Path) -> Step:
+def run_step(system: System, sipp: str, rate: int, duration: int, workdir: Path, scenario: Path, uas_scenario: Path) -> Step:
     calls = rate * duration
     step = Step(system.name, rate, duration, attempted=calls)
     tag = f"{system.name}-{rate}"
@@ -354,7 +413,7 @@ def run_step(system: System, sipp: str, rate: int, duration: int, workdir: Path,
     wall_limit = duration + 30  # SIPp's own -timeout; the wall clock below adds a margin
     common = ["-i", "127.0.0.1", "-t", "u1", "-nostdin", "-trace_stat", "-fd", "1", "-timeout", str(wall_limit)]
     uas = run_sipp(
-        [*pin(0), sipp, "-sf", str(SCENARIOS / "uas_answer.xml"), "-s", "bench", "-p", str(system.uas_port), "-m", str(calls),
+        [*pin(0), sipp, "-sf", str(uas_scenario), "-s", "bench", "-p", str(system.uas_port), "-m", str(calls),
          "-stf", str(uas_csv), "-trace_err", "-error_file", str(workdir / f"uas-{tag}-errors.log"), *common],
         workdir / f"uas-{tag}.out", workdir,
     )  # fmt: skip
@@ -456,7 +515,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rates", default="100,200,400,800,1200", help="comma-separated call rates (calls/s)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per step (1..60)")
     parser.add_argument("--kamailio", action="store_true", help="also run the steps through Kamailio (bench/kamailio.cfg)")
-    parser.add_argument("--skip-sipshield", action="store_true", help="only Kamailio (with --kamailio)")
+    parser.add_argument("--kamailio-tuned", action="store_true", help="also run the steps through Kamailio with its fast allocators (-x fm -X fm)")
+    parser.add_argument("--shield", action="store_true", help="sipshield with every shield stage on; both SIPps speak DTLS-SRTP")
+    parser.add_argument("--skip-sipshield", action="store_true", help="only Kamailio (with --kamailio or --kamailio-tuned)")
     parser.add_argument("--port", type=int, default=0, help="proxy UDP port (default: a free one)")
     parser.add_argument("--uas-port", type=int, default=0, help="SIPp UAS UDP port (default: a free one)")
     parser.add_argument("--pause", type=float, default=2.0, help="seconds between steps (lets transactions expire)")
@@ -480,17 +541,19 @@ def main(argv: list[str] | None = None) -> int:
         print("sipp not found: apt-get install -y sip-tester", file=sys.stderr)
         return 2
     kamailio = shutil.which("kamailio") or ("/usr/sbin/kamailio" if os.access("/usr/sbin/kamailio", os.X_OK) else None)
-    if args.kamailio and kamailio is None:
+    if (args.kamailio or args.kamailio_tuned) and kamailio is None:
         print("kamailio not found: apt-get install -y kamailio", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="sipp-load-"))
     uas_port = args.uas_port or free_udp_port()
-    scenario = bench_scenario(workdir)
+    scenario, uas_scenario = bench_scenarios(workdir, args.shield)
     systems: list[System] = []
     if not args.skip_sipshield:
-        systems.append(Sipshield(workdir, args.port or free_udp_port(), uas_port))
+        systems.append(Sipshield(workdir, args.port or free_udp_port(), uas_port, shield=args.shield))
     if args.kamailio:
         systems.append(Kamailio(workdir, free_udp_port(), uas_port, kamailio))  # type: ignore[arg-type]
+    if args.kamailio_tuned:
+        systems.append(Kamailio(workdir, free_udp_port(), uas_port, kamailio, tuned=True))  # type: ignore[arg-type]
     pinned = "pinned: proxy core 1, SIPp core 0" if pin(0) else "not pinned (taskset missing or one core)"
     log(f"work directory {workdir}; UAS port {uas_port}; {pinned}")
     results: dict[str, list[Step]] = {}
@@ -508,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for rate in args.rates:
                     log(f"{system.name}: {rate} calls/s for {args.duration}s")
-                    step = run_step(system, sipp, rate, args.duration, workdir, scenario)
+                    step = run_step(system, sipp, rate, args.duration, workdir, scenario, uas_scenario)
                     steps.append(step)
                     log(f"  ok {step.ok}/{step.attempted}, failed {step.failed}, retrans {step.retrans}, "
                         f"CPU {fmt(step.cpu_ms_per_call)} ms/call, UDP drops {step.udp_drops} (proxy socket {step.proxy_socket_drops}), {system.memory_label} {step.memory_mb:.1f} MB {'; '.join(step.notes)}")
