@@ -523,6 +523,15 @@ def _tls_reload(args: argparse.Namespace, client: Any) -> Any:
     return served
 
 
+def _reload(args: argparse.Namespace, client: Any) -> Any:
+    done = client.reload()
+    if not args.json:
+        print("reloaded: " + (", ".join(done["reloaded"]) or "nothing had changed"))
+        if done["tls"] is not None:
+            print(f"TLS: serving {done['tls']['subject']}, valid until {done['tls']['not_after']}")
+    return done
+
+
 def _add_admin_parsers(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
@@ -545,6 +554,8 @@ def _add_admin_parsers(sub: Any) -> None:
     registrations = sub.add_parser("registrations", parents=[common], help="the registered contacts, by AOR")
     registrations.add_argument("--limit", type=_positive, default=1000)
     registrations.set_defaults(func=_admin_command("registrations", _registrations))
+    sub.add_parser("reload", parents=[common], help="read the config file again: acl, ratelimit, scanners, routes, roles, egress, and TLS (as SIGHUP)"
+                   ).set_defaults(func=_admin_command("reload", _reload))
     tls = sub.add_parser("tls", help="TLS certificates")
     tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="{reload}")
     tls_commands.add_parser("reload", parents=[common], help="read the certificate and key files again (new handshakes get them)").set_defaults(

@@ -7,6 +7,7 @@ disk until the service starts.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,12 @@ from sipshield.transport import (
 from sipshield.transport._dispatch import TransportDispatcher
 from sipshield.transport._tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY
 
-__all__ = ["SIPShieldService", "makeService"]
+__all__ = ["RELOADABLE", "SIPShieldService", "makeService"]
+
+RELOADABLE = frozenset(("acl", "ratelimit", "scanners", "routes", "roles", "egress"))
+"""The configuration sections a running service takes on without a restart."""
+_REBUILT_STAGES = frozenset(("rbac", "egress", "routes"))
+"""The built-in stages built from those sections, rebuilt on reload."""
 
 
 class SIPShieldService(MultiService):
@@ -107,6 +113,7 @@ class SIPShieldService(MultiService):
             self.listeners.append(listener)
             self.dispatcher.add_listener(listener)
         self._started_at = reactor.seconds()
+        self._previous_sighup: Any = None
         self.admin: Any = None
         """The admin API's listener service (None with ``[admin] enabled = false``)."""
         if config.admin.enabled:
@@ -231,6 +238,10 @@ class SIPShieldService(MultiService):
                 self.log.info("bans: {count} ban(s) of the last run still in force", count=kept)
 
     def privilegedStartService(self) -> None:
+        # twistd calls this (an embedding host or a test calling startService
+        # alone keeps its own signal handlers): SIGHUP reloads the config file.
+        if self.config.source is not None and self._previous_sighup is None:
+            self._previous_sighup = signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self._sighup))
         self._prepare_data_dir()
         self._prepare_auth()
         self._prepare_bans()
@@ -306,11 +317,11 @@ class SIPShieldService(MultiService):
         token = load_or_create_token(config.server.data_dir / "admin.token")
         backend = AdminBackend(
             bans=self.bans, location=self.location, status=self.status, seconds=self.reactor.seconds,
-            reload_tls=self.reload_tls if self.tls_context is not None else None,
+            reload_tls=self.reload_tls if self.tls_context is not None else None, reload=self.reload_from_file,
         )
 
         def permissions(name: str) -> frozenset[str]:
-            return frozenset(p for role in (config.admin.token_role,) for p in config.roles.get(role, ()))
+            return frozenset(self.config.roles.get(config.admin.token_role, ()))  # [roles] reloads
 
         return admin_resource(backend, {"local": token}, permissions)
 
@@ -326,6 +337,66 @@ class SIPShieldService(MultiService):
             "server_transactions": live, "proxied_requests": len(self.core.contexts),
             "bans": 0 if self.bans is None else len(self.bans.bans()), "counters": dict(self.core.counters),
         }
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply the reloadable sections of *config* (see :data:`RELOADABLE`)
+        to the running service; the sections that changed.
+
+        Raises ConfigError, changing nothing, when a section that needs a
+        restart differs.  The admission steps are rebuilt (their token
+        buckets and failure windows live in the shared ShieldState, so they
+        carry over; the scanner filter's table of users probed starts
+        again), and so are the ``rbac``, ``egress`` and ``routes`` stages,
+        in their places: a request already in the pipeline finishes with
+        the stages it started with, the next one gets the new ones.
+        """
+        from dataclasses import fields, replace
+
+        from sipshield.routing import available_stages
+        from sipshield.security import build_admission_steps
+
+        changed = [f.name for f in fields(Config) if f.name != "source" and getattr(self.config, f.name) != getattr(config, f.name)]
+        fixed = [name for name in changed if name not in RELOADABLE]
+        if fixed:
+            raise ConfigError(f"changing {', '.join(fixed)} needs a restart; nothing was reloaded", source=config.source)
+        if not changed:
+            return []
+        environment = replace(self.environment, config=config)
+        factories = available_stages(config.server.plugins)
+        stages = tuple(
+            factories[stage.name].build(environment, dict(config.stage_options.get(stage.name, {})))
+            if stage.name in _REBUILT_STAGES and stage.name in factories else stage
+            for stage in self.pipeline.stages
+        )
+        self.config = config
+        self.environment = environment
+        shield = build_admission_steps(config, self.reactor, self.shield_state, self.events, self.bans, self._exempt_from_limits())
+        self.pipeline.stages = stages
+        self.core.admission = shield + tuple(stage for stage in stages if callable(getattr(stage, "admission", None)))
+        self.log.info("configuration reloaded: {sections}", sections=", ".join(changed))
+        return changed
+
+    def reload_from_file(self) -> dict[str, Any]:
+        """``SIGHUP``, ``POST /v1/reload``, ``sipshield reload``: read the
+        configuration file again, apply its reloadable sections and the TLS
+        files; what was reloaded.  Raises ConfigError (logged by the caller),
+        keeping everything as it was, when the file is bad or asks for what
+        needs a restart."""
+        from sipshield.config import load_config
+
+        if self.config.source is None:
+            raise ConfigError("started without a configuration file (--config): nothing to reload")
+        sections = self.reload(load_config(self.config.source))
+        tls = self.reload_tls() if self.tls_context is not None else None
+        return {"reloaded": sections, "tls": tls}
+
+    def _sighup(self) -> None:
+        try:
+            done = self.reload_from_file()
+        except ConfigError as e:
+            self.log.error("SIGHUP: configuration not reloaded, the running one kept: {error}", error=str(e))
+            return
+        self.log.info("SIGHUP: reloaded {sections}", sections=", ".join(done["reloaded"]) or "no section (none changed)")
 
     def reload_tls(self) -> dict[str, Any]:
         """Read the TLS certificate and key files again and serve them on new
@@ -380,6 +451,9 @@ class SIPShieldService(MultiService):
         return done
 
     def stopService(self) -> Any:
+        if self._previous_sighup is not None:
+            signal.signal(signal.SIGHUP, self._previous_sighup)
+            self._previous_sighup = None
         self.transactions.stop()
         for rc in list(self.core.contexts.values()):
             rc.stop()

@@ -20,6 +20,7 @@ checks every real response against.
     DELETE /v1/bans/{key}             lift a ban (the key URL-encoded: 2001:db8::/64)
     GET    /v1/registrations?limit=N  the bindings, by AOR
     POST   /v1/tls/reload             read the certificate and key files again
+    POST   /v1/reload                 read the configuration file again (its reloadable sections, and TLS)
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ class AdminBackend:
     reload_tls: Callable[[], dict[str, Any]] | None
     """Read the TLS files again; returns what is served now; raises ConfigError. None: no TLS listener."""
     seconds: Callable[[], float]
+    reload: Callable[[], dict[str, Any]] | None = None
+    """Read the configuration file again and apply its reloadable sections (and the TLS files); raises ConfigError."""
 
 
 # -- resources ------------------------------------------------------------------------------------
@@ -265,15 +268,23 @@ class _Registrations(_JSONResource):
         return NOT_DONE_YET
 
 
-class _TLSReload(_JSONResource):
+class _Reload(_JSONResource):
+    """POST: one of the backend's reload callables; 409 with what was kept when it raises ConfigError."""
+
+    def __init__(self, backend: AdminBackend, action: Callable[[AdminBackend], Callable[[], dict[str, Any]] | None], missing: str, kept: str) -> None:
+        super().__init__(backend)
+        self.action = action
+        self.missing = missing
+        self.kept = kept
+
     def do_POST(self, request: Request) -> bytes:
-        reload = self.backend.reload_tls
+        reload = self.action(self.backend)
         if reload is None:
-            return _error(request, 404, "no TLS listener")
+            return _error(request, 404, self.missing)
         try:
             return _send(request, 200, reload())
         except ConfigError as e:
-            return _error(request, 409, f"kept the certificate in use: {e}")
+            return _error(request, 409, f"kept {self.kept}: {e}")
 
 
 class _Forbidden(Resource):
@@ -290,9 +301,10 @@ def _api(backend: AdminBackend) -> Resource:
     v1.putChild(b"status", _Status(backend))
     v1.putChild(b"bans", _Bans(backend))
     v1.putChild(b"registrations", _Registrations(backend))
+    v1.putChild(b"reload", _Reload(backend, lambda b: b.reload, "nothing to reload", "the running configuration"))
     tls = Resource()
     v1.putChild(b"tls", tls)
-    tls.putChild(b"reload", _TLSReload(backend))
+    tls.putChild(b"reload", _Reload(backend, lambda b: b.reload_tls, "no TLS listener", "the certificate in use"))
     return root
 
 

@@ -80,3 +80,7 @@ class AdminClient:
     def reload_tls(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/tls/reload")
         return result
+
+    def reload(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/v1/reload")
+        return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +184,61 @@ def test_tls_reload_serves_the_new_certificate_and_keeps_the_old_one_when_the_ne
     response, error = yield api.call("POST", "/v1/tls/reload")
     assert response.code == 409 and "kept" in error["error"]
     assert "new.example.com" in (yield threads.deferToThread(served_subject, tls_port))
+
+
+def _options_from(source: str, port: int) -> bytes | None:
+    """An OPTIONS to the proxy from *source* over real UDP (blocking: run it in a thread); the answer's status line."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        mine = s.getsockname()[1]
+        s.sendto((f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP {source}:{mine};branch=z9hG4bKrl{mine}\r\n"
+                  f"From: <sip:ops@example.com>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: rl{mine}\r\nCSeq: 1 OPTIONS\r\n"
+                  "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(), ("127.0.0.1", port))
+        s.settimeout(5)
+        return s.recv(65535).split(b"\r\n", 1)[0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_applies_the_reloadable_sections_of_the_file_and_refuses_the_rest(tmp_path: Path) -> Any:
+    from sipshield.config import load_config
+
+    path = tmp_path / "sipshield.toml"
+    base = f'[server]\ndata_dir = "{tmp_path / "data"}"\nlisten = ["udp:0:interface=127.0.0.1"]\n[admin]\nport = 0\n'
+    path.write_text(base)
+    service = makeService(load_config(path))
+    service.startService()
+    try:
+        api = _api(service)
+        udp = service.addresses()["udp"][1]
+        assert (yield threads.deferToThread(_options_from, "127.0.0.5", udp)) == b"SIP/2.0 200 OK"
+        response, done = yield api.call("POST", "/v1/reload")
+        assert response.code == 200 and done == {"reloaded": [], "tls": None}
+        # an ACL now refuses OPTIONS from 127.0.0.5: the running service takes it on
+        path.write_text(base + '[[acl.rules]]\naction = "deny"\nnetworks = ["127.0.0.5/32"]\nmethods = ["OPTIONS"]\n')
+        response, done = yield api.call("POST", "/v1/reload")
+        assert response.code == 200 and done["reloaded"] == ["acl"]
+        assert (yield threads.deferToThread(_options_from, "127.0.0.5", udp)) == b"SIP/2.0 403 Forbidden: Not Allowed From This Source"
+        assert (yield threads.deferToThread(_options_from, "127.0.0.6", udp)) == b"SIP/2.0 200 OK"
+        # a broken file, and one that changes what needs a restart: 409, the running configuration kept
+        for text, why in (("[acl\n", "TOML"), (base.replace("udp:0:", "tcp:0:") + "[acl]\n", "needs a restart")):
+            path.write_text(text)
+            response, error = yield api.call("POST", "/v1/reload")
+            assert response.code == 409 and why in error["error"], error
+        assert (yield threads.deferToThread(_options_from, "127.0.0.5", udp)) == b"SIP/2.0 403 Forbidden: Not Allowed From This Source"
+        # [roles] reloads too: a token_role that no longer grants manage locks the token out at once
+        path.write_text(base + '[roles]\nadmin = ["register", "call"]\n')
+        response, done = yield api.call("POST", "/v1/reload")
+        assert response.code == 200 and set(done["reloaded"]) == {"acl", "roles"}
+        response, _ = yield api.call("GET", "/v1/status")
+        assert response.code == 403
+    finally:
+        yield service.stopService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_reload_of_a_service_started_without_a_file_is_refused(service: Any) -> Any:
+    response, error = yield _api(service).call("POST", "/v1/reload")
+    assert response.code == 409 and "without a configuration file" in error["error"]
 
 
 def test_every_operation_in_the_document_was_exercised() -> None:
