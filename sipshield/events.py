@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "SRTP_PLAIN", "SRTP_REFUSED", "TOLL_FRAUD", "UNBAN", "EVERY_LINE", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
+__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "SIPS_REFUSED", "SRTP_PLAIN", "SRTP_REFUSED", "TOLL_FRAUD", "UNBAN", "EVERY_LINE", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
@@ -48,6 +48,8 @@ fingerprint, SDES keys over a non-TLS hop, an SDP that cannot be read): the requ
 the answer was not relayed."""
 SRTP_PLAIN = "srtp-plain"
 """An offer or answer that ``mandatory`` would refuse, let through under ``[media] srtp = "prefer"``."""
+SIPS_REFUSED = "sips-refused"
+"""A ``sips:`` request came over a hop that was not TLS, or would have gone out over one (RFC 5630)."""
 
 AUTH_DOWNGRADE = "auth-downgrade"
 """A right MD5 answer for a user who has logged in with SHA-2 before (the MD5

@@ -103,7 +103,9 @@ class SIPShieldService(MultiService):
         self.core.pipeline = self.pipeline
         # The shield's cheap refusals first (scanners, rate limits), then the stages' (the auth stage's challenge).
         shield = build_admission_steps(config, reactor, self.shield_state, self.events, self.bans, self._exempt_from_limits())
-        self.core.admission = shield + tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
+        # Then a sips: request that came in clear (RFC 5630), refused before any challenge.
+        self.core.events = self.core.sips.events = self.events
+        self.core.admission = shield + (self.core.sips,) + tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
         self.tls_context: ServerTLSContext | None = None
         self._bans_loaded = False
         self.listeners: list[SIPListener] = []

@@ -42,7 +42,7 @@ def _registrar(env: StageEnvironment, options: dict[str, Any]) -> Any:
 def _location(env: StageEnvironment, options: dict[str, Any]) -> Any:
     from sipshield.routing._registrar import LocationLookup
 
-    return LocationLookup(env.location, env.config.server.domains, env.reactor, is_local=env.is_local)
+    return LocationLookup(env.location, env.config.server.domains, env.reactor, is_local=env.is_local, events=env.events)
 
 
 def _routes(env: StageEnvironment, options: dict[str, Any]) -> Any:

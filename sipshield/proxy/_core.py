@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipshield._ratelog import ThrottledLog
+from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._decision import Decision, RequestContext, RequestPipeline, Target
@@ -27,6 +28,7 @@ from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, 
 from sipshield.proxy._hop import unusable_hop
 from sipshield.proxy._response import Branch, ResponseContext
 from sipshield.proxy._signer import RecordRouteSigner
+from sipshield.proxy._sips import SIPS_NOT_ALLOWED, SipsAdmission, arrived_in_clear, needs_tls, sips_warning
 
 if TYPE_CHECKING:
     from sipshield.transport import Flow
@@ -76,6 +78,14 @@ class ProxyCore:
         self.contexts: dict[Any, ResponseContext] = {}
         self.admission: tuple[Any, ...] = ()
         self.source_filter: Callable[[str], bool] | None = None
+        self.events: SecurityEvents | None = None
+        """Where the core reports its own security decisions (a sips: branch
+        refused over a hop in clear); the service sets its event bus."""
+        self.sips = SipsAdmission()
+        """The admission step refusing a sips: request that came in clear; the
+        service puts it in ``admission`` (after the shield's, before the
+        challenge) and gives it the event bus.  Asked again here when a strict
+        router's rewrite gives a request another Request-URI after admission."""
         """``source_filter(host)``: True drops everything from *host* before
         parsing (the service sets the ban policy's ``refuse_source``)."""
         """Steps asked before any transaction exists: each has
@@ -275,6 +285,11 @@ class ProxyCore:
             self._reply(txn, e.status, e.reason)
             return
         routed = apply_route_set(request, found)
+        if found.strict_uri is not None:
+            refusal = self.sips.admission(request, txn.flow)
+            if refusal is not None:  # a reply: an ACK never gets here (it makes no transaction)
+                self._reply(txn, refusal.status, refusal.reason, refusal.headers)
+                return
         # Admission ran on this request (the transaction layer asks ``admit``
         # before it creates a transaction) unless a strict router's rewrite
         # has just given it another Request-URI.
@@ -331,7 +346,10 @@ class ProxyCore:
 
     def stray_ack(self, request: Request, flow: Flow) -> None:
         """An ACK for a 2xx (its own end-to-end transaction): forward it
-        statelessly along its route set (RFC 3261 16.11)."""
+        statelessly along its route set (RFC 3261 16.11).  A sips: one
+        that came in clear, or would go out in clear, is not forwarded."""
+        if arrived_in_clear(request, flow):
+            return
         if not apply_route_set(request, self._take_route_set(request, flow.remote[0])):
             # Not on a route set we can verify we made: nothing of ours to
             # forward (forwarding it would make the proxy an open relay).
@@ -340,7 +358,9 @@ class ProxyCore:
         if mf is not None and mf <= 0:
             return
         request.headers.set("Max-Forwards", str((mf if mf is not None else 70) - 1))
-        _, hop = next_hop(request)
+        uri, hop = next_hop(request)
+        if hop[0] != "TLS" and needs_tls(request, uri):
+            return
         self._send_stateless(request, hop, stateless_branch(request))
 
     def stray_response(self, response: Response, flow: Flow) -> None:
@@ -389,27 +409,29 @@ class ProxyCore:
             return
         rc = ResponseContext(self, txn, context, request.method == "INVITE")
         self.contexts[txn] = rc
-        branches = [Branch(rc, fwd, hop, flow) for fwd, hop, flow in prepared]
+        branches = [Branch(rc, fwd, hop, flow, sips) for fwd, hop, flow, sips in prepared]
         for branch in branches:
             rc.add_branch(branch)
         for branch in branches:
             self._start_branch(txn, branch)
 
-    def _prepare(self, request: Request, target: Target) -> tuple[Request, Hop, Any]:
-        """The forwarded copy for one target and its next hop (RFC 3261 16.6 steps 1-7)."""
+    def _prepare(self, request: Request, target: Target) -> tuple[Request, Hop, Any, bool]:
+        """The forwarded copy for one target, its next hop (RFC 3261 16.6
+        steps 1-7) and whether that hop must be TLS (a sips: request or target)."""
         fwd = Request(request.method, target.uri.copy(), request.headers.copy(), request.body)
         mf = request.max_forwards
         fwd.headers.set("Max-Forwards", str(70 if mf is None else mf - 1))
         for value in reversed(target.route):
             fwd.headers.prepend("Route", value)
-        _, hop = next_hop(fwd, target.next_hop)
+        uri, hop = next_hop(fwd, target.next_hop)
+        sips = needs_tls(request, fwd.uri, uri)
         flow = target.flow
         if target.source is not None and not target.route and target.next_hop is None:
             # A registered phone: reach it where it registered from (NAT, TCP/TLS flow).
             hop = target.source
         elif hop[0] == "UDP" and flow is None and self._too_big_for_udp(fwd, target):
             hop = ("TCP", hop[1], hop[2])
-        return fwd, hop, flow
+        return fwd, hop, flow, sips
 
     def _start_branch(self, txn: Any, branch: Branch) -> None:
         host = branch.hop[1]
@@ -458,6 +480,9 @@ class ProxyCore:
             return
         fwd, hop = branch.request, branch.hop
         transport = hop[0]
+        if branch.sips and transport != "TLS":
+            self._refuse_sips_branch(txn, branch)
+            return
         outbound = self.dispatcher.local_address(transport, hop[1])
         why = unusable_hop(hop, outbound)
         if why is not None or outbound is None:
@@ -476,13 +501,29 @@ class ProxyCore:
             double = inbound != outbound_side
             token = self.signer.token(fwd.call_id, fwd.from_.tag, endpoints(txn.flow.remote[0], hop[1]))
             if double:
-                fwd.headers.prepend("Record-Route", record_route_uri(inbound, double=True, token=token))
-            fwd.headers.prepend("Record-Route", record_route_uri(outbound_side, double=double, token=token))
+                fwd.headers.prepend("Record-Route", record_route_uri(inbound, double=True, token=token, sips=branch.sips))
+            fwd.headers.prepend("Record-Route", record_route_uri(outbound_side, double=double, token=token, sips=branch.sips))
         host, port = outbound
         shown = f"[{host}]" if ":" in host else host
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(rc.context.request)}")
         calls = branch.calls = _BranchCallbacks(branch, self, txn.flow)
         branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=branch.flow)
+
+    def _refuse_sips_branch(self, txn: Any, branch: Branch) -> None:
+        """A branch of a sips: request whose next hop is UDP or TCP (a phone
+        registered over UDP, a static route or a Route in clear): nothing is
+        sent, the branch ends with 480 and Warning 380 (RFC 5630 5.3)."""
+        rc = branch.context
+        assert rc is not None
+        transport, host, port = branch.hop
+        if self.events is not None:
+            flow = txn.flow
+            user = rc.context.user
+            self.events.emit(SecurityEvent(
+                SIPS_REFUSED, flow.remote[0], flow.transport_name, None if user is None else user[0],
+                f"{branch.request.method} {branch.request.uri} not sent: its next hop is {transport} {host}:{port}, not TLS",
+            ))
+        rc.on_sips_refused(branch, sips_warning(SIPS_NOT_ALLOWED, txn.flow.local))
 
     def _send_stateless(self, request: Request, hop: Hop, branch: str) -> None:
         if not is_ip(hop[1]):

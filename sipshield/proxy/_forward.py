@@ -166,16 +166,22 @@ def next_hop(request: Request, override: URI | None = None) -> tuple[URI, Hop]:
     return request.uri, hop_for(request.uri)
 
 
-def record_route_uri(side: Hop, double: bool, token: str | None = None) -> str:
+def record_route_uri(side: Hop, double: bool, token: str | None = None, sips: bool = False) -> str:
     """Our Record-Route value for one side (RFC 3261 16.6 step 4), with the
-    dialog's *token* (see RecordRouteSigner) as the ``ss`` parameter."""
+    dialog's *token* (see RecordRouteSigner) as the ``ss`` parameter.
+
+    For a *sips* request the TLS side is a ``sips:`` URI (16.6 step 4: a
+    SIPS Request-URI or top Route makes the Record-Route SIPS), without the
+    ``transport=tls`` that RFC 5630 deprecates; a side in clear (the caller's
+    of a sip: request to a sips: target) stays ``sip:``."""
     transport, host, port = side
     shown = f"[{host}]" if ":" in host else host
     extra = ";r2=on" if double else ""
     if token:
         extra += f";{TOKEN_PARAM}={token}"
-    scheme = "sip"
-    return f"<{scheme}:{shown}:{port};transport={transport.lower()};lr{extra}>"
+    if sips and transport == "TLS":
+        return f"<sips:{shown}:{port};lr{extra}>"
+    return f"<sip:{shown}:{port};transport={transport.lower()};lr{extra}>"
 
 
 def stateless_branch(request: Request) -> str:

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from sipshield.message import Request, Response
 from sipshield.proxy._hop import UNUSABLE_HOP_STATUS
+from sipshield.proxy._sips import SIPS_REASON_OUTBOUND, SIPS_STATUS
 
 if TYPE_CHECKING:
     from sipshield.proxy._core import ProxyCore
@@ -20,13 +21,15 @@ __all__ = ["Branch", "ResponseContext"]
 class Branch:
     """One forwarded copy of the request and its client transaction."""
 
-    __slots__ = ("context", "request", "hop", "flow", "txn", "final", "provisional", "cancel_pending", "cancelled", "timer_c", "muted", "calls", "__weakref__")
+    __slots__ = ("context", "request", "hop", "flow", "sips", "txn", "final", "provisional", "cancel_pending", "cancelled", "timer_c", "muted", "calls", "__weakref__")
 
-    def __init__(self, context: ResponseContext, request: Request, hop: tuple[str, str, int], flow: Any) -> None:
+    def __init__(self, context: ResponseContext, request: Request, hop: tuple[str, str, int], flow: Any, sips: bool = False) -> None:
         self.context: ResponseContext | None = context
         self.request = request
         self.hop = hop
         self.flow = flow
+        self.sips = sips
+        """The branch must go over TLS (a sips: request, Request-URI or next hop: RFC 5630)."""
         self.txn: Any = None
         self.final: Response | None = None
         self.provisional = False
@@ -162,6 +165,13 @@ class ResponseContext:
         multicast, no listener of its transport or family): nothing is sent,
         and the branch ends with the proxy's own 502 saying why."""
         self._local_final(branch, UNUSABLE_HOP_STATUS, f"Bad Gateway: {why}")
+
+    def on_sips_refused(self, branch: Branch, warning: tuple[str, str]) -> None:
+        """The branch of a sips: request would leave over UDP or TCP: nothing
+        is sent, and it ends with 480 and the *warning* (RFC 5630 5.3)."""
+        response = self.context.request.make_response(SIPS_STATUS, SIPS_REASON_OUTBOUND)
+        response.headers.add(*warning)
+        self.end_unsent(branch, response)
 
     def on_cancelled_unsent(self, branch: Branch) -> None:
         """The request was cancelled before this branch could be sent (its

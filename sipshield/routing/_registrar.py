@@ -19,9 +19,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import URI, Address, Contact, ParseError, Request
 from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
+from sipshield.proxy._sips import SIPS_NOT_ALLOWED, SIPS_REASON_OUTBOUND, SIPS_STATUS, sips_warning
 from sipshield.state import Binding, StoreUnavailable, aor_of
 
 __all__ = ["LocationLookup", "Registrar"]
@@ -463,8 +465,10 @@ class LocationLookup:
         miss_status: int | None = None,
         retry_after: int = 30,
         store_timeout: float = 5.0,
+        events: SecurityEvents | None = None,
     ) -> None:
         self.store = store
+        self.events = events
         self.domains = frozenset(d.lower() for d in domains)
         self.reactor = reactor
         self.is_local = is_local
@@ -482,10 +486,9 @@ class LocationLookup:
         uri = request.uri
         if not uri.user or not uri.is_sip or not _served(self.domains, self.is_local, uri.host or "", uri.port):
             return CONTINUE
-        sips = uri.scheme == "sips"
         aor = aor_of(uri)
         if self._bindings_now is not None:
-            return self._targets(self._bindings_now(aor), sips)
+            return self._targets(self._bindings_now(aor), context)
         d = self.store.bindings(aor)
         box: list[Any] = []
         d.addBoth(_keep, box)
@@ -494,18 +497,31 @@ class LocationLookup:
             if isinstance(result, Failure):
                 d.addErrback(_ignore)
                 return self._guard.failed(result, self.name)
-            return self._targets(result, sips)
-        return self._guard.call(d).addCallbacks(self._targets, self._guard.failed, callbackArgs=(sips,), errbackArgs=(self.name,))
+            return self._targets(result, context)
+        return self._guard.call(d).addCallbacks(self._targets, self._guard.failed, callbackArgs=(context,), errbackArgs=(self.name,))
 
-    def _targets(self, bindings: list[Binding], sips: bool) -> Decision:
+    def _targets(self, bindings: list[Binding], context: RequestContext) -> Decision:
+        sips = context.request.uri.scheme == "sips"
         targets = [
             Target(uri=URI.parse(b.contact), q=b.q, route=b.path, source=b.source)
             for b in bindings
             if not sips or b.contact[:5].lower() == "sips:"
         ]
-        if not targets:
-            return self.miss
-        return Decision.relay(targets)
+        if targets:
+            return Decision.relay(targets)
+        if bindings:
+            return self._no_sips_contact(context, len(bindings))
+        return self.miss
+
+    def _no_sips_contact(self, context: RequestContext, count: int) -> Decision:
+        """A sips: Request-URI whose AOR has only sip: contacts: not relayed
+        to any of them, 480 with Warning 380 (RFC 5630 5.3)."""
+        flow = context.flow
+        if self.events is not None:
+            user = context.user
+            self.events.emit(SecurityEvent(SIPS_REFUSED, flow.remote[0], flow.transport_name, None if user is None else user[0],
+                                           f"{context.request.method} {context.request.uri}: {count} contact(s), none of them sips:"))
+        return Decision.reply(SIPS_STATUS, SIPS_REASON_OUTBOUND, (sips_warning(SIPS_NOT_ALLOWED, flow.local),))
 
 
 def _keep(result: Any, box: list[Any]) -> Any:

@@ -28,6 +28,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail, succeed
 from twisted.internet.error import DNSLookupError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from sipshield.config import parse_config
 from sipshield.message import Request, Response, parse_message
@@ -37,6 +38,8 @@ from sipshield.state import Binding
 CALLER = ("127.0.0.2", 40000)  # trusted over UDP (admin): routed as asked, not challenged
 CALLEE = ("127.0.0.5", 5070)
 PROXY = ("127.0.0.1", 5060)
+PROXY_TLS_PORT = 5061
+LISTEN = ["udp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"]
 
 
 class RecordingPort:
@@ -62,6 +65,7 @@ class SocketlessReactor(MemoryReactorClock):
         self.udp = RecordingPort("UDP", *PROXY)
         self.udp_protocol: Any = None
         self.answers: dict[str, str] = {}
+        self.tls_factory: Any = None
 
     def listenUDP(self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192) -> RecordingPort:
         self.udp_protocol = protocol
@@ -70,6 +74,9 @@ class SocketlessReactor(MemoryReactorClock):
 
     def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> RecordingPort:
         super().listenTCP(port, factory, backlog, interface)
+        if isinstance(factory, TLSMemoryBIOFactory):
+            self.tls_factory = factory.wrappedFactory  # the SIP stream factory under the TLS wrapper
+            return RecordingPort("TCP", PROXY[0], PROXY_TLS_PORT)
         return RecordingPort("TCP", *PROXY)
 
     def resolve(self, name: str, timeout: object = None) -> Any:
@@ -79,9 +86,9 @@ class SocketlessReactor(MemoryReactorClock):
 
 
 class Proxy:
-    def __init__(self, path: Path, routes: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, path: Path, routes: list[dict[str, Any]] | None = None, listen: list[str] = LISTEN) -> None:
         raw: dict[str, Any] = {
-            "server": {"data_dir": str(path), "listen": ["udp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"], "domains": ["example.com"]},
+            "server": {"data_dir": str(path), "listen": listen, "domains": ["example.com"]},
             "auth": {"trusted_sources": [{"network": f"{CALLER[0]}/32", "udp": True}], "trusted_role": "admin"},
             "routes": routes or [],
         }
@@ -90,6 +97,7 @@ class Proxy:
         svc = self.service = makeService(parse_config(raw), self.reactor)
         svc._prepare_data_dir()
         svc._prepare_auth()
+        svc._prepare_tls()
         for listener in svc.listeners:
             listener.listen()
             svc.core.add_local_address(*listener.address)
