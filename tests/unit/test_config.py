@@ -97,6 +97,19 @@ def test_the_example_configuration_is_valid() -> None:
     assert config.media.srtp == "mandatory" and "media" in config.stages
 
 
+def test_the_hardened_example_is_tls_only_sha2_only_and_warns_about_nothing() -> None:
+    config = load_config(Path(__file__).parent.parent.parent / "examples" / "hardened.toml")
+    assert {listener.kind for listener in config.server.listen} == {"tls"}
+    assert config.auth.algorithms == ("SHA-256", "SHA-512-256") and config.auth.profiles == ()
+    assert config.auth.trusted_sources == () and config.auth.key_file is not None
+    assert config.tls.minimum_version == "TLSv1.2"
+    assert config.bans.enabled and config.scanners.enabled and len(config.acl.rules) == 2
+    assert config.egress.roles["staff"] == (("+1",), ("+1900", "+1976", "+1809", "+1876")) and "call:external" not in config.roles["staff"]
+    assert config.registrar.max_bindings_per_identity == 8 and "egress" in config.stages
+    assert all(route.target.startswith("sips:") for route in config.routes)
+    assert config.warnings() == []
+
+
 def test_wildcard_listeners_need_an_advertised_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="server.advertise: listeners on 0.0.0.0"):
         load_config(write(tmp_path, "[server]\nlisten = ['udp:5060:interface=0.0.0.0']\n"))
