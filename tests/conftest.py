@@ -151,6 +151,18 @@ class OutputLines:
         self._thread.join(timeout=timeout)
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Terminate *process* (one a test started) and wait for it, bounded; kill it if it does not go."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 class RunningServer:
     """A real ``twistd -n sipshield`` in a subprocess, on ephemeral ports."""
 
@@ -188,13 +200,7 @@ class RunningServer:
             seen += 1
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        stop_process(self.process, timeout=15)
         self.output.join(timeout=5)
         if self.process.stdout is not None:
             self.process.stdout.close()
