@@ -78,6 +78,10 @@ class ProxyCore:
         self.contexts: dict[Any, ResponseContext] = {}
         self.admission: tuple[Any, ...] = ()
         self.source_filter: Callable[[str], bool] | None = None
+        """``source_filter(host)``: True drops everything from *host* before
+        parsing (the service sets the ban policy's ``refuse_source``)."""
+        """Steps asked before any transaction exists: each has
+        ``admission(request, flow) -> Decision | None`` (None: no objection)."""
         self.events: SecurityEvents | None = None
         """Where the core reports its own security decisions (a sips: branch
         refused over a hop in clear); the service sets its event bus."""
@@ -86,10 +90,6 @@ class ProxyCore:
         service puts it in ``admission`` (after the shield's, before the
         challenge) and gives it the event bus.  Asked again here when a strict
         router's rewrite gives a request another Request-URI after admission."""
-        """``source_filter(host)``: True drops everything from *host* before
-        parsing (the service sets the ban policy's ``refuse_source``)."""
-        """Steps asked before any transaction exists: each has
-        ``admission(request, flow) -> Decision | None`` (None: no objection)."""
         self._route_set: tuple[Request, str, RouteSet] | None = None
         """The route set admission read for the request now going through
         ``handle_request`` (same object, same source), so that
