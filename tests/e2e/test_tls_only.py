@@ -2,8 +2,8 @@
 hops in clear (issue 9, RFC 5630), against the real twistd service.
 
 examples/hardened.toml runs as shipped but for what a test machine needs: its
-data_dir, key file and listener (one TLS listener on an ephemeral loopback
-port) made relative, its certificate replaced by the self-signed one the
+data_dir, key file and log file made relative, its listener (one TLS listener)
+and admin API on ephemeral loopback ports, its certificate replaced by the self-signed one the
 service generates.  Users are added with the ``sipshield user`` CLI and log
 in with SHA-256 digest (tests/digest_client.py) over real TLS (Python's ssl:
 Debian's SIPp 3.6.1 has no TLS, so there is no ``sipp -t l1`` here).  The
@@ -39,6 +39,8 @@ def hardened(tmp_path: Path, *, loopback_is_corporate: bool = True) -> str:
         ('certificate = "/etc/sipshield/tls/fullchain.pem"', '# certificate: the generated self-signed one'),
         ('private_key = "/etc/sipshield/tls/privkey.pem"', ''),
         ('key_file = "/etc/sipshield/keys/credential.keys"', 'key_file = "keys/credential.keys"'),
+        ('json_file = "/var/log/sipshield/sipshield.json"', 'json_file = "sipshield.json"'),
+        ("port = 9061", "port = 0"),
     ]
     if loopback_is_corporate:
         replacements.append((CORPORATE, 'networks = ["127.0.0.0/8", "10.0.0.0/8", '))
