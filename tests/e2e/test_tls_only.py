@@ -61,28 +61,29 @@ class Phone:
         self.me = f"{self.uac.local[0]}:{self.uac.local[1]}"
         self.cseq = 0
 
-    def request(self, method: str, uri: str, to: str, extra: str = "", call_id: str = "") -> None:
+    def request(self, method: str, uri: str, to: str, extra: str = "", call_id: str = "", sdp: str = "") -> None:
         self.cseq += 1
+        body = f"Content-Type: application/sdp\nContent-Length: {wire_length(sdp)}\n\n{sdp}" if sdp else "Content-Length: 0\n\n"
         self.uac.send(
             f"{method} {uri} SIP/2.0\nVia: SIP/2.0/TLS {self.me};branch=z9hG4bK{secrets.token_hex(6)};rport\nMax-Forwards: 70\n"
             f"From: <sips:{self.user}@example.com>;tag={self.user}{self.cseq}\nTo: <{to}>\n"
-            f"Call-ID: {call_id or self.user + '-' + method.lower() + '@tls-only'}\nCSeq: {self.cseq} {method}\n{extra}Content-Length: 0\n\n"
+            f"Call-ID: {call_id or self.user + '-' + method.lower() + '@tls-only'}\nCSeq: {self.cseq} {method}\n{extra}{body}"
         )
 
     def final(self, method: str) -> str:
         return self.uac.response(method, time.monotonic() + SIPP_TIMEOUT)
 
-    def authenticated(self, method: str, uri: str, to: str, extra: str = "", call_id: str = "", wait: bool = True) -> str:
+    def authenticated(self, method: str, uri: str, to: str, extra: str = "", call_id: str = "", wait: bool = True, sdp: str = "") -> str:
         """Send, answer the challenge with SHA-256 digest, return the final response (with *wait*)."""
         header = "WWW-Authenticate" if method == "REGISTER" else "Proxy-Authenticate"
-        self.request(method, uri, to, extra, call_id)
+        self.request(method, uri, to, extra, call_id, sdp)
         challenge = self.final(method)
         assert challenge.split(" ", 2)[1] in ("401", "407"), challenge
         offered = challenges(challenge.replace("\n", "\r\n").encode(), header)
         assert [c.get("algorithm") for c in offered] == ["SHA-256", "SHA-512-256"]  # no MD5 anywhere
         credentials = authorization(offered[0], "SHA-256", self.user, self.password, method, uri)
         answer = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
-        self.request(method, uri, to, extra + f"{answer}: {credentials}\n", call_id)
+        self.request(method, uri, to, extra + f"{answer}: {credentials}\n", call_id, sdp)
         return self.final(method) if wait else ""
 
     def register(self, contact: str) -> str:
@@ -90,6 +91,18 @@ class Phone:
 
     def close(self) -> None:
         self.uac.close()
+
+
+def wire_length(text: str) -> int:
+    """Its length once StreamUAC.send has made every line end CRLF."""
+    return len(text.replace("\n", "\r\n"))
+
+
+def sdes(port: int) -> str:
+    """An SRTP (SDES) audio offer or answer: what [media] srtp = "mandatory" lets through over TLS."""
+    key = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"
+    return (f"v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio {port} RTP/SAVP 0\n"
+            f"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\n")
 
 
 def status(message: str) -> int:
@@ -127,17 +140,21 @@ def test_register_and_call_sips_over_tls_only(tls_only) -> None:
     assert status(registered) == 200, registered + server.log[-4000:]
     alice = phone("alice", "alice-Orbit-7-canal")
     assert status(alice.register(f"sips:alice@{alice.me}")) == 200
-    alice.authenticated("INVITE", "sips:bob@example.com", "sips:bob@example.com", f"Contact: <sips:alice@{alice.me}>\n", call_id="tls-only-call", wait=False)
+    alice.authenticated("INVITE", "sips:bob@example.com", "sips:bob@example.com", f"Contact: <sips:alice@{alice.me}>\n", call_id="tls-only-call",
+                        wait=False, sdp=sdes(6000))
     invite = bob.uac.read(time.monotonic() + SIPP_TIMEOUT)
     assert invite.startswith(f"INVITE sips:bob@{bob.me} SIP/2.0"), invite
     (record_route,) = header_values(invite, "Record-Route")
     assert record_route.startswith("<sips:127.0.0.1:") and "transport=" not in record_route  # one TLS side, a sips: URI
     vias = "".join(f"Via: {v}\n" for v in header_values(invite, "Via"))
     heads = "".join(f"{name}: {header_values(invite, name)[0]}\n" for name in ("From", "Call-ID", "CSeq"))
+    assert "a=crypto:1 AES_CM_128_HMAC_SHA1_80" in invite  # the SRTP offer, relayed over TLS
+    answer_sdp = sdes(6002)
     bob.uac.send(f"SIP/2.0 200 OK\n{vias}{heads}To: <sips:bob@example.com>;tag=bob1\nRecord-Route: {record_route}\n"
-                 f"Contact: <sips:bob@{bob.me}>\nContent-Length: 0\n\n")
+                 f"Contact: <sips:bob@{bob.me}>\nContent-Type: application/sdp\nContent-Length: {wire_length(answer_sdp)}\n\n{answer_sdp}")
     answer = alice.final("INVITE")
     assert status(answer) == 200, answer + server.log[-4000:]
+    assert "m=audio 6002 RTP/SAVP 0" in answer
     assert "Traceback" not in server.log
 
 

@@ -107,6 +107,7 @@ def test_the_hardened_example_is_tls_only_sha2_only_and_warns_about_nothing() ->
     assert config.egress.roles["staff"] == (("+1",), ("+1900", "+1976", "+1809", "+1876")) and "call:external" not in config.roles["staff"]
     assert config.registrar.max_bindings_per_identity == 8 and "egress" in config.stages
     assert all(route.target.startswith("sips:") for route in config.routes)
+    assert config.media.srtp == "mandatory" and "media" in config.stages
     assert config.warnings() == []
 
 
