@@ -8,7 +8,7 @@ disk until the service starts.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -103,9 +103,8 @@ class SIPShieldService(MultiService):
         self.core.pipeline = self.pipeline
         # The shield's cheap refusals first (scanners, rate limits), then the stages' (the auth stage's challenge).
         shield = build_admission_steps(config, reactor, self.shield_state, self.events, self.bans, self._exempt_from_limits())
-        # Then a sips: request that came in clear (RFC 5630), refused before any challenge.
         self.core.events = self.core.sips.events = self.events
-        self.core.admission = shield + (self.core.sips,) + tuple(stage for stage in self.pipeline.stages if callable(getattr(stage, "admission", None)))
+        self.core.admission = self._admission(shield, self.pipeline.stages)
         self.tls_context: ServerTLSContext | None = None
         self._bans_loaded = False
         self.listeners: list[SIPListener] = []
@@ -126,6 +125,12 @@ class SIPShieldService(MultiService):
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
+
+    def _admission(self, shield: tuple[Any, ...], stages: Iterable[Any]) -> tuple[Any, ...]:
+        """``ProxyCore.admission``, at start and at each reload: the shield's
+        steps, then the core's refusal of a sips: request that came in clear
+        (RFC 5630), then the stages' own (the auth stage's challenge)."""
+        return shield + (self.core.sips,) + tuple(stage for stage in stages if callable(getattr(stage, "admission", None)))
 
     def _exempt_from_limits(self) -> Callable[[str, str], bool]:
         """Not rate-limited: ``[ratelimit] allowlist`` on every transport, and
@@ -374,7 +379,7 @@ class SIPShieldService(MultiService):
         self.environment = environment
         shield = build_admission_steps(config, self.reactor, self.shield_state, self.events, self.bans, self._exempt_from_limits())
         self.pipeline.stages = stages
-        self.core.admission = shield + tuple(stage for stage in stages if callable(getattr(stage, "admission", None)))
+        self.core.admission = self._admission(shield, stages)
         self.log.info("configuration reloaded: {sections}", sections=", ".join(changed))
         return changed
 

@@ -319,3 +319,15 @@ def test_a_strict_routed_request_that_becomes_sips_after_admission_is_refused_wh
         else:
             assert callee.messages()[before:] == []
             assert proxy.finals()[-1] == (480, "Temporarily Unavailable: sips over a non-TLS hop")
+
+
+def test_a_reload_keeps_the_sips_refusal(make) -> None:
+    """``Service.reload`` rebuilds the admission steps: the sips: one stays among them."""
+    from dataclasses import replace
+
+    proxy = make()
+    service = proxy.service
+    assert service.reload(replace(service.config, acl=replace(service.config.acl, action="drop"))) == ["acl"]
+    proxy.datagram(request("MESSAGE", "sips:bob@example.com"))
+    assert proxy.finals() == [(480, "Temporarily Unavailable: sips over a non-TLS hop")]
+    assert len(proxy.refusals()) == 1
