@@ -317,6 +317,15 @@ class LimitsConfig:
     """Seconds a pipeline stage's Deferred (a credential backend, a store) or
     a next hop's DNS lookup may take: past it, 500 (or 503 on that branch)
     and the request's state is freed."""
+    overload_lag: float = 0.2
+    """Seconds the reactor may fall behind its timers (measured every 0.1 s)
+    before the proxy is overloaded and sheds new out-of-dialog requests by
+    source, the busiest first (0: never)."""
+    overload_recover: float = 5.0
+    """Seconds the lag must stay below ``overload_lag`` to leave overload."""
+    overload_min_share: int = 20
+    """While overloaded, a source may send this many new out-of-dialog
+    requests a second (or its fair share, if larger) before it is shed."""
 
 
 def _limits(data: Any, source: str | None) -> LimitsConfig:
@@ -333,6 +342,9 @@ def _limits(data: Any, source: str | None) -> LimitsConfig:
         max_transactions=lim.take_number("max_transactions", 100000, 1, 10_000_000, True),
         max_transactions_per_source=lim.take_number("max_transactions_per_source", 1000, 1, 10_000_000, True),
         stage_timeout=float(lim.take_number("stage_timeout", 10.0, 0.1, 600, False)),
+        overload_lag=float(lim.take_number("overload_lag", 0.2, 0, 60, False)),
+        overload_recover=float(lim.take_number("overload_recover", 5.0, 0.1, 3600, False)),
+        overload_min_share=lim.take_number("overload_min_share", 20, 1, 1_000_000, True),
     )
     lim.finish()
     return limits
@@ -433,7 +445,7 @@ def _timers(data: Any, source: str | None) -> TimerConfig:
 # requests on our own verified route sets get their SDP read (an unauthenticated
 # sender gets the challenge, and costs no SDP parsing); before dialog, so that
 # re-INVITEs and UPDATEs inside a dialog are checked too.
-DEFAULT_STAGES = ("sanity", "auth", "options", "rbac", "egress", "media", "dialog", "registrar", "location", "routes", "final")
+DEFAULT_STAGES = ("sanity", "auth", "ratelimit", "options", "rbac", "egress", "media", "dialog", "registrar", "location", "routes", "final")
 AUTH_ALGORITHMS = ("SHA-512-256", "SHA-256", "MD5")
 DEFAULT_ROLES: dict[str, tuple[str, ...]] = {
     "agent": ("register",),
@@ -826,6 +838,11 @@ class RateLimitConfig:
     ban_window: float = 60.0
     allowlist: tuple[str, ...] = ()
     """Networks never limited (the trusted sources are not either)."""
+    per_user: tuple[float, float] | None = (20.0, 60.0)
+    """(rate per second, burst) of new requests one authenticated user makes,
+    any method, from any source (the ``ratelimit`` stage, after ``auth``)."""
+    per_user_methods: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per authenticated user and method (none by default)."""
 
 
 def _bucket(section: _Section, key: str, value: Any) -> tuple[float, float]:
@@ -839,21 +856,34 @@ def _bucket(section: _Section, key: str, value: Any) -> tuple[float, float]:
     return rate, burst
 
 
+def _optional_bucket(section: _Section, key: str, default: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A bucket key that ``false`` turns off (absent: *default*)."""
+    raw = section.take(key, (dict, bool), None)
+    if raw is True:
+        raise section.error(key, "a table {rate = R, burst = B}, or false to turn it off")
+    return default if raw is None else None if raw is False else _bucket(section, key, raw)
+
+
+def _method_buckets(section: _Section, key: str, default: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """``KEY.METHOD = {rate = R, burst = B}`` tables (absent: *default*)."""
+    raw = section.take(key, dict, None)
+    if raw is None:
+        return dict(default)
+    buckets = {}
+    for method, value in raw.items():
+        if not isinstance(method, str) or not method.isalpha():
+            raise section.error(f"{key}.{method}", "a SIP method name")
+        buckets[method.upper()] = _bucket(section, f"{key}.{method}", value)
+    return buckets
+
+
 def _ratelimit(data: Any, source: str | None) -> RateLimitConfig:
     """``[ratelimit]``."""
     section = _Section("ratelimit", data, source)
-    per_source_raw = section.take("per_source", (dict, bool), None)
-    if per_source_raw is True:
-        raise section.error("per_source", "a table {rate = R, burst = B}, or false to turn it off")
-    per_source = RateLimitConfig.per_source if per_source_raw is None else None if per_source_raw is False else _bucket(section, "per_source", per_source_raw)
-    methods_raw = section.take("methods", dict, None)
-    methods = dict(DEFAULT_METHOD_RATES)
-    if methods_raw is not None:
-        methods = {}
-        for method, value in methods_raw.items():
-            if not isinstance(method, str) or not method.isalpha():
-                raise section.error(f"methods.{method}", "a SIP method name")
-            methods[method.upper()] = _bucket(section, f"methods.{method}", value)
+    per_source = _optional_bucket(section, "per_source", RateLimitConfig.per_source)
+    methods = _method_buckets(section, "methods", DEFAULT_METHOD_RATES)
+    per_user = _optional_bucket(section, "per_user", RateLimitConfig.per_user)
+    per_user_methods = _method_buckets(section, "per_user_methods", {})
     action = section.take("action", str, "503")
     if action not in ("503", "drop"):
         raise section.error("action", f'{action!r} is not one of "503", "drop"')
@@ -861,6 +891,7 @@ def _ratelimit(data: Any, source: str | None) -> RateLimitConfig:
         enabled=section.take("enabled", bool, True), per_source=per_source, methods=methods, action=action,
         retry_after=section.take_number("retry_after", 5, 1, 3600, True), ban_after=section.take_number("ban_after", 20, 0, 100000, True),
         ban_window=float(section.take_number("ban_window", 60, 1, 86400, False)), allowlist=_networks(section, "allowlist"),
+        per_user=per_user, per_user_methods=per_user_methods,
     )
     section.finish()
     return limits
@@ -898,6 +929,11 @@ class EgressConfig:
 
     max_calls_per_minute: int = 10
     """External call attempts one user may make within 60 s (0: no limit)."""
+    max_concurrent_calls: int = 4
+    """External calls one user may have up at once, from the INVITE relayed
+    to its final non-2xx answer or the BYE after its 2xx (0: no limit)."""
+    max_call_duration: float = 4 * 3600.0
+    """Seconds after which a call still counted is counted no more (a lost BYE)."""
     roles: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
     """``[egress.roles.NAME]``: role -> (allow prefixes, deny prefixes) of the dialled number."""
 
@@ -906,6 +942,8 @@ def _egress(data: Any, source: str | None, roles: Mapping[str, Any]) -> EgressCo
     """``[egress]`` and its ``[egress.roles.NAME]`` tables (NAME a role of ``[roles]``)."""
     section = _Section("egress", data, source)
     limit = section.take_number("max_calls_per_minute", 10, 0, 100000, True)
+    concurrent = section.take_number("max_concurrent_calls", 4, 0, 100000, True)
+    duration = float(section.take_number("max_call_duration", 4 * 3600, 60, 7 * 86400, False))
     raw_roles = section.take("roles", dict, {})
     section.finish()
     prefixes = {}
@@ -920,7 +958,7 @@ def _egress(data: Any, source: str | None, roles: Mapping[str, Any]) -> EgressCo
                     raise entry.error(key, f"{value!r} is not a number prefix")
         entry.finish()
         prefixes[role] = (allow, deny)
-    return EgressConfig(limit, prefixes)
+    return EgressConfig(limit, concurrent, duration, prefixes)
 
 
 SRTP_MODES = ("off", "prefer", "mandatory")

@@ -60,6 +60,9 @@ class StageEnvironment:
     shield: ShieldState | None = None
     """The shield's counters, buckets and bans (bounded; shared by the
     service's protections), for stages that count per user or source."""
+    exempt_from_limits: Callable[[str, str], bool] | None = None
+    """``exempt(host, transport)``: a source no rate limit applies to
+    (``[ratelimit] allowlist``, the trusted sources over their transports)."""
     downgrade: DowngradeLock | None = None
     """The MD5 downgrade lock (its marks in the database, read in the auth
     thread pool); None leaves MD5 answers unguarded."""

@@ -91,10 +91,11 @@ class SIPShieldService(MultiService):
             self.events.subscribe(self.bans)
             self.core.source_filter = self.bans.refuse_source
         self.nft_bans = build_nft_ban_set(config.bans.nftables, reactor, self.bans)
+        exempt = self._exempt_from_limits()
         self.environment = StageEnvironment(
             reactor=reactor, config=config, location=self.location, is_local=self.core.is_local, routed_by_us=self.core.routed_by_us,
             events=self.events, portal=self.portal, nonces=lambda: self.nonces, trunks=self.trunks, bearer=self.bearer,
-            downgrade=self.downgrade, shield=self.shield_state,
+            downgrade=self.downgrade, shield=self.shield_state, exempt_from_limits=exempt,
         )
         self.pipeline = Pipeline(
             build_stages(config.stages, self.environment, config.server.plugins, config.stage_options), reactor=reactor,
@@ -102,7 +103,7 @@ class SIPShieldService(MultiService):
         )
         self.core.pipeline = self.pipeline
         # The shield's cheap refusals first (scanners, rate limits), then the stages' (the auth stage's challenge).
-        shield = build_admission_steps(config, reactor, self.shield_state, self.events, self.bans, self._exempt_from_limits())
+        shield = build_admission_steps(config, reactor, self.shield_state, self.events, self.bans, exempt)
         self.core.events = self.core.sips.events = self.events
         self.core.admission = self._admission(shield, self.pipeline.stages)
         self.tls_context: ServerTLSContext | None = None

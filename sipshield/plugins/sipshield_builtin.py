@@ -106,7 +106,8 @@ def _egress(env: StageEnvironment, options: dict[str, Any]) -> Any:
     return EgressPolicy(
         env.reactor, env.shield if env.shield is not None else MemoryShieldState(), _is_external(env),
         roles={role: RolePrefixes(allow, deny) for role, (allow, deny) in egress.roles.items()},
-        max_calls_per_minute=egress.max_calls_per_minute, events=env.events,
+        max_calls_per_minute=egress.max_calls_per_minute, max_concurrent_calls=egress.max_concurrent_calls,
+        max_call_duration=egress.max_call_duration, events=env.events,
     )
 
 
@@ -116,6 +117,20 @@ def _media(env: StageEnvironment, options: dict[str, Any]) -> Any:
     return MediaPolicy(env.config.media.srtp, events=env.events)
 
 
+def _ratelimit(env: StageEnvironment, options: dict[str, Any]) -> Any:
+    from sipshield.security._admission import Bucket, UserRateLimiter
+    from sipshield.state import MemoryShieldState
+
+    limits = env.config.ratelimit
+    return UserRateLimiter(
+        env.reactor, env.shield if env.shield is not None else MemoryShieldState(),
+        per_user=None if limits.per_user is None or not limits.enabled else Bucket(*limits.per_user),
+        per_method={m: Bucket(*b) for m, b in limits.per_user_methods.items()} if limits.enabled else {},
+        action=limits.action, retry_after=limits.retry_after, exempt=env.exempt_from_limits, events=env.events,
+    )
+
+
+ratelimit = StageFactory("ratelimit", "token buckets per authenticated user ([ratelimit] per_user, per_user_methods)", _ratelimit)
 auth = StageFactory("auth", "SIP digest authentication (SHA-256, SHA-512-256, MD5 if enabled; per source network profiles); trusted sources", _auth)
 egress = StageFactory("egress", "toll-fraud policy for external routes: number prefixes per role, external calls a minute per user", _egress)
 media = StageFactory("media", "SRTP media policy ([media] srtp): SDP offers and answers of INVITE, UPDATE, PRACK; 488 + Warning", _media)

@@ -26,7 +26,7 @@ from sipshield.proxy._branch import new_branch
 from sipshield.proxy._decision import Decision, RequestContext, RequestPipeline, Target
 from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, is_ip, next_hop, record_route_uri, route_set, stateless_branch
 from sipshield.proxy._hop import unusable_hop
-from sipshield.proxy._response import Branch, ResponseContext
+from sipshield.proxy._response import Branch, ResponseContext, run_response_hooks
 from sipshield.proxy._signer import RecordRouteSigner
 from sipshield.proxy._sips import SIPS_NOT_ALLOWED, SipsAdmission, arrived_in_clear, needs_tls, sips_warning
 
@@ -300,25 +300,25 @@ class ProxyCore:
         decision = self.pipeline.run(context)
         if isinstance(decision, Deferred):
             decision.addCallback(self._decided, txn, context)
-            decision.addErrback(self._decision_failed, txn)
+            decision.addErrback(self._decision_failed, txn, context)
         else:
             try:
                 self._decided(decision, txn, context)
             except ParseError as e:
-                self._reply(txn, e.status, e.reason)
+                self._reply(txn, e.status, e.reason, context=context)
 
-    def _decision_failed(self, failure: Failure, txn: Any) -> None:
+    def _decision_failed(self, failure: Failure, txn: Any, context: RequestContext) -> None:
         error = failure.value
         if isinstance(error, ParseError):
-            self._reply(txn, error.status, error.reason)
+            self._reply(txn, error.status, error.reason, context=context)
             return
         self.log.failure("routing failed for {method}", failure, method=txn.method)
-        self._reply(txn, 500, "Server Internal Error")
+        self._reply(txn, 500, "Server Internal Error", context=context)
 
     def _decided(self, decision: Decision, txn: Any, context: RequestContext) -> None:
         kind = decision.kind
         if kind == "reply":
-            self._reply(txn, decision.status, decision.reason, decision.headers)
+            self._reply(txn, decision.status, decision.reason, decision.headers, context)
         elif kind == "relay":
             self._relay(txn, context, decision.targets)
         elif kind == "drop":
@@ -326,16 +326,22 @@ class ProxyCore:
             if terminate is not None:
                 terminate()
         else:
-            self._reply(txn, 500, "No routing decision")
+            self._reply(txn, 500, "No routing decision", context=context)
 
-    def _reply(self, txn: Any, status: int, reason: str, headers: Iterable[tuple[str, str]] = ()) -> None:
-        """Answer from the proxy itself (RFC 3261 8.2.6)."""
+    def _reply(
+        self, txn: Any, status: int, reason: str, headers: Iterable[tuple[str, str]] = (), context: RequestContext | None = None,
+    ) -> None:
+        """Answer from the proxy itself (RFC 3261 8.2.6).  With the request's
+        *context*, its response hooks see the answer first (a stage that
+        counted the request learns that it ended here, unrelayed)."""
         request: Request | None = txn.request
         if request is None or request.method == "ACK":
             return  # (None: the transaction has sent its final response already)
         response = request.make_response(status, reason, to_tag=None if status == 100 else secrets.token_hex(6))
         for name, value in headers:
             response.headers.add(name, value)
+        if context is not None and context.response_hooks and status >= 200:
+            response = run_response_hooks(context, response)
         txn.send_response(response)
         if status in _SENT_ONCE:
             # RFC 3261 26.3.2.4: a 401/407 need not be retransmitted.  A wrong
@@ -386,11 +392,11 @@ class ProxyCore:
     def _relay(self, txn: Any, context: RequestContext, targets: tuple[Target, ...]) -> None:
         request: Request = txn.request
         if not targets:
-            self._reply(txn, 480, "Temporarily Unavailable")
+            self._reply(txn, 480, "Temporarily Unavailable", context=context)
             return
         mf = request.max_forwards
         if mf is not None and mf <= 0:
-            self._reply(txn, 483, "Too Many Hops")
+            self._reply(txn, 483, "Too Many Hops", context=context)
             return
         # Every branch is built before anything exists (a Route of the request
         # or of a target that it cannot follow drops that target; with none
@@ -405,7 +411,7 @@ class ProxyCore:
                 malformed = e
         if not prepared:
             if malformed is not None:
-                self._reply(txn, malformed.status, malformed.reason)
+                self._reply(txn, malformed.status, malformed.reason, context=context)
             return
         rc = ResponseContext(self, txn, context, request.method == "INVITE")
         self.contexts[txn] = rc

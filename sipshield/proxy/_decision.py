@@ -138,7 +138,10 @@ class RequestContext:
     """A static route marked ``external`` carries it (set by the routes stage)."""
     response_hooks: tuple[ResponseHook, ...] = ()
     """Called with the final response before it goes upstream (a Router that
-    relayed the request adds its ``on_response``); see ResponseHook."""
+    relayed the request adds its ``on_response``); see ResponseHook.  Also
+    with the proxy's own final answer when a later stage answered the
+    request instead of relaying it (the egress stage, which counted the
+    call, learns it ended)."""
     response_filters: tuple[ResponseFilter, ...] = ()
     """Called with every provisional and every 2xx before it goes upstream
     (the media policy adds its answer check); see ResponseFilter."""

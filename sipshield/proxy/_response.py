@@ -250,19 +250,7 @@ class ResponseContext:
         self.server_txn.send_response(response)
 
     def _run_hooks(self, response: Response) -> Response:
-        """The guarded response chain (ldaptor ProxyBase's handleProxiedResponse):
-        each hook of a stage that relayed the request sees the final
-        response, and may return another Response to send instead.  A hook
-        that raises is logged and skipped; the response still goes upstream."""
-        for hook in self.context.response_hooks:
-            try:
-                replaced = hook(self.context, response)
-            except Exception:
-                self.log.failure("response hook {hook} failed; skipped", hook=getattr(hook, "__qualname__", repr(hook)))
-                continue
-            if isinstance(replaced, Response):
-                response = replaced
-        return response
+        return run_response_hooks(self.context, response)
 
     # -- CANCEL (RFC 3261 16.10) ---------------------------------------
     def cancel(self) -> None:
@@ -303,3 +291,24 @@ class ResponseContext:
     def stop(self) -> None:
         for branch in self.branches:
             self._stop_timer(branch)
+
+
+_log = Logger()
+
+
+def run_response_hooks(context: RequestContext, response: Response) -> Response:
+    """The guarded response chain (ldaptor ProxyBase's handleProxiedResponse):
+    each hook in ``context.response_hooks`` sees the final response, and may
+    return another Response to send instead.  A hook that raises is logged
+    and skipped; the response still goes upstream.  The proxy core runs it
+    on the best final response of a relayed request, and on its own final
+    answer to a request a stage left hooks on but that was not relayed."""
+    for hook in context.response_hooks:
+        try:
+            replaced = hook(context, response)
+        except Exception:
+            _log.failure("response hook {hook} failed; skipped", hook=getattr(hook, "__qualname__", repr(hook)))
+            continue
+        if isinstance(replaced, Response):
+            response = replaced
+    return response

@@ -24,13 +24,13 @@ from zope.interface import implementer
 
 from sipshield.config import Config
 from sipshield.events import ACL_DENY, RATE_LIMIT, SCANNER, SecurityEvent, SecurityEvents
-from sipshield.interfaces import IAdmissionStep
+from sipshield.interfaces import IAdmissionStep, IPipelineStage
 from sipshield.message import Request
-from sipshield.proxy import DROP, Decision
+from sipshield.proxy import CONTINUE, DROP, Decision, RequestContext
 from sipshield.security._bans import BanPolicy
 from sipshield.state import ShieldState
 
-__all__ = ["SCANNER_USER_AGENTS", "ACLRule", "AccessList", "Bucket", "RateLimiter", "ScannerBlock", "build_admission_steps"]
+__all__ = ["SCANNER_USER_AGENTS", "ACLRule", "AccessList", "Bucket", "RateLimiter", "ScannerBlock", "UserRateLimiter", "build_admission_steps", "rate_refusal"]
 
 SCANNER_USER_AGENTS = ("friendly-scanner", "sipvicious", "sipcli", "vaxsipuseragent", "sipscan", "sundayddr", "iwar", "sip-scan", "pplsip")
 """User-Agent substrings of SIP scanners and war-dialers (compared without case)."""
@@ -111,6 +111,20 @@ class Bucket:
     rate: float
     burst: float
 
+    def over(self, what: str, events: SecurityEvents | None, source: str, transport: str, user: str | None) -> str:
+        """Report a request over this bucket (a ``rate-limit`` event); the reason."""
+        reason = f"over {self.rate:g} {what}/s (burst {self.burst:g})"
+        if events is not None:
+            events.emit(SecurityEvent(RATE_LIMIT, source, transport, user, reason))
+        return reason
+
+
+def rate_refusal(action: str, retry_after: int) -> Decision:
+    """What a request over a rate gets: a ``503`` with Retry-After, or nothing (``drop``)."""
+    if action not in ("503", "drop"):
+        raise ValueError("action is 503 or drop")
+    return DROP if action == "drop" else Decision.reply(503, "Rate Limit Exceeded", [("Retry-After", str(retry_after))])
+
 
 @implementer(IAdmissionStep)
 class RateLimiter:
@@ -130,13 +144,11 @@ class RateLimiter:
         action: str = "503", retry_after: int = 5, ban_after: int = 0, ban_window: float = 60.0,
         exempt: Callable[[str, str], bool] | None = None, bans: BanPolicy | None = None, events: SecurityEvents | None = None,
     ) -> None:
-        if action not in ("503", "drop"):
-            raise ValueError("action is 503 or drop")
         self.reactor = reactor
         self.state = state
         self.per_source = per_source
         self.per_method = dict(per_method)
-        self.refusal = DROP if action == "drop" else Decision.reply(503, "Rate Limit Exceeded", [("Retry-After", str(retry_after))])
+        self.refusal = rate_refusal(action, retry_after)
         self.ban_after = ban_after
         self.ban_window = ban_window
         self.exempt = exempt
@@ -167,9 +179,7 @@ class RateLimiter:
     def _over(self, flow: Any, what: str, bucket: Bucket, now: float) -> Decision:
         self.refused += 1
         source, transport = flow.remote[0], flow.transport_name
-        reason = f"over {bucket.rate:g} {what}/s (burst {bucket.burst:g})"
-        if self.events is not None:
-            self.events.emit(SecurityEvent(RATE_LIMIT, source, transport, None, reason))
+        reason = bucket.over(what, self.events, source, transport, None)
         if self.ban_after and self.bans is not None and _proven(flow):
             if self.state.hit("over:" + source, self.ban_window, now, self.ban_after) >= self.ban_after:
                 self.state.forget("over:" + source)
@@ -177,6 +187,49 @@ class RateLimiter:
                 return DROP
         return self.refusal
 
+
+@implementer(IPipelineStage)
+class UserRateLimiter:
+    """The ``ratelimit`` stage: token buckets per authenticated user (every
+    new request, whatever its source) and per user and method, once the
+    ``auth`` stage has named the user (the admission step runs before it
+    and knows only the source).  Over a limit: ``action`` as for the
+    source limits, and a ``rate-limit`` event naming the user.  Trunks
+    (mTLS), trusted sources and ``exempt`` sources are not limited; a
+    request without a user (in dialog, trusted) passes untouched."""
+
+    name = "ratelimit"
+
+    def __init__(
+        self, reactor: IReactorTime, state: ShieldState, *, per_user: Bucket | None, per_method: Mapping[str, Bucket],
+        action: str = "503", retry_after: int = 5, exempt: Callable[[str, str], bool] | None = None, events: SecurityEvents | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.state = state
+        self.per_user = per_user
+        self.per_method = dict(per_method)
+        self.refusal = rate_refusal(action, retry_after)
+        self.exempt = exempt
+        self.events = events
+        self.refused = 0
+
+    def process(self, context: RequestContext) -> Decision:
+        user = context.user
+        if user is None or context.trunk is not None or context.trusted:
+            return CONTINUE
+        flow = context.flow
+        source, transport = flow.remote[0], flow.transport_name
+        if self.exempt is not None and self.exempt(source, transport):
+            return CONTINUE
+        key = context.identity or f"{user[0]}@{user[1]}"
+        now = self.reactor.seconds()
+        method = context.request.method
+        for what, bucket, bucket_key in (("requests", self.per_user, "urate:" + key), (method, self.per_method.get(method), f"urate:{key}:{method}")):
+            if bucket is not None and not self.state.take(bucket_key, bucket.rate, bucket.burst, now):
+                self.refused += 1
+                bucket.over(f"{what} of user", self.events, source, transport, f"{user[0]}@{user[1]}")
+                return self.refusal
+        return CONTINUE
 
 
 def build_admission_steps(

@@ -13,11 +13,25 @@ every out-of-dialog INVITE that an ``external = true`` route would carry:
   what any of its restricted roles allows, and a role without an entry in
   ``[egress.roles]`` is not restricted by prefix;
 * per user, at most ``max_calls_per_minute`` external call attempts within
-  60 s.
+  60 s;
+* per user, at most ``max_concurrent_calls`` external calls up at once.
 
-Over either: ``403`` with a reason and a ``toll-fraud`` security event.  A
+Over any: ``403`` with a reason and a ``toll-fraud`` security event.  A
 trunk (mTLS) and a trusted source without a user carry other people's
 calls and are not counted per user.
+
+A concurrent call is counted (in the ShieldState, keyed by its Call-ID and
+the caller's From tag) from its INVITE until its final answer if that is
+not a 2xx (a refusal, a timeout, the 487 of a CANCEL, the proxy's own
+answer when a later stage did not relay it: a response hook), or else until
+a BYE of that dialog got a 2xx or a 481.  Such a BYE must follow the route
+set we record-routed (``context.route_set``: our token, valid for its
+Call-ID, one of its tags and the hosts it travels between) and carry both
+of the dialog's tags (the caller's, and the one the 2xx brought), in either
+direction: a BYE that names only a Call-ID, or another dialog's tag, ends
+nobody's count.  Freeing on the BYE's answer rather than on the BYE means
+a BYE the far end refuses (a wrong CSeq: the call goes on) frees nothing.
+``max_call_duration`` ends the count of a call whose BYE was lost.
 """
 
 from __future__ import annotations
@@ -30,7 +44,7 @@ from zope.interface import implementer
 
 from sipshield.events import TOLL_FRAUD, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
-from sipshield.message import Request
+from sipshield.message import Request, Response
 from sipshield.proxy import CONTINUE, Decision, RequestContext
 from sipshield.state import ShieldState
 
@@ -58,18 +72,25 @@ class EgressPolicy:
 
     def __init__(
         self, reactor: IReactorTime, state: ShieldState, is_external: Callable[[Request], bool], *,
-        roles: Mapping[str, RolePrefixes], max_calls_per_minute: int = 0, events: SecurityEvents | None = None,
+        roles: Mapping[str, RolePrefixes], max_calls_per_minute: int = 0, max_concurrent_calls: int = 0,
+        max_call_duration: float = 4 * 3600.0, events: SecurityEvents | None = None,
     ) -> None:
         self.reactor = reactor
         self.state = state
         self.is_external = is_external
         self.roles = dict(roles)
         self.max_calls_per_minute = max_calls_per_minute
+        self.max_concurrent_calls = max_concurrent_calls
+        self.max_call_duration = max_call_duration
         self.events = events
 
     def process(self, context: RequestContext) -> Decision:
         request = context.request
-        if request.method != "INVITE" or request.to.tag is not None or not self.is_external(request):
+        if request.to.tag is not None:
+            if request.method == "BYE" and context.route_set and self.max_concurrent_calls:
+                context.response_hooks += (self._bye_answered,)
+            return CONTINUE
+        if request.method != "INVITE" or not self.is_external(request):
             return CONTINUE
         number = request.uri.canonical_user or ""
         restricted = [self.roles[r] for r in sorted(context.roles) if r in self.roles]
@@ -82,7 +103,39 @@ class EgressPolicy:
         calls = self.state.hit(key, 60.0, self.reactor.seconds(), self.max_calls_per_minute + 1)
         if calls > self.max_calls_per_minute:
             return self._refuse(context, number, "Forbidden: external call limit reached", f"over {self.max_calls_per_minute} external calls a minute")
+        limit = self.max_concurrent_calls
+        if limit:
+            now = self.reactor.seconds()
+            if not self.state.open_call(key, _call_key(request.call_id, request.from_.tag), limit, now + self.max_call_duration, now):
+                return self._refuse(
+                    context, number, "Forbidden: too many external calls at once", f"over {limit} external calls at once (or this one counted already)",
+                )
+            context.response_hooks += (self._invite_answered,)
         return CONTINUE
+
+    def _invite_answered(self, context: RequestContext, response: Response) -> None:
+        """The INVITE's final answer: a 2xx keeps the call counted, with the
+        tag that answered it; anything else ends it."""
+        request = context.request
+        call = _call_key(request.call_id, request.from_.tag)
+        tag = response.to.tag if 200 <= response.status < 300 else None
+        if tag is not None:
+            self.state.answer_call(call, tag)
+        else:
+            self.state.close_call(call)
+
+    def _bye_answered(self, context: RequestContext, response: Response) -> None:
+        """A BYE of a dialog we record-routed was answered: a 2xx (or 481,
+        the dialog is gone) ends the count of the call it names by both tags."""
+        if not (200 <= response.status < 300 or response.status == 481):
+            return
+        request = context.request
+        call_id, from_tag, to_tag = request.call_id, request.from_.tag, request.to.tag
+        if from_tag is None or to_tag is None:
+            return
+        # From the caller, From is the caller's tag; from the callee, To is.
+        if not self.state.close_call(_call_key(call_id, from_tag), to_tag):
+            self.state.close_call(_call_key(call_id, to_tag), from_tag)
 
     def _refuse(self, context: RequestContext, number: str, reason: str, why: str) -> Decision:
         if self.events is not None:
@@ -90,3 +143,7 @@ class EgressPolicy:
             self.events.emit(SecurityEvent(TOLL_FRAUD, context.source[0], context.flow.transport_name, user, f"{why}: {number[:40]}"))
         return Decision.reply(403, reason)
 
+
+def _call_key(call_id: str, from_tag: str | None) -> str:
+    """A counted call's key: the dialog's Call-ID and the caller's From tag."""
+    return f"call:{len(call_id)}:{call_id}|{from_tag or ''}"

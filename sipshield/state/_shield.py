@@ -1,4 +1,4 @@
-"""The shield's state: failure windows, token buckets and bans, in memory.
+"""The shield's state: failure windows, token buckets, bans and counted calls, in memory.
 
 One interface (:class:`ShieldState`) for what the protections count and
 remember, so that a shared implementation (Redis, for several workers and
@@ -32,6 +32,15 @@ class Ban:
     """Time (the reactor's clock, seconds since the epoch) the ban ends."""
     reason: str
     since: float = 0.0
+
+
+@dataclass(slots=True)
+class _Call:
+    """One counted call: whose, until when, and the tag that answered it."""
+
+    owner: str
+    until: float
+    tag: str | None = None
 
 
 class ShieldState(Protocol):
@@ -77,6 +86,23 @@ class ShieldState(Protocol):
         for every datagram, and answers False at once while it is False)."""
         ...
 
+    def open_call(self, owner: str, call: str, limit: int, until: float, now: float) -> bool:
+        """Count *call* (a dialog's key) for *owner* until *until*, if
+        *owner* has fewer than *limit* calls counted at *now* (those past
+        their *until* are not) and *call* is not counted already; whether
+        it is counted now."""
+        ...
+
+    def answer_call(self, call: str, tag: str) -> None:
+        """*call* was answered (2xx) with the remote *tag*: only a request
+        of that dialog (:meth:`close_call` with this tag) ends it now."""
+        ...
+
+    def close_call(self, call: str, tag: str | None = None) -> bool:
+        """Stop counting *call*: any counted call when *tag* is None, else
+        only an answered call whose remote tag is *tag*; whether it was."""
+        ...
+
 
 class MemoryShieldState:
     """:class:`ShieldState` in this process's memory, bounded per table."""
@@ -90,8 +116,10 @@ class MemoryShieldState:
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, last refill]
         self._bans: dict[str, Ban] = {}
         self._ending: list[tuple[float, str]] = []  # heap of (until, key); stale entries skipped
+        self._calls: OrderedDict[str, _Call] = OrderedDict()
+        self._owners: dict[str, set[str]] = {}
         self.evicted = 0
-        """Entries forgotten because a table was full (failure windows, buckets, bans)."""
+        """Entries forgotten because a table was full (failure windows, buckets, bans, calls)."""
 
     # -- failure windows ----------------------------------------------------------------
 
@@ -181,6 +209,46 @@ class MemoryShieldState:
 
     def holds_bans(self) -> bool:
         return bool(self._bans)
+
+    # -- concurrent calls ----------------------------------------------------------------
+
+    def open_call(self, owner: str, call: str, limit: int, until: float, now: float) -> bool:
+        calls = self._calls
+        if call in calls:
+            return False
+        mine = self._owners.get(owner)
+        if mine:
+            for key in [k for k in mine if calls[k].until <= now]:
+                self._drop_call(key)
+            if len(mine) >= limit:
+                return False
+        elif limit < 1:
+            return False
+        if len(calls) >= self.max_keys:
+            self._drop_call(next(iter(calls)))
+            self.evicted += 1
+        calls[call] = _Call(owner, until)
+        self._owners.setdefault(owner, set()).add(call)
+        return True
+
+    def answer_call(self, call: str, tag: str) -> None:
+        entry = self._calls.get(call)
+        if entry is not None and entry.tag is None:
+            entry.tag = tag
+
+    def close_call(self, call: str, tag: str | None = None) -> bool:
+        entry = self._calls.get(call)
+        if entry is None or (tag is not None and entry.tag != tag):
+            return False
+        self._drop_call(call)
+        return True
+
+    def _drop_call(self, call: str) -> None:
+        entry = self._calls.pop(call)
+        mine = self._owners[entry.owner]
+        mine.discard(call)
+        if not mine:
+            del self._owners[entry.owner]
 
     def load(self, bans: Iterable[Ban], now: float) -> int:
         """Put back bans kept from an earlier run; how many are still in force."""

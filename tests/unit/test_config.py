@@ -93,7 +93,7 @@ def test_the_example_configuration_is_valid() -> None:
     config = load_config(example)
     assert config.registrar.store == "sql" and config.auth.trusted_role == "trunk"
     assert config.routes[0].external and "call:external" in config.roles["trunk"]
-    assert config.stages[1:4] == ("auth", "options", "rbac")
+    assert config.stages[1:5] == ("auth", "ratelimit", "options", "rbac") and "egress" in config.stages
     assert config.media.srtp == "mandatory" and "media" in config.stages
 
 

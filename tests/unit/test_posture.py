@@ -37,7 +37,7 @@ def test_check_config_says_the_posture(tmp_path: Path, capsys: pytest.CaptureFix
     for expected in (
         "listeners: udp:127.0.0.1:0, tcp:127.0.0.1:0",
         "domains: example.com",
-        "pipeline: sanity -> auth -> options -> rbac -> egress -> media -> dialog -> registrar -> location -> routes -> final",
+        "pipeline: sanity -> auth -> ratelimit -> options -> rbac -> egress -> media -> dialog -> registrar -> location -> routes -> final",
         "digest algorithms: SHA-256, MD5 (challenged in this order)",
         "trusted sources: 10.0.0.0/8 over TCP/TLS, 127.0.0.2/32 over TCP/TLS/UDP; acting as role trunk",
         "users: sql (sqlite:///",
