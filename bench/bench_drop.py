@@ -17,7 +17,12 @@ the listener:
   (``ProxyCore.refuse_source`` alone);
 * ``shield admission steps``: the scanner and rate-limit steps on one parsed
   request from a source that is not exempt (the issue's target: under 5 % of
-  a call's CPU, bench/bench_call.py).
+  a call's CPU, bench/bench_call.py);
+* ``overload step``: the overload shedding step while not overloaded (what
+  every request pays), and a flood from 5000 distinct sources fed through
+  the listener, answered (407) when not overloaded and dropped as unproven
+  when overloaded;
+* ``ratelimit stage``: the per-user buckets on one authenticated request.
 
 Reported: datagrams per second (best of ``--runs``) and microseconds each.
 """
@@ -104,7 +109,7 @@ def main() -> int:
         request = parse_message(INVITE)
 
         class Flow:
-            reliable = secure = False
+            reliable = secure = authenticated = False
             transport_name = "UDP"
             remote = ("198.51.100.7", 5060)
 
@@ -125,6 +130,61 @@ def main() -> int:
             reactor.advance(1.0)  # refill
 
         rows.append(("shield admission steps on one request (scanners + rate limits)", rate(shield, args.datagrams, args.runs)))
+
+        # Overload shedding: its step while not overloaded (the hot path:
+        # one attribute test), and a flood from distinct UDP sources while
+        # overloaded (parsed, then dropped as unproven) beside the same
+        # flood answered (each a 407) when not.
+        from sipshield.proxy import RequestContext
+        from sipshield.security import ReactorLag, UserRateLimiter
+
+        shedding = service.overload
+        assert shedding is not None, "[limits] overload_lag is on by default"
+        for monitor in [s for s in service if isinstance(s, ReactorLag)]:
+            monitor.stopService()  # the fake clock jumps: overload is entered and left by hand here
+        if shedding.overloaded:
+            shedding.leave(0.0, reactor.seconds())
+
+        def calm(n: int) -> None:
+            admission = shedding.admission
+            for i in range(n):
+                admission(request, flows[i % 1000])
+
+        rows.append(("overload step, not overloaded", rate(calm, args.datagrams, args.runs)))
+        spread = [(INVITE.replace(b"198.51.100.66", f"203.0.{n >> 8 & 255}.{n & 255}".encode()), (f"203.0.{n >> 8 & 255}.{n & 255}", 5060))
+                  for n in range(5000)]
+
+        def spread_flood(n: int) -> None:
+            for i in range(n):
+                data, source = spread[i % 5000]
+                received(data, source)
+            port.sent.clear()
+
+        count = max(5000, args.datagrams // 20)
+        rows.append(("spread flood, not overloaded: parsed, stateless 407", rate(spread_flood, count, args.runs)))
+        shedding.enter(1.0, reactor.seconds())
+        reactor.advance(2.0)
+        for data, source in spread[:1500]:
+            received(data, source)
+        shedding.roll(reactor.seconds())  # the window of 1500 distinct sources: spread
+        rows.append(("spread flood, overloaded: parsed, dropped unproven", rate(spread_flood, count, args.runs)))
+        shedding.leave(0.0, reactor.seconds())
+
+        # The per-user buckets of the ratelimit stage on one authenticated request.
+        (user_limits,) = [s for s in service.pipeline.stages if isinstance(s, UserRateLimiter)]
+        contexts = []
+        for n in range(1000):
+            context = RequestContext(request, flows[n])
+            context.user, context.identity = (f"u{n}", "example.com"), f"sip:u{n}@example.com"
+            contexts.append(context)
+
+        def per_user(n: int) -> None:
+            process = user_limits.process
+            for i in range(n):
+                process(contexts[i % 1000])
+            reactor.advance(1.0)  # refill
+
+        rows.append(("ratelimit stage (per-user bucket) on one authenticated request", rate(per_user, args.datagrams, args.runs)))
         print("| path | datagrams/s | us each |")
         print("|---|---|---|")
         for name, per_second in rows:

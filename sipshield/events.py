@@ -19,7 +19,6 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
-__all__ = ["ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "RATE_LIMIT", "SCANNER", "SIPS_REFUSED", "SRTP_PLAIN", "SRTP_REFUSED", "TOLL_FRAUD", "UNBAN", "EVERY_LINE", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable"]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user
@@ -38,6 +37,9 @@ SCANNER = "scanner-drop"
 """A request was dropped as a scanner's (its User-Agent, or a proven source probing many users)."""
 RATE_LIMIT = "rate-limit"
 """A source went over one of its request rates ([ratelimit]); refused with 503 or dropped."""
+OVERLOAD = "overload"
+"""The reactor fell behind (``[limits] overload_lag``) and new requests are shed by source, or it
+caught up and shedding stopped: one event each way (source and transport ``-``), none per request."""
 BAN = "ban"
 """A source was banned (its traffic is dropped before parsing until the ban ends)."""
 UNBAN = "unban"
@@ -56,8 +58,9 @@ AUTH_DOWNGRADE = "auth-downgrade"
 downgrade lock): refused as a wrong password is, on the wire."""
 
 
-EVERY_LINE = frozenset((AUTH_FAILURE, AUTH_DOWNGRADE, BAN, UNBAN, TOLL_FRAUD))
-"""Kinds logged line by line (see LogSecurityEvents): their sources proved their addresses."""
+EVERY_LINE = frozenset((AUTH_FAILURE, AUTH_DOWNGRADE, BAN, UNBAN, TOLL_FRAUD, OVERLOAD))
+"""Kinds logged line by line (see LogSecurityEvents): their sources proved their addresses
+(``overload``: the proxy's own, one on entering and one on leaving, with hysteresis between)."""
 
 
 def printable(text: str, limit: int = 128) -> str:

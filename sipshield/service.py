@@ -82,7 +82,7 @@ class SIPShieldService(MultiService):
         self.log_outputs = LogOutputs(config.logging, reactor)
         """The ``[logging]`` outputs (JSON lines, syslog), the first child service."""
         self.log_outputs.setServiceParent(self)
-        from sipshield.security import build_admission_steps, build_ban_policy, build_nft_ban_set
+        from sipshield.security import OverloadShedding, build_admission_steps, build_ban_policy, build_nft_ban_set, build_overload
         from sipshield.state import MemoryShieldState
 
         self.shield_state = MemoryShieldState(max_bans=config.bans.max_bans)
@@ -104,6 +104,11 @@ class SIPShieldService(MultiService):
         self.core.pipeline = self.pipeline
         # The shield's cheap refusals first (scanners, rate limits), then the stages' (the auth stage's challenge).
         shield = build_admission_steps(config, reactor, self.shield_state, self.events, self.bans, exempt)
+        overload = build_overload(config, reactor, self.events, exempt, self.core.routed_by_us)
+        self.overload: OverloadShedding | None = None
+        if overload is not None:
+            self.overload, monitor = overload
+            monitor.setServiceParent(self)
         self.core.events = self.core.sips.events = self.events
         self.core.admission = self._admission(shield, self.pipeline.stages)
         self.tls_context: ServerTLSContext | None = None
@@ -130,8 +135,11 @@ class SIPShieldService(MultiService):
     def _admission(self, shield: tuple[Any, ...], stages: Iterable[Any]) -> tuple[Any, ...]:
         """``ProxyCore.admission``, at start and at each reload: the shield's
         steps, then the core's refusal of a sips: request that came in clear
-        (RFC 5630), then the stages' own (the auth stage's challenge)."""
-        return shield + (self.core.sips,) + tuple(stage for stage in stages if callable(getattr(stage, "admission", None)))
+        (RFC 5630), then the stages' own (the auth stage's challenge).  The
+        overload shedding, when on, goes first: while overloaded, what it
+        sheds costs the least; otherwise it is one attribute test."""
+        first: tuple[Any, ...] = () if self.overload is None else (self.overload,)
+        return first + shield + (self.core.sips,) + tuple(stage for stage in stages if callable(getattr(stage, "admission", None)))
 
     def _exempt_from_limits(self) -> Callable[[str, str], bool]:
         """Not rate-limited: ``[ratelimit] allowlist`` on every transport, and

@@ -1,11 +1,19 @@
-"""A SIPp INVITE flood from one address (127.0.0.2, unauthenticated) is shed
-by the rate limits while a legitimate SIPp caller from another (127.0.0.3, a
-trusted trunk) keeps at least 99 % of its calls: a real twistd sipshield on
-loopback, with the default [ratelimit]."""
+"""Floods on a real twistd sipshield on loopback while a legitimate SIPp
+caller from 127.0.0.3 (a trusted trunk) keeps at least 99 % of its calls:
+
+* a SIPp INVITE flood from one address (127.0.0.2, unauthenticated) meets
+  the default [ratelimit];
+* a flood spread over thousands of source addresses (and four busy ones),
+  each under the per-source limits, puts the reactor behind: the overload
+  shedding ([limits] overload_lag) drops it (the same flood with
+  overload_lag = 0 cost the caller 60 of its 100 calls on 2026-12-03)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import test_calls
 from conftest import free_udp_port
@@ -26,13 +34,18 @@ trusted_role = "admin"
 CALLS = 100
 
 
-def test_an_invite_flood_is_shed_while_a_legitimate_caller_keeps_its_calls(start_server, sipp_runner, tmp_path: Path) -> None:
-    server = start_server(CONFIG, listeners=1)
-    proxy = server.addresses["udp"]
+def server_and_callee(start_server, sipp_runner, config: str, timeout: int) -> tuple[Any, tuple[str, int], Any]:
+    """A twistd sipshield of *config* on UDP, and bob registered there: a SIPp UAS answering CALLS calls."""
+    server = start_server(config, listeners=1)
     port = free_udp_port()
     register(sipp_runner, server, "bob", port)
-    callee = sipp_runner("callee", "uas_answer.xml", port=port, service="bob", timeout=60, calls=CALLS)
+    callee = sipp_runner("callee", "uas_answer.xml", port=port, service="bob", timeout=timeout, calls=CALLS)
     callee.wait_listening(port)
+    return server, server.addresses["udp"], callee
+
+
+def test_an_invite_flood_is_shed_while_a_legitimate_caller_keeps_its_calls(start_server, sipp_runner, tmp_path: Path) -> None:
+    server, proxy, callee = server_and_callee(start_server, sipp_runner, CONFIG, 60)
     flood = sipp_runner("flood", "uac_call.xml", port=free_udp_port(), service="bob", remote=proxy, interface="127.0.0.2",
                         calls=1500, timeout=10, extra=("-r", "300", "-recv_timeout", "2000", "-max_recv_loops", "1000"))
     caller = sipp_runner("caller", "uac_call.xml", port=free_udp_port(), service="bob", remote=proxy, interface="127.0.0.3",
@@ -47,4 +60,68 @@ def test_an_invite_flood_is_shed_while_a_legitimate_caller_keeps_its_calls(start
     assert "SIP/2.0 503 Rate Limit Exceeded" in flooded.messages, detail
     assert (sipp_counter(flooded.stdout, "Successful call") or 0) == 0, detail
     server.wait_for(r"security event rate-limit from 127\.0\.0\.2 over UDP")
+    assert "Traceback" not in server.log
+
+
+# A flood spread over thousands of source addresses (every 127.1.x.y of
+# loopback: each datagram from another one, as a forged-source flood looks)
+# and four busy ones (127.0.0.4-7), RATE datagrams a second for a bounded
+# time: enough that answering each (a 407 challenge, a 503) puts the reactor
+# behind, not so many that the kernel drops datagrams before the proxy reads
+# them (then nothing done after parsing could help: the caller's would be
+# dropped with them).  The spread sources stay under every per-source rate
+# limit, so what keeps the caller going is the overload shedding.
+RATE = 3000
+FLOODER = r"""
+import socket, sys, time
+host, port, seconds, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+busy = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+for n, s in enumerate(busy):
+    s.bind((f"127.0.0.{4 + n}", 0))
+def invite(n, source):
+    return (f"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP {source};branch=z9hG4bKf{n}\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:x@example.com>;tag={n}\r\nTo: <sip:bob@example.com>\r\nCall-ID: f{n}\r\nCSeq: 1 INVITE\r\n"
+            "Content-Length: 0\r\n\r\n").encode()
+start = time.monotonic()
+end, n, sent = start + seconds, 0, 0
+while time.monotonic() < end:
+    if sent > rate * (time.monotonic() - start):
+        time.sleep(0.002)
+        continue
+    n += 1
+    source = f"127.1.{n // 250 % 250}.{n % 250 + 1}"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((source, 0))
+        s.sendto(invite(n, f"{source}:5060"), (host, port))
+        for b in busy:
+            b.sendto(invite(n, "127.0.0.4:5060"), (host, port))
+        sent += 5
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(sent)
+"""
+
+
+def test_a_spread_flood_is_shed_on_reactor_lag_while_a_legitimate_caller_keeps_its_calls(start_server, sipp_runner, tmp_path: Path) -> None:
+    config = CONFIG + "\n[limits]\noverload_lag = 0.01\noverload_recover = 1.0\n"
+    server, proxy, callee = server_and_callee(start_server, sipp_runner, config, 40)
+    flooder = subprocess.Popen([sys.executable, "-c", FLOODER, proxy[0], str(proxy[1]), "10", str(RATE)], stdout=subprocess.PIPE, text=True)
+    try:
+        server.wait_for(r"security event overload .*overloaded: the reactor is \d+ ms behind", timeout=8)
+        caller = sipp_runner("caller", "uac_call.xml", port=free_udp_port(), service="bob", remote=proxy, interface="127.0.0.3",
+                             calls=CALLS, timeout=40, extra=("-r", "20"))
+        legit = caller.wait()
+        sent, _ = flooder.communicate(timeout=30)
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait(timeout=10)
+    callee.kill()
+    detail = legit.describe() + f"\n--- flood: {sent.strip()} datagrams\n--- proxy log\n" + server.log[-4000:]
+    assert (legit.successful or 0) >= CALLS * 99 // 100, detail
+    recovered = server.wait_for(r"recovered: the reactor is \d+ ms behind; (\d+) request\(s\) shed while overloaded", timeout=15)
+    assert int(recovered.group(1)) > 0, detail
     assert "Traceback" not in server.log

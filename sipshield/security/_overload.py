@@ -1,0 +1,226 @@
+"""Overload shedding: when the reactor falls behind, refuse new work by
+source, the busiest sources first.
+
+A flood the rate limits do not catch (many sources, each under its limits;
+or simply more than one core can parse) shows first as *reactor lag*: the
+time between when a timer was due and when it ran.  :class:`ReactorLag`
+measures it every ``INTERVAL`` seconds on the service's reactor (a Clock in
+tests) and tells :class:`OverloadShedding`, an admission step, when the lag
+goes above ``[limits] overload_lag`` and when it has stayed below for
+``overload_recover`` seconds (hysteresis, so the proxy does not flap).  Each
+change is one ``overload`` security event, not one per request.
+
+While not overloaded the step costs one attribute test per request.  While
+overloaded it counts new out-of-dialog requests per source in one-second
+windows (a bounded table) and refuses, statelessly (``[ratelimit] action``):
+
+* every request of a source that sent more than its share in the last
+  window (the share: ``overload_min_share`` or the window's mean per
+  source, whichever is larger), and of one that goes over the share in
+  this window;
+* when the sources are too many to tell apart (a forged-source flood: the
+  table is full, or more than a tenth of its size was seen in one window),
+  every unproven request too, dropped: over UDP and without credentials
+  (it would only be challenged; a forged source never answers the
+  challenge, and a 503 to it would be traffic aimed at its owner).
+
+Never refused: ACK and CANCEL (they end state), in-dialog requests along a
+route set we signed (calls in progress), connections that carried an
+authenticated request or a trunk's certificate, and the trusted sources
+and allowlist (``exempt``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from zope.interface import implementer
+
+from sipshield.config import Config
+from sipshield.events import OVERLOAD, SecurityEvent, SecurityEvents
+from sipshield.interfaces import IAdmissionStep
+from sipshield.message import Request
+from sipshield.proxy import DROP, Decision
+
+__all__ = ["INTERVAL", "OverloadShedding", "ReactorLag", "build_overload"]
+
+INTERVAL = 0.1
+"""Seconds between two lag measurements."""
+
+_WINDOW = 1.0
+_CREDENTIALS = ("Authorization", "Proxy-Authorization")
+
+
+@implementer(IAdmissionStep)
+class OverloadShedding:
+    """The admission step (see the module docstring)."""
+
+    name = "overload"
+
+    def __init__(
+        self, *, min_share: int = 20, max_sources: int = 10_000, refusal: Decision = DROP,
+        exempt: Callable[[str, str], bool] | None = None, in_dialog: Callable[[Request, Any], bool] | None = None,
+        events: SecurityEvents | None = None,
+    ) -> None:
+        self.min_share = min_share
+        self.max_sources = max_sources
+        self.refusal = refusal
+        self.exempt = exempt
+        self.in_dialog = in_dialog
+        self.events = events
+        self.overloaded = False
+        self.shed = 0
+        """Requests refused while overloaded (since the service started)."""
+        self._counts: dict[str, int] = {}
+        self._heavy: frozenset[str] = frozenset()
+        self._share = float(min_share)
+        self._spread = False
+        self._uncounted = 0
+        self._window_start = 0.0
+        self._shed_at_enter = 0
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def admission(self, request: Request, flow: Any) -> Decision | None:
+        if not self.overloaded:
+            return None
+        return self._screen(request, flow)
+
+    def _screen(self, request: Request, flow: Any) -> Decision | None:
+        if request.method in ("ACK", "CANCEL") or flow.authenticated:
+            return None
+        if flow.secure and flow.peer_certificate() is not None:
+            return None
+        source = flow.remote[0]
+        if self.exempt is not None and self.exempt(source, flow.transport_name):
+            return None
+        if request.to.tag is not None and self.in_dialog is not None and self.in_dialog(request, flow):
+            return None
+        counts = self._counts
+        count = counts.get(source)
+        if count is not None:
+            count = counts[source] = count + 1
+        elif len(counts) < self.max_sources:
+            count = counts[source] = 1
+        else:
+            self._uncounted += 1
+            count = 1
+        if source in self._heavy or count > self._share:
+            return self._refuse()
+        if (self._spread or self._uncounted) and not flow.reliable and not any(h in request.headers for h in _CREDENTIALS):
+            # Dropped, whatever the action: most of these sources are forged,
+            # and a 503 to each would be traffic aimed at their owners.
+            self.shed += 1
+            return DROP
+        return None
+
+    def _refuse(self) -> Decision:
+        self.shed += 1
+        return self.refusal
+
+    # -- what ReactorLag tells it -----------------------------------------------------
+
+    def enter(self, lag: float, now: float) -> None:
+        """The reactor is *lag* seconds behind: start shedding."""
+        self.overloaded = True
+        self._counts = {}
+        self._heavy = frozenset()
+        self._share = float(self.min_share)
+        self._spread = False
+        self._uncounted = 0
+        self._window_start = now
+        self._shed_at_enter = self.shed
+        self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind; shedding new requests by source, the busiest first")
+
+    def leave(self, lag: float, now: float) -> None:
+        """The lag has stayed low: stop shedding."""
+        self.overloaded = False
+        self._counts = {}
+        self._heavy = frozenset()
+        self._report(f"recovered: the reactor is {lag * 1000:.0f} ms behind; {self.shed - self._shed_at_enter} request(s) shed while overloaded")
+
+    def roll(self, now: float) -> None:
+        """Start a new counting window if the current one is over: the
+        sources over their share in it are the heavy ones of the next."""
+        if not self.overloaded or now - self._window_start < _WINDOW:
+            return
+        counts = self._counts
+        total = sum(counts.values()) + self._uncounted
+        share = max(float(self.min_share), total / (len(counts) + self._uncounted)) if total else float(self.min_share)
+        self._heavy = frozenset(source for source, count in counts.items() if count > share)
+        self._share = share
+        self._spread = self._uncounted > 0 or len(counts) > self.max_sources // 10
+        self._counts = {}
+        self._uncounted = 0
+        self._window_start = now
+
+    def _report(self, reason: str) -> None:
+        if self.events is not None:
+            self.events.emit(SecurityEvent(OVERLOAD, "-", "-", None, reason))
+
+
+class ReactorLag(Service):
+    """Measure how late the reactor runs a timer due every ``INTERVAL``
+    seconds; above *threshold*, *shedding* enters overload; once the lag has
+    stayed at or below it for *recover* seconds, it leaves."""
+
+    def __init__(self, reactor: IReactorTime, shedding: OverloadShedding, threshold: float, recover: float = 5.0) -> None:
+        self.reactor = reactor
+        self.shedding = shedding
+        self.threshold = threshold
+        self.recover = recover
+        self.lag = 0.0
+        """The last lag measured, in seconds."""
+        self._due = 0.0
+        self._calm_since: float | None = None
+        self._call: IDelayedCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._schedule(self.reactor.seconds())
+
+    def stopService(self) -> Any:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        return super().stopService()
+
+    def _schedule(self, now: float) -> None:
+        self._due = now + INTERVAL
+        self._call = self.reactor.callLater(INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        now = self.reactor.seconds()
+        self.lag = lag = max(0.0, now - self._due)
+        shedding = self.shedding
+        if lag > self.threshold:
+            self._calm_since = None
+            if not shedding.overloaded:
+                shedding.enter(lag, now)
+        elif shedding.overloaded:
+            if self._calm_since is None:
+                self._calm_since = now
+            elif now - self._calm_since >= self.recover:
+                self._calm_since = None
+                shedding.leave(lag, now)
+        shedding.roll(now)
+        self._schedule(now)
+
+
+def build_overload(
+    config: Config, reactor: IReactorTime, events: SecurityEvents, exempt: Callable[[str, str], bool] | None,
+    in_dialog: Callable[[Request, Any], bool] | None,
+) -> tuple[OverloadShedding, ReactorLag] | None:
+    """The shedding step and its lag monitor ``[limits]`` asks for (None
+    with ``overload_lag = 0``); refused requests get what ``[ratelimit]
+    action`` says: a 503 with Retry-After, or nothing."""
+    limits = config.limits
+    if not limits.overload_lag:
+        return None
+    rates = config.ratelimit
+    refusal = DROP if rates.action == "drop" else Decision.reply(503, "Service Unavailable: Overloaded", [("Retry-After", str(rates.retry_after))])
+    shedding = OverloadShedding(min_share=limits.overload_min_share, refusal=refusal, exempt=exempt, in_dialog=in_dialog, events=events)
+    return shedding, ReactorLag(reactor, shedding, limits.overload_lag, limits.overload_recover)

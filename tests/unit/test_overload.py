@@ -1,0 +1,149 @@
+"""Overload shedding through the real service, on Clock time: the reactor
+lag measured by the service's own monitor, overload entered above
+``[limits] overload_lag`` and left only after ``overload_recover`` seconds
+calm (one event each way), new out-of-dialog requests shed by source (the
+busiest first; every unproven one when the sources are too many to tell
+apart), calls in progress, ACK/CANCEL and trusted sources untouched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipeline_support import EventRecorder, Proxy, RecordingFlow, proxy_service
+from test_shield_admission import send
+
+from sipshield.config import ConfigError, parse_config
+from sipshield.events import OVERLOAD
+from sipshield.message import parse_message
+from sipshield.security import INTERVAL, OverloadShedding, ReactorLag
+
+FLOOD = ("127.0.0.20", 5070)
+CALLER = ("127.0.0.30", 5070)
+
+
+def make(tmp_path: Path, **limits: Any) -> tuple[Proxy, EventRecorder]:
+    # The rate limits off: what is refused here is refused by the shedding.
+    proxy = proxy_service(
+        tmp_path, ratelimit={"enabled": False}, scanners={"enabled": False},
+        limits={"overload_lag": 0.2, "overload_recover": 2.0, "overload_min_share": 5, **limits},
+        auth={"trusted_sources": ["127.0.0.9/32"], "trusted_role": "staff"},
+    )
+    recorder = EventRecorder()
+    proxy.service.events.subscribe(recorder)
+    (monitor,) = [s for s in proxy.service if isinstance(s, ReactorLag)]
+    monitor.startService()
+    return proxy, recorder
+
+
+def lag(proxy: Proxy, seconds: float) -> None:
+    """The reactor is busy for *seconds*: the monitor's next tick runs that late."""
+    proxy.clock.advance(INTERVAL + seconds)
+
+
+def calm(proxy: Proxy, seconds: float) -> None:
+    for _ in range(round(seconds / INTERVAL)):
+        proxy.clock.advance(INTERVAL)
+
+
+def status(flow: RecordingFlow) -> int | None:
+    statuses = flow.statuses()
+    return statuses[-1] if statuses else None
+
+
+def test_overload_is_entered_on_lag_and_left_after_a_calm_while_one_event_each_way(tmp_path: Path) -> None:
+    proxy, recorder = make(tmp_path)
+    shedding = proxy.service.overload
+    assert isinstance(shedding, OverloadShedding) and proxy.core.admission[0] is shedding
+    calm(proxy, 1.0)
+    assert not shedding.overloaded
+    lag(proxy, 0.15)  # below the threshold
+    assert not shedding.overloaded
+    lag(proxy, 0.3)
+    assert shedding.overloaded
+    lag(proxy, 0.3)  # still behind: no second event
+    calm(proxy, 1.5)
+    lag(proxy, 0.3)  # behind again before the calm lasted: stays, the calm starts over
+    calm(proxy, 1.5)
+    assert shedding.overloaded
+    calm(proxy, 1.0)
+    assert not shedding.overloaded
+    events = [e for e in recorder.events if e.kind == OVERLOAD]
+    assert [e.reason.split(":")[0] for e in events] == ["overloaded", "recovered"]
+    assert "300 ms behind" in events[0].reason
+
+
+def test_not_overloaded_nothing_is_shed(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    assert [status(send(proxy, "OPTIONS", source=FLOOD)) for _ in range(30)] == [407] * 30
+    assert proxy.service.overload.shed == 0
+
+
+def test_overloaded_the_busiest_source_is_shed_the_others_keep_going(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    lag(proxy, 0.3)
+    flood = [status(send(proxy, "OPTIONS", source=FLOOD)) for _ in range(8)]
+    assert flood == [407] * 5 + [503] * 3  # over the share (5) within the window
+    refused = send(proxy, "OPTIONS", source=FLOOD).messages()[-1]
+    assert (refused.reason, refused.headers.get("Retry-After")) == ("Service Unavailable: Overloaded", "5")
+    assert proxy.core.transactions.counts()["server"] == 0  # stateless
+    assert [status(send(proxy, "OPTIONS", source=CALLER)) for _ in range(3)] == [407] * 3
+    calm(proxy, 1.1)  # a new window: the flood was the heavy source of the last one
+    assert status(send(proxy, "OPTIONS", source=FLOOD)) == 503
+    assert status(send(proxy, "OPTIONS", source=CALLER)) == 407
+    calm(proxy, 2.0)  # overload left
+    assert not proxy.service.overload.overloaded
+    assert status(send(proxy, "OPTIONS", source=FLOOD)) == 407
+
+
+def test_overloaded_trusted_sources_ack_and_cancel_and_calls_in_progress_keep_going(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    lag(proxy, 0.3)
+    trusted = [status(send(proxy, "OPTIONS", to_user=None, source=("127.0.0.9", 5070), transport="TCP")) for _ in range(10)]
+    assert trusted == [200] * 10
+    for _ in range(10):
+        send(proxy, "OPTIONS", source=FLOOD)
+    shed = proxy.service.overload.shed
+    for method in ("ACK", "CANCEL"):
+        send(proxy, method, source=FLOOD)
+    assert proxy.service.overload.shed == shed
+    # An in-dialog BYE from the heavy source along a route set we signed is relayed.
+    signer = proxy.core.signer
+    from sipshield.proxy import endpoints
+
+    token = signer.token("dlg1", "f1", endpoints(FLOOD[0], "127.0.0.5"))
+    bye = (
+        f"BYE sip:bob@127.0.0.5:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {FLOOD[0]}:{FLOOD[1]};branch=z9hG4bKbye1\r\nMax-Forwards: 70\r\n"
+        "From: <sip:alice@example.com>;tag=f1\r\nTo: <sip:bob@example.com>;tag=t1\r\nCall-ID: dlg1\r\nCSeq: 2 BYE\r\n"
+        f"Route: <sip:127.0.0.1:5060;transport=udp;lr;ss={token}>\r\nContent-Length: 0\r\n\r\n"
+    )
+    proxy.core.message_received(parse_message(bye.encode()), RecordingFlow(FLOOD))
+    assert [m.method for m in proxy.relayed("BYE")] == ["BYE"]
+    # The same BYE without our token is a new request from the heavy source: shed.
+    proxy.core.message_received(parse_message(bye.replace(f";ss={token}", "").replace("bye1", "bye2").encode()), RecordingFlow(FLOOD))
+    assert proxy.service.overload.shed == shed + 1
+
+
+def test_a_spread_flood_sheds_every_unproven_request_first(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    lag(proxy, 0.3)
+    for n in range(1200):  # a forged-source flood: every request from another address, once
+        send(proxy, "OPTIONS", source=(f"10.{n // 250}.{n % 250}.1", 5060))
+    calm(proxy, 1.1)  # a new window
+    assert send(proxy, "OPTIONS", source=CALLER).sent == []  # unproven (no credentials, over UDP): dropped
+    assert status(send(proxy, "OPTIONS", source=CALLER, transport="TCP")) == 407  # a proven source: challenged as ever
+    # With credentials (answering a nonce) it reaches the auth stage.
+    answer = proxy.send_request("OPTIONS", "sip:bob@example.com", from_uri="sip:alice@example.com", credentials=("alice", "alice-secret"), source=CALLER)
+    assert answer is not None and answer.status != 503
+
+
+def test_overload_config_and_off_switch(tmp_path: Path) -> None:
+    limits = parse_config({}).limits
+    assert (limits.overload_lag, limits.overload_recover, limits.overload_min_share) == (0.2, 5.0, 20)
+    proxy = proxy_service(tmp_path, limits={"overload_lag": 0})
+    assert proxy.service.overload is None and not any(isinstance(s, ReactorLag) for s in proxy.service)
+    with pytest.raises(ConfigError, match=r"limits.overload_lag: -1 is out of range"):
+        parse_config({"limits": {"overload_lag": -1}})
+    with pytest.raises(ConfigError, match=r"limits.overload_min_share"):
+        parse_config({"limits": {"overload_min_share": 0}})
