@@ -1229,6 +1229,10 @@ class Config:
             ),
             ("trusted sources", (", ".join(trusted) + f"; acting as role {auth.trusted_role or '(none)'}") if trusted else "(none)"),
             ("bans", self._bans_posture()),
+            ("rate limits", self._rates_posture()),
+            ("overload", f"new requests shed by source, the busiest first, when the reactor is over {self.limits.overload_lag:g} s behind"
+                         if self.limits.overload_lag else "off (never shed on reactor lag)"),
+            ("egress", self._egress_posture()),
             ("acl", f"{len(self.acl.rules)} rule(s), first match wins; otherwise {'allow' if self.acl.default_allow else 'deny'}; "
                     f"denied: {'403' if self.acl.action == '403' else 'dropped'}" if self.acl.rules or not self.acl.default_allow else "(none)"),
             ("media", self._media_posture()),
@@ -1245,6 +1249,24 @@ class Config:
         if srtp == "prefer":
             return "srtp prefer: plain RTP let through, reported as srtp-plain events"
         return "srtp mandatory: SDES (a=crypto) over TLS hops only, or DTLS-SRTP (a=fingerprint); anything else 488"
+
+    def _rates_posture(self) -> str:
+        rates = self.ratelimit
+        if not rates.enabled:
+            return "off"
+        per_source = "off" if rates.per_source is None else f"{rates.per_source[0]:g}/s (burst {rates.per_source[1]:g})"
+        text = f"per source {per_source}, per source and method: {', '.join(sorted(rates.methods)) or '(none)'}"
+        if "ratelimit" not in self.stages:
+            return text + '; per user: none (no "ratelimit" stage in the pipeline)'
+        per_user = "off" if rates.per_user is None else f"{rates.per_user[0]:g}/s (burst {rates.per_user[1]:g})"
+        return text + f"; per user {per_user}" + (f", per user and method: {', '.join(sorted(rates.per_user_methods))}" if rates.per_user_methods else "")
+
+    def _egress_posture(self) -> str:
+        egress = self.egress
+        if "egress" not in self.stages:
+            return 'none (no "egress" stage in the pipeline: external calls are not limited)'
+        return (f"per user {egress.max_calls_per_minute or 'unlimited'} external calls a minute, {egress.max_concurrent_calls or 'unlimited'} at once"
+                f"; number prefixes for {len(egress.roles)} role(s)")
 
     def _bans_posture(self) -> str:
         bans = self.bans

@@ -48,8 +48,10 @@ class SIPShieldService(MultiService):
     (``core.is_local(host, port)``), ``location`` (an ILocationStore),
     ``transactions``, ``pipeline``, ``events`` (the security event bus), ``bans``
     (the ban policy, None when ``[bans] enabled = false``), ``nft_bans`` (their
-    nftables set, None unless ``[bans.nftables] enabled = true``)
-    and ``environment`` (the StageEnvironment every stage factory gets).
+    nftables set, None unless ``[bans.nftables] enabled = true``), ``overload``
+    (the overload shedding step, None with ``[limits] overload_lag = 0``; its
+    ReactorLag monitor is a child service) and ``environment`` (the
+    StageEnvironment every stage factory gets).
     """
 
     log = Logger()

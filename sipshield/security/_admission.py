@@ -215,7 +215,7 @@ class UserRateLimiter:
 
     def process(self, context: RequestContext) -> Decision:
         user = context.user
-        if user is None or context.trunk is not None or context.trusted:
+        if user is None or context.trunk is not None:  # a trusted source has no user
             return CONTINUE
         flow = context.flow
         source, transport = flow.remote[0], flow.transport_name

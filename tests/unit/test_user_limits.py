@@ -72,6 +72,44 @@ def test_trusted_sources_and_unauthenticated_requests_are_not_counted_per_user(t
         proxy.stop()
 
 
+def test_a_trunk_and_an_allowlisted_source_are_not_limited_per_user(tmp_path: Path) -> None:
+    from cert_support import make_ca, make_leaf, write_pem
+    from cryptography import x509
+    from pipeline_support import RecordingFlow
+
+    ca = make_ca()
+    leaf, _ = make_leaf("trunk", [x509.UniformResourceIdentifier("sip:trunk.example.net")], ca)
+    write_pem(tmp_path / "ca.pem", ca[0])
+
+    class TrunkFlow(RecordingFlow):
+        def peer_certificate(self) -> Any:  # type: ignore[override]
+            return leaf
+
+    proxy = proxy_service(
+        tmp_path, USERS, ratelimit={"per_source": False, "methods": {}, "per_user": {"rate": 1, "burst": 1}, "allowlist": ["127.0.0.8/32"]},
+        tls={"client_ca": str(tmp_path / "ca.pem")},
+        auth={"tls": {"trunks": [{"identity": "sip:trunk.example.net", "name": "carrier", "roles": ["trunk"]}]}},
+    )
+    try:
+        from sipshield.message import parse_message
+
+        statuses = []
+        for n in range(3):
+            data = (
+                f"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.7:5061;branch=z9hG4bKtrunk{n}\r\nMax-Forwards: 70\r\n"
+                f"From: <sip:+12125550100@trunk.example.net>;tag=t{n}\r\nTo: <sip:bob@example.com>\r\nCall-ID: trunk{n}\r\nCSeq: 1 INVITE\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            flow = TrunkFlow(("127.0.0.7", 5061), "TLS")
+            proxy.core.message_received(parse_message(data.encode()), flow)
+            statuses.append(flow.statuses()[-1])
+        assert statuses == [404] * 3  # authenticated as the trunk, never 503
+        assert [call(proxy, source="127.0.0.8") for _ in range(3)] == [404] * 3  # alice, from the allowlist
+        assert [call(proxy), call(proxy)] == [404, 503]  # alice from anywhere else
+    finally:
+        proxy.stop()
+
+
 def test_the_per_user_defaults_and_config_errors_name_the_key() -> None:
     limits = parse_config({}).ratelimit
     assert limits.per_user == (20.0, 60.0) and limits.per_user_methods == {}
@@ -83,3 +121,15 @@ def test_the_per_user_defaults_and_config_errors_name_the_key() -> None:
         parse_config({"ratelimit": {"per_user_methods": {"IN-VITE": {"rate": 1}}}})
     with pytest.raises(ConfigError, match=r"ratelimit.per_user.rate"):
         parse_config({"ratelimit": {"per_user": {"burst": 3}}})
+
+
+def test_the_posture_says_the_limits_and_a_pipeline_without_their_stages() -> None:
+    posture = dict(parse_config({}).posture())
+    assert posture["rate limits"] == "per source 50/s (burst 100), per source and method: INVITE, MESSAGE, OPTIONS, REGISTER, SUBSCRIBE; per user 20/s (burst 60)"
+    assert posture["egress"] == "per user 10 external calls a minute, 4 at once; number prefixes for 0 role(s)"
+    assert posture["overload"].endswith("when the reactor is over 0.2 s behind")
+    stages = ["sanity", "auth", "options", "rbac", "dialog", "registrar", "location", "routes", "final"]
+    posture = dict(parse_config({"pipeline": {"stages": stages}, "limits": {"overload_lag": 0}}).posture())
+    assert posture["rate limits"].endswith('per user: none (no "ratelimit" stage in the pipeline)')
+    assert posture["egress"].startswith('none (no "egress" stage')
+    assert posture["overload"] == "off (never shed on reactor lag)"
