@@ -76,6 +76,20 @@ def test_tables_are_bounded_and_count_what_they_forget() -> None:
     assert state.banned("a", 100) is None and [b.key for b in state.bans(100)] == ["c"]  # expired
 
 
+def test_counted_calls_are_bounded_per_owner_and_in_all_and_expire() -> None:
+    state = MemoryShieldState(max_keys=3)
+    assert [state.open_call("alice", f"c{n}", 2, 100.0, 0) for n in range(3)] == [True, True, False]
+    assert not state.open_call("bob", "c0", 2, 100.0, 0)  # a key already counted
+    assert state.open_call("bob", "b0", 2, 100.0, 0)
+    assert state.open_call("carol", "x0", 2, 100.0, 0)  # full: the oldest (alice's c0) is forgotten
+    assert state.evicted == 1
+    state.answer_call("c1", "t1")
+    assert not state.close_call("c1", "other") and state.close_call("c1", "t1") and not state.close_call("c1")
+    assert state.open_call("alice", "c2", 2, 100.0, 0) and state.open_call("alice", "c3", 2, 100.0, 0)
+    assert not state.open_call("alice", "c4", 2, 200.0, 99.0)
+    assert state.open_call("alice", "c4", 2, 200.0, 100.0)  # both of alice's ended at 100
+
+
 def test_ipv6_sources_are_banned_by_their_64_and_mapped_ipv4_as_ipv4() -> None:
     assert ban_key("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
     assert ban_key("2001:db8:1:2:aaaa::1", 48) == "2001:db8:1::/48"

@@ -224,7 +224,7 @@ def test_a_cancelled_call_and_one_answered_by_the_proxy_free_their_slot(tmp_path
         proxy.stop()
 
 
-def send_with(proxy: Proxy, number: str, extra: str) -> int | None:
+def send_with(proxy: Proxy, number: str, extra: str = "", call_id: str | None = None, tag: str | None = None) -> int | None:
     from pipeline_support import PHONE, RecordingFlow
 
     from sipshield.message import parse_message
@@ -232,13 +232,24 @@ def send_with(proxy: Proxy, number: str, extra: str) -> int | None:
     ruri = f"sip:{number}@pstn.example.com"
     data = (
         f"INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE[0]}:{PHONE[1]};branch=z9hG4bK{secrets.token_hex(8)}\r\nMax-Forwards: 70\r\n"
-        f"From: <sip:alice@example.com>;tag={secrets.token_hex(4)}\r\nTo: <{ruri}>\r\nCall-ID: {secrets.token_hex(8)}@t\r\nCSeq: 1 INVITE\r\n"
-        f"Proxy-Authorization: {proxy.digest('INVITE', ruri, 'alice', PASSWORD, source=PHONE[0])}\r\n{extra}\r\nContent-Length: 0\r\n\r\n"
+        f"From: <sip:alice@example.com>;tag={tag or secrets.token_hex(4)}\r\nTo: <{ruri}>\r\nCall-ID: {call_id or secrets.token_hex(8)}@t\r\n"
+        f"CSeq: 1 INVITE\r\nProxy-Authorization: {proxy.digest('INVITE', ruri, 'alice', PASSWORD, source=PHONE[0])}\r\n"
+        + (f"{extra}\r\n" if extra else "") + "Content-Length: 0\r\n\r\n"
     )
     flow = RecordingFlow(PHONE)
     proxy.core.message_received(parse_message(data.encode()), flow)
     statuses = [s for s in flow.statuses() if s >= 200]
     return statuses[-1] if statuses else None
+
+
+def test_one_dialog_id_cannot_carry_two_counted_calls(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path, max_calls_per_minute=100, max_concurrent_calls=4)
+    try:
+        assert send_with(proxy, "+12125550001", call_id="same", tag="t1") is None  # relayed: no final answer yet
+        assert send_with(proxy, "+12125550002", call_id="same", tag="t1") == 403  # the same Call-ID and From tag, counted
+        assert send_with(proxy, "+12125550002", call_id="same", tag="t2") is None  # another dialog
+    finally:
+        proxy.stop()
 
 
 def test_a_lost_bye_frees_the_slot_after_max_call_duration(tmp_path: Path) -> None:
