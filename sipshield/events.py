@@ -19,6 +19,10 @@ from twisted.logger import Logger
 
 from sipshield._ratelog import ThrottledLog
 
+__all__ = [
+    "ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "EVERY_LINE", "OVERLOAD", "RATE_LIMIT", "SCANNER", "SIPS_REFUSED",
+    "SRTP_PLAIN", "SRTP_REFUSED", "TOLL_FRAUD", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable",
+]
 
 AUTH_FAILURE = "auth-failure"
 """Credentials were checked and refused: a wrong password or an unknown user

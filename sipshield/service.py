@@ -8,7 +8,7 @@ disk until the service starts.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -36,7 +36,7 @@ __all__ = ["RELOADABLE", "SIPShieldService", "makeService"]
 
 RELOADABLE = frozenset(("acl", "ratelimit", "scanners", "routes", "roles", "egress"))
 """The configuration sections a running service takes on without a restart."""
-_REBUILT_STAGES = frozenset(("rbac", "egress", "routes"))
+_REBUILT_STAGES = frozenset(("ratelimit", "rbac", "egress", "routes"))
 """The built-in stages built from those sections, rebuilt on reload."""
 
 
@@ -84,7 +84,7 @@ class SIPShieldService(MultiService):
         self.log_outputs = LogOutputs(config.logging, reactor)
         """The ``[logging]`` outputs (JSON lines, syslog), the first child service."""
         self.log_outputs.setServiceParent(self)
-        from sipshield.security import OverloadShedding, build_admission_steps, build_ban_policy, build_nft_ban_set, build_overload
+        from sipshield.security import OverloadShedding, build_ban_policy, build_nft_ban_set, build_overload
         from sipshield.state import MemoryShieldState
 
         self.shield_state = MemoryShieldState(max_bans=config.bans.max_bans)
@@ -104,15 +104,13 @@ class SIPShieldService(MultiService):
             stage_timeout=limits.stage_timeout, refuse_source=self.core.refuse_source,
         )
         self.core.pipeline = self.pipeline
-        # The shield's cheap refusals first (scanners, rate limits), then the stages' (the auth stage's challenge).
-        shield = build_admission_steps(config, reactor, self.shield_state, self.events, self.bans, exempt)
         overload = build_overload(config, reactor, self.events, exempt, self.core.routed_by_us)
         self.overload: OverloadShedding | None = None
         if overload is not None:
             self.overload, monitor = overload
             monitor.setServiceParent(self)
         self.core.events = self.core.sips.events = self.events
-        self.core.admission = self._admission(shield, self.pipeline.stages)
+        self.core.admission = self._admission_steps(config, self.pipeline.stages, exempt)
         self.tls_context: ServerTLSContext | None = None
         self._bans_loaded = False
         self.listeners: list[SIPListener] = []
@@ -134,23 +132,31 @@ class SIPShieldService(MultiService):
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
 
-    def _admission(self, shield: tuple[Any, ...], stages: Iterable[Any]) -> tuple[Any, ...]:
-        """``ProxyCore.admission``, at start and at each reload: the shield's
-        steps, then the core's refusal of a sips: request that came in clear
-        (RFC 5630), then the stages' own (the auth stage's challenge).  The
-        overload shedding, when on, goes first: while overloaded, what it
-        sheds costs the least; otherwise it is one attribute test."""
-        first: tuple[Any, ...] = () if self.overload is None else (self.overload,)
-        return first + shield + (self.core.sips,) + tuple(stage for stage in stages if callable(getattr(stage, "admission", None)))
+    def _admission_steps(self, config: Config, stages: Sequence[Any], exempt: Callable[[str, str], bool]) -> tuple[Any, ...]:
+        """``ProxyCore.admission`` for *config*: the overload shedding first
+        (while overloaded what it sheds costs the least; otherwise one
+        attribute test; kept across a reload, its refusal and exemptions
+        following ``[ratelimit]``), the shield's cheap refusals next (ACL,
+        scanners, rate limits), then the core's refusal of a sips: request that
+        came in clear (RFC 5630), then the stages' (the auth stage's challenge)."""
+        from sipshield.security import build_admission_steps, overload_refusal
 
-    def _exempt_from_limits(self) -> Callable[[str, str], bool]:
+        shield: tuple[Any, ...] = build_admission_steps(config, self.reactor, self.shield_state, self.events, self.bans, exempt)
+        if self.overload is not None:
+            self.overload.refusal, self.overload.exempt = overload_refusal(config), exempt
+            shield = (self.overload, *shield)
+        return shield + (self.core.sips,) + tuple(stage for stage in stages if callable(getattr(stage, "admission", None)))
+
+    def _exempt_from_limits(self, config: Config | None = None) -> Callable[[str, str], bool]:
         """Not rate-limited: ``[ratelimit] allowlist`` on every transport, and
         the trusted sources on the transports they are trusted over (one
         matcher for both, with the auth stage's IPv4 fast path)."""
         from sipshield.auth._stages import SourceNetworks
 
+        config = config or self.config
+
         networks = SourceNetworks(
-            [(n, True) for n in self.config.ratelimit.allowlist] + [(t.network, t.udp) for t in self.config.auth.trusted_sources]
+            [(n, True) for n in config.ratelimit.allowlist] + [(t.network, t.udp) for t in config.auth.trusted_sources]
         )
         if not networks:
             return lambda host, transport: False
@@ -364,14 +370,14 @@ class SIPShieldService(MultiService):
         restart differs.  The admission steps are rebuilt (their token
         buckets and failure windows live in the shared ShieldState, so they
         carry over; the scanner filter's table of users probed starts
-        again), and so are the ``rbac``, ``egress`` and ``routes`` stages,
+        again; the overload shedding keeps its state), and so are the
+        ``ratelimit``, ``rbac``, ``egress`` and ``routes`` stages,
         in their places: a request already in the pipeline finishes with
         the stages it started with, the next one gets the new ones.
         """
         from dataclasses import fields, replace
 
         from sipshield.routing import available_stages
-        from sipshield.security import build_admission_steps
 
         changed = [f.name for f in fields(Config) if f.name != "source" and getattr(self.config, f.name) != getattr(config, f.name)]
         fixed = [name for name in changed if name not in RELOADABLE]
@@ -379,7 +385,8 @@ class SIPShieldService(MultiService):
             raise ConfigError(f"changing {', '.join(fixed)} needs a restart; nothing was reloaded", source=config.source)
         if not changed:
             return []
-        environment = replace(self.environment, config=config)
+        exempt = self._exempt_from_limits(config)
+        environment = replace(self.environment, config=config, exempt_from_limits=exempt)
         factories = available_stages(config.server.plugins)
         stages = tuple(
             factories[stage.name].build(environment, dict(config.stage_options.get(stage.name, {})))
@@ -388,9 +395,9 @@ class SIPShieldService(MultiService):
         )
         self.config = config
         self.environment = environment
-        shield = build_admission_steps(config, self.reactor, self.shield_state, self.events, self.bans, self._exempt_from_limits())
+        admission = self._admission_steps(config, stages, exempt)
         self.pipeline.stages = stages
-        self.core.admission = self._admission(shield, stages)
+        self.core.admission = admission
         self.log.info("configuration reloaded: {sections}", sections=", ".join(changed))
         return changed
 

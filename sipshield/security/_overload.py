@@ -45,7 +45,7 @@ from sipshield.interfaces import IAdmissionStep
 from sipshield.message import Request
 from sipshield.proxy import DROP, Decision
 
-__all__ = ["INTERVAL", "OverloadShedding", "ReactorLag", "build_overload"]
+__all__ = ["INTERVAL", "OverloadShedding", "ReactorLag", "build_overload", "overload_refusal"]
 
 INTERVAL = 0.1
 """Seconds between two lag measurements."""
@@ -220,7 +220,12 @@ def build_overload(
     limits = config.limits
     if not limits.overload_lag:
         return None
-    rates = config.ratelimit
-    refusal = DROP if rates.action == "drop" else Decision.reply(503, "Service Unavailable: Overloaded", [("Retry-After", str(rates.retry_after))])
-    shedding = OverloadShedding(min_share=limits.overload_min_share, refusal=refusal, exempt=exempt, in_dialog=in_dialog, events=events)
+    shedding = OverloadShedding(min_share=limits.overload_min_share, refusal=overload_refusal(config), exempt=exempt, in_dialog=in_dialog, events=events)
     return shedding, ReactorLag(reactor, shedding, limits.overload_lag, limits.overload_recover)
+
+
+def overload_refusal(config: Config) -> Decision:
+    """What a source shed as the busiest gets, per ``[ratelimit] action``:
+    a stateless 503 with Retry-After, or nothing."""
+    rates = config.ratelimit
+    return DROP if rates.action == "drop" else Decision.reply(503, "Service Unavailable: Overloaded", [("Retry-After", str(rates.retry_after))])

@@ -133,3 +133,23 @@ def test_the_posture_says_the_limits_and_a_pipeline_without_their_stages() -> No
     assert posture["rate limits"].endswith('per user: none (no "ratelimit" stage in the pipeline)')
     assert posture["egress"].startswith('none (no "egress" stage')
     assert posture["overload"] == "off (never shed on reactor lag)"
+
+
+def test_a_reload_applies_new_per_user_limits_and_keeps_the_overload_step_first(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sipshield.security import OverloadShedding
+
+    proxy, _ = make(tmp_path, per_user={"rate": 1, "burst": 5})
+    try:
+        assert [call(proxy) for _ in range(2)] == [404, 404]
+        service = proxy.service
+        ratelimit = replace(service.config.ratelimit, per_user=(1.0, 1.0), allowlist=("127.0.0.8/32",))
+        assert service.reload(replace(service.config, ratelimit=ratelimit)) == ["ratelimit"]
+        proxy.clock.advance(0.01)  # the next refill caps the tokens carried over in the shared state at the new burst
+        assert [call(proxy), call(proxy)] == [404, 503]
+        assert [call(proxy, source="127.0.0.8") for _ in range(2)] == [404, 404]  # the new allowlist
+        assert isinstance(service.core.admission[0], OverloadShedding) and service.core.admission[0] is service.overload
+        assert service.overload.exempt("127.0.0.8", "UDP")
+    finally:
+        proxy.stop()
