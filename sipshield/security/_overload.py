@@ -167,6 +167,8 @@ class ReactorLag(Service):
     seconds; above *threshold*, *shedding* enters overload; once the lag has
     stayed at or below it for *recover* seconds, it leaves."""
 
+    name = "reactor-lag"
+
     def __init__(self, reactor: IReactorTime, shedding: OverloadShedding, threshold: float, recover: float = 5.0) -> None:
         self.reactor = reactor
         self.shedding = shedding
