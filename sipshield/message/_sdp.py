@@ -21,6 +21,7 @@ then decides (``mandatory`` refuses, failing closed).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["MAX_DEPTH", "MAX_MEDIA", "MAX_PARTS", "MAX_SDP_LINES", "MediaSection", "SDPError", "media_sections", "parse_content_type"]
@@ -34,7 +35,7 @@ MAX_SDP_LINES = 512
 MAX_MEDIA = 32
 """Media sections (m= lines) in all."""
 
-_IDENTITY_ENCODINGS = frozenset(("7bit", "8bit", "binary"))
+_IDENTITY_ENCODINGS = frozenset(("7bit", "8bit", "binary", "identity"))
 _SRTP_UNSAFE_PARAMS = frozenset(("UNENCRYPTED_SRTP", "UNENCRYPTED_SRTCP", "UNAUTHENTICATED_SRTP"))
 
 
@@ -67,7 +68,9 @@ class MediaSection:
 def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     """``type/subtype`` in lower case and its parameters (names in lower case,
     quoted values unquoted) from a Content-Type value (RFC 2045 5.1, RFC 3261 20.15).
-    Raises SDPError when it is not of that form."""
+    Raises SDPError when it is not of that form, or names a parameter twice
+    (RFC 2045 5.1 allows each once; readers disagree on which one counts, so
+    a ``boundary`` given twice would split the body differently for a phone)."""
     media, _, rest = value.partition(";")
     media = media.strip().lower()
     kind, slash, sub = media.partition("/")
@@ -81,6 +84,8 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
             if name:
                 raise SDPError(f"Content-Type parameter {name[:20]!r} has no value")
             break
+        if name in params:
+            raise SDPError(f"Content-Type parameter {name[:20]!r} given twice")
         rest = rest.lstrip()
         if rest.startswith('"'):
             chars: list[str] = []
@@ -103,23 +108,31 @@ def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
     return f"{kind}/{sub}", params
 
 
-def media_sections(body: bytes, content_type: str | None, content_encoding: str | None = None) -> tuple[MediaSection, ...] | None:
+def media_sections(body: bytes, content_type: str | Sequence[str] | None, content_encoding: str | Sequence[str] | None = None) -> tuple[MediaSection, ...] | None:
     """Every media section of the SDP in a message body, or None when the
     body holds no SDP at all (empty, or of another type).
 
-    *content_type* and *content_encoding* are the message's header values.
+    *content_type* and *content_encoding* are the message's header values:
+    one string, or every header line of that name (``Headers.get_all``).
+    Content-Type is single-valued (RFC 3261 20.15): a body with two is
+    refused, as readers differ on which one they believe.
     Raises :class:`SDPError` (only that) when SDP is there, or may be, and
     cannot be read within the bounds.
     """
     if not body:
         return None
-    if content_encoding is not None and content_encoding.strip().lower() not in ("", "identity"):
-        raise SDPError(f"Content-Encoding {content_encoding[:20]!r} cannot be inspected")
-    if content_type is None:
+    encodings = [content_encoding] if isinstance(content_encoding, str) else list(content_encoding or ())
+    for encoding in encodings:
+        if encoding.strip().lower() not in ("", "identity"):
+            raise SDPError(f"Content-Encoding {encoding[:20]!r} cannot be inspected")
+    types = [content_type] if isinstance(content_type, str) else list(content_type or ())
+    if not types:
         # RFC 3261 20.15: a body must have a Content-Type; one without is not trusted to be anything.
         raise SDPError("a body without Content-Type")
+    if len(types) > 1:
+        raise SDPError("more than one Content-Type")
     reader = _Reader()
-    reader.entity(body, content_type, 1)
+    reader.entity(body, types[0], 1)
     return tuple(reader.sections) if reader.found else None
 
 
@@ -152,17 +165,23 @@ class _Reader:
                 self.part(headers, part, depth)
 
     def part(self, head: bytes, body: bytes, depth: int) -> None:
-        content_type = "text/plain"  # RFC 2046 5.1: a part without Content-Type
-        encoding = "7bit"
+        types: list[str] = []
+        encodings: list[str] = []
         for line in _unfold(head.decode("utf-8", "replace")):
             name, colon, value = line.partition(":")
             if not colon:
                 raise SDPError("a body part header line without a colon")
             name = name.strip().lower()
-            if name == "content-type":
-                content_type = value.strip()
-            elif name == "content-transfer-encoding":
-                encoding = value.strip().lower()
+            # SIP stacks read part headers with their SIP header parser, so
+            # the compact forms (RFC 3261 7.3.3) name the same headers there.
+            if name in ("content-type", "c"):
+                types.append(value.strip())
+            elif name in ("content-transfer-encoding", "content-encoding", "e"):
+                encodings.append(value.strip().lower())
+        if len(types) > 1 or len(encodings) > 1:
+            raise SDPError("a body part with its Content-Type or encoding given twice")
+        content_type = types[0] if types else "text/plain"  # RFC 2046 5.1: a part without Content-Type
+        encoding = encodings[0] if encodings else "7bit"
         media, _ = parse_content_type(content_type)
         if encoding not in _IDENTITY_ENCODINGS and (media == "application/sdp" or media.startswith("multipart/")):
             raise SDPError(f"Content-Transfer-Encoding {encoding[:20]!r} cannot be inspected")
@@ -223,8 +242,8 @@ def _usable_crypto(value: str) -> bool:
     fields = value.split()
     if len(fields) < 3 or not fields[0].isdigit() or not fields[2].lower().startswith("inline:"):
         return False
-    if fields[1].upper().startswith("NULL"):
-        return False
+    if "NULL" in fields[1].upper():
+        return False  # NULL_HMAC_SHA1_80 (no encryption), AES_CM_128_NULL_AUTH (no authentication)
     return not any(f.upper() in _SRTP_UNSAFE_PARAMS for f in fields[3:])
 
 
@@ -260,6 +279,10 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[bytes, bytes]]:
         if len(positions) > MAX_PARTS + 1:
             raise SDPError(f"more than {MAX_PARTS} body parts")
         if body[start : start + 2] == b"--":
+            if _delimiter_line(body, delimiter, start):
+                # RFC 2046 5.1.1: the epilogue is to be ignored, but a reader
+                # that does not stop at the close delimiter would find more parts.
+                raise SDPError("a multipart delimiter after the close delimiter")
             break
     parts = []
     for begin, end in zip(positions, positions[1:], strict=False):
@@ -280,6 +303,11 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[bytes, bytes]]:
         else:
             parts.append((content[:head_end], content[head_end + sep_len :]))
     return parts
+
+
+def _delimiter_line(body: bytes, delimiter: bytes, start: int) -> bool:
+    """Does a line after *start* begin with *delimiter*?"""
+    return body.find(b"\n" + delimiter, start) >= 0
 
 
 def _blank_line(content: bytes) -> tuple[int, int]:

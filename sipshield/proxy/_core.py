@@ -26,7 +26,7 @@ from sipshield.proxy._branch import new_branch
 from sipshield.proxy._decision import Decision, RequestContext, RequestPipeline, Target
 from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, is_ip, next_hop, record_route_uri, route_set, stateless_branch
 from sipshield.proxy._hop import unusable_hop
-from sipshield.proxy._response import Branch, ResponseContext, run_response_hooks
+from sipshield.proxy._response import Branch, ResponseContext, filtered, run_response_hooks
 from sipshield.proxy._signer import RecordRouteSigner
 from sipshield.proxy._sips import SIPS_NOT_ALLOWED, SipsAdmission, arrived_in_clear, needs_tls, sips_warning
 
@@ -512,7 +512,7 @@ class ProxyCore:
         host, port = outbound
         shown = f"[{host}]" if ":" in host else host
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(rc.context.request)}")
-        calls = branch.calls = _BranchCallbacks(branch, self, txn.flow)
+        calls = branch.calls = _BranchCallbacks(branch, self, txn.flow, rc.context)
         branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=branch.flow)
 
     def _refuse_sips_branch(self, txn: Any, branch: Branch) -> None:
@@ -601,12 +601,16 @@ class _BranchCallbacks:
     on (RFC 3261 16.7, RFC 6026 8.2).
     """
 
-    __slots__ = ("_branch", "_core", "_upstream", "muted")
+    __slots__ = ("_branch", "_core", "_upstream", "_filtering", "muted")
 
-    def __init__(self, branch: Branch, core: ProxyCore, upstream: Flow) -> None:
+    def __init__(self, branch: Branch, core: ProxyCore, upstream: Flow, context: RequestContext) -> None:
         self._branch = weakref.ref(branch)
         self._core = core
         self._upstream = upstream
+        # The response filters still judge each 2xx once the response context
+        # is gone: a retransmission, or a new 2xx of a fork further on
+        # (another To tag, its own SDP), is otherwise relayed unchecked.
+        self._filtering = (context, branch.hop) if context.response_filters else None
         self.muted = False  # a response filter refused the branch's 2xx (Branch.mute)
 
     def response(self, txn: Any, response: Response) -> None:
@@ -616,6 +620,12 @@ class _BranchCallbacks:
         if branch is not None and branch.context is not None:
             branch.context.on_response(txn, response, branch)
         elif 200 <= response.status < 300:
+            if self._filtering is not None:
+                passed = filtered(self._filtering[0], response, self._filtering[1])
+                if passed is None or passed.status >= 300:
+                    self.muted = True  # the caller has its final answer: nothing to send instead
+                    return
+                response = passed
             self._core.forward_retransmitted_2xx(response, self._upstream)
 
     def timeout(self, txn: Any) -> None:

@@ -15,7 +15,24 @@ if TYPE_CHECKING:
     from sipshield.proxy._core import ProxyCore
     from sipshield.proxy._decision import RequestContext
 
-__all__ = ["Branch", "ResponseContext"]
+__all__ = ["Branch", "ResponseContext", "filtered"]
+
+_log = Logger()
+
+
+def filtered(context: RequestContext, response: Response, hop: tuple[str, str, int]) -> Response | None:
+    """*response* after every response filter of *context* (see ResponseFilter),
+    or None: a filter dropped it, or raised (logged; fail closed)."""
+    for check in context.response_filters:
+        try:
+            passed = check(context, response, hop)
+        except Exception:
+            _log.failure("response filter {filter} failed; response not relayed", filter=getattr(check, "__qualname__", repr(check)))
+            return None
+        if passed is None:
+            return None
+        response = passed
+    return response
 
 
 class Branch:
@@ -128,16 +145,7 @@ class ResponseContext:
 
     def _filtered(self, response: Response, branch: Branch) -> Response | None:
         """The response after every filter of the context (see ResponseFilter), or None."""
-        for check in self.context.response_filters:
-            try:
-                passed = check(self.context, response, branch.hop)
-            except Exception:
-                self.log.failure("response filter {filter} failed; response not relayed", filter=getattr(check, "__qualname__", repr(check)))
-                return None
-            if passed is None:
-                return None
-            response = passed
-        return response
+        return filtered(self.context, response, branch.hop)
 
     def _refused_2xx(self, branch: Branch, replacement: Response | None, first_final: bool) -> None:
         """A filter refused a branch's 2xx: the branch ends with *replacement*

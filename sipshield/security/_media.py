@@ -41,7 +41,7 @@ from zope.interface import implementer
 from sipshield.config import SRTP_MODES
 from sipshield.events import SRTP_PLAIN, SRTP_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
-from sipshield.message import Message, Request, Response, SDPError, media_sections
+from sipshield.message import MediaSection, Message, Request, Response, SDPError, media_sections
 from sipshield.proxy import CONTINUE, Decision, RequestContext
 
 __all__ = ["CHECKED_METHODS", "SRTP_MODES", "MediaPolicy", "MediaRefusal", "srtp_refusal"]
@@ -81,7 +81,7 @@ def srtp_refusal(message: Message, plaintext_hop: str | None) -> MediaRefusal | 
     crossed or would cross, None when every hop is TLS.  One verdict for
     offers and answers, requests and responses."""
     try:
-        sections = media_sections(message.body, message.content_type, message.headers.get("Content-Encoding"))
+        sections = _sections(message)
     except SDPError as e:
         return MediaRefusal(399, "SRTP required: SDP cannot be inspected: " + _UNQUOTABLE.sub("?", e.reason[:80]))
     if sections is None:
@@ -104,6 +104,13 @@ def srtp_refusal(message: Message, plaintext_hop: str | None) -> MediaRefusal | 
     return None
 
 
+def _sections(message: Message) -> tuple[MediaSection, ...] | None:
+    """The media sections of *message*'s SDP, every Content-Type and
+    Content-Encoding line of it weighed (two Content-Types: SDPError)."""
+    headers = message.headers
+    return media_sections(message.body, headers.get_all("Content-Type"), headers.get_all("Content-Encoding"))
+
+
 def _keys_in_clear(transport: str) -> MediaRefusal:
     return MediaRefusal(399, f"SRTP keys (a=crypto) in clear over {transport}: SDES needs TLS on every hop")
 
@@ -112,7 +119,7 @@ def _sdes_keys(message: Message) -> bool:
     """Does *message* carry an SDES key for an active audio or video stream?
     (An SDP that cannot be read carries none here: it was refused on arrival.)"""
     try:
-        sections = media_sections(message.body, message.content_type, message.headers.get("Content-Encoding"))
+        sections = _sections(message)
     except SDPError:
         return False
     return any(s.crypto and s.port != 0 and s.media in _CHECKED_MEDIA for s in sections or ())

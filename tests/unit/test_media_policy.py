@@ -366,3 +366,73 @@ def test_a_refused_2xx_is_weighed_with_the_other_branches_answers(tmp_path: Path
         assert upstream(flow)[-1].status == 200 and upstream(flow)[-1].body == DTLS.encode()
     finally:
         proxy.stop()
+
+
+# -- bodies a phone reads differently from us (attack/sdp_probe.py) ----------------------------------
+
+MIXED = "multipart/mixed;boundary=b"
+
+
+def part(headers: str, sdp: str) -> str:
+    return f"--b\r\n{headers}\r\n\r\n{sdp}\r\n"
+
+
+@pytest.mark.parametrize(("content_type", "body", "extra", "why"), [
+    # Two Content-Types: a phone that believes the last one reads plain RTP.
+    ("text/plain", PLAIN, "Content-Type: application/sdp\r\n", "more than one Content-Type"),
+    ("text/plain", PLAIN, "c: application/sdp\r\n", "more than one Content-Type"),
+    # A part's Content-Type twice, or in its compact form (SIP stacks parse part headers as SIP headers).
+    (MIXED, part("Content-Type: application/sdp\r\nContent-Type: text/plain", PLAIN) + "--b--\r\n", "", "given twice"),
+    (MIXED, part("c: application/sdp", PLAIN) + "--b--\r\n", "", "RTP/AVP"),
+    # boundary twice: a reader that takes the first one finds the plain SDP.
+    ("multipart/mixed;boundary=a;boundary=b", part("Content-Type: application/sdp", PLAIN).replace("--b", "--a") + "--a--\r\n"
+     + part("Content-Type: text/plain", "hi") + "--b--\r\n", "", "given twice"),
+    # A part after the close delimiter, for a reader that does not stop there.
+    (MIXED, part("Content-Type: text/plain", "hi") + "--b--\r\n" + part("Content-Type: application/sdp", PLAIN) + "--b--\r\n", "",
+     "after the close delimiter"),
+    # An encoding in a part, under the name a SIP stack would honour.
+    (MIXED, part("Content-Type: application/sdp\r\nContent-Encoding: gzip", PLAIN) + "--b--\r\n", "", "cannot be inspected"),
+], ids=["two-content-types", "compact-c-and-long", "part-two-content-types", "part-compact-c", "boundary-twice", "part-after-close",
+        "part-content-encoding"])
+def test_mandatory_refuses_bodies_that_a_phone_may_read_as_other_sdp(tmp_path: Path, content_type: str, body: str, extra: str,
+                                                                      why: str) -> None:
+    proxy, recorder = make(tmp_path, "mandatory")
+    try:
+        flow, relayed = offer(proxy, body, content_type, transport="TLS", extra=extra)
+        assert relayed == [] and upstream(flow)[-1].status == 488
+        assert why in (upstream(flow)[-1].headers.get("Warning") or "")
+        assert [e.kind for e in recorder.events] == [SRTP_REFUSED]
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("suite", ["AES_CM_128_NULL_AUTH", "NULL_HMAC_SHA1_80", "aes_cm_128_null_auth"])
+def test_mandatory_refuses_sdes_with_a_null_cipher_or_null_authentication(tmp_path: Path, suite: str) -> None:
+    proxy, _ = make(tmp_path, "mandatory")
+    try:
+        flow, relayed = offer(proxy, SDES.replace("AES_CM_128_HMAC_SHA1_80", suite), transport="TLS")
+        assert relayed == [] and "without a=crypto" in (upstream(flow)[-1].headers.get("Warning") or "")
+    finally:
+        proxy.stop()
+
+
+def test_a_2xx_of_another_fork_after_the_context_is_gone_is_still_checked(tmp_path: Path) -> None:
+    """A forking proxy or PBX beyond the callee answers twice: a good 200, then,
+    once our response context is gone, a 200 of another fork (its own To tag)
+    with plain RTP on the client transaction in Accepted."""
+    proxy, recorder = make(tmp_path, "mandatory")
+    try:
+        flow, (forwarded,) = offer(proxy, DTLS)
+        answer(proxy, forwarded, 200, DTLS)
+        assert forwarded_context_gone(proxy) and [m.status for m in upstream(flow)][-1:] == [200]
+        ((hop,),) = [[h for m, h in proxy.dispatcher.sent if m is forwarded]]
+        for body in (DTLS, PLAIN, DTLS):  # a retransmission passes; the plain fork, and all after it, do not
+            other = forwarded.make_response(200, to_tag="fork2")
+            other.headers.add("Contact", "<sip:bob2@127.0.0.5:5070>")
+            other.headers.add("Content-Type", SDP)
+            other.body = body.encode()
+            proxy.core.message_received(parse_message(other.serialise()), proxy.dispatcher.flows[hop])
+        assert [m.body for m in upstream(flow) if m.status == 200] == [DTLS.encode(), DTLS.encode()]
+        assert [e.kind for e in recorder.events] == [SRTP_REFUSED]
+    finally:
+        proxy.stop()
