@@ -29,11 +29,12 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from twisted.application.service import Service
@@ -44,8 +45,11 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTCP
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.guard import HTTPAuthSessionWrapper
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import ICredentialFactory
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -59,6 +63,13 @@ __all__ = ["AdminBackend", "AdminService", "AdminRealm", "AdminToken", "AdminTok
 MAX_BODY = 16 * 1024
 MAX_LISTING = 10000
 MAX_BAN = 365 * 86400
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+REQUEST_DEADLINE = 10.0
+"""Seconds from a request's first line to its last body byte (slow-body clients get 408)."""
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may sit idle between requests."""
+MAX_CONNECTIONS = 64
+"""Open connections at a time; one more is closed at once."""
 
 
 class IAdminToken(ICredentials):
@@ -109,16 +120,29 @@ class AdminTokenChecker:
 
 
 def load_or_create_token(path: Path) -> bytes:
-    """The local operator's token in *path* (mode 0600), made on first use."""
-    if path.exists():
-        token = path.read_bytes().strip()
-        if token:
-            return token
-    token = secrets.token_urlsafe(32).encode()
+    """The local operator's token in *path* (mode 0600), made on first use.
+
+    Created with O_EXCL (two processes starting at once agree on one token)
+    and never through a symbolic link (O_NOFOLLOW: a link planted in
+    data_dir would point the write, or the read, elsewhere); a token file
+    found readable by group or others is made 0600 again."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_bytes(token + b"\n")
+    token = secrets.token_urlsafe(32).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        with open(os.open(path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as existing:
+            if os.fstat(existing.fileno()).st_mode & 0o077:
+                os.fchmod(existing.fileno(), 0o600)
+            held = existing.read().strip()
+            if held:
+                return held
+            existing.seek(0)
+            existing.write(token + b"\n")
+            existing.truncate()
+        return token
+    with open(fd, "wb") as created:
+        created.write(token + b"\n")
     return token
 
 
@@ -183,8 +207,8 @@ def _body(request: Request) -> dict[str, Any]:
         raise ValueError(f"body over {MAX_BODY} bytes")
     try:
         data = json.loads(content or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError("the body is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError("the body is not JSON (or nests too deep)") from None
     if not isinstance(data, dict):
         raise ValueError("the body must be a JSON object")
     return data
@@ -218,7 +242,10 @@ class _Bans(_JSONResource):
             address = data.get("address")
             if not isinstance(address, str):
                 raise ValueError("address: an IP address is required")
-            host = str(ipaddress.ip_address(address))
+            ip = ipaddress.ip_address(address)
+            if ip.is_unspecified or ip.is_multicast or ip == _BROADCAST:
+                raise ValueError(f"address: {ip} is not one host (unspecified, multicast or broadcast)")
+            host = str(ip)
             duration = data.get("duration", bans.ban_time)
             if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 1 <= duration <= MAX_BAN:
                 raise ValueError(f"duration: seconds, 1 to {MAX_BAN}")
@@ -331,6 +358,89 @@ def admin_resource(backend: AdminBackend, tokens: Mapping[str, bytes], permissio
     return wrapper
 
 
+class _AdminRequest(Request):
+    """A request whose body may not pass :data:`MAX_BODY` nor take longer than
+    :data:`REQUEST_DEADLINE`: the token is checked only once the whole
+    request is in, so without these anyone who can connect could stream
+    gigabytes into a temporary file or hold connections open for good."""
+
+    _received = 0
+    _deadline: Any = None
+    _refused = False
+
+    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self._deadline = cast(Any, channel).callLater(REQUEST_DEADLINE, self._refuse, b"408 Request Timeout")
+
+    def gotLength(self, length: int | None) -> None:
+        super().gotLength(length)
+        if length is not None and length > MAX_BODY:
+            self._refuse(b"413 Content Too Large")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._refuse(b"413 Content Too Large")  # chunked: no Content-Length said so
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._stop_deadline()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        self._stop_deadline()
+        super().connectionLost(reason)
+
+    def _stop_deadline(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _refuse(self, status: bytes) -> None:
+        """Answer before the request is complete, and close (RFC 9110 15.5.14, 15.5.9)."""
+        self._stop_deadline()
+        if self._refused:
+            return
+        self._refused = True
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        self.channel.loseConnection()
+
+
+class _AdminChannel(HTTPChannel):
+    """Gives its place back to :class:`_AdminSite` when it closes."""
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        cast(_AdminSite, cast(Any, self).site).open -= 1
+        super().connectionLost(reason)
+
+
+class _AdminSite(Site):
+    """The admin API's HTTP factory: bounded requests (:class:`_AdminRequest`),
+    an idle timeout, at most :data:`MAX_CONNECTIONS` at a time, and no form
+    parsing (twisted.web would parse a multipart/form-data body into memory
+    before any resource, the token check included, sees the request)."""
+
+    requestFactory = _AdminRequest
+    protocol = _AdminChannel  # type: ignore[assignment]
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(self, resource: IResource, reactor: Any) -> None:
+        super().__init__(resource, timeout=IDLE_TIMEOUT, reactor=reactor, parsePOSTFormSubmission=False)
+        self.open = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open >= MAX_CONNECTIONS:
+            return None  # the reactor closes the connection
+        self.open += 1
+        return super().buildProtocol(addr)
+
+
 class AdminService(Service):
     """Listens for the admin API on ``[admin] host:port`` (plain HTTP: keep
     it on loopback or a management network); logs the address it got.  A
@@ -350,9 +460,7 @@ class AdminService(Service):
         super().startService()
         if self.listening is not None or not IReactorTCP.providedBy(self.reactor):
             return  # a task.Clock in tests: no sockets
-        site = Site(self.resource())
-        site.displayTracebacks = False
-        site.noisy = False
+        site = self.site()
         try:
             self.listening = self.reactor.listenTCP(self.port, site, interface=self.host)  # type: ignore[arg-type]
         except CannotListenError as e:
@@ -361,6 +469,10 @@ class AdminService(Service):
         address = self.listening.getHost()
         host = f"[{address.host}]" if ":" in address.host else address.host
         self.log.info("admin API listening on http://{host}:{port}/v1/", host=host, port=address.port)
+
+    def site(self) -> Site:
+        """The HTTP factory serving the API (tests drive it over a StringTransport)."""
+        return _AdminSite(self.resource(), self.reactor)
 
     def stopService(self) -> Any:
         super().stopService()
