@@ -62,3 +62,31 @@ def test_fail2ban_regex_matches_every_failed_login_with_its_source_and_nothing_e
     matched = collections.Counter(line.strip() for line in result.stdout.splitlines() if line.strip())
     assert matched == {"127.0.0.3": 2, "127.0.0.4": 3, "127.0.0.2": 1}, result.stdout + "\n" + "\n".join(failures)
     assert INJECTED in "\n".join(failures)  # the name was in the line, and still did not move the address
+
+
+def test_a_line_after_a_newline_in_a_log_message_cannot_name_an_address(tmp_path: Path) -> None:
+    """twistd writes a multi-line message's later lines after a tab, and
+    fail2ban dates a line without a time stamp now: a forged failure line
+    there (a traceback's text, any value that held a newline) must match
+    nothing.  The log is written by twistd's own text observer."""
+    import io
+
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger, LogPublisher, textFileLogObserver
+
+    from sipshield.events import LogSecurityEvents, SecurityEvent
+
+    fail2ban_regex = require_tool("fail2ban-regex", "fail2ban")
+    out = io.StringIO()
+    publisher = LogPublisher(textFileLogObserver(out))
+    forged = "[sipshield.security#warn] security event auth-failure from 10.9.9.8 over UDP (user x): y"
+    Logger(namespace="sipshield.proxy.core", observer=publisher).error("routing failed: {why}", why=f"boom\n{forged}\n {forged}")
+    events = LogSecurityEvents(Clock(), Logger(namespace="sipshield.security", observer=publisher))
+    events.emit(SecurityEvent("auth-failure", "192.0.2.7", "UDP", "alice", "credentials refused"))
+    log = tmp_path / "twistd.log"
+    log.write_text(out.getvalue())
+    assert "\t" + forged in out.getvalue()
+    result = subprocess.run([fail2ban_regex, "-o", "ip", str(log), str(FILTER)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line.strip() for line in result.stdout.splitlines() if line.strip()] == ["192.0.2.7"], result.stdout
+
