@@ -149,10 +149,16 @@ def _disjoint(bans: Iterable[Ban]) -> list[tuple[Network, float]]:
     kept: list[tuple[Network, float]] = []
     for version in (4, 6):
         widest_first = sorted((n for n in networks if n.version == version), key=lambda n: (n.prefixlen, n.network_address))
-        held: list[Network] = []
+        # Linear in the bans (times the prefix lengths held, at most 129):
+        # comparing each with every kept one took a minute for 8000 bans,
+        # on the reactor, and an attacker with a /48 can earn that many.
+        held: set[Network] = set()
+        lengths: list[int] = []
         for network in widest_first:
-            if not any(network.subnet_of(wider) for wider in held):  # type: ignore[arg-type]
-                held.append(network)
+            if not any(network.supernet(new_prefix=length) in held for length in lengths):
+                held.add(network)
+                if not lengths or lengths[-1] != network.prefixlen:
+                    lengths.append(network.prefixlen)
                 kept.append((network, networks[network]))
     return kept
 
