@@ -249,15 +249,15 @@ def _usable_crypto(value: str) -> bool:
 
 def _unfold(head: str) -> list[str]:
     """MIME header lines with folded continuations joined (RFC 5322 2.2.3)."""
-    lines: list[str] = []
+    lines: list[list[str]] = []  # each line's pieces, joined once (appending to a str is quadratic)
     for raw in head.replace("\r\n", "\n").split("\n"):
         if not raw:
             continue
         if raw[0] in " \t" and lines:
-            lines[-1] += " " + raw.strip()
+            lines[-1].append(raw.strip())
         else:
-            lines.append(raw)
-    return lines
+            lines.append([raw])
+    return [" ".join(pieces) for pieces in lines]
 
 
 def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[bytes, bytes]]:
@@ -266,15 +266,18 @@ def _split_multipart(body: bytes, boundary: bytes) -> list[tuple[bytes, bytes]]:
     one belongs to it), the last one ``--boundary--``; preamble and epilogue
     are ignored.  Bare LF line ends are taken too."""
     delimiter = b"--" + boundary
+    line_start = b"\n" + delimiter  # searched for as such: one find per delimiter, not per look-alike in the content
     positions: list[int] = []
     start = 0
     while True:
-        at = body.find(delimiter, start)
-        if at < 0:
-            raise SDPError("multipart body without its closing delimiter")
+        if start == 0 and body.startswith(delimiter):
+            at = 0
+        else:
+            found = body.find(line_start, start)
+            if found < 0:
+                raise SDPError("multipart body without its closing delimiter")
+            at = found + 1
         start = at + len(delimiter)
-        if at != 0 and body[at - 1 : at] != b"\n":
-            continue  # not at the start of a line: part of the content
         positions.append(at)
         if len(positions) > MAX_PARTS + 1:
             raise SDPError(f"more than {MAX_PARTS} body parts")
