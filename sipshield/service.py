@@ -111,6 +111,7 @@ class SIPShieldService(MultiService):
             monitor.setServiceParent(self)
         self.core.events = self.core.sips.events = self.events
         self.core.admission = self._admission_steps(config, self.pipeline.stages, exempt)
+        self.core.ack_checks = _ack_checks(self.pipeline.stages)
         self.tls_context: ServerTLSContext | None = None
         self._bans_loaded = False
         self.listeners: list[SIPListener] = []
@@ -398,6 +399,7 @@ class SIPShieldService(MultiService):
         admission = self._admission_steps(config, stages, exempt)
         self.pipeline.stages = stages
         self.core.admission = admission
+        self.core.ack_checks = _ack_checks(stages)
         self.log.info("configuration reloaded: {sections}", sections=", ".join(changed))
         return changed
 
@@ -511,6 +513,11 @@ class SIPShieldService(MultiService):
             if listener.port is not None:
                 found.setdefault(listener.config.kind, listener.address)
         return found
+
+
+def _ack_checks(stages: Iterable[Any]) -> tuple[Any, ...]:
+    """``ProxyCore.ack_checks``: each stage's ``check_ack`` (an AckCheck), in pipeline order."""
+    return tuple(stage.check_ack for stage in stages if callable(getattr(stage, "check_ack", None)))
 
 
 def makeService(config: Config, reactor: Any = None) -> SIPShieldService:

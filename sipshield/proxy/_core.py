@@ -23,7 +23,7 @@ from sipshield._ratelog import ThrottledLog
 from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
-from sipshield.proxy._decision import Decision, RequestContext, RequestPipeline, Target
+from sipshield.proxy._decision import AckCheck, Decision, RequestContext, RequestPipeline, Target
 from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, is_ip, next_hop, record_route_uri, route_set, stateless_branch
 from sipshield.proxy._hop import unusable_hop
 from sipshield.proxy._response import Branch, ResponseContext, filtered, run_response_hooks
@@ -77,6 +77,8 @@ class ProxyCore:
         self.dispatcher: Any = None
         self.contexts: dict[Any, ResponseContext] = {}
         self.admission: tuple[Any, ...] = ()
+        self.ack_checks: tuple[AckCheck, ...] = ()
+        """See AckCheck: the stages' ``check_ack`` (the service sets them)."""
         self.source_filter: Callable[[str], bool] | None = None
         """``source_filter(host)``: True drops everything from *host* before
         parsing (the service sets the ban policy's ``refuse_source``)."""
@@ -95,7 +97,7 @@ class ProxyCore:
         ``handle_request`` (same object, same source), so that
         ``request_received`` does not read and verify it again."""
         self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0, "stray_responses": 0,
-                         "transaction_cap_refusals": 0, "amplification_drops": 0}
+                         "transaction_cap_refusals": 0, "amplification_drops": 0, "acks_refused": 0}
         self.remote_log = ThrottledLog(self.log, reactor) if reactor is not None else None
         """Lines caused by remote input go through this (per source and kind, bounded)."""
 
@@ -367,6 +369,12 @@ class ProxyCore:
         uri, hop = next_hop(request)
         if hop[0] != "TLS" and needs_tls(request, uri):
             return
+        for check in self.ack_checks:
+            if not check(request, flow, hop):
+                # Not forwarded: the callee retransmits its 2xx, then ends
+                # the dialog with a BYE (RFC 3261 13.3.1.4).
+                self.counters["acks_refused"] += 1
+                return
         self._send_stateless(request, hop, stateless_branch(request))
 
     def stray_response(self, response: Response, flow: Flow) -> None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from sipshield.message import URI, Request, Response
     from sipshield.transport import Flow
 
-__all__ = ["CONTINUE", "DROP", "BranchCheck", "Decision", "RequestContext", "RequestPipeline", "ResponseFilter", "ResponseHook", "Target"]
+__all__ = ["CONTINUE", "DROP", "AckCheck", "BranchCheck", "Decision", "RequestContext", "RequestPipeline", "ResponseFilter", "ResponseHook", "Target"]
 
 
 @dataclass(slots=True)
@@ -105,6 +105,14 @@ Returns None to send it, or a final response (made from
 weighed with the other branches' answers (RFC 3261 16.7 step 6).  Called
 synchronously, in order; a check that raises is logged and the branch ends
 unsent with 500 (fail closed)."""
+
+
+AckCheck = Callable[["Request", "Flow", "tuple[str, str, int]"], bool]
+"""``check(ack, flow, hop)``: sees each ACK for a 2xx that follows a route set
+this proxy made, with the flow it came on and its next hop, before it is
+forwarded statelessly (RFC 3261 16.11: it passes no pipeline).  False keeps
+it from being forwarded (the callee then retransmits its 2xx and ends the
+dialog, RFC 3261 13.3.1.4).  A stage offers one as its ``check_ack`` method."""
 
 
 @dataclass(slots=True)

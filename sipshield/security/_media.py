@@ -27,7 +27,9 @@ gets it, or a better answer of another branch; the callee gets no ACK and
 ends the dialog itself, RFC 3261 13.3.1.4).  Each refusal is an
 ``srtp-refused`` security event; ``prefer`` lets everything through and
 reports ``srtp-plain`` events instead; ``off`` looks at nothing.  An ACK
-for a 2xx is not checked: it is forwarded statelessly, outside the pipeline.
+for a 2xx (the answer to an offer in the 2xx) passes no pipeline:
+:meth:`MediaPolicy.check_ack`, which the proxy core calls before it
+forwards one statelessly, gives it the same verdict.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from sipshield.events import SRTP_PLAIN, SRTP_REFUSED, SecurityEvent, SecurityEv
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import MediaSection, Message, Request, Response, SDPError, media_sections
 from sipshield.proxy import CONTINUE, Decision, RequestContext
+from sipshield.transport import Flow
 
 __all__ = ["CHECKED_METHODS", "SRTP_MODES", "MediaPolicy", "MediaRefusal", "srtp_refusal"]
 
@@ -168,8 +171,7 @@ class MediaPolicy:
         relayed in ``mandatory`` (a provisional is dropped, a 2xx becomes 488);
         in ``prefer`` it is reported and relayed."""
         transport, host, _ = hop
-        plaintext = transport if transport != "TLS" else (None if context.flow.secure else context.transport)
-        refusal = srtp_refusal(response, plaintext)
+        refusal = srtp_refusal(response, _plaintext_hop(transport, context.flow))
         if refusal is None:
             return response
         self._report(context, host, transport, f"{response.status} to {context.request.method}: {refusal.text}")
@@ -178,6 +180,20 @@ class MediaPolicy:
         if response.status < 200:
             return None
         return self._refusal(context, refusal)
+
+    def check_ack(self, ack: Request, flow: Flow, hop: tuple[str, str, int]) -> bool:
+        """The AckCheck: the SDP answer in an ACK for a 2xx (to an offer in
+        the 2xx) passes the same verdict, over the hop it came on and the one
+        it would go on; in ``mandatory`` a failing one is not forwarded."""
+        if self.mode == "off":
+            return True
+        refusal = srtp_refusal(ack, _plaintext_hop(hop[0], flow))
+        if refusal is None:
+            return True
+        if self.events is not None:
+            kind = SRTP_REFUSED if self.mode == "mandatory" else SRTP_PLAIN
+            self.events.emit(SecurityEvent(kind, flow.remote[0], flow.transport_name, None, f"ACK not relayed: {refusal.text}"))
+        return self.mode != "mandatory"
 
     def _refusal(self, context: RequestContext, refusal: MediaRefusal) -> Response:
         """The proxy's own 488 with the Warning, for a branch it ends."""
@@ -191,6 +207,14 @@ class MediaPolicy:
         user = None if context.user is None else f"{context.user[0]}@{context.user[1]}"
         kind = SRTP_REFUSED if self.mode == "mandatory" else SRTP_PLAIN
         self.events.emit(SecurityEvent(kind, source, transport, user, reason))
+
+
+def _plaintext_hop(transport: str, flow: Flow) -> str | None:
+    """The non-TLS transport an SDP crossed (*flow*, where it came from) or
+    would cross (*transport*, where it goes), None when both are TLS."""
+    if transport != "TLS":
+        return transport
+    return None if flow.secure else flow.transport_name
 
 
 def _agent(context: RequestContext) -> str:

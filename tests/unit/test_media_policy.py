@@ -436,3 +436,40 @@ def test_a_2xx_of_another_fork_after_the_context_is_gone_is_still_checked(tmp_pa
         assert [e.kind for e in recorder.events] == [SRTP_REFUSED]
     finally:
         proxy.stop()
+
+
+def test_an_sdp_answer_in_the_ack_of_a_late_offer_is_checked(tmp_path: Path) -> None:
+    """INVITE without SDP, the offer in the 200, the answer in the ACK: the
+    ACK passes no pipeline (RFC 3261 16.11), so its own check keeps a plain
+    RTP answer, or SDES keys that came over UDP, from reaching the callee."""
+    proxy, recorder = make(tmp_path, "mandatory")
+    try:
+        flow, (forwarded,) = offer(proxy, "")
+        response = forwarded.make_response(200, to_tag="callee1")
+        for value in forwarded.headers.get_all("Record-Route"):
+            response.headers.add("Record-Route", value)  # RFC 3261 12.1.1: the UAS copies them
+        response.headers.add("Contact", "<sip:bob@127.0.0.5:5070>")
+        response.headers.add("Content-Type", SDP)
+        response.body = DTLS.encode()
+        ((hop,),) = [[h for m, h in proxy.dispatcher.sent if m is forwarded]]
+        proxy.core.message_received(parse_message(response.serialise()), proxy.dispatcher.flows[hop])
+        (ok,) = [m for m in upstream(flow) if m.status == 200]
+        routes = list(reversed(ok.headers.get_values("Record-Route")))
+        assert routes
+
+        def ack(body: str) -> None:
+            lines = ["ACK sip:bob@127.0.0.5:5070 SIP/2.0", f"Via: SIP/2.0/UDP {PHONE[0]}:{PHONE[1]};branch=z9hG4bK{secrets.token_hex(8)};rport",
+                     "Max-Forwards: 70", f"From: {ok.headers.get('From')}", f"To: {ok.headers.get('To')}", f"Call-ID: {ok.call_id}",
+                     "CSeq: 1 ACK", *[f"Route: {r}" for r in routes], "Content-Type: application/sdp"]
+            data = "\r\n".join(lines) + f"\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            proxy.core.message_received(parse_message(data.encode()), flow)
+
+        for body in (PLAIN, SDES):
+            ack(body)
+        assert proxy.relayed("ACK") == [] and proxy.core.counters["acks_refused"] == 2
+        assert [e.kind for e in recorder.events] == [SRTP_REFUSED, SRTP_REFUSED]
+        assert "m=audio uses RTP/AVP" in recorder.events[0].reason and "in clear over UDP" in recorder.events[1].reason
+        ack(DTLS)
+        assert [m.body for m in proxy.relayed("ACK")] == [DTLS.encode()]
+    finally:
+        proxy.stop()
