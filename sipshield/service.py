@@ -8,7 +8,7 @@ disk until the service starts.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
