@@ -1145,6 +1145,42 @@ def _admin(data: Any, source: str | None, roles: Mapping[str, Sequence[str]]) ->
     return admin
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics over HTTP (docs/operations/metrics.md)."""
+
+    enabled: bool = True
+    listen: ListenerConfig = field(default_factory=lambda: ListenerConfig(kind="tcp", port=9060, interface="127.0.0.1"))
+    """A ``tcp:PORT:interface=ADDR`` endpoint; loopback by default (the metrics
+    tell traffic patterns: a non-loopback address is a start-up warning)."""
+    refresh: float = 15.0
+    """Seconds between two readings of the values a store answers asynchronously
+    (registered contacts); a scrape serves the last reading and never waits."""
+
+    @property
+    def exposed(self) -> bool:
+        """Served on an address other hosts can reach."""
+        return self.enabled and not ipaddress.ip_address(self.listen.interface).is_loopback
+
+
+def _metrics(data: Any, source: str | None) -> MetricsConfig:
+    """``[metrics]``."""
+    section = _Section("metrics", data, source)
+    enabled = section.take("enabled", bool, True)
+    listen = MetricsConfig().listen
+    description = section.take("listen", str, None)
+    if description is not None:
+        try:
+            listen = parse_listener(description)
+        except ValueError as e:
+            raise section.error("listen", str(e)) from None
+        if listen.kind != "tcp":
+            raise section.error("listen", f"metrics are served over HTTP: a tcp:PORT:interface=ADDR endpoint, not {listen.kind}")
+    refresh = section.take_number("refresh", 15.0, 1.0, 3600.0, integer=False)
+    section.finish()
+    return MetricsConfig(enabled=enabled, listen=listen, refresh=float(refresh))
+
+
 def unsafe_posture(stages: Sequence[str], trusted: Sequence[TrustedSource]) -> list[tuple[str, str]]:
     """What in a pipeline and a trust list serves strangers unauthenticated:
     ``(key, why)`` pairs, none for a safe configuration."""
@@ -1189,6 +1225,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -1203,7 +1240,10 @@ class Config:
             "with a forged source address in it acts as trusted_role, unchallenged"
             for t in self.auth.trusted_sources
             if t.udp
-        ]
+        ] + ([
+            f"metrics.listen: metrics are served on {self.metrics.listen.interface}, not loopback: anyone who reaches it "
+            "reads the traffic patterns (call rates, failed logins, bans); keep it behind a firewall"
+        ] if self.metrics.exposed else [])
 
     def posture(self) -> list[tuple[str, str]]:
         """What this configuration exposes and how it is protected, as
@@ -1318,7 +1358,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin", "media"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin", "media", "metrics"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -1350,6 +1390,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
         logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles), media=media,
+        metrics=_metrics(data.get("metrics", {}), source),
     )
 
 

@@ -132,6 +132,37 @@ class SIPShieldService(MultiService):
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
+        self.metrics = self._make_metrics(shield)
+        """The ``[metrics]`` HTTP service (None when disabled); ``metrics_registry`` is what it serves."""
+
+    def _make_metrics(self, shield: tuple[Any, ...]) -> Any:
+        from sipshield.auth._stages import DigestAuthStage
+        from sipshield.ops import MetricSources, MetricsService, SecurityEventTally, metrics_registry
+
+        tally = SecurityEventTally()
+        self.events.subscribe(tally)
+        metrics: MetricsService | None = None
+        sources = MetricSources(
+            core=self.core, events=tally, admission=shield, bans=self.bans,
+            auth=next((stage for stage in self.pipeline.stages if isinstance(stage, DigestAuthStage)), None),
+            stream_factories=lambda: [listener.factory for listener in self.listeners if listener.factory is not None],
+            certificates=self._certificates, contacts=lambda: None if metrics is None else metrics.contacts,
+            now=self.reactor.seconds,
+        )
+        self.metrics_registry = metrics_registry(sources)
+        if not self.config.metrics.enabled:
+            return None
+        metrics = MetricsService(self.config.metrics, self.metrics_registry, self.reactor, self.location.count)
+        metrics.setServiceParent(self)
+        return metrics
+
+    def _certificates(self) -> list[tuple[str, Any]]:
+        """The served TLS certificate's file and notAfter (none before start or without TLS)."""
+        if self.tls_context is None:
+            return []
+        tls = self.config.tls
+        path = tls.certificate if tls.certificate is not None else self.config.server.data_dir / SELF_SIGNED_CERT
+        return [(str(path), self.tls_context.material.certificate.to_cryptography().not_valid_after_utc)]
 
     def _admission_steps(self, config: Config, stages: Sequence[Any], exempt: Callable[[str, str], bool]) -> tuple[Any, ...]:
         """``ProxyCore.admission`` for *config*: the overload shedding first
@@ -312,6 +343,8 @@ class SIPShieldService(MultiService):
         ready.addErrback(lambda f: self.log.error(
             "MD5 downgrade lock unavailable: {why}; MD5 answers get 503 until it can be read", why=f.getErrorMessage()))
         ready.addCallback(self._report_users)
+        if self.metrics is not None:
+            ready.addCallback(lambda _: self.metrics.refresh())
         self.schema_ready = ready  # fires once every store has its tables (or has logged why not)
         super().startService()
         for listener in self.listeners:

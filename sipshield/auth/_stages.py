@@ -171,6 +171,8 @@ class DigestAuthStage:
         self.events = events
         self.downgrade = downgrade
         self.unanswered = unanswered
+        self.logins = 0
+        """Credentials verified (digest or bearer), read by the metrics."""
         self.in_dialog = in_dialog
         self.trunks = trunks
         self.bearer = bearer
@@ -343,6 +345,8 @@ class DigestAuthStage:
             self.unanswered.challenged(context.source[0], _challenged_user(context.request), context.flow.transport_name, realm, algorithms)
 
     def _note_answer(self, context: RequestContext, authenticated: bool) -> None:
+        if authenticated:
+            self.logins += 1
         if self.unanswered is not None:
             if authenticated:
                 self.unanswered.answered(context.source[0], _challenged_user(context.request))

@@ -13,6 +13,7 @@ import ipaddress
 import secrets
 import weakref
 from collections.abc import Callable, Iterable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -20,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipshield._ratelog import ThrottledLog
+from sipshield._tally import LatencyHistogram, MethodTally, StatusTally
 from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
@@ -97,7 +99,17 @@ class ProxyCore:
         ``handle_request`` (same object, same source), so that
         ``request_received`` does not read and verify it again."""
         self.counters = {"requests": 0, "responses": 0, "malformed": 0, "stateless_replies": 0, "admission_drops": 0, "stray_responses": 0,
-                         "transaction_cap_refusals": 0, "amplification_drops": 0, "acks_refused": 0}
+                         "transaction_cap_refusals": 0, "amplification_drops": 0, "acks_refused": 0, "calls_started": 0}
+        # Read by the metrics at scrape time (sipshield/_tally.py): plain increments here.
+        self.requests_by = MethodTally()
+        """Requests received, by method (unknown ones: ``other``) and transport."""
+        self.responses_by = StatusTally()
+        """Responses received from the next hops, by status."""
+        self.stateless_sent = StatusTally()
+        """Responses sent without a transaction (admission, caps, malformed requests), by status."""
+        self.latency = LatencyHistogram()
+        """Seconds the core spends on one parsed message, up to its decision or forwarding
+        (the synchronous part: a stage's Deferred ends the measured span)."""
         self.remote_log = ThrottledLog(self.log, reactor) if reactor is not None else None
         """Lines caused by remote input go through this (per source and kind, bounded)."""
 
@@ -131,20 +143,24 @@ class ProxyCore:
         return source_filter is not None and source_filter(host)
 
     def message_received(self, message: Request | Response, flow: Flow) -> None:
+        started = perf_counter()
         try:
             # First, for every transport: what follows walks some headers value
             # by value, so its cost must be bounded by the cap, not the input.
             check_header_values(message, self.max_header_values)
             if isinstance(message, Response):
                 self.counters["responses"] += 1
+                self.responses_by.add(message.status)
                 self.transactions.handle_response(message, flow)
             else:
                 self.counters["requests"] += 1
+                self.requests_by.add(message.method, flow.transport_name)
                 _mark_source(message, flow)
                 self.transactions.handle_request(message, flow)
         except ParseError as e:
             # A header a proxy reads only now (Route, Contact...) is malformed.
             self.bad_message(ParseError(e.reason, e.status, message), flow)
+        self.latency.observe(perf_counter() - started)
 
     def bad_message(self, error: ParseError, flow: Flow) -> None:
         self.counters["malformed"] += 1
@@ -165,6 +181,7 @@ class ProxyCore:
             if not _within_amplification_limit(data, message, flow):
                 self.counters["amplification_drops"] += 1
                 return
+            self.stateless_sent.add(error.status)
             flow.send(data)
 
     # -- admission (before any state) ---------------------------------------
@@ -234,6 +251,7 @@ class ProxyCore:
             data = response.serialise()
             if _within_amplification_limit(data, request, flow):
                 self.counters["stateless_replies"] += 1
+                self.stateless_sent.add(status)
                 flow.send(data)
                 return
         self.counters["amplification_drops"] += 1
@@ -421,7 +439,10 @@ class ProxyCore:
             if malformed is not None:
                 self._reply(txn, malformed.status, malformed.reason, context=context)
             return
-        rc = ResponseContext(self, txn, context, request.method == "INVITE")
+        is_invite = request.method == "INVITE"
+        if is_invite:
+            self.counters["calls_started"] += 1
+        rc = ResponseContext(self, txn, context, is_invite)
         self.contexts[txn] = rc
         branches = [Branch(rc, fwd, hop, flow, sips) for fwd, hop, flow, sips in prepared]
         for branch in branches:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sipshield._tally import StatusTally
+
 from ._base import CALLING, PROCEEDING, TRYING, Destination, Sender, TimerSettings, TransactionUser
 from ._client import ClientTransaction, InviteClientTransaction, NonInviteClientTransaction, ResponseCallback, TransactionCallback
 from ._keys import MAGIC_COOKIE, rfc2543_key
@@ -44,6 +46,8 @@ class TransactionLayer:
         "_timers",
         "_on_server_timeout",
         "_admit",
+        "sent",
+        "invites_answered",
     )
 
     def __init__(
@@ -69,6 +73,10 @@ class TransactionLayer:
         self._timers = TimerQueues(reactor)
         self._on_server_timeout = getattr(user, "transaction_timeout", None)
         self._admit = getattr(user, "admit", None)
+        self.sent = StatusTally()
+        """Responses the server transactions sent, by status (retransmissions not counted)."""
+        self.invites_answered = 0
+        """INVITE server transactions that sent a 2xx (answered calls, re-INVITEs included)."""
 
     # -- server side ---------------------------------------------------------------
 

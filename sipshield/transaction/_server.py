@@ -86,6 +86,7 @@ class NonInviteServerTransaction(ServerTransaction):
         data = response.serialise()
         self._last = data
         self.flow.send(data)
+        self._layer.sent.add(response.status)
         if response.status < 200:
             self.state = PROCEEDING
             return True
@@ -127,10 +128,13 @@ class InviteServerTransaction(ServerTransaction):
             data = response.serialise()
             self._last = data
             self.flow.send(data)
+            layer = self._layer
+            layer.sent.add(status)
             if status < 200:
                 return True
-            timers = self._layer.timers
+            timers = layer.timers
             if status < 300:
+                layer.invites_answered += 1
                 self.request = None
                 self.state = ACCEPTED  # RFC 6026 8.5
                 self._after(timers.timeout)  # Timer L
@@ -146,6 +150,7 @@ class InviteServerTransaction(ServerTransaction):
             # RFC 6026 8.6: the TU's 2xx retransmissions (or further 2xx of
             # a forked request) pass through; the transaction makes none.
             self.flow.send(response.serialise())
+            self._layer.sent.add(status)
             return True
         return False
 

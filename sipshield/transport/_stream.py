@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IReactorTime
+from OpenSSL import SSL
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
+from zope.interface import implementer
 
 from sipshield._ratelog import ThrottledLog
 from sipshield.message import KEEPALIVE, FramingError, ParseError, StreamFramer, parse_message
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
 _CRLF = b"\r\n"
 
 
+@implementer(IHandshakeListener)
 class SIPStreamProtocol(Protocol, TimeoutMixin):
     """One TCP or TLS connection; it is also the connection's flow."""
 
@@ -43,6 +46,7 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
         self.callLater = factory.reactor.callLater  # type: ignore[method-assign,assignment]  # TimeoutMixin's clock
         self._closing = False
         self._pending: list[bytes] | None = None
+        self._handshaken = False
         self._deadline: Any = None
         """Message-completion deadline (slowloris): set at the first byte of
         a message, not moved by more partial bytes, cancelled once no partial
@@ -82,7 +86,14 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
             pending, self._pending = self._pending, None
             self.transport.writeSequence(pending)  # type: ignore[union-attr]
 
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake succeeded (IHandshakeListener); counted for the metrics."""
+        self._handshaken = True
+        self.factory.tls_handshakes += 1
+
     def connectionLost(self, reason: Any = None) -> None:
+        if self.secure and not self._handshaken and reason is not None and reason.check(SSL.Error):
+            self.factory.tls_handshake_failures += 1
         self._closing = True
         self.setTimeout(None)
         self._cancel_deadline()
@@ -184,6 +195,9 @@ class SIPStreamFactory(Factory):
         self.transport_name = transport_name
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
         self.remote_log = ThrottledLog(self.log, reactor)
+        self.tls_handshakes = 0
+        self.tls_handshake_failures = 0
+        """TLS handshakes completed and failed on this factory's connections (read by the metrics)."""
         self._per_source: dict[str, int] = {}
         # Inbound connections not (yet) authenticated, least recently active
         # first: the eviction candidates, found in O(1).

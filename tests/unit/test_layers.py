@@ -36,6 +36,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "events": {"message", "transport", "transaction", "proxy", "state", "config", "interfaces", "environment"} | _ABOVE_PROXY,
     "environment": {"ops"} | _WIRING,
     "_ratelog": {"*"},
+    "_tally": {"*"},
     # wiring, at the top
     "service": {"tap", "cli"},
     "tap": {"cli"},
