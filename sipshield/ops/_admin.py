@@ -43,8 +43,6 @@ from twisted.cred.credentials import ICredentials
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTCP
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,6 +54,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import Attribute, implementer
 
 from sipshield.config import ConfigError
+from sipshield.ops._http import listen_http
 from sipshield.security import BanPolicy
 
 __all__ = ["AdminBackend", "AdminService", "AdminRealm", "AdminToken", "AdminTokenChecker", "BearerTokenFactory", "admin_resource", "load_or_create_token"]
@@ -458,17 +457,8 @@ class AdminService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.listening is not None or not IReactorTCP.providedBy(self.reactor):
-            return  # a task.Clock in tests: no sockets
-        site = self.site()
-        try:
-            self.listening = self.reactor.listenTCP(self.port, site, interface=self.host)  # type: ignore[arg-type]
-        except CannotListenError as e:
-            self.log.error("admin API: cannot listen on {host}:{port}: {why}; running without it", host=self.host, port=self.port, why=e.socketError)
-            return
-        address = self.listening.getHost()
-        host = f"[{address.host}]" if ":" in address.host else address.host
-        self.log.info("admin API listening on http://{host}:{port}/v1/", host=host, port=address.port)
+        if self.listening is None:
+            self.listening = listen_http(self.reactor, self.host, self.port, self.site, "admin API", "/v1/")
 
     def site(self) -> Site:
         """The HTTP factory serving the API (tests drive it over a StringTransport)."""

@@ -22,7 +22,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -43,6 +42,7 @@ from sipshield.events import (
     UNBAN,
     SecurityEvent,
 )
+from sipshield.ops._http import listen_http
 
 if TYPE_CHECKING:
     from sipshield.auth._stages import DigestAuthStage
@@ -256,16 +256,9 @@ class MetricsService(Service):
     def startService(self) -> None:
         super().startService()
         listen = self.config.listen
-        site = _QuietSite(MetricsResource(self.registry))
-        site.displayTracebacks = False
-        try:
-            self.port = self.reactor.listenTCP(listen.port, site, interface=listen.interface)
-        except CannotListenError as e:
+        if self.port is None:
             # Metrics are for the operator: a busy port costs the scrapes, not the calls.
-            self.log.error("metrics: cannot listen on {where}: {why}; serving SIP without metrics", where=listen.description, why=str(e.socketError))
-        else:
-            host, port = self.address or ("", 0)
-            self.log.info("metrics served on http://{host}:{port}/metrics", host=f"[{host}]" if ":" in host else host, port=port)
+            self.port = listen_http(self.reactor, listen.interface, listen.port, lambda: _QuietSite(MetricsResource(self.registry)), "metrics", "/metrics")
         # The first reading once the stores are up (the service calls refresh), then one every ``refresh`` s.
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self.reactor
