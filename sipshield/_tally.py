@@ -51,9 +51,11 @@ class MethodTally:
         self.counts: dict[tuple[str, str], int] = {}
 
     def add(self, method: str, transport: str) -> None:
-        key = (method if method in SIP_METHODS else "other", transport)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
+        try:
+            self.counts[method, transport] += 1  # a method seen before: one dict update
+        except KeyError:
+            key = (method if method in SIP_METHODS else "other", transport)
+            self.counts[key] = self.counts.get(key, 0) + 1
 
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)

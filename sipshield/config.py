@@ -1279,6 +1279,7 @@ class Config:
             ("users", ", ".join(stores[b] for b in auth.backends)),
             ("locations", locations),
             ("tls", tls),
+            ("metrics", f"http://{self.metrics.listen.interface}:{self.metrics.listen.port}/metrics" if self.metrics.enabled else "off"),
             ("data_dir", str(self.server.data_dir)),
         ]
 

@@ -192,8 +192,10 @@ def test_metrics_config_keys() -> None:
     config = parse_config({})
     assert config.metrics.enabled and config.metrics.listen.port == 9060 and config.metrics.listen.interface == "127.0.0.1"
     assert not [w for w in config.warnings() if w.startswith("metrics")]
+    assert ("metrics", "http://127.0.0.1:9060/metrics") in config.posture()
     exposed = parse_config({"metrics": {"listen": "tcp:9100:interface=0.0.0.0"}})
     assert [w for w in exposed.warnings() if w.startswith("metrics.listen: ")]
+    assert ("metrics", "off") in parse_config({"metrics": {"enabled": False}}).posture()
     assert not [w for w in parse_config({"metrics": {"enabled": False, "listen": "tcp:9100:interface=0.0.0.0"}}).warnings() if w.startswith("metrics")]
     for section, key in (({"listen": "udp:9060"}, "metrics.listen"), ({"listen": "tcp:x"}, "metrics.listen"), ({"refresh": 0}, "metrics.refresh"),
                          ({"enabled": "yes"}, "metrics.enabled"), ({"port": 1}, "metrics")):
