@@ -132,10 +132,10 @@ class SIPShieldService(MultiService):
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
-        self.metrics = self._make_metrics(shield)
+        self.metrics = self._make_metrics()
         """The ``[metrics]`` HTTP service (None when disabled); ``metrics_registry`` is what it serves."""
 
-    def _make_metrics(self, shield: tuple[Any, ...]) -> Any:
+    def _make_metrics(self) -> Any:
         from sipshield.auth._stages import DigestAuthStage
         from sipshield.ops import MetricSources, MetricsService, SecurityEventTally, metrics_registry
 
@@ -143,8 +143,8 @@ class SIPShieldService(MultiService):
         self.events.subscribe(tally)
         metrics: MetricsService | None = None
         sources = MetricSources(
-            core=self.core, events=tally, admission=shield, bans=self.bans,
-            auth=next((stage for stage in self.pipeline.stages if isinstance(stage, DigestAuthStage)), None),
+            core=self.core, events=tally, admission=lambda: self.core.admission, bans=self.bans,
+            auth=lambda: next((stage for stage in self.pipeline.stages if isinstance(stage, DigestAuthStage)), None),
             stream_factories=lambda: [listener.factory for listener in self.listeners if listener.factory is not None],
             certificates=self._certificates, contacts=lambda: None if metrics is None else metrics.contacts,
             now=self.reactor.seconds,

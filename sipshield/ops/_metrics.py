@@ -38,11 +38,14 @@ from sipshield.events import (
     BEARER_REFUSED,
     RATE_LIMIT,
     SCANNER,
+    SRTP_PLAIN,
+    SRTP_REFUSED,
     TOLL_FRAUD,
     UNBAN,
     SecurityEvent,
 )
 from sipshield.ops._http import listen_http
+from sipshield.security._admission import AccessList, RateLimiter, ScannerBlock
 
 if TYPE_CHECKING:
     from sipshield.auth._stages import DigestAuthStage
@@ -53,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricSources", "MetricsService", "ProxyCollector", "SecurityEventTally", "metrics_registry"]
 
-EVENT_KINDS = (ACL_DENY, AUTH_DOWNGRADE, AUTH_FAILURE, BAN, BEARER_REFUSED, RATE_LIMIT, SCANNER, TOLL_FRAUD, UNBAN)
+EVENT_KINDS = (ACL_DENY, AUTH_DOWNGRADE, AUTH_FAILURE, BAN, BEARER_REFUSED, RATE_LIMIT, SCANNER, SRTP_PLAIN, SRTP_REFUSED, TOLL_FRAUD, UNBAN)
 """The kinds counted by name; a kind a third-party stage makes up counts as ``other``."""
 AUTH_FAILURE_REASONS = ("credentials", "algorithm", "bearer", "other")
 
@@ -91,10 +94,10 @@ class MetricSources:
     core: ProxyCore
     """Its ``transactions`` (the TransactionLayer) is read at scrape time too."""
     events: SecurityEventTally
-    admission: tuple[object, ...]
-    """The shield's admission steps (AccessList, ScannerBlock, RateLimiter), those configured."""
+    admission: Callable[[], Iterable[object]]
+    """The admission steps now (AccessList, ScannerBlock, RateLimiter, those configured; a reload replaces them)."""
     bans: BanPolicy | None
-    auth: DigestAuthStage | None
+    auth: Callable[[], DigestAuthStage | None]
     stream_factories: Callable[[], Iterable[SIPStreamFactory]]
     """The TCP and TLS listeners' factories (connection tables, TLS handshakes)."""
     certificates: Callable[[], Iterable[tuple[str, datetime.datetime]]]
@@ -113,8 +116,18 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def _sum_of(steps: Iterable[object], attribute: str) -> int:
-    return sum(int(getattr(step, attribute)) for step in steps if hasattr(step, attribute))
+ADMISSION_COUNTS = ("rate_limit", "acl", "scanner")
+
+
+def _step_counts(step: object) -> tuple[str, int] | None:
+    """Which shield counter an admission step keeps, and its value (None: not a shield step)."""
+    if isinstance(step, RateLimiter):
+        return "rate_limit", step.refused
+    if isinstance(step, AccessList):
+        return "acl", step.denied
+    if isinstance(step, ScannerBlock):
+        return "scanner", step.dropped
+    return None
 
 
 class ProxyCollector(Collector):
@@ -122,6 +135,25 @@ class ProxyCollector(Collector):
 
     def __init__(self, sources: MetricSources) -> None:
         self.sources = sources
+        self._steps: tuple[object, ...] = ()
+        self._retired = dict.fromkeys(ADMISSION_COUNTS, 0)
+
+    def admission_counts(self) -> dict[str, int]:
+        """The admission steps' counters, kept monotonic across reloads: the
+        counts of steps a reload replaced (as they ended: the collector kept
+        them since the scrape before) are added to the new ones'."""
+        live = tuple(self.sources.admission())
+        for step in self._steps:
+            counted = _step_counts(step)
+            if counted is not None and not any(step is other for other in live):
+                self._retired[counted[0]] += counted[1]
+        self._steps = live
+        totals = dict(self._retired)
+        for step in live:
+            counted = _step_counts(step)
+            if counted is not None:
+                totals[counted[0]] += counted[1]
+        return totals
 
     def collect(self) -> Iterator[Metric]:
         s = self.sources
@@ -147,7 +179,8 @@ class ProxyCollector(Collector):
         counters = core.counters
         yield _counter("sipshield_calls_started", "INVITEs relayed to at least one target (re-INVITEs included)", counters["calls_started"])
         yield _counter("sipshield_calls_answered", "INVITEs answered with a 2xx (re-INVITEs included)", transactions.invites_answered)
-        yield _counter("sipshield_auth_successes", "Credentials verified by the auth stage (digest or bearer)", s.auth.logins if s.auth else 0)
+        auth = s.auth()
+        yield _counter("sipshield_auth_successes", "Credentials verified by the auth stage (digest or bearer)", auth.logins if auth else 0)
         failures = CounterMetricFamily("sipshield_auth_failures", "Credentials refused, by reason", labels=("reason",))
         for reason, count in s.events.auth_failures.items():
             failures.add_metric((reason,), count)
@@ -174,9 +207,10 @@ class ProxyCollector(Collector):
         yield _counter("sipshield_malformed_messages", "Messages that did not parse (answered 400 when a request, else dropped)", counters["malformed"])
         yield _counter("sipshield_transaction_cap_refusals", "Requests refused with 503 by [limits] max_transactions(_per_source)",
                        counters["transaction_cap_refusals"])
-        yield _counter("sipshield_rate_limit_hits", "Requests over a [ratelimit] rate (503 or dropped)", _sum_of(s.admission, "refused"))
-        yield _counter("sipshield_acl_denies", "Requests denied by an [acl] rule or its default", _sum_of(s.admission, "denied"))
-        yield _counter("sipshield_scanner_drops", "Requests dropped as a scanner's", _sum_of(s.admission, "dropped"))
+        admission = self.admission_counts()
+        yield _counter("sipshield_rate_limit_hits", "Requests over a [ratelimit] rate (503 or dropped)", admission["rate_limit"])
+        yield _counter("sipshield_acl_denies", "Requests denied by an [acl] rule or its default", admission["acl"])
+        yield _counter("sipshield_scanner_drops", "Requests dropped as a scanner's", admission["scanner"])
         factories = list(s.stream_factories())
         yield _counter("sipshield_tls_handshakes", "TLS handshakes completed", sum(f.tls_handshakes for f in factories))
         yield _counter("sipshield_tls_handshake_failures", "TLS handshakes that failed", sum(f.tls_handshake_failures for f in factories))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -209,5 +210,23 @@ def test_disabled_metrics_serve_nothing(tmp_path: Path) -> None:
     try:
         assert proxy.service.metrics is None
         assert "metrics" not in [s.name for s in proxy.service]
+    finally:
+        proxy.stop()
+
+
+def test_a_reload_replacing_the_admission_steps_keeps_their_counters_monotonic(tmp_path: Path) -> None:
+    proxy = proxy_service(tmp_path, ratelimit={"methods": {"OPTIONS": {"rate": 0.001, "burst": 1}}})
+    try:
+        for _ in range(3):
+            send(proxy, "OPTIONS")
+        _, text = scrape(proxy)
+        assert value(text, "sipshield_rate_limit_hits_total") == 2
+        send(proxy, "OPTIONS")  # counted by the old RateLimiter after the last scrape, before the reload
+        service = proxy.service
+        new = parse_config({"ratelimit": {"methods": {"OPTIONS": {"rate": 0.001, "burst": 1}, "INFO": {"rate": 1, "burst": 1}}}}).ratelimit
+        assert service.reload(replace(service.config, ratelimit=new)) == ["ratelimit"]
+        send(proxy, "OPTIONS")  # the new limiter's bucket is the shared one: still empty
+        _, text = scrape(proxy)
+        assert value(text, "sipshield_rate_limit_hits_total") == 4
     finally:
         proxy.stop()
