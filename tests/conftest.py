@@ -232,6 +232,9 @@ domains = ["example.com"]
 
 [admin]
 port = 0
+
+[metrics]
+listen = "tcp:0:interface=127.0.0.1"
 {extra}
 """
 
