@@ -25,7 +25,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "AlertRuleConfig",
+    "AlertsConfig",
     "AlgorithmProfile",
+    "EmailNotifierConfig",
     "Config",
     "ConfigError",
     "LimitsConfig",
@@ -34,6 +37,7 @@ __all__ = [
     "ServerConfig",
     "TLSConfig",
     "TrustedSource",
+    "WebhookNotifierConfig",
     "default_config",
     "load_config",
     "parse_config",
@@ -1179,6 +1183,207 @@ def _metrics(data: Any, source: str | None) -> MetricsConfig:
     refresh = section.take_number("refresh", 15.0, 1.0, 3600.0, integer=False)
     section.finish()
     return MetricsConfig(enabled=enabled, listen=listen, refresh=float(refresh))
+ALERT_KINDS = ("event_rate", "metric", "certificate_expiry")
+ALERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+"""A rule's or notifier's name: it goes into alert texts, mail subjects and log lines as it is."""
+
+
+@dataclass(frozen=True)
+class AlertRuleConfig:
+    """One ``[[alerts.rules]]`` entry (docs/operations/alerts.md).
+
+    ``event_rate``: more than ``more_than`` security events of kind ``event``
+    (on ``transport``, if given) within the last ``window`` seconds.
+    ``metric``: the metric ``metric`` with ``labels`` (its per-second rate over
+    ``window`` when ``rate = true``, for counters) ``above`` or ``below`` a
+    threshold, sampled every ``interval`` seconds.  ``certificate_expiry``: the
+    days until the served TLS certificate expires ``below`` a threshold, checked
+    every ``interval`` seconds and at each reload.
+
+    The condition must hold ``for`` seconds before the rule fires; a firing rule
+    resolves once the condition has been false for ``resolve_after`` seconds, so
+    a condition that flaps within that time stays one incident (one alert, one
+    resolve message)."""
+
+    name: str
+    kind: str
+    notify: tuple[str, ...] = ("log",)
+    """``log``, ``webhook:NAME``, ``email:NAME`` (NAME a notifier of that type)."""
+    event: str | None = None
+    transport: str | None = None
+    metric: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    rate: bool = False
+    more_than: int = 0
+    above: float | None = None
+    below: float | None = None
+    window: float = 60.0
+    interval: float = 10.0
+    for_: float = 0.0
+    """The ``for`` key."""
+    resolve_after: float = 60.0
+
+
+@dataclass(frozen=True)
+class WebhookNotifierConfig:
+    """``[alerts.notifiers.NAME]`` with ``type = "webhook"``: Slack-compatible JSON posted to ``url``."""
+
+    name: str
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class EmailNotifierConfig:
+    """``[alerts.notifiers.NAME]`` with ``type = "email"``: one mail per alert through an SMTP relay."""
+
+    name: str
+    host: str
+    sender: str
+    """The ``from`` key."""
+    to: tuple[str, ...]
+    port: int = 25
+    starttls: bool = False
+    """Require STARTTLS (the relay's certificate checked against the system's CAs and ``host``)."""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """Read from ``password_file``."""
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """``[alerts]``: rules and the notifiers they send to (none by default)."""
+
+    rules: tuple[AlertRuleConfig, ...] = ()
+    notifiers: tuple[WebhookNotifierConfig | EmailNotifierConfig, ...] = ()
+
+
+_MAIL_ADDRESS = re.compile(r"[^\s@<>,;\"]+@[^\s@<>,;\"]+\Z")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+
+def _notifier(name: str, data: Any, source: str | None, base: Path) -> WebhookNotifierConfig | EmailNotifierConfig:
+    section = _Section(f"alerts.notifiers.{name}", data, source)
+    if not ALERT_NAME.match(name):
+        raise ConfigError("a notifier name is a letter or digit, then up to 63 letters, digits, '_', '.' or '-'", key=section.name, source=source)
+    kind = section.take("type", str, None)
+    timeout = float(section.take_number("timeout", 10 if kind == "webhook" else 30, 1, 300, False))
+    notifier: WebhookNotifierConfig | EmailNotifierConfig
+    if kind == "webhook":
+        url = section.take("url", str, None)
+        parts = urlsplit(url or "")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise section.error("url", f"an http:// or https:// URL with a host, not {url!r}")
+        headers = section.take("headers", dict, {})
+        for key, value in headers.items():
+            if not _HEADER_NAME.match(key) or not isinstance(value, str) or not value.isprintable():
+                raise section.error(f"headers.{key}", "a header name (token characters) with a printable string value")
+        notifier = WebhookNotifierConfig(name=name, url=url or "", headers=tuple(headers.items()), timeout=timeout)
+    elif kind == "email":
+        host = section.take("host", str, None)
+        if not host:
+            raise section.error("host", "the SMTP relay's host name or address is required")
+        sender = section.take("from", str, None)
+        if sender is None or not _MAIL_ADDRESS.match(sender):
+            raise section.error("from", f"one mail address (user@domain), not {sender!r}")
+        to = section.take_str_list("to", ())
+        if not to:
+            raise section.error("to", "at least one mail address")
+        for index, address in enumerate(to):
+            if not _MAIL_ADDRESS.match(address):
+                raise section.error(f"to[{index}]", f"one mail address (user@domain), not {address!r}")
+        username = section.take("username", str, None)
+        password_path = _path(section, "password_file", None, base)
+        if (username is None) != (password_path is None):
+            raise section.error("password_file" if username is not None else "username", "username and password_file go together")
+        password = None
+        if password_path is not None:
+            try:
+                password = password_path.read_text().strip()
+            except OSError as e:
+                raise section.error("password_file", f"cannot read {password_path}: {e.strerror}") from None
+        notifier = EmailNotifierConfig(
+            name=name, host=host, sender=sender, to=to, port=section.take_number("port", 25, 1, 65535, True),
+            starttls=section.take("starttls", bool, False), username=username, password=password, timeout=timeout,
+        )
+    else:
+        raise section.error("type", f'"webhook" or "email", not {kind!r} (the log notifier is built in: notify = ["log"])')
+    section.finish()
+    return notifier
+
+
+def _alert_rule(index: int, data: Any, source: str | None, notifiers: Mapping[str, str]) -> AlertRuleConfig:
+    from sipshield.events import KINDS
+
+    section = _Section(f"alerts.rules[{index}]", data, source)
+    name = section.take("name", str, None)
+    if name is None or not ALERT_NAME.match(name):
+        raise section.error("name", f"a letter or digit, then up to 63 letters, digits, '_', '.' or '-', not {name!r}")
+    kind = section.take("kind", str, None)
+    if kind not in ALERT_KINDS:
+        raise section.error("kind", f"one of {', '.join(ALERT_KINDS)}, not {kind!r}")
+    notify = section.take_str_list("notify", ("log",))
+    for target in notify:
+        if target != "log" and notifiers.get(target.partition(":")[2]) != target.partition(":")[0]:
+            known = ", ".join(["log", *(f"{t}:{n}" for n, t in notifiers.items())])
+            raise section.error("notify", f"{target!r} is no notifier (known: {known})")
+    if not notify:
+        raise section.error("notify", "at least one notifier (\"log\" is built in)")
+    fields: dict[str, Any] = {
+        "for_": float(section.take_number("for", 0, 0, 86400, False)),
+        "resolve_after": float(section.take_number("resolve_after", 60, 0, 86400, False)),
+    }
+    if kind == "event_rate":
+        event = section.take("event", str, None)
+        if event not in KINDS:
+            raise section.error("event", f"a security event kind: one of {', '.join(sorted(KINDS))}, not {event!r}")
+        transport = section.take("transport", str, None)
+        if transport is not None and transport not in ("UDP", "TCP", "TLS"):
+            raise section.error("transport", f'"UDP", "TCP" or "TLS", not {transport!r}')
+        if "more_than" not in section.table:
+            raise section.error("more_than", "required: the number of events in the window above which the rule fires")
+        fields.update(event=event, transport=transport, more_than=section.take_number("more_than", 0, 0, 100_000, True),
+                      window=float(section.take_number("window", 60, 1, 86400, False)))
+    elif kind == "metric":
+        metric = section.take("metric", str, None)
+        if metric is None or not re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z", metric):
+            raise section.error("metric", f"a Prometheus metric name, not {metric!r}")
+        labels = section.take("labels", dict, {})
+        for key, value in labels.items():
+            if not isinstance(value, str):
+                raise section.error(f"labels.{key}", f"a string, not {value!r}")
+        above, below = section.take("above", (int, float), None), section.take("below", (int, float), None)
+        if (above is None) == (below is None):
+            raise section.error("above", "one of above or below is required (not both)")
+        fields.update(metric=metric, labels=tuple(sorted(labels.items())), rate=section.take("rate", bool, False),
+                      above=None if above is None else float(above), below=None if below is None else float(below),
+                      window=float(section.take_number("window", 60, 1, 86400, False)),
+                      interval=float(section.take_number("interval", 10, 1, 86400, False)))
+    else:
+        below = section.take("below", (int, float), None)
+        if below is None or below <= 0:
+            raise section.error("below", "required: the days before expiry under which the rule fires (e.g. 14)")
+        fields.update(below=float(below), interval=float(section.take_number("interval", 3600, 60, 86400, False)))
+    section.finish()
+    return AlertRuleConfig(name=name, kind=kind, notify=notify, **fields)
+
+
+def _alerts(data: Any, source: str | None, base: Path) -> AlertsConfig:
+    """``[alerts]``: ``[alerts.notifiers.NAME]`` first, then the ``[[alerts.rules]]`` that name them."""
+    section = _Section("alerts", data, source)
+    notifier_tables = section.take("notifiers", dict, {})
+    rule_tables = section.take("rules", list, [])
+    section.finish()
+    notifiers = tuple(_notifier(name, table, source, base) for name, table in notifier_tables.items())
+    types = {n.name: "webhook" if isinstance(n, WebhookNotifierConfig) else "email" for n in notifiers}
+    rules = tuple(_alert_rule(index, table, source, types) for index, table in enumerate(rule_tables))
+    names = [rule.name for rule in rules]
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise ConfigError(f"a second rule named {name!r}", key=f"alerts.rules[{index}].name", source=source)
+    return AlertsConfig(rules=rules, notifiers=notifiers)
 
 
 def unsafe_posture(stages: Sequence[str], trusted: Sequence[TrustedSource]) -> list[tuple[str, str]]:
@@ -1226,6 +1431,7 @@ class Config:
     admin: AdminConfig = field(default_factory=AdminConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -1359,7 +1565,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin", "media", "metrics"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin", "media", "metrics", "alerts"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -1392,6 +1598,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
         logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles), media=media,
         metrics=_metrics(data.get("metrics", {}), source),
+        alerts=_alerts(data.get("alerts", {}), source, base),
     )
 
 

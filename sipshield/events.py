@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from sipshield._ratelog import ThrottledLog
 
 __all__ = [
-    "ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "EVERY_LINE", "OVERLOAD", "RATE_LIMIT", "SCANNER", "SIPS_REFUSED",
+    "ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "EVERY_LINE", "KINDS", "OVERLOAD", "RATE_LIMIT", "SCANNER", "SIPS_REFUSED",
     "SRTP_PLAIN", "SRTP_REFUSED", "TOLL_FRAUD", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable",
 ]
 
@@ -65,6 +65,10 @@ downgrade lock): refused as a wrong password is, on the wire."""
 EVERY_LINE = frozenset((AUTH_FAILURE, AUTH_DOWNGRADE, BAN, UNBAN, TOLL_FRAUD, OVERLOAD))
 """Kinds logged line by line (see LogSecurityEvents): their sources proved their addresses
 (``overload``: the proxy's own, one on entering and one on leaving, with hysteresis between)."""
+KINDS = frozenset((AUTH_FAILURE, AUTH_DOWNGRADE, BEARER_REFUSED, TOLL_FRAUD, ACL_DENY, SCANNER, RATE_LIMIT, BAN, UNBAN, SRTP_REFUSED, SRTP_PLAIN, SIPS_REFUSED, OVERLOAD))
+"""Every kind above (what an ``[[alerts.rules]]`` ``event`` may name)."""
+
+
 
 
 def printable(text: str, limit: int = 128) -> str:

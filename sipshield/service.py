@@ -8,8 +8,8 @@ disk until the service starts.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -31,6 +31,9 @@ from sipshield.transport import (
 )
 from sipshield.transport._dispatch import TransportDispatcher
 from sipshield.transport._tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY
+
+if TYPE_CHECKING:
+    from sipshield.ops import MetricSource
 
 __all__ = ["RELOADABLE", "SIPShieldService", "makeService"]
 
@@ -129,11 +132,23 @@ class SIPShieldService(MultiService):
 
             self.admin = AdminService(reactor, config.admin.host, config.admin.port, self._admin_resource)
             self.admin.setServiceParent(self)
+        from sipshield.ops import AlertEngine, build_notifiers
+
+        self.metric_source: MetricSource | None = None
+        """What ``metric`` alert rules read (a MetricSource over the metrics registry; None: those rules never fire)."""
+        self.alerts = AlertEngine(config.alerts, reactor, build_notifiers(config.alerts, reactor),
+                                  metrics=self, certificate_not_after=self._certificate_not_after)
+        """The ``[alerts]`` rules (sipshield/ops/_alerts.py): an observer of the events, and a child service."""
+        self.events.subscribe(self.alerts)
+        self.alerts.setServiceParent(self)
         from sipshield.state import ExpiryLoop
 
         ExpiryLoop(self.location, reactor).setServiceParent(self)
         self.metrics = self._make_metrics()
         """The ``[metrics]`` HTTP service (None when disabled); ``metrics_registry`` is what it serves."""
+        from sipshield.ops._metrics import RegistryMetricSource
+
+        self.metric_source = RegistryMetricSource(self.metrics_registry)  # the alerts' metric rules read it
 
     def _make_metrics(self) -> Any:
         from sipshield.auth._stages import DigestAuthStage
@@ -470,7 +485,18 @@ class SIPShieldService(MultiService):
         certificate = material.certificate.to_cryptography()
         info = {"subject": certificate.subject.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat()}
         self.log.info("TLS certificate reloaded: {subject}, valid until {not_after}", **info)
+        self.alerts.check("certificate_expiry")
         return info
+
+    def value(self, name: str, labels: Mapping[str, str]) -> float | None:
+        """The alerts' MetricSource: a sample of ``metric_source``, None while there is none."""
+        return None if self.metric_source is None else self.metric_source.value(name, labels)
+
+    def _certificate_not_after(self) -> float | None:
+        """When the certificate served on new TLS handshakes expires (POSIX seconds), None without TLS."""
+        if self.tls_context is None:
+            return None
+        return float(self.tls_context.material.certificate.to_cryptography().not_valid_after_utc.timestamp())
 
     def _create_schema(self, _: object, create: Callable[[], None]) -> Deferred[None]:
         return deferToThreadPool(self.reactor, self.auth_pool, create)

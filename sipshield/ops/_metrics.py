@@ -13,7 +13,7 @@ their own), never prometheus_client's global one.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -318,3 +318,15 @@ class MetricsService(Service):
             self._loop.stop()
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None
+
+
+class RegistryMetricSource:
+    """The alerts' MetricSource (sipshield/ops/_alerts.py) over the service's
+    registry: one collection per reading, every ``[[alerts.rules]] interval``
+    seconds of a ``metric`` rule, never on the request path."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def value(self, name: str, labels: Mapping[str, str]) -> float | None:
+        return self.registry.get_sample_value(name, dict(labels))

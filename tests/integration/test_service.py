@@ -49,7 +49,8 @@ def test_make_service_builds_without_side_effects(tmp_path: Path) -> None:
     service = makeService(loopback_config(tmp_path, "a"), reactor)
     assert verifyObject(IService, service)
     assert isinstance(service, MultiService)
-    assert [s.name for s in service] == ["log-outputs", "reactor-lag", "udp:127.0.0.1:0", "tcp:127.0.0.1:0", "tls:127.0.0.1:0", "admin-api", "location-expiry", "metrics"]
+    assert [s.name for s in service] == [
+        "log-outputs", "reactor-lag", "udp:127.0.0.1:0", "tcp:127.0.0.1:0", "tls:127.0.0.1:0", "admin-api", "alerts", "location-expiry", "metrics"]
     assert not (tmp_path / "a").exists()
 
 
