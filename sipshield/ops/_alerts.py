@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from io import BytesIO
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -46,6 +46,7 @@ FIRING = "firing"
 RESOLVED = "resolved"
 TICK = 1.0
 """Seconds between two evaluations of the time-driven parts (``for``, ``resolve_after``, windows sliding)."""
+_T = TypeVar("_T")
 MAX_IN_FLIGHT = 16
 """Deliveries one notifier may have under way; past it an alert is dropped for that notifier (and logged)."""
 
@@ -404,8 +405,7 @@ class WebhookNotifier:
             return drained.addCallback(refused)
 
         done: Deferred[None] = d.addCallback(answered)
-        done.addTimeout(self.config.timeout, self.reactor)  # type: ignore[arg-type]
-        return done
+        return _within(done, self.config.timeout, self.reactor, f"no answer from {self.config.url}")
 
 
 class EmailNotifier:
@@ -450,9 +450,19 @@ class EmailNotifier:
             connector.disconnect()
             return reason
 
-        sent.addTimeout(config.timeout, self.reactor)  # type: ignore[arg-type]
-        done: Deferred[None] = sent.addBoth(stop).addCallback(lambda _: None)
+        done: Deferred[None] = _within(sent, config.timeout, self.reactor, f"no answer from {config.host}:{config.port}").addBoth(stop).addCallback(
+            lambda _: None)
         return done
+
+
+def _within(d: Deferred[_T], timeout: float, reactor: IReactorTime, what: str) -> Deferred[_T]:
+    """*d*, cancelled after *timeout* seconds with a TimeoutError saying *what*
+    (whatever the cancelled operation errbacked with)."""
+
+    def timed_out(result: object, seconds: float) -> _T:
+        raise defer.TimeoutError(f"{what} within {seconds:g} s")
+
+    return d.addTimeout(timeout, reactor, onTimeoutCancel=timed_out)  # type: ignore[arg-type]
 
 
 def build_notifiers(config: AlertsConfig, reactor: IReactorTime) -> dict[str, Notifier]:
