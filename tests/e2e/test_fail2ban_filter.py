@@ -21,13 +21,15 @@ SCENARIO = Path(__file__).parent / "scenarios" / "register_auth.xml"
 INJECTED = "x) from 10.9.9.9 over UDP (user y"
 
 
-def sipp_register(sipp: str, address: tuple[str, int], source: str, password: str, calls: int, workdir: Path) -> int:
+def sipp_register_command(sipp: str, address: tuple[str, int], source: str, password: str, calls: int) -> list[str]:
+    """SIPp registering alice from *source* *calls* times (one a second), with *password*."""
     host, port = address
-    result = subprocess.run(
-        [sipp, f"{host}:{port}", "-sf", str(SCENARIO), "-s", "alice", "-au", "alice", "-ap", password, "-i", source, "-p", "0",
-         "-m", str(calls), "-r", "1", "-timeout", "20", "-timeout_error", "-nostdin", "-recv_timeout", "3000"],
-        cwd=workdir, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    return [sipp, f"{host}:{port}", "-sf", str(SCENARIO), "-s", "alice", "-au", "alice", "-ap", password, "-i", source, "-p", "0",
+            "-m", str(calls), "-r", "1", "-timeout", "20", "-timeout_error", "-nostdin", "-recv_timeout", "3000"]  # fmt: skip
+
+
+def sipp_register(sipp: str, address: tuple[str, int], source: str, password: str, calls: int, workdir: Path) -> int:
+    result = subprocess.run(sipp_register_command(sipp, address, source, password, calls), cwd=workdir, capture_output=True, text=True, timeout=60)
     return result.returncode
 
 
