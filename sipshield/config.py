@@ -1486,6 +1486,7 @@ class Config:
             ("locations", locations),
             ("tls", tls),
             ("metrics", f"http://{self.metrics.listen.interface}:{self.metrics.listen.port}/metrics" if self.metrics.enabled else "off"),
+            *((("alerts", self._alerts_posture()),) if self.alerts.rules else ()),
             ("data_dir", str(self.server.data_dir)),
         ]
 
@@ -1514,6 +1515,16 @@ class Config:
             return 'none (no "egress" stage in the pipeline: external calls are not limited)'
         return (f"per user {egress.max_calls_per_minute or 'unlimited'} external calls a minute, {egress.max_concurrent_calls or 'unlimited'} at once"
                 f"; number prefixes for {len(egress.roles)} role(s)")
+    def _alerts_posture(self) -> str:
+        # Hosts only: a webhook URL's path is often its secret (Slack's are).
+        where = {"log": "log"}
+        for n in self.alerts.notifiers:
+            if isinstance(n, WebhookNotifierConfig):
+                where[f"webhook:{n.name}"] = f"webhook:{n.name} ({urlsplit(n.url).hostname})"
+            else:
+                where[f"email:{n.name}"] = f"email:{n.name} (via {n.host}, to {', '.join(n.to)})"
+        used = sorted({where[target] for rule in self.alerts.rules for target in rule.notify})
+        return f"{len(self.alerts.rules)} rule(s) ({', '.join(rule.name for rule in self.alerts.rules)}), sent to {', '.join(used)}"
 
     def _bans_posture(self) -> str:
         bans = self.bans

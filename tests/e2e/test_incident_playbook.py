@@ -47,7 +47,8 @@ def test_every_playbook_command_works_against_a_running_server(start_server, tmp
     cert, key = make_leaf("old.example.com", [x509.DNSName("old.example.com")])
     write_pem(tmp_path / "cert.pem", cert)
     write_pem(tmp_path / "key.pem", key=key)
-    server = start_server(ephemeral_config(extra='[tls]\ncertificate = "cert.pem"\nprivate_key = "key.pem"\n'))
+    alerts = '[[alerts.rules]]\nname = "auth-failure-surge"\nkind = "event_rate"\nevent = "auth-failure"\nmore_than = 20\nwindow = 30\n'
+    server = start_server(ephemeral_config(extra='[tls]\ncertificate = "cert.pem"\nprivate_key = "key.pem"\n' + alerts))
     match = server.wait_for(r"admin API listening on (http://127\.0\.0\.1:\d+)/v1/")
     url = match.group(1)
     config = str(tmp_path / "sipshield.toml")
@@ -71,7 +72,8 @@ def test_every_playbook_command_works_against_a_running_server(start_server, tmp
             new_cert, new_key = make_leaf("new.example.com", [x509.DNSName("new.example.com")])
             write_pem(tmp_path / "cert.pem", new_cert)
             write_pem(tmp_path / "key.pem", key=new_key)
-        result = subprocess.run([sys.executable, "-m", "sipshield.cli", *argv[1:], "--url", url], capture_output=True, text=True, timeout=60)
+        api = [] if argv[1] == "check-config" else ["--url", url]  # check-config reads the file, not the server
+        result = subprocess.run([sys.executable, "-m", "sipshield.cli", *argv[1:], *api], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{shlex.join(argv)}\n{result.stdout}\n{result.stderr}"
         outputs.append(result.stdout)
         if argv[1:3] == ["ban", "add"]:
@@ -84,5 +86,6 @@ def test_every_playbook_command_works_against_a_running_server(start_server, tmp
     assert re.search(r"^127\.0\.0\.7\tuntil .*toll-fraud attempts, ticket 4711", text, re.M)
     assert "sip:alice@example.com\tsip:alice@127.0.0.1:5999\t" in text and "DeskPhone/2.1" in text
     assert "now serving CN=new.example.com" in text
+    assert re.search(r"alerts: 1 rule\(s\) \(auth-failure-surge\), sent to log$", text, re.M)
     assert "new.example.com" in served_subject(tls[1])
     server.wait_for(r"security event ban from 127\.0\.0\.7 over admin")

@@ -362,3 +362,15 @@ def test_default_has_no_rules_and_email_password_is_read_from_its_file(tmp_path:
                                                             "password_file": "pw", "starttls": True, "port": 587}}}}, base_dir=tmp_path)
     (notifier,) = config.alerts.notifiers
     assert notifier.password == "s3cret" and "s3cret" not in repr(notifier)  # type: ignore[union-attr]
+
+
+def test_check_config_posture_names_the_rules_and_notifier_hosts_not_webhook_secrets() -> None:
+    config = parse_config({"alerts": {
+        "notifiers": {"ops": {"type": "webhook", "url": "https://hooks.example.com/services/T0/B0/s3cret"},
+                      "sec": {"type": "email", "host": "smtp.example.com", "from": "a@example.com", "to": ["b@example.com"]}},
+        "rules": [{**SURGE, "notify": ["webhook:ops", "email:sec", "log"]}],
+    }})  # fmt: skip
+    (line,) = [text for label, text in config.posture() if label == "alerts"]
+    assert line == "1 rule(s) (surge), sent to email:sec (via smtp.example.com, to b@example.com), log, webhook:ops (hooks.example.com)"
+    assert "s3cret" not in line
+    assert "alerts" not in dict(parse_config({}).posture())
