@@ -8,8 +8,8 @@ disk until the service starts.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -31,9 +31,6 @@ from sipshield.transport import (
 )
 from sipshield.transport._dispatch import TransportDispatcher
 from sipshield.transport._tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY
-
-if TYPE_CHECKING:
-    from sipshield.ops import MetricSource
 
 __all__ = ["RELOADABLE", "SIPShieldService", "makeService"]
 
@@ -134,11 +131,9 @@ class SIPShieldService(MultiService):
             self.admin.setServiceParent(self)
         from sipshield.ops import AlertEngine, build_notifiers
 
-        self.metric_source: MetricSource | None = None
-        """What ``metric`` alert rules read (a MetricSource over the metrics registry; None: those rules never fire)."""
-        self.alerts = AlertEngine(config.alerts, reactor, build_notifiers(config.alerts, reactor),
-                                  metrics=self, certificate_not_after=self._certificate_not_after)
-        """The ``[alerts]`` rules (sipshield/ops/_alerts.py): an observer of the events, and a child service."""
+        self.alerts = AlertEngine(config.alerts, reactor, build_notifiers(config.alerts, reactor), certificate_not_after=self._certificate_not_after)
+        """The ``[alerts]`` rules (sipshield/ops/_alerts.py): an observer of the events, and a child service;
+        ``alerts.metrics`` (a MetricSource over the metrics registry) is what its ``metric`` rules read."""
         self.events.subscribe(self.alerts)
         self.alerts.setServiceParent(self)
         from sipshield.state import ExpiryLoop
@@ -148,7 +143,7 @@ class SIPShieldService(MultiService):
         """The ``[metrics]`` HTTP service (None when disabled); ``metrics_registry`` is what it serves."""
         from sipshield.ops._metrics import RegistryMetricSource
 
-        self.metric_source = RegistryMetricSource(self.metrics_registry)  # the alerts' metric rules read it
+        self.alerts.metrics = RegistryMetricSource(self.metrics_registry)  # what the alerts' metric rules read
 
     def _make_metrics(self) -> Any:
         from sipshield.auth._stages import DigestAuthStage
@@ -487,10 +482,6 @@ class SIPShieldService(MultiService):
         self.log.info("TLS certificate reloaded: {subject}, valid until {not_after}", **info)
         self.alerts.check("certificate_expiry")
         return info
-
-    def value(self, name: str, labels: Mapping[str, str]) -> float | None:
-        """The alerts' MetricSource: a sample of ``metric_source``, None while there is none."""
-        return None if self.metric_source is None else self.metric_source.value(name, labels)
 
     def _certificate_not_after(self) -> float | None:
         """When the certificate served on new TLS handshakes expires (POSIX seconds), None without TLS."""

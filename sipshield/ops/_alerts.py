@@ -139,7 +139,7 @@ class _EventRate:
 class _Metric:
     """A metric (or its per-second rate over ``window``) above or below a threshold."""
 
-    def __init__(self, rule: AlertRuleConfig, source: MetricSource | None, log: Logger) -> None:
+    def __init__(self, rule: AlertRuleConfig, source: Callable[[], MetricSource | None], log: Logger) -> None:
         self.rule = rule
         self.source = source
         self.log = log
@@ -153,7 +153,8 @@ class _Metric:
 
     def sample(self, now: float) -> tuple[bool, float | None]:
         rule = self.rule
-        value = None if self.source is None else self.source.value(rule.metric or "", dict(rule.labels))
+        source = self.source()
+        value = None if source is None else source.value(rule.metric or "", dict(rule.labels))
         if value is None:
             if not self._warned:
                 self._warned = True
@@ -250,7 +251,8 @@ class AlertEngine(Service):
     it to ``service.events.subscribe``) and a child service whose clock
     evaluates the rules every second while it runs.
 
-    *metrics* backs the ``metric`` rules (None: they never fire, logged once);
+    *metrics* (the attribute ``metrics``, settable later) backs the ``metric``
+    rules (None: they never fire, logged once);
     *certificate_not_after* says when the served certificate expires (POSIX
     seconds; None: no certificate).  Alert timestamps are the reactor's ``seconds()``."""
 
@@ -263,6 +265,8 @@ class AlertEngine(Service):
     ) -> None:
         self.reactor = reactor
         self.notifiers = dict(notifiers)
+        self.metrics = metrics
+        """What ``metric`` rules read; may be set after construction (the metrics registry's source)."""
         self._failures = ThrottledLog(self.log, reactor, interval=300.0, per_kind=5)
         self._in_flight: dict[str, int] = {}
         self._event_rules: list[tuple[_EventRate, _Rule]] = []
@@ -273,7 +277,7 @@ class AlertEngine(Service):
                 rate = _EventRate(rule)
                 condition = rate
             elif rule.kind == "metric":
-                condition = _Metric(rule, metrics, self.log)
+                condition = _Metric(rule, lambda: self.metrics, self.log)
             else:
                 condition = _CertificateExpiry(rule, certificate_not_after)
             state = _Rule(rule, condition)

@@ -6,6 +6,7 @@ config errors name their key."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -374,3 +375,52 @@ def test_check_config_posture_names_the_rules_and_notifier_hosts_not_webhook_sec
     assert line == "1 rule(s) (surge), sent to email:sec (via smtp.example.com, to b@example.com), log, webhook:ops (hooks.example.com)"
     assert "s3cret" not in line
     assert "alerts" not in dict(parse_config({}).posture())
+
+
+def _service(tmp_path: Path, rules: list[dict[str, Any]]) -> tuple[Any, Clock, Recording]:
+    from sipshield.service import makeService
+
+    clock = Clock()
+    clock.advance(time.time())
+    config = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["tls:0:interface=127.0.0.1"]},
+                           "admin": {"enabled": False}, "alerts": {"rules": rules}})
+    service = makeService(config, clock)
+    log = Recording()
+    service.alerts.notifiers["log"] = log
+    return service, clock, log
+
+
+def test_the_service_backs_metric_rules_with_the_source_set_on_it_later(tmp_path: Path) -> None:
+    service, clock, log = _service(tmp_path, [{"name": "m", "kind": "metric", "metric": "sipshield_bans_active", "above": 100, "interval": 10}])
+    service.alerts.startService()
+    clock.pump([10] * 3)
+    assert log.alerts == []
+    metrics = Metrics()
+    metrics.samples[("sipshield_bans_active", ())] = 500
+    service.alerts.metrics = metrics  # what the metrics registry's source will do
+    clock.pump([10] * 2)
+    assert log.states == [("m", "firing")] and log.alerts[0].value == 500
+    service.alerts.stopService()
+
+
+def test_the_service_checks_the_served_certificate_at_start_and_at_tls_reload(tmp_path: Path) -> None:
+    from sipshield.transport import generate_self_signed
+    from sipshield.transport._tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY
+
+    service, clock, log = _service(tmp_path, [{"name": "cert", "kind": "certificate_expiry", "below": 14, "resolve_after": 0}])
+    service.alerts.check("certificate_expiry")
+    assert log.alerts == []  # no TLS context yet: no value, no alert
+    service._prepare_data_dir()
+    files = (service.config.server.data_dir / SELF_SIGNED_CERT, service.config.server.data_dir / SELF_SIGNED_KEY)
+    generate_self_signed(*files, ["example.com"], days=10)
+    service._prepare_tls()  # serves the 10-day certificate
+    service.alerts.startService()
+    assert log.states == [("cert", "firing")]
+    assert log.alerts[0].value is not None and 9.9 < log.alerts[0].value <= 10
+    clock.pump([3600] * 48)  # the hourly checks see fewer days left: no new alert
+    assert log.states == [("cert", "firing")]
+    generate_self_signed(*files, ["example.com"], days=400)
+    service.reload_tls()  # the new certificate is checked at once
+    assert log.states == [("cert", "firing"), ("cert", "resolved")]
+    assert log.alerts[1].value is not None and log.alerts[1].value > 397  # made 2 days of the Clock ago
+    service.alerts.stopService()
