@@ -30,6 +30,21 @@ from sipshield.service import makeService
 ALERT = Alert("surge", "firing", "more than 5 auth-failure events in 30 s", 6.0, 1_700_000_000.0, 1_700_000_000.0)
 
 
+class Arrivals:
+    """Deferreds a test waits on, each fired by the next arrival after it asked."""
+
+    def __init__(self) -> None:
+        self.waiting: list[defer.Deferred[None]] = []
+
+    def arrived(self) -> None:
+        if self.waiting:
+            self.waiting.pop(0).callback(None)
+
+    def next(self) -> defer.Deferred[None]:
+        self.waiting.append(defer.Deferred())
+        return self.waiting[-1]
+
+
 class Hook(Resource):
     """Records each POST (headers, JSON body); answers *status*, or never (status 0)."""
 
@@ -39,21 +54,16 @@ class Hook(Resource):
         super().__init__()
         self.status = status
         self.posts: list[tuple[dict[str, str], Any]] = []
-        self.waiting: list[defer.Deferred[None]] = []
+        self.arrivals = Arrivals()
 
     def render_POST(self, request: Request) -> Any:
         headers = {k.decode().lower(): v[0].decode() for k, v in request.requestHeaders.getAllRawHeaders()}
         self.posts.append((headers, json.loads(request.content.read())))
-        if self.waiting:
-            self.waiting.pop(0).callback(None)
+        self.arrivals.arrived()
         if self.status == 0:
             return NOT_DONE_YET
         request.setResponseCode(self.status)
         return b"ok"
-
-    def next_post(self) -> defer.Deferred[None]:
-        self.waiting.append(defer.Deferred())
-        return self.waiting[-1]
 
 
 @pytest.fixture
@@ -76,8 +86,7 @@ class _Mail:
 
     def eomReceived(self) -> defer.Deferred[None]:
         self.box.mails.append(b"\n".join(self.lines).decode())
-        if self.box.waiting:
-            self.box.waiting.pop(0).callback(None)
+        self.box.arrivals.arrived()
         return defer.succeed(None)
 
     def connectionLost(self) -> None:
@@ -91,7 +100,7 @@ class Mailbox:
     def __init__(self) -> None:
         self.mails: list[str] = []
         self.envelopes: list[tuple[str, str]] = []
-        self.waiting: list[defer.Deferred[None]] = []
+        self.arrivals = Arrivals()
 
     def receivedHeader(self, helo: Any, origin: Any, recipients: Any) -> bytes:
         return b"Received: by the test"
@@ -102,10 +111,6 @@ class Mailbox:
     def validateTo(self, user: smtp.User) -> Any:
         self.envelopes.append((str(user.orig), str(user.dest)))
         return lambda: _Mail(self)
-
-    def next_mail(self) -> defer.Deferred[None]:
-        self.waiting.append(defer.Deferred())
-        return self.waiting[-1]
 
 
 @pytest.fixture
@@ -207,7 +212,7 @@ def test_a_service_sends_its_rules_alerts_to_webhook_email_and_log(hook: Any, ma
     service = makeService(config, reactor)
     service.startService()
     try:
-        posted, mailed = hook.next_post(), mailbox.next_mail()
+        posted, mailed = hook.arrivals.next(), mailbox.arrivals.next()
         for host in ("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"):
             service.events.emit(SecurityEvent(AUTH_FAILURE, host, "UDP", "alice", "wrong password"))
         yield defer.gatherResults([posted, mailed])

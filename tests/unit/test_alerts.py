@@ -39,10 +39,13 @@ class Recording:
 
 
 def engine(rules: list[dict[str, Any]], notifiers: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[AlertEngine, Clock, Recording]:
+    """A started engine on a Clock, the log notifier a Recording; *notifiers* (NAME -> object) are
+    declared as webhooks in the config, for the rules to name as webhook:NAME."""
     clock = Clock()
-    config = parse_config({"alerts": {"rules": rules}}).alerts
+    webhooks = {name: {"type": "webhook", "url": "http://127.0.0.1:9/"} for name in notifiers or {}}
+    config = parse_config({"alerts": {"rules": rules, "notifiers": webhooks}}).alerts
     log = Recording()
-    alerts = AlertEngine(config, clock, {"log": log, **(notifiers or {})}, **kwargs)
+    alerts = AlertEngine(config, clock, {"log": log, **{f"webhook:{name}": n for name, n in (notifiers or {}).items()}}, **kwargs)
     alerts.startService()
     return alerts, clock, log
 
@@ -217,13 +220,11 @@ def test_certificate_expiry_fires_below_its_days_and_on_reload() -> None:
 
 def test_a_failing_or_raising_notifier_is_logged_throttled_and_the_others_still_get_the_alert() -> None:
     class Raising:
-        name = "webhook:broken"
 
         def notify(self, alert: Alert) -> defer.Deferred[None]:
             raise OSError("connection refused")
 
     class Failing:
-        name = "email:broken"
 
         def notify(self, alert: Alert) -> defer.Deferred[None]:
             return defer.fail(OSError("smtp said no"))
@@ -231,16 +232,8 @@ def test_a_failing_or_raising_notifier_is_logged_throttled_and_the_others_still_
     publisher = LogPublisher()
     seen: list[dict[str, Any]] = []
     publisher.addObserver(seen.append)
-    clock = Clock()
-    config = parse_config({"alerts": {
-        "notifiers": {"broken": {"type": "webhook", "url": "http://127.0.0.1:9/"}},
-        "rules": [{**SURGE, "resolve_after": 0, "window": 1, "notify": ["webhook:broken", "log"]}],
-    }}).alerts
-    log = Recording()
-    alerts = AlertEngine(config, clock, {"log": log, "webhook:broken": Raising()})
-    alerts.log = Logger(namespace="sipshield.alerts", observer=publisher)
-    alerts._failures._log = alerts.log
-    alerts.startService()
+    alerts, clock, log = engine([{**SURGE, "resolve_after": 0, "window": 1, "notify": ["webhook:broken", "log"]}], {"broken": Raising()})
+    alerts._failures._log = Logger(namespace="sipshield.alerts", observer=publisher)
     for _ in range(10):  # ten incidents
         for _ in range(6):
             alerts.emit(failure())
@@ -258,8 +251,6 @@ def test_a_failing_or_raising_notifier_is_logged_throttled_and_the_others_still_
 
 def test_a_notifier_that_never_answers_holds_a_bounded_number_of_deliveries() -> None:
     class Hanging:
-        name = "webhook:slow"
-
         def __init__(self) -> None:
             self.pending: list[defer.Deferred[None]] = []
 
@@ -268,14 +259,7 @@ def test_a_notifier_that_never_answers_holds_a_bounded_number_of_deliveries() ->
             return self.pending[-1]
 
     hanging = Hanging()
-    clock = Clock()
-    config = parse_config({"alerts": {
-        "notifiers": {"slow": {"type": "webhook", "url": "http://127.0.0.1:9/"}},
-        "rules": [{**SURGE, "resolve_after": 0, "window": 1, "notify": ["webhook:slow", "log"]}],
-    }}).alerts
-    log = Recording()
-    alerts = AlertEngine(config, clock, {"log": log, "webhook:slow": hanging})
-    alerts.startService()
+    alerts, clock, log = engine([{**SURGE, "resolve_after": 0, "window": 1, "notify": ["webhook:slow", "log"]}], {"slow": hanging})
     for _ in range(20):
         for _ in range(6):
             alerts.emit(failure())
