@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.credentials import CramMD5Credentials
+from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.mail import smtp
@@ -113,19 +116,46 @@ class Mailbox:
         return lambda: _Mail(self)
 
 
-@pytest.fixture
-def mailbox() -> Any:
-    box = Mailbox()
+def _smtp_server(box: Mailbox, portal: Portal | None = None) -> Any:
+    """An ESMTP server on 127.0.0.1:0 delivering into *box*; with *portal*, AUTH (CRAM-MD5, LOGIN) is
+    offered and only an authenticated client may send (its avatar is the box)."""
 
     class ServerFactory(smtp.SMTPFactory):
         def buildProtocol(self, addr: Any) -> smtp.ESMTP:
-            protocol = smtp.ESMTP()
-            protocol.delivery = box
+            protocol = smtp.ESMTP({b"CRAM-MD5": CramMD5Credentials, b"LOGIN": smtp.LOGINCredentials})
             protocol.factory = self
+            if portal is None:
+                protocol.delivery = box
+            else:
+                protocol.portal = portal
             return protocol
 
     port = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
     box.port = port.getHost().port  # type: ignore[attr-defined]
+    return port
+
+
+@pytest.fixture
+def mailbox() -> Any:
+    box = Mailbox()
+    port = _smtp_server(box)
+    yield box
+    port.stopListening()
+
+
+@implementer(IRealm)
+class _MailRealm:
+    def __init__(self, box: Mailbox) -> None:
+        self.box = box
+
+    def requestAvatar(self, avatar_id: Any, mind: Any, *interfaces: Any) -> Any:
+        return smtp.IMessageDelivery, self.box, lambda: None
+
+
+@pytest.fixture
+def auth_mailbox() -> Any:
+    box = Mailbox()
+    port = _smtp_server(box, Portal(_MailRealm(box), [InMemoryUsernamePasswordDatabaseDontUse(sipshield=b"smtp-pass-1")]))
     yield box
     port.stopListening()
 
@@ -182,6 +212,21 @@ def test_email_goes_through_a_real_smtp_server(mailbox: Any) -> Any:
     assert message["From"] == "sipshield@example.com"
     body = message.get_content()  # type: ignore[attr-defined]
     assert body.startswith("[FIRING] surge: ") and "rule: surge\n" in body and "state: firing\n" in body
+
+
+@pytest_twisted.inlineCallbacks
+def test_email_authenticates_with_the_password_from_its_file(auth_mailbox: Any, tmp_path: Path) -> Any:
+    (tmp_path / "smtp.password").write_text("smtp-pass-1\n")
+    notifiers = {"sec": {"type": "email", "host": "127.0.0.1", "port": auth_mailbox.port, "from": "s@example.com", "to": ["t@example.com"],
+                         "username": "sipshield", "password_file": "smtp.password", "timeout": 5}}
+    (config,) = parse_config({"alerts": {"notifiers": notifiers}}, base_dir=tmp_path).alerts.notifiers
+    assert isinstance(config, EmailNotifierConfig)
+    yield EmailNotifier(config, reactor).notify(ALERT)
+    assert len(auth_mailbox.mails) == 1 and "[FIRING] surge" in auth_mailbox.mails[0]
+    wrong = EmailNotifierConfig(**{**config.__dict__, "password": "not-it"})
+    with pytest.raises(smtp.SMTPClientError):
+        yield EmailNotifier(wrong, reactor).notify(ALERT)
+    assert len(auth_mailbox.mails) == 1
 
 
 @pytest_twisted.inlineCallbacks
