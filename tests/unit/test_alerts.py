@@ -408,3 +408,12 @@ def test_the_service_checks_the_served_certificate_at_start_and_at_tls_reload(tm
     assert log.states == [("cert", "firing"), ("cert", "resolved")]
     assert log.alerts[1].value is not None and log.alerts[1].value > 397  # made 2 days of the Clock ago
     service.alerts.stopService()
+
+
+def test_every_security_event_kind_can_be_named_by_a_rule() -> None:
+    from sipshield import events
+
+    kinds = {value for name, value in vars(events).items() if name.isupper() and isinstance(value, str)}
+    assert events.KINDS == kinds
+    for kind in sorted(kinds):
+        parse_config({"alerts": {"rules": [{**SURGE, "event": kind}]}})
