@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from io import BytesIO
 from typing import Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -389,6 +390,9 @@ class WebhookNotifier:
         self.config = config
         self.reactor = reactor
         self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))  # type: ignore[arg-type]
+        parts = urlsplit(config.url)
+        self._where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        """The URL's scheme and host for messages: its path is often its secret (Slack's are)."""
 
     def notify(self, alert: Alert) -> Deferred[None]:
         import treq
@@ -404,12 +408,12 @@ class WebhookNotifier:
                 return drained
 
             def refused(_: object) -> None:
-                raise WebhookError(f"HTTP {response.code} from {self.config.url}")
+                raise WebhookError(f"HTTP {response.code} from {self._where}")
 
             return drained.addCallback(refused)
 
         done: Deferred[None] = d.addCallback(answered)
-        return _within(done, self.config.timeout, self.reactor, f"no answer from {self.config.url}")
+        return _within(done, self.config.timeout, self.reactor, f"no answer from {self._where}")
 
 
 class EmailNotifier:
