@@ -417,3 +417,12 @@ def test_every_security_event_kind_can_be_named_by_a_rule() -> None:
     assert events.KINDS == kinds
     for kind in sorted(kinds):
         parse_config({"alerts": {"rules": [{**SURGE, "event": kind}]}})
+
+
+def test_a_reload_with_other_alert_rules_is_refused_whole(tmp_path: Path) -> None:
+    service, _, _ = _service(tmp_path, [SURGE])
+    changed = parse_config({"server": {"data_dir": str(tmp_path / "data"), "listen": ["tls:0:interface=127.0.0.1"]},
+                            "admin": {"enabled": False}, "alerts": {"rules": [{**SURGE, "more_than": 50}]}})
+    with pytest.raises(ConfigError, match="changing alerts needs a restart"):
+        service.reload(changed)
+    assert service.config.alerts.rules[0].more_than == 5
