@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import secrets
+from pathlib import Path
 
 import pytest
-from cert_support import make_ca, make_leaf
+from cert_support import make_ca, make_leaf, write_pem
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import crypto
+from pipeline_support import Proxy, RecordingFlow, proxy_service
 
 from sipshield.auth._checkers import Identity
 from sipshield.auth._mtls import TrunkAccount, TrunkMap, certificate_identities, normalize_identity
+from sipshield.config import ConfigError
+from sipshield.message import parse_message
 
 NOW = datetime.datetime(2026, 11, 28, tzinfo=datetime.UTC)
 
@@ -149,3 +154,131 @@ def test_trunk_account_identity_is_what_digest_login_produces() -> None:
     identity = TrunkAccount("carrier", "Trunk.Example.Net", ("trunk", "monitor")).identity()
     assert identity == Identity("carrier", "trunk.example.net", frozenset({"trunk", "monitor"}))
     assert identity.aor == "sip:carrier@trunk.example.net"
+
+
+# -- through the service: makeService's auth stage with [[auth.tls.trunks]] -------------
+
+# A host name of exactly 253 characters (RFC 1035 2.3.4: the longest there is), labels of 63 at most.
+LONGEST = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61])
+PSTN_CALLER = "sip:+15551234@pstn.example.org"
+
+
+class CertFlow(RecordingFlow):
+    """A connection whose TLS handshake verified *cert* (pyOpenSSL, as SIPStreamProtocol.peer_certificate gives it)."""
+
+    def __init__(self, cert: x509.Certificate | None, transport: str = "TLS") -> None:
+        super().__init__(("198.51.100.7", 5061), transport, local=("127.0.0.1", 5061))
+        self.cert = None if cert is None else crypto.X509.from_cryptography(cert)
+
+    def peer_certificate(self) -> crypto.X509 | None:  # type: ignore[override]
+        return self.cert
+
+
+def trunk_proxy(tmp_path: Path, ca, *trunks: dict[str, object]) -> Proxy:
+    """The service with bob registered at 127.0.0.3 and *trunks* as [[auth.tls.trunks]]."""
+    client_ca = write_pem(tmp_path / "client-ca.pem", ca[0])
+    proxy = proxy_service(tmp_path, tls={"client_ca": str(client_ca)}, auth={"tls": {"trunks": list(trunks)}})
+    proxy.register("bob", "sip:bob@127.0.0.3:5060")
+    return proxy
+
+
+def trunk_call(proxy: Proxy, flow: CertFlow, method: str = "INVITE", ruri: str = "sip:bob@example.com") -> int | None:
+    """A request from the trunk's PSTN side on *flow*: the status answered, or None when it was only forwarded."""
+    data = (
+        f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/{flow.transport_name} 198.51.100.7:5061;branch=z9hG4bK{secrets.token_hex(6)}\r\n"
+        f"Max-Forwards: 70\r\nFrom: <{PSTN_CALLER}>;tag=9\r\nTo: <{ruri}>\r\nCall-ID: {secrets.token_hex(6)}@trunk\r\n"
+        f"CSeq: 1 {method}\r\nContact: <sip:gw@198.51.100.7:5061;transport=tls>\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    before = len(flow.sent)
+    proxy.core.message_received(parse_message(data), flow)
+    finals = [s for s in flow.statuses()[before:] if s >= 200]
+    return finals[-1] if finals else None
+
+
+CARRIER_TRUNK = {"identity": "sip:trunk.example.net", "name": "carrier", "roles": ["trunk"]}
+
+
+def test_a_mapped_trunk_certificate_calls_without_a_challenge_and_its_from_is_not_its_identity(tmp_path: Path, ca) -> None:
+    """The certificate's SIP URI in upper case (RFC 5922 7.2: case-insensitive) names the configured trunk."""
+    cert, _ = make_leaf("gw.example.net", [x509.UniformResourceIdentifier("SIP:TRUNK.EXAMPLE.NET")], ca)
+    proxy = trunk_proxy(tmp_path, ca, CARRIER_TRUNK)
+    try:
+        flow = CertFlow(cert)
+        assert trunk_call(proxy, flow) is None
+        (relayed,) = proxy.relayed("INVITE")
+        assert str(relayed.uri) == "sip:bob@127.0.0.3:5060" and str(relayed.from_.uri) == PSTN_CALLER
+        assert flow.authenticated
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize(
+    "san",
+    [
+        [x509.DNSName("trunk.example.net")],  # a dNSName never satisfies a sip: key
+        [x509.UniformResourceIdentifier("sip:evil-trunk.example.net"), x509.UniformResourceIdentifier("sip:trunk.example.net.evil.org")],
+        [x509.UniformResourceIdentifier("sip:carrier@trunk.example.net")],  # a user part is no domain identity
+        [x509.UniformResourceIdentifier("sips:trunk.example.net")],
+        [x509.RFC822Name("noc@trunk.example.net")],  # a SAN without a SIP name: the CN below is not read
+    ],
+    ids=["dns-name", "suffix", "user-part", "sips", "cn-behind-san"],
+)
+def test_a_certificate_naming_no_configured_trunk_is_challenged_and_nothing_is_relayed(tmp_path: Path, ca, san) -> None:
+    cert, _ = make_leaf("trunk.example.net", san, ca)
+    proxy = trunk_proxy(tmp_path, ca, CARRIER_TRUNK, {"identity": "trunk.example.org", "name": "other"})
+    try:
+        flow = CertFlow(cert)
+        assert trunk_call(proxy, flow) == 407
+        assert proxy.relayed("INVITE") == [] and not flow.authenticated
+    finally:
+        proxy.stop()
+
+
+def test_a_trunk_certificate_counts_only_on_tls(tmp_path: Path, ca) -> None:
+    """A flow that is not TLS has no verified certificate, whatever it claims to hold."""
+    cert, _ = make_leaf("gw.example.net", [x509.UniformResourceIdentifier("sip:trunk.example.net")], ca)
+    proxy = trunk_proxy(tmp_path, ca, CARRIER_TRUNK)
+    try:
+        assert trunk_call(proxy, CertFlow(cert, transport="TCP")) == 407
+        assert trunk_call(proxy, CertFlow(None)) == 407  # TLS without a client certificate
+        assert proxy.relayed("INVITE") == []
+    finally:
+        proxy.stop()
+
+
+def test_the_trunk_acts_with_the_roles_configured_for_it(tmp_path: Path, ca) -> None:
+    cert, _ = make_leaf("gw.example.net", [x509.DNSName("gw.example.net")], ca)
+    proxy = trunk_proxy(tmp_path, ca, {"identity": "gw.example.net", "name": "gw", "roles": ["agent"]})
+    try:
+        flow = CertFlow(cert)
+        assert trunk_call(proxy, flow) == 403
+        assert flow.messages()[-1].reason == "Forbidden: missing permission call"
+        assert proxy.relayed("INVITE") == []
+    finally:
+        proxy.stop()
+
+
+def test_a_cn_is_the_identity_only_of_a_certificate_without_subject_alt_name(tmp_path: Path, ca) -> None:
+    cert, _ = make_leaf("Legacy.Trunk.Example.ORG", None, ca)
+    proxy = trunk_proxy(tmp_path, ca, {"identity": "legacy.trunk.example.org", "name": "legacy"})
+    try:
+        assert trunk_call(proxy, CertFlow(cert)) is None
+        assert len(proxy.relayed("INVITE")) == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_253_character_identity_is_a_trunk_and_a_longer_one_a_config_error(tmp_path: Path, ca) -> None:
+    cert, _ = make_leaf("x", [x509.UniformResourceIdentifier(f"sip:{LONGEST}")], ca)
+    proxy = trunk_proxy(tmp_path, ca, {"identity": f"sip:{LONGEST.upper()}", "name": "long"})
+    try:
+        assert trunk_call(proxy, CertFlow(cert)) is None
+        assert len(proxy.relayed("INVITE")) == 1
+    finally:
+        proxy.stop()
+    for index, (identity, why) in enumerate([(f"sip:{LONGEST}d", "is not a sip:<domain> URI"), (f"{LONGEST}d", "is neither a host name nor a sip:<domain> URI")]):
+        (tmp_path / f"longer{index}").mkdir()
+        with pytest.raises(ConfigError) as refused:
+            trunk_proxy(tmp_path / f"longer{index}", ca, {"identity": identity, "name": "long"})  # 254, labels of 63 at most
+        assert refused.value.key == "auth.tls.trunks[0].identity"
+        assert str(refused.value) == f"auth.tls.trunks[0].identity: {identity!r} {why} (RFC 5922 7.1)"
