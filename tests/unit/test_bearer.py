@@ -7,14 +7,18 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from inline_pool import ImmediateReactor
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+from pipeline_support import EventRecorder, Proxy, RecordingDispatcher, RecordingFlow, build_service
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
@@ -32,6 +36,8 @@ from sipshield.auth._bearer import (
 )
 from sipshield.auth._checkers import Identity, IIdentity, SIPRealm
 from sipshield.config import ConfigError
+from sipshield.events import AUTH_FAILURE, BEARER_REFUSED, SecurityEvent
+from sipshield.message import parse_message
 
 NOW = 1_800_000_000
 ISSUER = "https://as.example.com"
@@ -427,3 +433,259 @@ def test_refused_bearer_tokens_over_tls_count_towards_a_ban_over_udp_they_do_not
     context.flow.reliable = True  # type: ignore[attr-defined]
     stage.process(context)
     assert bans.refuse_source("192.0.2.9")
+
+
+# -- through the service: makeService's auth stage with [auth.bearer] ---------------------
+
+AUTHZ_SERVER = "https://as.example.com/token"
+PHONE_TLS = ("192.0.2.9", 5061)
+
+
+@dataclass
+class BearerProxy:
+    proxy: Proxy
+    recorder: EventRecorder
+
+    def call(self, token: str | None, transport: str = "TLS", from_uri: str = "sip:alice@example.com") -> RecordingFlow:
+        """An INVITE to bob with *token* as its Proxy-Authorization on a *transport* connection."""
+        auth = f"Proxy-Authorization: Bearer {token}\r\n" if token is not None else ""
+        data = (
+            f"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/{transport} {PHONE_TLS[0]}:{PHONE_TLS[1]};branch=z9hG4bK{secrets.token_hex(6)}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <{from_uri}>;tag=a1\r\nTo: <sip:bob@example.com>\r\nCall-ID: {secrets.token_hex(6)}@bearer\r\n"
+            f"CSeq: 1 INVITE\r\n{auth}Content-Length: 0\r\n\r\n"
+        ).encode()
+        flow = RecordingFlow(PHONE_TLS, transport, local=("127.0.0.1", 5061))
+        self.proxy.core.message_received(parse_message(data), flow)
+        return flow
+
+    @staticmethod
+    def finals(flow: RecordingFlow) -> list[int]:
+        return [s for s in flow.statuses() if s >= 200]
+
+    def refusals(self) -> list[SecurityEvent]:
+        return [e for e in self.recorder.events if e.kind in (AUTH_FAILURE, BEARER_REFUSED)]
+
+
+@pytest.fixture
+def bearer_service(tmp_path: Path, jwks: Path):
+    """A factory: the service (on a Clock at NOW unless *now* is given) with [auth.bearer]
+    over *keys* (default: the rsa1/ec1 set), bob registered at 127.0.0.3."""
+    made: list[Proxy] = []
+
+    def make(*, keys: Path | None = None, now: float = NOW, **bearer: Any) -> BearerProxy:
+        clock = ImmediateReactor()
+        clock.advance(now)
+        settings = {"issuer": ISSUER, "audience": AUDIENCE, "keys": str(keys or jwks), "authz_server": AUTHZ_SERVER, **bearer}
+        dispatcher = RecordingDispatcher()
+        service = build_service(tmp_path / f"s{len(made)}", {"auth": {"bearer": settings}}, clock=clock, dispatcher=dispatcher)
+        proxy = Proxy(service, clock, dispatcher)
+        made.append(proxy)
+        proxy.register("bob", "sip:bob@127.0.0.3:5060")
+        recorder = EventRecorder()
+        service.events.subscribe(recorder)
+        return BearerProxy(proxy, recorder)
+
+    yield make
+    for proxy in made:
+        proxy.stop()
+
+
+def assert_forwarded_as_alice(service: BearerProxy, flow: RecordingFlow) -> None:
+    assert service.finals(flow) == []
+    (relayed,) = service.proxy.relayed("INVITE")
+    assert str(relayed.uri) == "sip:bob@127.0.0.3:5060"
+    assert relayed.headers.get_all("Proxy-Authorization") == []  # the token never travels downstream
+    assert flow.authenticated and service.refusals() == []
+
+
+def test_service_forwards_a_call_with_a_valid_token_over_tls_and_strips_the_token(bearer_service, rsa_key) -> None:
+    service = bearer_service()
+    assert_forwarded_as_alice(service, service.call(mint(rsa_key)))
+
+
+def test_service_takes_time_from_its_reactor_not_the_wall_clock(bearer_service, rsa_key) -> None:
+    """At reactor time 1 000 000 (1970 to the wall clock) a token valid for 300 s is
+    accepted, and refused once the reactor passes exp and the leeway."""
+    service = bearer_service(now=1_000_000)
+    token = mint(rsa_key, iat=1_000_000, exp=1_000_300)
+    assert_forwarded_as_alice(service, service.call(token))
+    (first,) = {r.call_id for r in service.proxy.relayed("INVITE")}
+    service.proxy.clock.advance(300 + 30)
+    flow = service.call(token)
+    assert service.finals(flow) == [407]
+    assert {r.call_id for r in service.proxy.relayed("INVITE")} == {first}  # the first call's retransmissions only
+    assert [e.reason for e in service.refusals()] == ["bearer token refused: token expired"]
+
+
+def test_service_accepts_the_leeway_boundaries_of_nbf_and_iat(bearer_service, rsa_key) -> None:
+    service = bearer_service(leeway=30)
+    assert_forwarded_as_alice(service, service.call(mint(rsa_key, nbf=NOW + 30, iat=NOW + 30)))
+
+
+@pytest.mark.parametrize(
+    "roles, status",
+    [(["staff"], None), ("agent staff", None), (["agent"], 403), (None, 403)],
+    ids=["list", "scope-string", "no-call-permission", "no-roles"],
+)
+def test_service_gives_the_caller_the_roles_of_its_token(bearer_service, rsa_key, roles: Any, status: int | None) -> None:
+    service = bearer_service()
+    flow = service.call(mint(rsa_key, roles=roles))
+    if status is None:
+        assert_forwarded_as_alice(service, flow)
+    else:
+        assert service.finals(flow) == [403] and flow.messages()[-1].reason == "Forbidden: missing permission call"
+        assert service.proxy.relayed("INVITE") == []
+
+
+def test_service_authenticates_the_token_identity_not_the_from_header(bearer_service, rsa_key) -> None:
+    """alice's token does not let her call as carol (From is checked against the token's identity)."""
+    service = bearer_service()
+    flow = service.call(mint(rsa_key), from_uri="sip:carol@example.com")
+    assert service.finals(flow) == [403] and service.proxy.relayed("INVITE") == []
+
+
+def _signed_garbage_payload(key: Any) -> str:
+    """A token whose header is fine and whose payload is not JSON: PyJWT's DecodeError."""
+    header = _b64(json.dumps({"alg": "RS256", "kid": "rsa1", "typ": "JWT"}).encode())
+    payload = _b64(b"not json")
+    signature = _b64(key.sign(f"{header}.{payload}".encode(), padding.PKCS1v15(), hashes.SHA256()))
+    return f"{header}.{payload}.{signature}"
+
+
+REFUSED_TOKENS: list[tuple[str, Any, str]] = [
+    ("expired", lambda k, e: mint(k, exp=NOW - 31), "token expired"),
+    ("not-yet-valid", lambda k, e: mint(k, nbf=NOW + 31), "token not yet valid"),
+    ("issued-in-the-future", lambda k, e: mint(k, iat=NOW + 31), "token issued in the future"),
+    ("exp-infinite", lambda k, e: mint(k, exp=float("inf")), "malformed exp claim"),
+    ("exp-string", lambda k, e: mint(k, exp="soon"), "malformed exp claim"),
+    ("nbf-boolean", lambda k, e: mint(k, nbf=True), "malformed nbf claim"),
+    ("no-exp", lambda k, e: mint(k, exp=None), "missing exp claim"),
+    ("no-iss", lambda k, e: mint(k, iss=None), "missing iss claim"),
+    ("wrong-audience", lambda k, e: mint(k, aud="sip:other.example"), "wrong audience"),
+    ("wrong-issuer", lambda k, e: mint(k, iss="https://evil.example"), "wrong issuer"),
+    ("another-key", lambda k, e: mint(rsa.generate_private_key(public_exponent=65537, key_size=2048)), "bad signature"),
+    ("payload-not-json", lambda k, e: _signed_garbage_payload(k), "invalid token (DecodeError)"),
+    ("unknown-kid", lambda k, e: mint(k, kid="rotated-away"), "unknown key id"),
+    ("no-kid", lambda k, e: mint(k, kid=None), "token has no kid"),
+    ("kid-of-another-key-type", lambda k, e: mint(e, kid="rsa1", algorithm="ES256"), "key 'rsa1' is not for ES256"),
+    ("alg-none", lambda k, e: hand_made({"alg": "none", "kid": "rsa1"}, claims(), None), "algorithm 'none' not accepted"),
+    ("alg-hs256", lambda k, e: hand_made({"alg": "HS256", "kid": "rsa1"}, claims(), b"secret"), "algorithm 'HS256' not accepted"),
+    ("malformed", lambda k, e: "abc.def", "malformed token"),
+    ("sub-not-a-string", lambda k, e: mint(k, sub=123), "invalid token (InvalidSubjectError)"),  # PyJWT checks sub itself
+    ("domain-not-a-host", lambda k, e: mint(k, sub="alice@exa_mple.com"), "identity domain is not a host name"),
+    ("user-not-a-sip-user", lambda k, e: mint(k, sub="al<ice@example.com"), "identity user part is not a SIP user (RFC 3261 25.1)"),
+    ("domain-not-served", lambda k, e: mint(k, sub="alice@other.example"), "domain other.example is not served here"),
+    ("roles-an-object", lambda k, e: mint(k, roles={"admin": True}), "malformed roles claim"),
+]
+
+
+@pytest.mark.parametrize("make_token, reason", [(m, r) for _, m, r in REFUSED_TOKENS], ids=[i for i, _, _ in REFUSED_TOKENS])
+def test_service_challenges_a_refused_token_and_logs_why_as_an_auth_failure(bearer_service, rsa_key, ec_key, make_token, reason: str) -> None:
+    service = bearer_service()
+    flow = service.call(make_token(rsa_key, ec_key))
+    assert service.finals(flow) == [407] and service.proxy.relayed("INVITE") == [] and not flow.authenticated
+    bearer = [v for n, v in flow.messages()[-1].headers if n == "Proxy-Authenticate" and v.startswith("Bearer ")]
+    assert bearer == [f'Bearer realm="example.com", authz_server="{AUTHZ_SERVER}", error="invalid_token"']
+    assert service.refusals() == [SecurityEvent(AUTH_FAILURE, PHONE_TLS[0], "TLS", None, f"bearer token refused: {reason}")]
+
+
+def test_service_refuses_an_identity_claim_that_is_not_a_string(bearer_service, rsa_key) -> None:
+    """PyJWT checks the type of ``sub`` only; a configured identity_claim is checked here."""
+    service = bearer_service(identity_claim="sip_user")
+    assert_forwarded_as_alice(service, service.call(mint(rsa_key, sip_user="alice@example.com")))
+    assert service.finals(service.call(mint(rsa_key, sip_user=["alice@example.com"]))) == [407]
+    assert [e.reason for e in service.refusals()] == ["bearer token refused: no sip_user claim"]
+
+
+def test_service_refuses_a_token_over_udp_unless_configured_otherwise(bearer_service, rsa_key) -> None:
+    service = bearer_service()
+    flow = service.call(mint(rsa_key), transport="UDP")
+    assert service.finals(flow) == [403] and flow.messages()[-1].reason == "Forbidden: bearer tokens only over TLS"
+    assert service.proxy.relayed("INVITE") == []
+    open_udp = bearer_service(require_tls=False)
+    flow = open_udp.call(mint(rsa_key, exp=NOW - 31), transport="UDP")
+    assert open_udp.finals(flow) == [407]
+    assert open_udp.refusals() == [SecurityEvent(BEARER_REFUSED, PHONE_TLS[0], "UDP", None, "bearer token refused: token expired")]
+
+
+# -- the key set, as the service loads it --------------------------------------------------
+
+def test_service_verifies_eddsa_tokens_with_an_okp_key(bearer_service, tmp_path: Path) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    keys = write_jwks(tmp_path / "okp.json", dict(OKPAlgorithm.to_jwk(key.public_key(), as_dict=True), kid="ed1"))
+    service = bearer_service(keys=keys, algorithms=["EdDSA"])
+    assert_forwarded_as_alice(service, service.call(mint(key, kid="ed1", algorithm="EdDSA")))
+
+
+def test_service_loads_the_signing_key_listed_after_an_encryption_key(bearer_service, tmp_path: Path, rsa_key, ec_key) -> None:
+    keys = write_jwks(tmp_path / "k.json", jwk(ec_key.public_key(), "enc1", use="enc"), jwk(rsa_key.public_key(), "rsa1"))
+    service = bearer_service(keys=keys)
+    assert_forwarded_as_alice(service, service.call(mint(rsa_key)))
+
+
+def test_service_uses_an_alg_bound_key_for_its_algorithm_only(bearer_service, tmp_path: Path, rsa_key) -> None:
+    keys = write_jwks(tmp_path / "k.json", jwk(rsa_key.public_key(), "rsa1", alg="PS256"))
+    service = bearer_service(keys=keys, algorithms=["RS256", "PS256"])
+    assert_forwarded_as_alice(service, service.call(mint(rsa_key, algorithm="PS256")))
+    assert service.finals(service.call(mint(rsa_key, algorithm="RS256"))) == [407]
+    assert [e.reason for e in service.refusals()] == ["bearer token refused: key 'rsa1' is not for RS256"]
+
+
+def test_service_does_not_verify_es256_with_a_p384_key(bearer_service, tmp_path: Path, ec_key) -> None:
+    """The curve is part of the key type (RFC 7518 3.4): a P-384 key serves ES384 only."""
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    keys = write_jwks(tmp_path / "k.json", jwk(p384.public_key(), "ec384"))
+    service = bearer_service(keys=keys, algorithms=["ES256", "ES384"])
+    assert_forwarded_as_alice(service, service.call(mint(p384, kid="ec384", algorithm="ES384")))
+    assert service.finals(service.call(mint(ec_key, kid="ec384", algorithm="ES256"))) == [407]
+    assert [e.reason for e in service.refusals()] == ["bearer token refused: key 'ec384' is not for ES256"]
+
+
+@pytest.mark.parametrize(
+    "bearer, message",
+    [
+        ({"issuer": ""}, "auth.bearer.issuer: an issuer is required"),
+        ({"audience": ""}, "auth.bearer.audience: an audience is required"),
+        ({"leeway": -1}, "auth.bearer.leeway: must not be negative"),
+        ({"algorithms": []}, "auth.bearer.algorithms: at least one algorithm is needed"),
+        ({"algorithms": ["RS256", "HS256"]}, "auth.bearer.algorithms: HS256 not accepted (asymmetric algorithms only: "
+         "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)"),
+        ({"domains": ["exa_mple.com"]}, "auth.bearer.domains: 'exa_mple.com' is not a host name"),
+        ({"default_domain": "*.example.com"}, "auth.bearer.default_domain: '*.example.com' is not a host name"),
+    ],
+    ids=["issuer", "audience", "leeway", "no-algorithm", "hs256", "domains", "default-domain"],
+)
+def test_service_refuses_bearer_settings_naming_the_key(tmp_path: Path, jwks: Path, bearer: dict[str, Any], message: str) -> None:
+    settings = {"issuer": ISSUER, "audience": AUDIENCE, "keys": str(jwks), **bearer}
+    with pytest.raises(ConfigError) as refused:
+        build_service(tmp_path, {"auth": {"bearer": settings}})
+    assert str(refused.value) == message
+
+
+def _key_sets(rsa_key: Any, ec_key: Any) -> list[tuple[str, Any, str]]:
+    private = dict(ECAlgorithm.to_jwk(ec_key, as_dict=True), kid="p")
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    return [
+        ("no-file", None, "cannot read {path}: No such file or directory"),
+        ("not-json", "{", "{path} is not JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+        ("no-keys-list", {"keys": {}}, '{path} is not a JWK Set (no "keys" list, RFC 7517 5)'),
+        ("not-an-object", {"keys": ["k"]}, "{path}: a JWK is not an object"),
+        ("empty-kid", {"keys": [jwk(ec_key.public_key(), "")]}, '{path}: every key needs a "kid" (RFC 7517 4.5)'),
+        ("twice", {"keys": [jwk(ec_key.public_key(), "d"), jwk(ec_key.public_key(), "d")]}, "{path}: kid 'd' appears twice"),
+        ("oct", {"keys": [{"kty": "oct", "kid": "s", "k": "c2VjcmV0"}]},
+         "{path}: key 's' has kty 'oct': only RSA, EC and OKP public keys are accepted"),
+        ("private", {"keys": [private]}, "{path}: key 'p' holds a private key: publish public keys only"),
+        ("weak", {"keys": [jwk(weak.public_key(), "w")]}, "{path}: RSA key 'w' has 1024 bits, fewer than 2048"),
+        ("unusable", {"keys": [{"kty": "EC", "crv": "P-256", "kid": "bad", "x": "AA", "y": "AA"}]}, "{path}: key 'bad' cannot be used for ES256: "),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10), ids=["no-file", "not-json", "no-keys-list", "not-an-object", "empty-kid", "twice", "oct", "private", "weak", "unusable"])
+def test_service_refuses_an_unusable_key_set_naming_the_key_and_the_file(tmp_path: Path, rsa_key, ec_key, case: int) -> None:
+    _, content, message = _key_sets(rsa_key, ec_key)[case]
+    path = tmp_path / "jwks.json"
+    if content is not None:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ConfigError) as refused:
+        build_service(tmp_path, {"auth": {"bearer": {"issuer": ISSUER, "audience": AUDIENCE, "keys": str(path)}}})
+    assert str(refused.value).startswith("auth.bearer.keys: " + message.format(path=path))
