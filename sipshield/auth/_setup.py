@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sipshield.auth._bearer import BearerSettings, BearerValidator
+from sipshield.auth._bearer import BearerSettings, BearerValidator, challenge_value
 from sipshield.auth._mtls import TrunkAccount, TrunkMap, normalize_identity
 from sipshield.config import Config, ConfigError
 
@@ -67,7 +67,22 @@ def build_bearer(config: Config, reactor: Any) -> BearerSetup | None:
         raise ConfigError(str(e), source=config.source) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e), key="auth.bearer", source=config.source) from None
-    return BearerSetup(validator, raw.get("authz_server"), bool(raw.get("require_tls", True)))
+    return BearerSetup(validator, _authz_server(raw.get("authz_server"), config.source), bool(raw.get("require_tls", True)))
+
+
+def _authz_server(value: Any, source: str | None) -> str | None:
+    """``[auth.bearer] authz_server``, checked now as every challenge will carry it
+    (a control character would otherwise fail each challenge, not the start)."""
+    key = "auth.bearer.authz_server"
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError("must be a non-empty string (where a UA gets a token, RFC 8898 2.3)", key=key, source=source)
+    try:
+        challenge_value("", value)
+    except ValueError as e:
+        raise ConfigError(str(e), key=key, source=source) from None
+    return value
 
 
 def build_ldap(config: Config, reactor: Any) -> Any:

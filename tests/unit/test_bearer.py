@@ -652,8 +652,12 @@ def test_service_does_not_verify_es256_with_a_p384_key(bearer_service, tmp_path:
          "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA)"),
         ({"domains": ["exa_mple.com"]}, "auth.bearer.domains: 'exa_mple.com' is not a host name"),
         ({"default_domain": "*.example.com"}, "auth.bearer.default_domain: '*.example.com' is not a host name"),
+        # Once failed every challenge with a traceback; now refused at start (and by check-config).
+        ({"authz_server": "https://as.example.com/\r\nVia: evil"}, "auth.bearer.authz_server: authz_server contains a control character"),
+        ({"authz_server": "https://as.example.com/\x7f"}, "auth.bearer.authz_server: authz_server contains a control character"),
+        ({"authz_server": 5}, "auth.bearer.authz_server: must be a non-empty string (where a UA gets a token, RFC 8898 2.3)"),
     ],
-    ids=["issuer", "audience", "leeway", "no-algorithm", "hs256", "domains", "default-domain"],
+    ids=["issuer", "audience", "leeway", "no-algorithm", "hs256", "domains", "default-domain", "authz-server-crlf", "authz-server-del", "authz-server-not-a-string"],
 )
 def test_service_refuses_bearer_settings_naming_the_key(tmp_path: Path, jwks: Path, bearer: dict[str, Any], message: str) -> None:
     settings = {"issuer": ISSUER, "audience": AUDIENCE, "keys": str(jwks), **bearer}
