@@ -188,6 +188,7 @@ class DigestAuthStage:
         entries = [TrustedSource(t) if isinstance(t, str) else t for t in trusted]
         self.trusted = SourceNetworks((t.network, t.udp) for t in entries)
         self.trusted_role = trusted_role
+        self._trusted_roles = frozenset((trusted_role,)) if trusted_role else frozenset()
         self.retry_after = str(retry_after)
         self._admitted: tuple[Request, _BearerAnswer | tuple[DigestResponse, str, str]] | None = None
 
@@ -279,7 +280,7 @@ class DigestAuthStage:
         if self._is_trusted(context.source[0], context.flow.transport_name):
             context.trusted = True
             context.flow.authenticated = True
-            context.roles = frozenset((self.trusted_role,)) if self.trusted_role else frozenset()
+            context.roles = self._trusted_roles  # one set for every trusted request
             return CONTINUE
         if self.trunks is not None and context.flow.transport_name == "TLS":
             # RFC 5922: a client certificate that chained to [tls] client_ca

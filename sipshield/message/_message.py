@@ -159,6 +159,15 @@ class Message:
     def _start_key(self) -> tuple[object, ...]:
         raise NotImplementedError
 
+    def release_parsed(self) -> None:
+        """Let go of the typed values the accessors cached (Via, From, To,
+        CSeq, the Request-URI ...): they are read again from the header text on
+        next use.  For a message kept long after its handling (the proxy keeps
+        a call's request for its late 2xx responses while Timer M runs), this
+        leaves the text alone in memory and the cyclic garbage collector fewer
+        objects to walk.  The message itself is unchanged."""
+        self.headers._cache.clear()
+
     def __eq__(self, other: object) -> bool:
         """Equal start line, header (canonical name, value) list and body.
 
@@ -370,6 +379,11 @@ class Request(Message):
     def _start_line(self) -> str:
         uri = self._uri_text if self._uri is None else str(self._uri)
         return f"{self.method} {uri} {self.version}"
+
+    def release_parsed(self) -> None:
+        super().release_parsed()
+        if self._uri is not None and self._uri_text and str(self._uri) == self._uri_text:
+            self._uri = None  # unchanged since parsed: the text says the same
 
     def _start_unchanged(self) -> bool:
         if self.method is not self._raw_method and self.method != self._raw_method:

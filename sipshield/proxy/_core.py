@@ -599,6 +599,11 @@ class ProxyCore:
         self.contexts.pop(rc.server_txn, None)
         for branch in rc.branches:
             branch.context = None  # break branch <-> context; see _BranchCallbacks
+        if rc.context.response_filters:
+            # The branches' callbacks keep the request context for the late
+            # 2xx responses they still judge (up to 64*T1): the request's text
+            # is enough for that, not its parsed headers.
+            rc.context.request.release_parsed()
 
 
 def _mark_source(request: Request, flow: Flow) -> None:
@@ -630,7 +635,7 @@ class _BranchCallbacks:
     on (RFC 3261 16.7, RFC 6026 8.2).
     """
 
-    __slots__ = ("_branch", "_core", "_upstream", "_filtering", "muted")
+    __slots__ = ("_branch", "_core", "_upstream", "_filtering", "_hop", "muted")
 
     def __init__(self, branch: Branch, core: ProxyCore, upstream: Flow, context: RequestContext) -> None:
         self._branch = weakref.ref(branch)
@@ -639,7 +644,9 @@ class _BranchCallbacks:
         # The response filters still judge each 2xx once the response context
         # is gone: a retransmission, or a new 2xx of a fork further on
         # (another To tag, its own SDP), is otherwise relayed unchecked.
-        self._filtering = (context, branch.hop) if context.response_filters else None
+        # (Two slots, not a tuple: one object less per call for the GC to walk.)
+        self._filtering = context if context.response_filters else None
+        self._hop = branch.hop
         self.muted = False  # a response filter refused the branch's 2xx (Branch.mute)
 
     def response(self, txn: Any, response: Response) -> None:
@@ -650,7 +657,7 @@ class _BranchCallbacks:
             branch.context.on_response(txn, response, branch)
         elif 200 <= response.status < 300:
             if self._filtering is not None:
-                passed = filtered(self._filtering[0], response, self._filtering[1])
+                passed = filtered(self._filtering, response, self._hop)
                 if passed is None or passed.status >= 300:
                     self.muted = True  # the caller has its final answer: nothing to send instead
                     return

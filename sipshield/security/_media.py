@@ -44,7 +44,7 @@ from sipshield.config import SRTP_MODES
 from sipshield.events import SRTP_PLAIN, SRTP_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.interfaces import IPipelineStage
 from sipshield.message import MediaSection, Message, Request, Response, SDPError, media_sections
-from sipshield.proxy import CONTINUE, Decision, RequestContext
+from sipshield.proxy import CONTINUE, BranchCheck, Decision, RequestContext, ResponseFilter
 from sipshield.transport import Flow
 
 __all__ = ["CHECKED_METHODS", "SRTP_MODES", "MediaPolicy", "MediaRefusal", "srtp_refusal"]
@@ -121,6 +121,8 @@ def _keys_in_clear(transport: str) -> MediaRefusal:
 def _sdes_keys(message: Message) -> bool:
     """Does *message* carry an SDES key for an active audio or video stream?
     (An SDP that cannot be read carries none here: it was refused on arrival.)"""
+    if b"crypto" not in message.body.lower():
+        return False  # no a=crypto line anywhere in the body, in any case or part
     try:
         sections = _sections(message)
     except SDPError:
@@ -140,13 +142,18 @@ class MediaPolicy:
             raise ValueError(f"srtp mode {mode!r} is not one of {', '.join(SRTP_MODES)}")
         self.mode = mode
         self.events = events
+        # Bound once: a request checked here carries these two for the rest of
+        # its call (the proxy keeps its context for late 2xx answers), so one
+        # method object each, not one per call.
+        self._answer_filters: tuple[ResponseFilter, ...] = (self.check_answer,)
+        self._branch_checks: tuple[BranchCheck, ...] = (self.check_branch,)
 
     def process(self, context: RequestContext) -> Decision:
         request = context.request
         if self.mode == "off" or request.method not in CHECKED_METHODS:
             return CONTINUE
-        context.response_filters += (self.check_answer,)
-        context.branch_checks += (self.check_branch,)
+        context.response_filters = context.response_filters + self._answer_filters if context.response_filters else self._answer_filters
+        context.branch_checks = context.branch_checks + self._branch_checks if context.branch_checks else self._branch_checks
         refusal = srtp_refusal(request, None if context.flow.secure else context.transport)
         if refusal is None:
             return CONTINUE

@@ -460,3 +460,25 @@ def test_parse_and_format_auth() -> None:
     assert parse_auth(rendered).params["realm"] == 'a "b"'
     with pytest.raises(ParseError):
         parse_auth('Digest realm="unterminated')
+
+
+def test_release_parsed_drops_the_cached_values_and_they_read_the_same_again() -> None:
+    """What the proxy does to a call's request it keeps for late 2xx answers:
+    the typed values go, the text stays, and every accessor says the same."""
+    req = parse_message(INVITE)
+    assert isinstance(req, Request)
+    before = (req.uri, req.top_via, req.vias, req.from_, req.to, req.cseq, req.serialise())
+    cached = (req.uri, req.top_via, req.from_)
+    req.release_parsed()
+    after = (req.uri, req.top_via, req.vias, req.from_, req.to, req.cseq, req.serialise())
+    assert after == before
+    assert all(new is not old for new, old in zip((req.uri, req.top_via, req.from_), cached, strict=True))  # read again, not kept
+    assert req.make_response(488).headers.get("Call-ID") == "a84b4c76e66710@pc33.atlanta.example.com"
+
+
+def test_release_parsed_keeps_a_request_uri_changed_in_place() -> None:
+    req = parse_message(INVITE)
+    assert isinstance(req, Request)
+    req.uri.params["transport"] = "tcp"  # edited on the parsed value, not written back as text
+    req.release_parsed()
+    assert req.uri.params["transport"] == "tcp" and b";transport=tcp SIP/2.0" in req.serialise()
