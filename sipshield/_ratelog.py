@@ -43,6 +43,18 @@ class ThrottledLog:
 
     def warn(self, kind: str, source: str, format: str, **fields: Any) -> bool:
         """Log one line of *kind* caused by *source*; False when it was held back."""
+        held = self.admit(kind, source)
+        if held is None:
+            return False
+        self.write(kind, held, format, **fields)
+        return True
+
+    def admit(self, kind: str, source: str) -> int | None:
+        """Take a line of *kind* from *source* out of the budgets: None when
+        it is held back (counted), else how many lines of that kind were held
+        back since the last one written, for :meth:`write`.  Lets a caller
+        whose fields cost something to format (escaping remote text) do that
+        only for the lines that are written."""
         now = self._seconds()
         budget = self._kinds.get(kind)
         if budget is None or now - budget.started >= self.interval:
@@ -51,7 +63,7 @@ class ThrottledLog:
             budget.held_before = held
         if budget.lines >= self.per_kind or (self.per_source and source in budget.sources):
             budget.held += 1
-            return False
+            return None
         if self.per_source:
             if len(budget.sources) >= self.max_sources:
                 budget.sources.pop(next(iter(budget.sources)))
@@ -59,11 +71,14 @@ class ThrottledLog:
         budget.lines += 1
         held = budget.held_before + budget.held
         budget.held_before = budget.held = 0
+        return held
+
+    def write(self, kind: str, held: int, format: str, **fields: Any) -> None:
+        """Write the line :meth:`admit` let through (*held*: what it returned)."""
         if held:
             format += " ({suppressed} similar lines held back in the last {interval:g} s)"
             fields.update(suppressed=held, interval=self.interval)
         self._log.warn(format, log_kind=kind, **fields)
-        return True
 
 
 class _KindBudget:

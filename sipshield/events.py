@@ -136,8 +136,11 @@ class LogSecurityEvents:
 
     def emit(self, event: SecurityEvent) -> None:
         lines = self._every if event.kind in EVERY_LINE else self._lines
-        lines.warn(
-            event.kind, event.source, "security event {security_event} from {host} over {transport} (user {user}): {reason}",
+        held = lines.admit(event.kind, event.source)
+        if held is None:
+            return  # held back (counted): nothing to format
+        lines.write(
+            event.kind, held, "security event {security_event} from {host} over {transport} (user {user}): {reason}",
             security_event=event.kind, host=event.source, transport=event.transport,
             user=None if event.user is None else printable(event.user, 64), reason=printable(event.reason, 256),
         )
