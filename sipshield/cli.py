@@ -394,28 +394,38 @@ def _add_user_parser(sub: Any) -> None:
 
 def _admin_client(args: argparse.Namespace) -> Any:
     """The admin API client for ``--url`` or the config's ``[admin]``, with
-    the local token (data_dir/admin.token, or $SIPSHIELD_ADMIN_TOKEN)."""
+    the local token (data_dir/admin.token, or $SIPSHIELD_ADMIN_TOKEN); with
+    ``--cert``/``--key`` ($SIPSHIELD_ADMIN_CERT, $SIPSHIELD_ADMIN_KEY) a
+    client certificate instead, over the HTTPS listener (``[admin.tls]``,
+    its certificate checked against ``--cacert``, $SIPSHIELD_ADMIN_CACERT)."""
     import os
 
     from sipshield.ops._client import AdminClient
 
     config = _user_config(args)
+    certificate = getattr(args, "cert", None) or os.environ.get("SIPSHIELD_ADMIN_CERT") or None
+    key = getattr(args, "key", None) or os.environ.get("SIPSHIELD_ADMIN_KEY") or None
+    cacert = getattr(args, "cacert", None) or os.environ.get("SIPSHIELD_ADMIN_CACERT") or None
     url = args.url
     if url is None:
         admin = config.admin
-        if not admin.enabled or admin.port == 0:
-            raise ConfigError("[admin] is off or on a port chosen at start (port = 0): give --url", key="admin.port", source=config.source)
+        port = admin.port if certificate is None else admin.tls_port
+        if certificate is not None and admin.tls is None:
+            raise ConfigError("a client certificate needs the HTTPS listener ([admin.tls]), or give --url https://...", key="admin.tls", source=config.source)
+        if not admin.enabled or port == 0:
+            key_name = "admin.port" if certificate is None else "admin.tls_port"
+            raise ConfigError("[admin] is off or on a port chosen at start (port = 0): give --url", key=key_name, source=config.source)
         host = f"[{admin.host}]" if ":" in admin.host else admin.host
-        url = f"http://{host}:{admin.port}"
+        url = f"{'http' if certificate is None else 'https'}://{host}:{port}"
     token = os.environ.get("SIPSHIELD_ADMIN_TOKEN")
-    if not token:
+    if not token and certificate is None:
         path = config.server.data_dir / "admin.token"
         try:
             token = path.read_text().strip()
         except OSError as e:
             raise ConfigError(f"cannot read the admin token {path}: {e.strerror} (the server writes it at its first start)", key="server.data_dir",
                               source=config.source) from None
-    return AdminClient(url.rstrip("/"), token)
+    return AdminClient(url.rstrip("/"), token or "", certificate=certificate, key=key, cacert=cacert)
 
 
 def _when(seconds: float) -> str:
@@ -537,6 +547,9 @@ def _add_admin_parsers(sub: Any) -> None:
     common.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
     common.add_argument("--url", help="the admin API (default: http://[admin] host:port of the config)")
     common.add_argument("--json", action="store_true", help="print the API's JSON")
+    common.add_argument("--cert", metavar="PEM", help="a client certificate for the HTTPS listener ([admin.tls]; or $SIPSHIELD_ADMIN_CERT)")
+    common.add_argument("--key", metavar="PEM", help="its private key (or $SIPSHIELD_ADMIN_KEY; default: in the --cert file)")
+    common.add_argument("--cacert", metavar="PEM", help="the CA the server's certificate is checked against (or $SIPSHIELD_ADMIN_CACERT)")
     ban = sub.add_parser("ban", help="bans: list, add, remove (through the running server's admin API)")
     commands = ban.add_subparsers(dest="ban_command", required=True, metavar="{list,add,remove}")
     commands.add_parser("list", parents=[common], help="the bans in force (data_dir/bans.json when the server does not answer)").set_defaults(

@@ -270,9 +270,9 @@ class TLSConfig:
     maximum_version: str | None = None
 
 
-def _tls(data: Any, source: str | None, base: Path) -> TLSConfig:
-    """``[tls]``."""
-    t = _Section("tls", data, source)
+def _tls(data: Any, source: str | None, base: Path, name: str = "tls") -> TLSConfig:
+    """``[tls]`` (and ``[admin.tls]``, the same keys: *name* is the section errors name)."""
+    t = _Section(name, data, source)
     certificate = _path(t, "certificate", None, base)
     private_key = _path(t, "private_key", None, base)
     client_ca = _path(t, "client_ca", None, base)
@@ -1128,11 +1128,54 @@ class AdminConfig:
     """The role the local token (data_dir/admin.token) acts with; it must grant
     ``manage`` (a config error when set explicitly; a warning at start when the
     default ``admin`` role of a custom [roles] does not)."""
+    tls: TLSConfig | None = None
+    """``[admin.tls]`` (the keys of ``[tls]``): a second listener of the API on
+    ``host:tls_port`` over HTTPS; None: plain HTTP only.  With ``client_ca``,
+    client certificates chaining to it are credentials too."""
+    tls_port: int = 9062
+    clients: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """``[[admin.clients]]``: (certificate identity, roles), the operators a
+    verified client certificate logs in as (identities named as mutual-TLS
+    trunks are: a subjectAltName ``sip:`` URI or DNS name, else the CN)."""
 
 
-def _admin(data: Any, source: str | None, roles: Mapping[str, Sequence[str]]) -> AdminConfig:
-    """``[admin]``."""
+def _admin_clients(section: _Section, roles: Mapping[str, Sequence[str]], tls: TLSConfig | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``[[admin.clients]]``: identity and roles (in *roles*); they need ``[admin.tls] client_ca``."""
+    from sipshield.auth._mtls import normalize_identity
+
+    clients: list[tuple[str, tuple[str, ...]]] = []
+    for index, entry in enumerate(section.take("clients", list, [])):
+        client = _Section(f"admin.clients[{index}]", entry, section.source)
+        identity = client.take("identity", str, None)
+        if identity is None:
+            raise client.error("identity", "is required")
+        try:
+            identity = normalize_identity(identity)
+        except ValueError as e:
+            raise client.error("identity", str(e)) from None
+        if identity in (known for known, _ in clients):
+            raise client.error("identity", f"{identity!r} is configured twice")
+        client_roles = client.take_str_list("roles", ("admin",))
+        for role in client_roles:
+            if role not in roles:
+                raise client.error("roles", f"{role!r} is not a role in [roles] (known: {', '.join(sorted(roles))})")
+        client.finish()
+        clients.append((identity, client_roles))
+    if clients and (tls is None or tls.client_ca is None):
+        raise section.error("clients", "client certificates need [admin.tls] client_ca (the CA they chain to)")
+    return tuple(clients)
+
+
+def _admin(data: Any, source: str | None, roles: Mapping[str, Sequence[str]], base: Path | None = None) -> AdminConfig:
+    """``[admin]``, its ``[admin.tls]`` and ``[[admin.clients]]``."""
     section = _Section("admin", data, source)
+    tls_table = section.take("tls", dict, None)
+    tls = None if tls_table is None else _tls(tls_table, source, base if base is not None else Path.cwd(), "admin.tls")
+    if tls is not None and tls.certificate is None:
+        raise ConfigError("certificate and private_key are required (no self-signed certificate is made for the admin API)",
+                          key="admin.tls.certificate", source=source)
+    tls_port = section.take_number("tls_port", 9062, 0, 65535, True)
+    clients = _admin_clients(section, roles, tls)
     host = section.take("host", str, "127.0.0.1")
     try:
         ipaddress.ip_address(host)
@@ -1144,6 +1187,7 @@ def _admin(data: Any, source: str | None, roles: Mapping[str, Sequence[str]]) ->
         raise section.error("token_role", f"the role {token_role!r} must exist in [roles] and grant manage, or the admin API locks everyone out")
     admin = AdminConfig(
         enabled=section.take("enabled", bool, True), host=host, port=section.take_number("port", 9061, 0, 65535, True), token_role=token_role,
+        tls=tls, tls_port=tls_port, clients=clients,
     )
     section.finish()
     return admin
@@ -1607,7 +1651,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         auth=auth, roles=roles, ldap=ldap, security=security, bans=_bans(data.get("bans", {}), source),
         ratelimit=_ratelimit(data.get("ratelimit", {}), source), scanners=_scanners(data.get("scanners", {}), source),
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
-        logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles), media=media,
+        logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles, base), media=media,
         metrics=_metrics(data.get("metrics", {}), source),
         alerts=_alerts(data.get("alerts", {}), source, base),
     )

@@ -127,7 +127,9 @@ class SIPShieldService(MultiService):
         if config.admin.enabled:
             from sipshield.ops import AdminService
 
-            self.admin = AdminService(reactor, config.admin.host, config.admin.port, self._admin_resource)
+            tls = None if config.admin.tls is None else self._admin_tls_context
+            self.admin = AdminService(reactor, config.admin.host, config.admin.port, self._admin_resource, tls=tls,
+                                      tls_port=config.admin.tls_port, tls_resource=lambda: self._admin_resource(certificates=True))
             self.admin.setServiceParent(self)
         from sipshield.ops import AlertEngine, build_notifiers
 
@@ -376,9 +378,10 @@ class SIPShieldService(MultiService):
 
     # -- the admin API ----------------------------------------------------------------------
 
-    def _admin_resource(self) -> Any:
+    def _admin_resource(self, certificates: bool = False) -> Any:
         """The admin API's resource tree behind its Portal, built when its
-        listener starts (the local token is read or made then)."""
+        listener starts (the local token is read or made then); the HTTPS
+        listener's (*certificates*) takes ``[[admin.clients]]`` certificates too."""
         from sipshield.ops import AdminBackend, admin_resource, load_or_create_token
 
         config = self.config
@@ -387,11 +390,27 @@ class SIPShieldService(MultiService):
             bans=self.bans, location=self.location, status=self.status, seconds=self.reactor.seconds,
             reload_tls=self.reload_tls if self.tls_context is not None else None, reload=self.reload_from_file,
         )
+        clients = dict(config.admin.clients)  # [admin] needs a restart: fixed for the service's life
 
         def permissions(name: str) -> frozenset[str]:
-            return frozenset(self.config.roles.get(config.admin.token_role, ()))  # [roles] reloads
+            roles: Sequence[str] = ()
+            if name == "local":
+                roles = (config.admin.token_role,)
+            elif name.startswith("cert:"):
+                roles = clients.get(name[5:], ())
+            return frozenset(permission for role in roles for permission in self.config.roles.get(role, ()))  # [roles] reloads
 
-        return admin_resource(backend, {"local": token}, permissions)
+        return admin_resource(backend, {"local": token}, permissions, certificates=list(clients) if certificates else None)
+
+    def _admin_tls_context(self) -> ServerTLSContext:
+        """``[admin.tls]``'s material, loaded when the API's HTTPS listener starts
+        (a file that does not load is a ConfigError naming its ``admin.tls`` key)."""
+        cfg = self.config
+        tls = cfg.admin.tls
+        material = None if tls is None else load_tls_material(tls, cfg.server.data_dir, source=cfg.source, section="admin.tls")
+        if material is None:
+            raise ConfigError("no certificate to load", key="admin.tls.certificate", source=cfg.source)
+        return ServerTLSContext(material)
 
     def status(self) -> dict[str, Any]:
         """What ``GET /v1/status`` and ``sipshield status`` show."""

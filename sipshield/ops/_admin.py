@@ -8,6 +8,14 @@ turning ``Authorization: Bearer TOKEN`` into :class:`AdminToken`
 credentials for :class:`AdminTokenChecker`.  Nothing below the wrapper is
 reachable without a token.
 
+On the HTTPS listener (``[admin.tls]``) a verified client certificate is a
+credential too: :class:`CertificateAuthWrapper` logs in first with
+:class:`ClientCertificate` credentials, which :class:`ClientCertificateChecker`
+turns into the avatar id ``cert:IDENTITY`` (the identity named as mutual-TLS
+trunks are, sipshield/auth/_mtls.py) when ``[[admin.clients]]`` lists it;
+no certificate, or one naming no configured client, falls back to the
+bearer token.  The plain-HTTP listener never looks at certificates.
+
 The API never reaches into the service: it is given an :class:`AdminBackend`
 (the ban policy, the location store, and callables for the status and the
 TLS reload), so ops stays below the wiring.  Documented in
@@ -53,11 +61,25 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import Attribute, implementer
 
+from sipshield.auth._mtls import TrunkAccount, TrunkMap
 from sipshield.config import ConfigError
 from sipshield.ops._http import listen_http
 from sipshield.security import BanPolicy
 
-__all__ = ["AdminBackend", "AdminService", "AdminRealm", "AdminToken", "AdminTokenChecker", "BearerTokenFactory", "admin_resource", "load_or_create_token"]
+__all__ = [
+    "AdminBackend",
+    "AdminService",
+    "AdminRealm",
+    "AdminToken",
+    "AdminTokenChecker",
+    "BearerTokenFactory",
+    "CertificateAuthWrapper",
+    "ClientCertificate",
+    "ClientCertificateChecker",
+    "IClientCertificate",
+    "admin_resource",
+    "load_or_create_token",
+]
 
 MAX_BODY = 16 * 1024
 MAX_LISTING = 10000
@@ -116,6 +138,77 @@ class AdminTokenChecker:
         if found is None:
             return defer.fail(UnauthorizedLogin("unknown token"))
         return defer.succeed(found.encode())
+
+
+class IClientCertificate(ICredentials):
+    certificate = Attribute("The client certificate the TLS handshake verified against [admin.tls] client_ca (a pyOpenSSL X509).")
+
+
+@implementer(IClientCertificate)
+@dataclass(frozen=True)
+class ClientCertificate:
+    certificate: Any
+
+
+CERTIFICATE_AVATAR = "cert:"
+"""The prefix of a certificate's avatar id (``cert:ops.example.net``); a token's is its name (``local``)."""
+
+
+@implementer(ICredentialsChecker)
+class ClientCertificateChecker:
+    """``[[admin.clients]]`` identities -> the avatar id ``cert:IDENTITY`` of
+    the first of the certificate's identities (subjectAltName ``sip:`` URIs,
+    then DNS names, the CN only without a subjectAltName: RFC 5922 7.1, as
+    for trunks) that is configured; exact matches, no wildcards.  The TLS
+    layer has verified the chain; a certificate naming no configured client
+    is refused (UnauthorizedLogin)."""
+
+    credentialInterfaces = (IClientCertificate,)
+
+    def __init__(self, identities: Sequence[str]) -> None:
+        # The trunks' map, for its naming and matching (the accounts' names are the identities).
+        self.clients = TrunkMap({identity: TrunkAccount(identity, "") for identity in identities})
+
+    def requestAvatarId(self, credentials: ClientCertificate) -> defer.Deferred[bytes | tuple[()]]:
+        account = self.clients.match(credentials.certificate)
+        if account is None:
+            return defer.fail(UnauthorizedLogin("no configured client in the certificate"))
+        return defer.succeed((CERTIFICATE_AVATAR + account.name).encode())
+
+
+def _peer_certificate(request: Request) -> Any:
+    """The verified client certificate of *request*'s TLS connection, None
+    without one (or on plain TCP)."""
+    from twisted.internet.interfaces import ISSLTransport
+
+    transport = request.channel.transport if request.channel is not None else None
+    if transport is None or not ISSLTransport.providedBy(transport):
+        return None
+    return transport.getPeerCertificate()
+
+
+class CertificateAuthWrapper(HTTPAuthSessionWrapper):
+    """``HTTPAuthSessionWrapper`` for the HTTPS listener: a client certificate
+    (verified in the handshake) logs in first, through the same Portal; when
+    none was presented, or it names no ``[[admin.clients]]`` entry, the
+    ``Authorization`` header decides as on the plain listener (401 without
+    one).  A configured identity whose roles lack ``manage`` gets the realm's
+    403, whatever token comes with it."""
+
+    def _authorizedResource(self, request: Request) -> IResource:
+        certificate = _peer_certificate(request)
+        if certificate is None:
+            return cast(IResource, super()._authorizedResource(request))
+        d = self._portal.login(ClientCertificate(certificate), None, IResource)
+
+        def refused(failure: Failure) -> Any:
+            failure.trap(UnauthorizedLogin)
+            return HTTPAuthSessionWrapper._authorizedResource(self, request)
+
+        d.addCallbacks(self._loginSucceeded, refused)
+        from twisted.web.util import DeferredResource
+
+        return cast(IResource, DeferredResource(d))
 
 
 def load_or_create_token(path: Path) -> bytes:
@@ -317,7 +410,7 @@ class _Forbidden(Resource):
     isLeaf = True
 
     def render(self, request: Request) -> bytes:
-        return _error(request, 403, "this token's roles do not grant manage")
+        return _error(request, 403, "these credentials' roles do not grant manage")
 
 
 def _api(backend: AdminBackend) -> Resource:
@@ -350,10 +443,26 @@ class AdminRealm:
         return IResource, avatar, lambda: None
 
 
-def admin_resource(backend: AdminBackend, tokens: Mapping[str, bytes], permissions: Callable[[str], frozenset[str]]) -> IResource:
-    """The whole API behind its Portal."""
-    portal = Portal(AdminRealm(_api(backend), permissions), [AdminTokenChecker(tokens)])
-    wrapper: IResource = HTTPAuthSessionWrapper(portal, [BearerTokenFactory()])
+def admin_resource(
+    backend: AdminBackend,
+    tokens: Mapping[str, bytes],
+    permissions: Callable[[str], frozenset[str]],
+    *,
+    certificates: Sequence[str] | None = None,
+) -> IResource:
+    """The whole API behind its Portal: bearer tokens only, or (the HTTPS
+    listener's, *certificates* given) client certificates of those
+    identities first.  *permissions* maps an avatar id (a token's name,
+    ``cert:IDENTITY``) to what its roles grant now."""
+    checkers: list[ICredentialsChecker] = [AdminTokenChecker(tokens)]
+    if certificates is not None:
+        checkers.append(ClientCertificateChecker(certificates))
+    portal = Portal(AdminRealm(_api(backend), permissions), checkers)
+    wrapper: IResource
+    if certificates is None:
+        wrapper = HTTPAuthSessionWrapper(portal, [BearerTokenFactory()])
+    else:
+        wrapper = CertificateAuthWrapper(portal, [BearerTokenFactory()])
     return wrapper
 
 
@@ -443,22 +552,51 @@ class _AdminSite(Site):
 class AdminService(Service):
     """Listens for the admin API on ``[admin] host:port`` (plain HTTP: keep
     it on loopback or a management network); logs the address it got.  A
-    port it cannot bind is logged, and the proxy runs on without the API."""
+    port it cannot bind is logged, and the proxy runs on without the API.
+
+    With *tls* (``tls()`` gives the ServerTLSContext, loaded at start) it
+    also listens on ``host:tls_port`` over HTTPS, serving what
+    *tls_resource* makes (client certificates as credentials)."""
 
     log = Logger()
     name = "admin-api"
 
-    def __init__(self, reactor: Any, host: str, port: int, resource: Callable[[], IResource]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        host: str,
+        port: int,
+        resource: Callable[[], IResource],
+        *,
+        tls: Callable[[], Any] | None = None,
+        tls_port: int = 0,
+        tls_resource: Callable[[], IResource] | None = None,
+    ) -> None:
         self.reactor = reactor
         self.host = host
         self.port = port
         self.resource = resource
         self.listening: Any = None
+        self.tls = tls
+        self.tls_port = tls_port
+        self.tls_resource = tls_resource
+        self.tls_listening: Any = None
 
     def startService(self) -> None:
         super().startService()
         if self.listening is None:
             self.listening = listen_http(self.reactor, self.host, self.port, self.site, "admin API", "/v1/")
+        if self.tls_listening is None and self.tls is not None and self.tls_resource is not None:
+            make = self.tls_resource
+            self.tls_listening = listen_http(
+                self.reactor,
+                self.host,
+                self.tls_port,
+                lambda: _AdminSite(make(), self.reactor),
+                "admin API",
+                "/v1/",
+                tls=self.tls(),
+            )
 
     def site(self) -> Site:
         """The HTTP factory serving the API (tests drive it over a StringTransport)."""
@@ -466,7 +604,10 @@ class AdminService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        listening, self.listening = self.listening, None
-        if listening is not None:
-            return listening.stopListening()
-        return None
+        stopping = []
+        for name in ("listening", "tls_listening"):
+            listening = getattr(self, name)
+            setattr(self, name, None)
+            if listening is not None:
+                stopping.append(defer.maybeDeferred(listening.stopListening))
+        return defer.DeferredList(stopping) if stopping else None

@@ -4,6 +4,7 @@ runs no reactor).  docs/admin-api.yaml describes what it talks to."""
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,18 +30,38 @@ class AdminError(Exception):
 @dataclass(frozen=True)
 class AdminClient:
     url: str
-    """``http://HOST:PORT``, no trailing slash."""
+    """``http://HOST:PORT`` or ``https://HOST:PORT``, no trailing slash."""
     token: str
+    """The bearer token; empty: none sent (a client certificate stands for it)."""
     timeout: float = 10.0
+    certificate: str | None = None
+    """A client certificate (PEM file) to present over https, with *key*."""
+    key: str | None = None
+    cacert: str | None = None
+    """The CA bundle the server's certificate is checked against (default: the system's)."""
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if not self.url.startswith("https:"):
+            return None
+        context = ssl.create_default_context(cafile=self.cacert)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.certificate is not None:
+            context.load_cert_chain(self.certificate, self.key)
+        return context
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        try:
+            context = self._tls()
+        except (OSError, ValueError) as e:
+            raise AdminUnavailable(f"cannot use the client certificate, key or CA file: {e}") from None
         request = urllib.request.Request(self.url + path, data=data, method=method)
-        request.add_header("Authorization", f"Bearer {self.token}")
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 - the operator's own URL
+            with urllib.request.urlopen(request, timeout=self.timeout, context=context) as answer:  # noqa: S310 - the operator's own URL
                 return json.loads(answer.read() or b"null")
         except urllib.error.HTTPError as e:
             raw = e.read()

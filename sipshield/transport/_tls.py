@@ -122,23 +122,25 @@ def _load_certs(data: bytes, path: Path, key: str, source: str | None) -> list[c
     return [crypto.X509.from_cryptography(c) for c in certs]
 
 
-def load_tls_material(tls: TLSConfig, data_dir: Path, *, source: str | None = None) -> TLSMaterial | None:
+def load_tls_material(tls: TLSConfig, data_dir: Path, *, source: str | None = None, section: str = "tls") -> TLSMaterial | None:
     """Load the configured certificate and key, or the generated self-signed
     pair from ``data_dir`` if present.  Returns None when the self-signed pair
-    has not been generated yet.  Raises ConfigError naming the key and file."""
+    has not been generated yet.  Raises ConfigError naming the key (in
+    *section*: ``tls``, or ``admin.tls`` for the admin API's) and file."""
     if tls.certificate is None or tls.private_key is None:
         cert_path, key_path = data_dir / SELF_SIGNED_CERT, data_dir / SELF_SIGNED_KEY
         if not (cert_path.exists() and key_path.exists()):
             certs_and_key = None
         else:
             certs_and_key = (cert_path, key_path)
-        cert_key, key_key = "tls.certificate (generated)", "tls.private_key (generated)"
+        cert_key, key_key = f"{section}.certificate (generated)", f"{section}.private_key (generated)"
     else:
         certs_and_key = (tls.certificate, tls.private_key)
-        cert_key, key_key = "tls.certificate", "tls.private_key"
+        cert_key, key_key = f"{section}.certificate", f"{section}.private_key"
     client_cas: list[crypto.X509] = []
     if tls.client_ca is not None:
-        client_cas = _load_certs(_read(tls.client_ca, "tls.client_ca", source), tls.client_ca, "tls.client_ca", source)
+        ca_key = f"{section}.client_ca"
+        client_cas = _load_certs(_read(tls.client_ca, ca_key, source), tls.client_ca, ca_key, source)
     if certs_and_key is None:
         return None
     cert_path, key_path = certs_and_key
