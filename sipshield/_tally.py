@@ -13,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 
-__all__ = ["LATENCY_BUCKETS", "SIP_METHODS", "LatencyHistogram", "MethodTally", "StatusTally"]
+__all__ = ["LATENCY_BUCKETS", "SIP_METHODS", "LatencyHistogram", "MethodTally", "SourceTally", "StatusTally"]
 
 SIP_METHODS = frozenset((
     "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
@@ -86,3 +86,59 @@ class LatencyHistogram:
             running += count
             out.append((bound, running))
         return out
+
+
+class SourceTally:
+    """The sources sending the most, in at most ``capacity`` counters per
+    period whatever the number of sources (a forged address per datagram
+    included): the Misra-Gries heavy-hitters summary.
+
+    A known source costs one dict read and one write, a new one an insert
+    while there is room; when the table is full, a new source and every
+    counter lose one, and the counters at zero make room (a rebuild of
+    the table, at most once per ``capacity + 1`` counts: amortised O(1)).
+    Every source sending more than ``1 / (capacity + 1)`` of a period's
+    messages is in the table, its count low by at most ``discounted``.
+
+    :meth:`rotate` (the admin API's activity monitor, every period) starts
+    a new period and keeps the one before; :meth:`top` ranks both together.
+    """
+
+    __slots__ = ("capacity", "counts", "discounted", "previous", "previous_discounted")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self.counts: dict[str, int] = {}
+        self.discounted = 0
+        """What each counter of this period may be low by (the rebuilds so far)."""
+        self.previous: dict[str, int] = {}
+        self.previous_discounted = 0
+
+    def add(self, source: str) -> None:
+        counts = self.counts
+        count = counts.get(source)
+        if count is not None:
+            counts[source] = count + 1
+        elif len(counts) < self.capacity:
+            counts[source] = 1
+        else:
+            self.counts = {key: n - 1 for key, n in counts.items() if n > 1}
+            self.discounted += 1
+
+    def rotate(self) -> None:
+        """End the period: the current counts become the previous ones."""
+        self.previous, self.previous_discounted = self.counts, self.discounted
+        self.counts, self.discounted = {}, 0
+
+    def totals(self) -> dict[str, int]:
+        """Counts of this period and the previous one, by source."""
+        merged = dict(self.previous)
+        for source, count in self.counts.items():
+            merged[source] = merged.get(source, 0) + count
+        return merged
+
+    def top(self, limit: int) -> list[tuple[str, int]]:
+        """The *limit* sources counted most over this period and the previous one, most first."""
+        return sorted(self.totals().items(), key=lambda item: (-item[1], item[0]))[:limit]

@@ -514,7 +514,35 @@ def _status(args: argparse.Namespace, client: Any) -> Any:
             print(f"listening: {listener['transport']} {listener['host']}:{listener['port']}")
         print(f"server transactions: {status['server_transactions']}, proxied requests in progress: {status['proxied_requests']}, bans: {status['bans']}")
         print("counters: " + ", ".join(f"{k} {v}" for k, v in sorted(status["counters"].items())))
+        for line in _rates_lines(client.rates()):
+            print(line)
     return status
+
+
+def _per_second(rates: dict[str, float]) -> str:
+    """``12.5/s (INVITE 2.5, REGISTER 10)``: the total and its non-zero parts."""
+    parts = ", ".join(f"{name} {rate:g}" for name, rate in sorted(rates.items(), key=lambda item: -item[1]) if rate)
+    return f"{sum(rates.values()):g}/s" + (f" ({parts})" if parts else "")
+
+
+def _rates_lines(rates: dict[str, Any]) -> list[str]:
+    """``sipshield status``'s rates summary (GET /v1/rates)."""
+    if not rates["seconds"]:
+        return [f"rates: not measured yet (one reading every {rates['interval']:g} s)"]
+    return [
+        f"rates over the last {rates['seconds']:g} s: requests {_per_second(rates['requests'])}; responses sent {_per_second(rates['responses'])}",
+        f"  auth failures {_per_second(rates['auth_failures'])}; drops {_per_second(rates['drops'])}; refused {_per_second(rates['refused'])}",
+    ]
+
+
+def _top(args: argparse.Namespace, client: Any) -> Any:
+    top = client.top_talkers(args.limit, args.by)
+    if not args.json:
+        print(f"top talkers by {args.by.replace('_', ' ')} since {_when(top['since'])} (the last {top['seconds']:.0f} s)")
+        print("source	requests	auth failures	banned")
+        for row in top["talkers"]:
+            print(f"{row['source']}	{row['requests']}	{row['auth_failures']}	{'yes' if row['banned'] else 'no'}")
+    return top
 
 
 def _registrations(args: argparse.Namespace, client: Any) -> Any:
@@ -562,8 +590,12 @@ def _add_admin_parsers(sub: Any) -> None:
     remove = commands.add_parser("remove", parents=[common], help="lift a ban (its key, as ban list shows it)")
     remove.add_argument("key")
     remove.set_defaults(func=_admin_command("ban remove", _ban_remove))
-    sub.add_parser("status", parents=[common], help="the running server: version, listeners, transactions, bans, counters").set_defaults(
+    sub.add_parser("status", parents=[common], help="the running server: version, listeners, transactions, bans, counters, rates").set_defaults(
         func=_admin_command("status", _status))
+    top = sub.add_parser("top", parents=[common], help="the sources sending the most requests (or auth failures) in the last 60 to 120 s")
+    top.add_argument("--limit", type=_positive, default=10, help="rows (1 to 100, default 10)")
+    top.add_argument("--by", choices=("requests", "auth_failures"), default="requests", help="rank by (default: requests)")
+    top.set_defaults(func=_admin_command("top", _top))
     registrations = sub.add_parser("registrations", parents=[common], help="the registered contacts, by AOR")
     registrations.add_argument("--limit", type=_positive, default=1000)
     registrations.set_defaults(func=_admin_command("registrations", _registrations))

@@ -1140,21 +1140,15 @@ class AdminConfig:
 
 
 def _admin_clients(section: _Section, roles: Mapping[str, Sequence[str]], tls: TLSConfig | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """``[[admin.clients]]``: identity and roles (in *roles*); they need ``[admin.tls] client_ca``."""
-    from sipshield.auth._mtls import normalize_identity
-
+    """``[[admin.clients]]``: identity and roles (in *roles*); they need
+    ``[admin.tls] client_ca``.  The identities are checked when the service
+    is built (sipshield/auth/_setup.py ``build_admin_clients``, as trunks' are)."""
     clients: list[tuple[str, tuple[str, ...]]] = []
     for index, entry in enumerate(section.take("clients", list, [])):
         client = _Section(f"admin.clients[{index}]", entry, section.source)
         identity = client.take("identity", str, None)
         if identity is None:
             raise client.error("identity", "is required")
-        try:
-            identity = normalize_identity(identity)
-        except ValueError as e:
-            raise client.error("identity", str(e)) from None
-        if identity in (known for known, _ in clients):
-            raise client.error("identity", f"{identity!r} is configured twice")
         client_roles = client.take_str_list("roles", ("admin",))
         for role in client_roles:
             if role not in roles:

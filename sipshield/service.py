@@ -125,7 +125,10 @@ class SIPShieldService(MultiService):
         self.admin: Any = None
         """The admin API's listener service (None with ``[admin] enabled = false``)."""
         if config.admin.enabled:
+            from sipshield.auth._setup import build_admin_clients
             from sipshield.ops import AdminService
+
+            self._admin_clients = build_admin_clients(config)
 
             tls = None if config.admin.tls is None else self._admin_tls_context
             self.admin = AdminService(reactor, config.admin.host, config.admin.port, self._admin_resource, tls=tls,
@@ -146,12 +149,22 @@ class SIPShieldService(MultiService):
         from sipshield.ops._metrics import RegistryMetricSource
 
         self.alerts.metrics = RegistryMetricSource(self.metrics_registry)  # what the alerts' metric rules read
+        self.activity: Any = None
+        """The admin API's rates and top talkers (sipshield/ops/_rates.py; None with ``[admin] enabled = false``)."""
+        if config.admin.enabled:
+            from sipshield.ops import ActivityMonitor, counter_readings
+
+            self.activity = ActivityMonitor(
+                reactor, lambda: counter_readings(self.metrics_registry.collect()), self.core.requests_from, self.event_tally.auth_failures_from,
+                banned=self._banned_now,
+            )
+            self.activity.setServiceParent(self)
 
     def _make_metrics(self) -> Any:
         from sipshield.auth._stages import DigestAuthStage
         from sipshield.ops import MetricSources, MetricsService, SecurityEventTally, metrics_registry
 
-        tally = SecurityEventTally()
+        tally = self.event_tally = SecurityEventTally()
         self.events.subscribe(tally)
         metrics: MetricsService | None = None
         sources = MetricSources(
@@ -389,8 +402,9 @@ class SIPShieldService(MultiService):
         backend = AdminBackend(
             bans=self.bans, location=self.location, status=self.status, seconds=self.reactor.seconds,
             reload_tls=self.reload_tls if self.tls_context is not None else None, reload=self.reload_from_file,
+            activity=self.activity,
         )
-        clients = dict(config.admin.clients)  # [admin] needs a restart: fixed for the service's life
+        clients = self._admin_clients  # [admin] needs a restart: fixed for the service's life
 
         def permissions(name: str) -> frozenset[str]:
             roles: Sequence[str] = ()
@@ -411,6 +425,14 @@ class SIPShieldService(MultiService):
         if material is None:
             raise ConfigError("no certificate to load", key="admin.tls.certificate", source=cfg.source)
         return ServerTLSContext(material)
+
+    def _banned_now(self) -> Callable[[str], bool]:
+        """Whether a host is banned now, asked without counting a drop (the top talkers' ``banned``)."""
+        if self.bans is None:
+            return lambda host: False
+        bans = self.bans
+        keys = {ban.key for ban in bans.bans()}
+        return lambda host: host in keys or bans.key(host) in keys
 
     def status(self) -> dict[str, Any]:
         """What ``GET /v1/status`` and ``sipshield status`` show."""

@@ -13,7 +13,7 @@ from sipshield.config import Config, ConfigError
 if TYPE_CHECKING:
     from sipshield.auth._users import UserStore
 
-__all__ = ["BearerSetup", "build_bearer", "build_ldap", "build_trunks", "sql_user_store", "store_algorithms", "user_report"]
+__all__ = ["BearerSetup", "build_admin_clients", "build_bearer", "build_ldap", "build_trunks", "sql_user_store", "store_algorithms", "user_report"]
 
 _BEARER_KEYS = {"issuer", "audience", "keys", "algorithms", "identity_claim", "roles_claim", "leeway", "default_domain", "domains", "authz_server", "require_tls"}
 
@@ -25,6 +25,23 @@ class BearerSetup:
         self.validator = validator
         self.authz_server = authz_server
         self.require_tls = require_tls
+
+
+def build_admin_clients(config: Config) -> dict[str, tuple[str, ...]]:
+    """``[[admin.clients]]``: canonical certificate identity (as trunks' are
+    named, :func:`normalize_identity`) -> roles.  Raises ConfigError naming
+    the entry for an identity that is not one, or one given twice."""
+    clients: dict[str, tuple[str, ...]] = {}
+    for index, (identity, roles) in enumerate(config.admin.clients):
+        key = f"admin.clients[{index}].identity"
+        try:
+            canonical = normalize_identity(identity)
+        except ValueError as e:
+            raise ConfigError(str(e), key=key, source=config.source) from None
+        if canonical in clients:
+            raise ConfigError(f"{identity!r} is configured twice", key=key, source=config.source)
+        clients[canonical] = roles
+    return clients
 
 
 def build_trunks(config: Config) -> TrunkMap | None:

@@ -27,6 +27,8 @@ checks every real response against.
     POST   /v1/bans                   {"address", "duration"?, "reason"?} -> 201 the ban
     DELETE /v1/bans/{key}             lift a ban (the key URL-encoded: 2001:db8::/64)
     GET    /v1/registrations?limit=N  the bindings, by AOR
+    GET    /v1/rates?window=N         message rates over the last N seconds
+    GET    /v1/top-talkers?limit=N    the sources sending the most requests (or auth failures: by=auth_failures), recently
     POST   /v1/tls/reload             read the certificate and key files again
     POST   /v1/reload                 read the configuration file again (its reloadable sections, and TLS)
 """
@@ -251,6 +253,8 @@ class AdminBackend:
     seconds: Callable[[], float]
     reload: Callable[[], dict[str, Any]] | None = None
     """Read the configuration file again and apply its reloadable sections (and the TLS files); raises ConfigError."""
+    activity: Any = None
+    """The ActivityMonitor (sipshield/ops/_rates.py): ``rates(window)``, ``talkers(limit, by)``; None: 404."""
 
 
 # -- resources ------------------------------------------------------------------------------------
@@ -366,9 +370,10 @@ class _Bans(_JSONResource):
 
 class _Registrations(_JSONResource):
     def do_GET(self, request: Request) -> bytes | int:
-        raw = request.args.get(b"limit", [b"1000"])[0]
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LISTING:
-            return _error(request, 400, f"limit: 1 to {MAX_LISTING}")
+        try:
+            limit = _number(request, "limit", 1000, MAX_LISTING)
+        except ValueError as e:
+            return _error(request, 400, str(e))
         now = self.backend.seconds()
 
         def listed(bindings: list[Any]) -> None:
@@ -383,7 +388,7 @@ class _Registrations(_JSONResource):
             request.write(_error(request, 503, f"location store unavailable: {failure.getErrorMessage()}"))
             request.finish()
 
-        self.backend.location.listing(int(raw)).addCallbacks(listed, failed)
+        self.backend.location.listing(limit).addCallbacks(listed, failed)
         return NOT_DONE_YET
 
 
@@ -406,6 +411,48 @@ class _Reload(_JSONResource):
             return _error(request, 409, f"kept {self.kept}: {e}")
 
 
+def _number(request: Request, name: str, default: int, maximum: int) -> int:
+    """The integer query parameter *name*, 1 to *maximum*; ValueError naming it."""
+    raw = request.args.get(name.encode(), [str(default).encode()])[0]
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ValueError(f"{name}: 1 to {maximum}")
+    return int(raw)
+
+
+class _Rates(_JSONResource):
+    """GET /v1/rates?window=N: message rates over the last N seconds (sipshield/ops/_rates.py)."""
+
+    def do_GET(self, request: Request) -> bytes:
+        from sipshield.ops._rates import DEFAULT_WINDOW, MAX_WINDOW
+
+        if self.backend.activity is None:
+            return _error(request, 404, "no activity monitor")
+        try:
+            window = _number(request, "window", int(DEFAULT_WINDOW), int(MAX_WINDOW))
+        except ValueError as e:
+            return _error(request, 400, str(e))
+        return _send(request, 200, self.backend.activity.rates(float(window)))
+
+
+MAX_TALKERS = 100
+
+
+class _TopTalkers(_JSONResource):
+    """GET /v1/top-talkers?limit=N&by=requests|auth_failures: the sources sending the most, recently."""
+
+    def do_GET(self, request: Request) -> bytes:
+        if self.backend.activity is None:
+            return _error(request, 404, "no activity monitor")
+        try:
+            limit = _number(request, "limit", 10, MAX_TALKERS)
+        except ValueError as e:
+            return _error(request, 400, str(e))
+        by = request.args.get(b"by", [b"requests"])[0]
+        if by not in (b"requests", b"auth_failures"):
+            return _error(request, 400, "by: requests or auth_failures")
+        return _send(request, 200, self.backend.activity.talkers(limit, by.decode()))
+
+
 class _Forbidden(Resource):
     isLeaf = True
 
@@ -420,6 +467,8 @@ def _api(backend: AdminBackend) -> Resource:
     v1.putChild(b"status", _Status(backend))
     v1.putChild(b"bans", _Bans(backend))
     v1.putChild(b"registrations", _Registrations(backend))
+    v1.putChild(b"rates", _Rates(backend))
+    v1.putChild(b"top-talkers", _TopTalkers(backend))
     v1.putChild(b"reload", _Reload(backend, lambda b: b.reload, "nothing to reload", "the running configuration"))
     tls = Resource()
     v1.putChild(b"tls", tls)

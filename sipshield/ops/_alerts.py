@@ -41,7 +41,7 @@ from sipshield._ratelog import ThrottledLog
 from sipshield.config import AlertRuleConfig, AlertsConfig, EmailNotifierConfig, WebhookNotifierConfig
 from sipshield.events import SecurityEvent, printable
 
-__all__ = ["Alert", "AlertEngine", "EmailNotifier", "LogNotifier", "MetricSource", "Notifier", "WebhookNotifier", "build_notifiers"]
+__all__ = ["Alert", "AlertEngine", "CounterWindow", "EmailNotifier", "LogNotifier", "MetricSource", "Notifier", "WebhookNotifier", "build_notifiers"]
 
 FIRING = "firing"
 RESOLVED = "resolved"
@@ -137,6 +137,45 @@ class _EventRate:
         return len(times) > self.rule.more_than, float(len(times))
 
 
+class CounterWindow:
+    """Readings of one counter over a sliding window: one is added every
+    ``interval`` seconds or so, and only those the last ``window`` seconds
+    need are kept (at most ``window / interval + 2``: the newest, and the
+    newest at least ``window`` old).  A reading below the one before (the
+    counter's owner restarted) starts the window again.  The ``metric``
+    rules' rates, and the admin API's ``/v1/rates``, are read from these."""
+
+    __slots__ = ("window", "_samples")
+
+    def __init__(self, window: float, interval: float) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, float]] = deque(maxlen=math.ceil(window / interval) + 2)
+
+    def add(self, now: float, value: float) -> None:
+        samples = self._samples
+        if samples and value < samples[-1][1]:
+            samples.clear()  # a counter reset (a restart of its owner)
+        samples.append((now, value))
+        while len(samples) > 2 and samples[1][0] <= now - self.window:
+            samples.popleft()
+
+    def rate(self, over: float | None = None) -> tuple[float, float] | None:
+        """``(per second, seconds spanned)`` from the newest reading back to
+        the newest one at least *over* seconds older than it (the oldest kept
+        when none is, or *over* is None); None before two readings."""
+        samples = self._samples
+        if len(samples) < 2:
+            return None
+        t1, v1 = samples[-1]
+        t0, v0 = samples[0]
+        if over is not None:
+            for t, v in reversed(samples):
+                if t <= t1 - over:
+                    t0, v0 = t, v
+                    break
+        return ((v1 - v0) / (t1 - t0) if t1 > t0 else 0.0), t1 - t0
+
+
 class _Metric:
     """A metric (or its per-second rate over ``window``) above or below a threshold."""
 
@@ -144,7 +183,7 @@ class _Metric:
         self.rule = rule
         self.source = source
         self.log = log
-        self._samples: deque[tuple[float, float]] = deque(maxlen=math.ceil(rule.window / rule.interval) + 2)
+        self._samples = CounterWindow(rule.window, rule.interval)
         labels = ",".join(f'{k}="{v}"' for k, v in rule.labels)
         what = f"{rule.metric}{{{labels}}}" if labels else f"{rule.metric}"
         what = f"rate of {what} over {rule.window:g} s" if rule.rate else what
@@ -163,16 +202,11 @@ class _Metric:
                               alert_rule=rule.name, metric=rule.metric)
             return False, None
         if rule.rate:
-            samples = self._samples
-            if samples and value < samples[-1][1]:
-                samples.clear()  # a counter reset (a restart of its owner)
-            samples.append((now, value))
-            while len(samples) > 2 and samples[1][0] <= now - rule.window:
-                samples.popleft()
-            if len(samples) < 2:
+            self._samples.add(now, value)
+            rate = self._samples.rate()
+            if rate is None:
                 return False, None
-            (t0, v0), (t1, v1) = samples[0], samples[-1]
-            value = (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
+            value = rate[0]
         holds = value > rule.above if rule.above is not None else value < (rule.below or 0.0)
         return holds, value
 

@@ -98,6 +98,14 @@ class AdminClient:
         result: list[dict[str, Any]] = self.request("GET", f"/v1/registrations?limit={limit}")["registrations"]
         return result
 
+    def rates(self, window: int | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/v1/rates" + ("" if window is None else f"?window={window}"))
+        return result
+
+    def top_talkers(self, limit: int = 10, by: str = "requests") -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/v1/top-talkers?limit={limit}&by={quote(by)}")
+        return result
+
     def reload_tls(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/tls/reload")
         return result

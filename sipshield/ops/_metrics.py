@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from sipshield._tally import SourceTally
 from sipshield.config import MetricsConfig
 from sipshield.events import (
     ACL_DENY,
@@ -79,12 +80,15 @@ class SecurityEventTally:
     def __init__(self) -> None:
         self.kinds = dict.fromkeys((*EVENT_KINDS, "other"), 0)
         self.auth_failures = dict.fromkeys(AUTH_FAILURE_REASONS, 0)
+        self.auth_failures_from = SourceTally()
+        """Auth failures by source host, the heaviest only (the admin API's top talkers)."""
 
     def emit(self, event: SecurityEvent) -> None:
         kind = event.kind if event.kind in self.kinds else "other"
         self.kinds[kind] += 1
         if event.kind in (AUTH_FAILURE, BEARER_REFUSED):
             self.auth_failures[auth_failure_reason(event)] += 1
+            self.auth_failures_from.add(event.source)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipshield._ratelog import ThrottledLog
-from sipshield._tally import LatencyHistogram, MethodTally, StatusTally
+from sipshield._tally import LatencyHistogram, MethodTally, SourceTally, StatusTally
 from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
@@ -107,6 +107,8 @@ class ProxyCore:
         """Responses received from the next hops, by status."""
         self.stateless_sent = StatusTally()
         """Responses sent without a transaction (admission, caps, malformed requests), by status."""
+        self.requests_from = SourceTally()
+        """Requests received, by source host (the heaviest senders only: a bounded summary, for the admin API's top talkers)."""
         self.latency = LatencyHistogram()
         """Seconds the core spends on one parsed message, up to its decision or forwarding
         (the synchronous part: a stage's Deferred ends the measured span)."""
@@ -155,6 +157,7 @@ class ProxyCore:
             else:
                 self.counters["requests"] += 1
                 self.requests_by.add(message.method, flow.transport_name)
+                self.requests_from.add(flow.remote[0])
                 _mark_source(message, flow)
                 self.transactions.handle_request(message, flow)
         except ParseError as e:

@@ -82,6 +82,9 @@ def test_every_playbook_command_works_against_a_running_server(start_server, tmp
         if argv[1:3] == ["ban", "remove"]:
             assert _options(udp, "127.0.0.7") is not None, "the lifted ban still dropped the source"
     text = "\n".join(outputs)
+    assert re.search(r"^top talkers by auth failures since .*\nsource\trequests\tauth failures\tbanned$", text, re.M)
+    assert re.search(r"^127\.0\.0\.9\t1\t0\tno$", text, re.M)  # the OPTIONS above, in top by requests
+    assert re.search(r"^(rates over the last [\d.]+ s: requests |rates: not measured yet)", text, re.M)
     assert re.search(r"^listening: udp 127\.0\.0\.1:\d+$", text, re.M)
     assert re.search(r"^127\.0\.0\.7\tuntil .*toll-fraud attempts, ticket 4711", text, re.M)
     assert "sip:alice@example.com\tsip:alice@127.0.0.1:5999\t" in text and "DeskPhone/2.1" in text

@@ -241,6 +241,31 @@ def test_reload_of_a_service_started_without_a_file_is_refused(service: Any) -> 
     assert response.code == 409 and "without a configuration file" in error["error"]
 
 
+@pytest_twisted.inlineCallbacks
+def test_rates_and_top_talkers_count_what_the_proxy_received(service: Any) -> Any:
+    api = _api(service)
+    udp = service.addresses()["udp"][1]
+    for source, count in (("127.0.0.21", 3), ("127.0.0.22", 1)):
+        for _ in range(count):
+            assert (yield threads.deferToThread(_options_from, source, udp)) == b"SIP/2.0 200 OK"
+    service.activity.sample()  # a reading now; the monitor took the one before at start (then one every 5 s)
+    response, rates = yield api.call("GET", "/v1/rates?window=60")
+    assert response.code == 200 and rates["window"] == 60 and 0 < rates["seconds"] <= 60
+    assert rates["requests"]["OPTIONS"] > 0 and rates["responses"]["2xx"] > 0 and set(rates["drops"]) >= {"banned", "admission"}
+    response, top = yield api.call("GET", "/v1/top-talkers?limit=2")
+    assert response.code == 200 and top["by"] == "requests"
+    assert [(row["source"], row["requests"], row["banned"]) for row in top["talkers"]] == [("127.0.0.21", 3, False), ("127.0.0.22", 1, False)]
+    response, _ = yield api.call("POST", "/v1/bans", body={"address": "127.0.0.22"})
+    response, top = yield api.call("GET", "/v1/top-talkers?limit=5&by=auth_failures")
+    assert response.code == 200 and top["by"] == "auth_failures" and top["talkers"] == []  # OPTIONS asked for no credentials
+    response, top = yield api.call("GET", "/v1/top-talkers")
+    assert {row["source"]: row["banned"] for row in top["talkers"]} == {"127.0.0.21": False, "127.0.0.22": True}
+    for path, why in (("/v1/rates?window=0", "window"), ("/v1/rates?window=301", "window"), ("/v1/top-talkers?limit=101", "limit"),
+                      ("/v1/top-talkers?by=bytes", "by")):  # fmt: skip
+        response, error = yield api.call("GET", path)
+        assert response.code == 400 and why in error["error"], path
+
+
 def test_every_operation_in_the_document_was_exercised() -> None:
     """Run last in this module (pytest keeps file order)."""
     documented = {(path, method) for path, operations in SPEC["paths"].items() for method in operations}

@@ -50,7 +50,7 @@ def test_make_service_builds_without_side_effects(tmp_path: Path) -> None:
     assert verifyObject(IService, service)
     assert isinstance(service, MultiService)
     assert [s.name for s in service] == [
-        "log-outputs", "reactor-lag", "udp:127.0.0.1:0", "tcp:127.0.0.1:0", "tls:127.0.0.1:0", "admin-api", "alerts", "location-expiry", "metrics"]
+        "log-outputs", "reactor-lag", "udp:127.0.0.1:0", "tcp:127.0.0.1:0", "tls:127.0.0.1:0", "admin-api", "alerts", "location-expiry", "metrics", "activity"]
     assert not (tmp_path / "a").exists()
 
 
