@@ -113,6 +113,8 @@ class SIPShieldService(MultiService):
         self.core.admission = self._admission_steps(config, self.pipeline.stages, exempt)
         self.core.ack_checks = _ack_checks(self.pipeline.stages)
         self.tls_context: ServerTLSContext | None = None
+        self.admin_tls_context: ServerTLSContext | None = None
+        """``[admin.tls]``'s material (the admin API's HTTPS listener), loaded at start."""
         self._bans_loaded = False
         self.listeners: list[SIPListener] = []
         for lc in config.server.listen:
@@ -130,7 +132,7 @@ class SIPShieldService(MultiService):
 
             self._admin_clients = build_admin_clients(config)
 
-            tls = None if config.admin.tls is None else self._admin_tls_context
+            tls = None if config.admin.tls is None else (lambda: self.admin_tls_context)
             self.admin = AdminService(reactor, config.admin.host, config.admin.port, self._admin_resource, tls=tls,
                                       tls_port=config.admin.tls_port, tls_resource=lambda: self._admin_resource(certificates=True))
             self.admin.setServiceParent(self)
@@ -294,6 +296,8 @@ class SIPShieldService(MultiService):
             self.log.info("created data directory {path}", path=str(data_dir))
 
     def _prepare_tls(self) -> None:
+        if self.admin is not None and self.config.admin.tls is not None and self.admin_tls_context is None:
+            self.admin_tls_context = self._admin_tls_context()  # before anything listens: a file that does not load stops the start
         if not any(lc.kind == "tls" for lc in self.config.server.listen):
             return
         cfg = self.config

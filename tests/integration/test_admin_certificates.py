@@ -204,3 +204,16 @@ def test_admin_clients_need_a_client_ca_and_known_roles(tmp_path: Path, pki: dic
         with pytest.raises(ConfigError) as refused:
             makeService(parse_config({**base, "admin": {"tls": tls, "clients": clients}}))
         assert refused.value.key == key_name, (clients, refused.value)
+
+
+def test_admin_tls_files_that_do_not_load_stop_the_start_naming_the_key(tmp_path: Path, pki: dict[str, Any]) -> None:
+    certificate, _ = pki["server"]
+    _, other_key = pki["ops"]  # a key, but not the certificate's
+    config = parse_config({
+        "server": {"data_dir": str(tmp_path / "data"), "listen": ["udp:0:interface=127.0.0.1"]},
+        "admin": {"port": 0, "tls_port": 0, "tls": {"certificate": certificate, "private_key": other_key, "client_ca": pki["ca"]}},
+    })  # fmt: skip
+    service = makeService(config)
+    with pytest.raises(ConfigError) as refused:
+        service.privilegedStartService()
+    assert refused.value.key == "admin.tls.private_key" and service.admin.listening is None
