@@ -405,7 +405,7 @@ class SIPShieldService(MultiService):
         token = load_or_create_token(config.server.data_dir / "admin.token")
         backend = AdminBackend(
             bans=self.bans, location=self.location, status=self.status, seconds=self.reactor.seconds,
-            reload_tls=self.reload_tls if self.tls_context is not None else None, reload=self.reload_from_file,
+            reload_tls=self.reload_tls if self.tls_context is not None or self.admin_tls_context is not None else None, reload=self.reload_from_file,
             activity=self.activity,
         )
         clients = self._admin_clients  # [admin] needs a restart: fixed for the service's life
@@ -421,14 +421,18 @@ class SIPShieldService(MultiService):
         return admin_resource(backend, {"local": token}, permissions, certificates=list(clients) if certificates else None)
 
     def _admin_tls_context(self) -> ServerTLSContext:
-        """``[admin.tls]``'s material, loaded when the API's HTTPS listener starts
-        (a file that does not load is a ConfigError naming its ``admin.tls`` key)."""
+        """``[admin.tls]``'s material, for the API's HTTPS listener."""
+        return ServerTLSContext(self._admin_tls_material())
+
+    def _admin_tls_material(self) -> Any:
+        """``[admin.tls]``'s files, read (at start, and by :meth:`reload_tls`);
+        a file that does not load is a ConfigError naming its ``admin.tls`` key."""
         cfg = self.config
         tls = cfg.admin.tls
         material = None if tls is None else load_tls_material(tls, cfg.server.data_dir, source=cfg.source, section="admin.tls")
         if material is None:
             raise ConfigError("no certificate to load", key="admin.tls.certificate", source=cfg.source)
-        return ServerTLSContext(material)
+        return material
 
     def _banned_now(self) -> Callable[[str], bool]:
         """Whether a host is banned now, asked without counting a drop (the top talkers' ``banned``)."""
@@ -502,7 +506,7 @@ class SIPShieldService(MultiService):
         if self.config.source is None:
             raise ConfigError("started without a configuration file (--config): nothing to reload")
         sections = self.reload(load_config(self.config.source))
-        tls = self.reload_tls() if self.tls_context is not None else None
+        tls = self.reload_tls() if self.tls_context is not None or self.admin_tls_context is not None else None
         return {"reloaded": sections, "tls": tls}
 
     def _sighup(self) -> None:
@@ -514,18 +518,33 @@ class SIPShieldService(MultiService):
         self.log.info("SIGHUP: reloaded {sections}", sections=", ".join(done["reloaded"]) or "no section (none changed)")
 
     def reload_tls(self) -> dict[str, Any]:
-        """Read the TLS certificate and key files again and serve them on new
-        handshakes (connections already up keep theirs).  Raises ConfigError,
-        keeping the material in use, when the new files do not load."""
+        """Read the TLS certificate and key files again, the SIP listeners'
+        (``[tls]``) and the admin API's (``[admin.tls]``), and serve them on new
+        handshakes (connections already up keep theirs); what the SIP listeners
+        serve now (the admin API's without SIP TLS).  Raises ConfigError,
+        keeping all the material in use, when any of the new files do not load."""
         cfg = self.config
-        material = load_tls_material(cfg.tls, cfg.server.data_dir, source=cfg.source)
-        if material is None or self.tls_context is None:
+        material = None
+        if self.tls_context is not None:
+            material = load_tls_material(cfg.tls, cfg.server.data_dir, source=cfg.source)
+            if material is None:
+                raise ConfigError("no certificate to load", key="tls.certificate", source=cfg.source)
+        admin = None if self.admin_tls_context is None else self._admin_tls_material()
+        shown = material if material is not None else admin
+        if shown is None:
             raise ConfigError("no certificate to load", key="tls.certificate", source=cfg.source)
-        self.tls_context.reload(material)
-        certificate = material.certificate.to_cryptography()
+        if material is not None and self.tls_context is not None:
+            self.tls_context.reload(material)
+        if admin is not None and self.admin_tls_context is not None:
+            self.admin_tls_context.reload(admin)
+            served = admin.certificate.to_cryptography()
+            self.log.info("admin API TLS certificate reloaded: {subject}, valid until {not_after}",
+                          subject=served.subject.rfc4514_string(), not_after=served.not_valid_after_utc.isoformat())
+        certificate = shown.certificate.to_cryptography()
         info = {"subject": certificate.subject.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat()}
-        self.log.info("TLS certificate reloaded: {subject}, valid until {not_after}", **info)
-        self.alerts.check("certificate_expiry")
+        if material is not None:
+            self.log.info("TLS certificate reloaded: {subject}, valid until {not_after}", **info)
+            self.alerts.check("certificate_expiry")
         return info
 
     def _certificate_not_after(self) -> float | None:

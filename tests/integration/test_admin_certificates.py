@@ -217,3 +217,28 @@ def test_admin_tls_files_that_do_not_load_stop_the_start_naming_the_key(tmp_path
     with pytest.raises(ConfigError) as refused:
         service.privilegedStartService()
     assert refused.value.key == "admin.tls.private_key" and service.admin.listening is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_reload_rotates_the_admin_api_certificate_too(service: Any, pki: dict[str, Any], tmp_path: Path) -> Any:
+    from cert_support import served_subject
+
+    port = service.admin.tls_listening.getHost().port
+    assert "CN=127.0.0.1" in (yield threads.deferToThread(served_subject, port))
+    certificate, key = service.config.admin.tls.certificate, service.config.admin.tls.private_key
+    ca = make_ca("the CA of the rotated certificate")
+    new_cert, new_key = make_leaf("admin-2.example.net", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], ca)
+    write_pem(certificate, new_cert)
+    write_pem(key, key=new_key)
+    ops_certificate, ops_key = pki["ops"]
+    client = AdminClient(_https(service), "", certificate=ops_certificate, key=ops_key, cacert=pki["ca"])
+    served = yield threads.deferToThread(client.reload_tls)  # over the connection's old certificate, checked against the old CA
+    assert "admin-2.example.net" in served["subject"]
+    assert "CN=admin-2.example.net" in (yield threads.deferToThread(served_subject, port))
+    # a key that does not match: 409, the certificate in use kept
+    Path(key).write_bytes(Path(pki["ops"][1]).read_bytes())
+    rotated = AdminClient(_https(service), _token(service), cacert=str(write_pem(tmp_path / "ca-new.pem", ca[0])))
+    with pytest.raises(AdminError) as refused:
+        yield threads.deferToThread(rotated.reload_tls)
+    assert refused.value.status == 409 and "admin.tls.private_key" in refused.value.message
+    assert "CN=admin-2.example.net" in (yield threads.deferToThread(served_subject, port))
