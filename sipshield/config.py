@@ -753,6 +753,11 @@ class BansConfig:
     allocation: its other addresses are a rotation away)."""
     max_bans: int = 100_000
     """Bans held at once; when full, the one ending soonest makes room."""
+    max_handshake_failures: int = 0
+    """Failed TLS handshakes (``tls-handshake-failure`` events) from one source within
+    ``find_time`` that ban it too; 0 (the default): they never do.  A TCP source proved its
+    address, but a phone with an expired client certificate, or one that does not trust a newly
+    rotated server certificate, fails every handshake as well."""
     nftables: NftablesConfig | None = None
     """``[bans.nftables]`` with ``enabled = true``: bans enforced in the kernel too (None: off)."""
 
@@ -814,6 +819,7 @@ def _bans(data: Any, source: str | None) -> BansConfig:
         allowlist=allowlist,
         ipv6_prefix=section.take_number("ipv6_prefix", 64, 16, 128, True),
         max_bans=section.take_number("max_bans", 100_000, 1, 10_000_000, True),
+        max_handshake_failures=section.take_number("max_handshake_failures", 0, 0, 1000, True),
         nftables=nftables,
     )
     section.finish()
@@ -1569,6 +1575,8 @@ class Config:
         if not bans.enabled:
             return "off"
         text = f"{bans.max_failures} failed logins in {bans.find_time:g} s ban a source for {bans.ban_time:g} s (IPv6 by /{bans.ipv6_prefix})"
+        if bans.max_handshake_failures:
+            text += f", and so do {bans.max_handshake_failures} failed TLS handshakes"
         text += f"; never banned: {', '.join(bans.allowlist)}" if bans.allowlist else ""
         nft = bans.nftables
         if nft is not None:

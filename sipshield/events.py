@@ -21,7 +21,7 @@ from sipshield._ratelog import ThrottledLog
 
 __all__ = [
     "ACL_DENY", "AUTH_DOWNGRADE", "AUTH_FAILURE", "BAN", "BEARER_REFUSED", "EVERY_LINE", "KINDS", "OVERLOAD", "RATE_LIMIT", "SCANNER", "SIPS_REFUSED",
-    "SRTP_PLAIN", "SRTP_REFUSED", "TOLL_FRAUD", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable",
+    "SRTP_PLAIN", "SRTP_REFUSED", "TLS_HANDSHAKE_FAILURE", "TOLL_FRAUD", "UNBAN", "LogSecurityEvents", "SecurityEvent", "SecurityEventBus", "SecurityEvents", "printable",
 ]
 
 AUTH_FAILURE = "auth-failure"
@@ -56,6 +56,11 @@ SRTP_PLAIN = "srtp-plain"
 """An offer or answer that ``mandatory`` would refuse, let through under ``[media] srtp = "prefer"``."""
 SIPS_REFUSED = "sips-refused"
 """A ``sips:`` request came over a hop that was not TLS, or would have gone out over one (RFC 5630)."""
+TLS_HANDSHAKE_FAILURE = "tls-handshake-failure"
+"""A TLS handshake on an inbound connection failed (OpenSSL's reason: ``no shared cipher``,
+``certificate verify failed``, ``http request`` or ``wrong version number`` for a client that
+does not speak TLS...); the event carries the source ``port`` and the ``sni`` the client sent, if
+any.  Anyone who can open a TCP connection causes one, so it is rate-limited per source."""
 
 AUTH_DOWNGRADE = "auth-downgrade"
 """A right MD5 answer for a user who has logged in with SHA-2 before (the MD5
@@ -65,7 +70,10 @@ downgrade lock): refused as a wrong password is, on the wire."""
 EVERY_LINE = frozenset((AUTH_FAILURE, AUTH_DOWNGRADE, BAN, UNBAN, TOLL_FRAUD, OVERLOAD))
 """Kinds logged line by line (see LogSecurityEvents): their sources proved their addresses
 (``overload``: the proxy's own, one on entering and one on leaving, with hysteresis between)."""
-KINDS = frozenset((AUTH_FAILURE, AUTH_DOWNGRADE, BEARER_REFUSED, TOLL_FRAUD, ACL_DENY, SCANNER, RATE_LIMIT, BAN, UNBAN, SRTP_REFUSED, SRTP_PLAIN, SIPS_REFUSED, OVERLOAD))
+KINDS = frozenset((
+    AUTH_FAILURE, AUTH_DOWNGRADE, BEARER_REFUSED, TOLL_FRAUD, ACL_DENY, SCANNER, RATE_LIMIT, BAN, UNBAN, SRTP_REFUSED, SRTP_PLAIN, SIPS_REFUSED, OVERLOAD,
+    TLS_HANDSHAKE_FAILURE,
+))
 """Every kind above (what an ``[[alerts.rules]]`` ``event`` may name)."""
 
 
@@ -97,6 +105,10 @@ class SecurityEvent:
     """The user the request claimed or proved (the digest username), if any."""
     reason: str
     """A short human-readable why."""
+    port: int | None = None
+    """The source port, for the kinds about one connection (``tls-handshake-failure``); else None."""
+    sni: str | None = None
+    """The server name the client asked for in its TLS ClientHello (``tls-handshake-failure``), if any."""
 
 
 class SecurityEvents(Protocol):
@@ -111,12 +123,14 @@ class LogSecurityEvents:
     """The default sink: one twisted.logger event per security event, in the
     ``sipshield.security`` namespace, with the fields ``security_event``
     (the kind), ``host`` (the source), ``transport``, ``user`` and
-    ``reason`` (and ``log_kind``, the kind again, as every rate-limited line has).
+    ``reason`` (and ``log_kind``, the kind again, as every rate-limited line has);
+    an event with a ``port`` adds ``port`` and ``sni``.
 
     The text form is stable, for fail2ban and the like (examples/fail2ban/):
     ``security event KIND from HOST over TRANSPORT (user USER): REASON``,
     the address before anything the sender chose, so no user name can move
-    it.
+    it; with a port, `` (port PORT, SNI NAME)`` follows (``SNI None`` when
+    the client sent none).
 
     Remote input causes these events, so they go through a ThrottledLog.
     The kinds in :data:`EVERY_LINE` come only from sources that proved their
@@ -139,10 +153,14 @@ class LogSecurityEvents:
         held = lines.admit(event.kind, event.source)
         if held is None:
             return  # held back (counted): nothing to format
+        text = "security event {security_event} from {host} over {transport} (user {user}): {reason}"
+        fields: dict[str, object] = {}
+        if event.port is not None:
+            text += " (port {port}, SNI {sni})"
+            fields.update(port=event.port, sni=None if event.sni is None else printable(event.sni, 253))
         lines.write(
-            event.kind, held, "security event {security_event} from {host} over {transport} (user {user}): {reason}",
-            security_event=event.kind, host=event.source, transport=event.transport,
-            user=None if event.user is None else printable(event.user, 64), reason=printable(event.reason, 256),
+            event.kind, held, text, security_event=event.kind, host=event.source, transport=event.transport,
+            user=None if event.user is None else printable(event.user, 64), reason=printable(event.reason, 256), **fields,
         )
 
 

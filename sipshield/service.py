@@ -118,7 +118,7 @@ class SIPShieldService(MultiService):
         self._bans_loaded = False
         self.listeners: list[SIPListener] = []
         for lc in config.server.listen:
-            listener = SIPListener(lc, self.core, config.limits, reactor)
+            listener = SIPListener(lc, self.core, config.limits, reactor, events=self.events)
             listener.setServiceParent(self)
             self.listeners.append(listener)
             self.dispatcher.add_listener(listener)

@@ -41,6 +41,7 @@ from sipshield.events import (
     SCANNER,
     SRTP_PLAIN,
     SRTP_REFUSED,
+    TLS_HANDSHAKE_FAILURE,
     TOLL_FRAUD,
     UNBAN,
     SecurityEvent,
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MetricSources", "MetricsService", "ProxyCollector", "SecurityEventTally", "metrics_registry"]
 
-EVENT_KINDS = (ACL_DENY, AUTH_DOWNGRADE, AUTH_FAILURE, BAN, BEARER_REFUSED, RATE_LIMIT, SCANNER, SRTP_PLAIN, SRTP_REFUSED, TOLL_FRAUD, UNBAN)
+EVENT_KINDS = (ACL_DENY, AUTH_DOWNGRADE, AUTH_FAILURE, BAN, BEARER_REFUSED, RATE_LIMIT, SCANNER, SRTP_PLAIN, SRTP_REFUSED, TLS_HANDSHAKE_FAILURE, TOLL_FRAUD, UNBAN)
 """The kinds counted by name; a kind a third-party stage makes up counts as ``other``."""
 AUTH_FAILURE_REASONS = ("credentials", "algorithm", "bearer", "other")
 

@@ -12,7 +12,7 @@ queue while it is down.
 A security event (the ``sipshield.security`` events of
 :class:`sipshield.events.LogSecurityEvents`) becomes MSGID = its kind and a
 structured-data element ``[sipshield@32473 kind=... src=... transport=...
-user=... reason=...]`` (32473 is the enterprise number RFC 5612 reserves for
+user=... reason=...]`` (and ``port=... sni=...`` for ``tls-handshake-failure``) (32473 is the enterprise number RFC 5612 reserves for
 documentation), so a collector can filter on the fields instead of on the
 text.
 """
@@ -36,6 +36,8 @@ __all__ = ["SD_ID", "SyslogObserver", "format_rfc5424", "syslog_sender"]
 SD_ID = "sipshield@32473"
 _SEVERITY = {LogLevel.critical: 2, LogLevel.error: 3, LogLevel.warn: 4, LogLevel.info: 6, LogLevel.debug: 7}
 _SD_FIELDS = (("kind", "security_event"), ("src", "host"), ("transport", "transport"), ("user", "user"), ("reason", "reason"))
+_SD_CONNECTION = (("port", "port"), ("sni", "sni"))
+"""Added for the events about one connection (those with a ``port``: ``tls-handshake-failure``)."""
 _BOM = "\ufeff"
 MAX_DATAGRAM = 2048
 """RFC 5426 3.2: a receiver must take 480 octets and should take 2048; longer messages are cut."""
@@ -65,7 +67,8 @@ def format_rfc5424(event: dict[str, Any], *, facility: int, hostname: str, app_n
     kind = event.get("security_event")
     if isinstance(kind, str):
         msgid = _header_field(kind, 32)
-        params = " ".join(f'{name}="{_param_value(event.get(field) if event.get(field) is not None else "-")}"' for name, field in _SD_FIELDS)
+        names = _SD_FIELDS + _SD_CONNECTION if "port" in event else _SD_FIELDS
+        params = " ".join(f'{name}="{_param_value(event.get(field) if event.get(field) is not None else "-")}"' for name, field in names)
         structured = f"[{SD_ID} {params}]"
     else:
         msgid = "-"

@@ -2,7 +2,8 @@
 
 :class:`BanPolicy` observes the security events: ``max_failures``
 ``auth-failure`` events from one source within ``find_time`` seconds ban
-that source for ``ban_time`` seconds.  The transports ask it
+that source for ``ban_time`` seconds (and, with ``max_handshake_failures``
+set, so do that many ``tls-handshake-failure`` events).  The transports ask it
 (:meth:`BanPolicy.refuse_source`) before they parse a datagram or accept a
 connection, so a banned source's traffic costs one dictionary look-up.
 
@@ -35,7 +36,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from sipshield.config import Config
-from sipshield.events import AUTH_FAILURE, BAN, UNBAN, SecurityEvent, SecurityEvents, printable
+from sipshield.events import AUTH_FAILURE, BAN, TLS_HANDSHAKE_FAILURE, UNBAN, SecurityEvent, SecurityEvents, printable
 from sipshield.state import Ban, MemoryShieldState, ShieldState
 
 __all__ = ["BanFile", "BanObserver", "BanPolicy", "ban_key", "build_ban_policy", "host_key"]
@@ -145,12 +146,14 @@ class BanPolicy:
         self, reactor: IReactorTime, *, state: ShieldState | None = None, events: SecurityEvents | None = None,
         max_failures: int = 3, find_time: float = 60.0, ban_time: float = 900.0, allowlist: Iterable[str] = (),
         ipv6_prefix: int = 64, store: BanFile | None = None, on_ban: Callable[[str], None] | None = None,
-        save_delay: float = 1.0,
+        save_delay: float = 1.0, max_handshake_failures: int = 0,
     ) -> None:
         self.reactor = reactor
         self.state: ShieldState = state if state is not None else MemoryShieldState()
         self.events = events
         self.max_failures = max_failures
+        self.max_handshake_failures = max_handshake_failures
+        """Failed TLS handshakes from one source within ``find_time`` that ban it (0: never)."""
         self.find_time = find_time
         self.ban_time = ban_time
         self.allowlist = tuple(ipaddress.ip_network(n, strict=False) for n in allowlist)
@@ -196,17 +199,24 @@ class BanPolicy:
     # -- observing the security events ------------------------------------------------------
 
     def emit(self, event: SecurityEvent) -> None:
-        if event.kind != AUTH_FAILURE or self._allowed(event.source):
+        if event.kind == AUTH_FAILURE:
+            self._count(event, "auth:", self.max_failures, f"failed logins in {self.find_time:g} s (last: user {printable(event.user or '', 64)})")
+        elif event.kind == TLS_HANDSHAKE_FAILURE and self.max_handshake_failures:
+            # Over TCP: the source completed the TCP handshake, so it is its own address.
+            self._count(event, "tls:", self.max_handshake_failures, f"failed TLS handshakes in {self.find_time:g} s (last: {printable(event.reason, 64)})")
+
+    def _count(self, event: SecurityEvent, prefix: str, limit: int, what: str) -> None:
+        """One more failure of *event*'s source under *prefix*; *limit* of them within ``find_time`` ban it."""
+        if self._allowed(event.source):
             return
         key = self.key(event.source)
         now = self.reactor.seconds()
         if self.state.banned(key, now) is not None:
             return  # a guess verified after the ban landed: the ban stands, nothing to redo
-        failures = self.state.hit("auth:" + key, self.find_time, now, self.max_failures)
-        if failures >= self.max_failures:
-            self.state.forget("auth:" + key)
-            reason = f"{failures} failed logins in {self.find_time:g} s (last: user {printable(event.user or '', 64)})"
-            self.ban(key, reason, transport=event.transport, user=event.user)
+        failures = self.state.hit(prefix + key, self.find_time, now, limit)
+        if failures >= limit:
+            self.state.forget(prefix + key)
+            self.ban(key, f"{failures} {what}", transport=event.transport, user=event.user)
 
     def allowlisted(self, host: str) -> bool:
         """Is *host* in ``allowlist`` (never banned)?"""
@@ -307,5 +317,5 @@ def build_ban_policy(
     return BanPolicy(
         reactor, state=state if state is not None else MemoryShieldState(max_bans=bans.max_bans), events=events, max_failures=bans.max_failures,
         find_time=bans.find_time, ban_time=bans.ban_time, allowlist=allowlist, ipv6_prefix=bans.ipv6_prefix,
-        store=BanFile(config.server.data_dir / "bans.json"), on_ban=on_ban,
+        store=BanFile(config.server.data_dir / "bans.json"), on_ban=on_ban, max_handshake_failures=bans.max_handshake_failures,
     )

@@ -15,6 +15,7 @@ from sipshield.transport._udp import SIPDatagramProtocol
 
 if TYPE_CHECKING:
     from sipshield.config import LimitsConfig, ListenerConfig
+    from sipshield.events import SecurityEvents
     from sipshield.message import ParseError, Request, Response
     from sipshield.transport._flow import Flow
     from sipshield.transport._tls import ServerTLSContext
@@ -57,12 +58,17 @@ class SIPListener(Service):
 
     log = Logger()
 
-    def __init__(self, config: ListenerConfig, handler: MessageHandler, limits: LimitsConfig, reactor: Any, tls_context: ServerTLSContext | None = None) -> None:
+    def __init__(
+        self, config: ListenerConfig, handler: MessageHandler, limits: LimitsConfig, reactor: Any, tls_context: ServerTLSContext | None = None,
+        events: SecurityEvents | None = None,
+    ) -> None:
         self.config = config
         self.handler = handler
         self.limits = limits
         self.reactor = reactor
         self.tls_context = tls_context
+        self.events = events
+        """The security event sink its stream factory reports to (failed TLS handshakes)."""
         self.port: Any = None
         self.factory: SIPStreamFactory | None = None
         self.setName(config.description)
@@ -81,7 +87,7 @@ class SIPListener(Service):
                 self.port = self.reactor.listenUDP(cfg.port, proto, interface=cfg.interface, maxPacketSize=65535)
                 self._size_udp_buffers()
             else:
-                self.factory = SIPStreamFactory(self.handler, self.limits, self.reactor, cfg.kind.upper())
+                self.factory = SIPStreamFactory(self.handler, self.limits, self.reactor, cfg.kind.upper(), self.events)
                 if cfg.kind == "tcp":
                     self.port = self.reactor.listenTCP(cfg.port, self.factory, interface=cfg.interface, backlog=128)
                 else:

@@ -13,13 +13,36 @@ from twisted.protocols.policies import TimeoutMixin
 from zope.interface import implementer
 
 from sipshield._ratelog import ThrottledLog
+from sipshield.events import TLS_HANDSHAKE_FAILURE, SecurityEvent, printable
 from sipshield.message import KEEPALIVE, FramingError, ParseError, StreamFramer, parse_message
 
 if TYPE_CHECKING:
     from sipshield.config import LimitsConfig
+    from sipshield.events import SecurityEvents
     from sipshield.transport._listen import MessageHandler
 
 _CRLF = b"\r\n"
+
+
+def handshake_failure_reason(error: BaseException) -> str:
+    """OpenSSL's reason for a failed handshake, short (``no shared cipher``,
+    ``certificate verify failed``, ``http request``...): the reason of each
+    entry of pyOpenSSL's error queue, once each; the error's text when the
+    queue is empty."""
+    args = getattr(error, "args", ())
+    queue = args[0] if args and isinstance(args[0], list) else []
+    reasons = [str(entry[2]) for entry in queue if isinstance(entry, tuple) and len(entry) == 3 and entry[2]]
+    return printable(", ".join(dict.fromkeys(reasons)) or str(error) or type(error).__name__, 128)
+
+
+def _sni(transport: Any) -> str | None:
+    """The server name the client sent in its ClientHello, if OpenSSL read one."""
+    get = getattr(transport, "getHandle", None)
+    connection = get() if get is not None else None
+    if not isinstance(connection, SSL.Connection):
+        return None
+    name = connection.get_servername()
+    return None if not name else printable(name.decode("ascii", "replace"), 253)
 
 
 @implementer(IHandshakeListener)
@@ -93,11 +116,21 @@ class SIPStreamProtocol(Protocol, TimeoutMixin):
 
     def connectionLost(self, reason: Any = None) -> None:
         if self.secure and not self._handshaken and reason is not None and reason.check(SSL.Error):
-            self.factory.tls_handshake_failures += 1
+            self._handshake_failed(reason.value)
         self._closing = True
         self.setTimeout(None)
         self._cancel_deadline()
         self.factory.connection_closed(self)
+
+    def _handshake_failed(self, error: BaseException) -> None:
+        """Counted for the metrics; on an inbound connection, a
+        ``tls-handshake-failure`` event too (an outbound one is this proxy's
+        own connection to a next hop, not something a source did)."""
+        factory = self.factory
+        factory.tls_handshake_failures += 1
+        if self.inbound and factory.events is not None:
+            factory.events.emit(SecurityEvent(TLS_HANDSHAKE_FAILURE, self.remote[0], self.transport_name, None, handshake_failure_reason(error),
+                                              port=self.remote[1], sni=_sni(self.transport)))
 
     def timeoutConnection(self) -> None:
         self.log.info("closing idle {transport} connection from {host}:{port}", transport=self.transport_name, host=self.remote[0], port=self.remote[1])
@@ -188,11 +221,15 @@ class SIPStreamFactory(Factory):
     log = Logger()
     noisy = False
 
-    def __init__(self, handler: MessageHandler, limits: LimitsConfig, reactor: IReactorTime, transport_name: str) -> None:
+    def __init__(
+        self, handler: MessageHandler, limits: LimitsConfig, reactor: IReactorTime, transport_name: str, events: SecurityEvents | None = None,
+    ) -> None:
         self.handler = handler
         self.limits = limits
         self.reactor = reactor
         self.transport_name = transport_name
+        self.events = events
+        """Where a failed TLS handshake on an inbound connection is reported (the service's event bus), or nowhere."""
         self.connections: dict[tuple[str, int], SIPStreamProtocol] = {}
         self.remote_log = ThrottledLog(self.log, reactor)
         self.tls_handshakes = 0
