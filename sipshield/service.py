@@ -26,6 +26,7 @@ from sipshield.transaction import TimerSettings, TransactionLayer
 from sipshield.transport import (
     ServerTLSContext,
     SIPListener,
+    TLSMaterial,
     generate_self_signed,
     load_tls_material,
 )
@@ -505,8 +506,12 @@ class SIPShieldService(MultiService):
 
         if self.config.source is None:
             raise ConfigError("started without a configuration file (--config): nothing to reload")
-        sections = self.reload(load_config(self.config.source))
-        tls = self.reload_tls() if self.tls_context is not None or self.admin_tls_context is not None else None
+        config = load_config(self.config.source)
+        # The TLS files are read before any section is applied, so a bad
+        # certificate leaves the sections as they were too.
+        loaded = self._load_tls() if self.tls_context is not None or self.admin_tls_context is not None else None
+        sections = self.reload(config)
+        tls = self._serve_tls(loaded) if loaded is not None else None
         return {"reloaded": sections, "tls": tls}
 
     def _sighup(self) -> None:
@@ -522,7 +527,20 @@ class SIPShieldService(MultiService):
         (``[tls]``) and the admin API's (``[admin.tls]``), and serve them on new
         handshakes (connections already up keep theirs); what the SIP listeners
         serve now (the admin API's without SIP TLS).  Raises ConfigError,
-        keeping all the material in use, when any of the new files do not load."""
+        keeping all the material in use, when any of the new files do not load
+        (a key that does not match its certificate, a broken PEM): logged, as
+        ``POST /v1/tls/reload`` answers it with 409."""
+        try:
+            loaded = self._load_tls()
+        except ConfigError as e:
+            self.log.error("TLS certificate not reloaded, the one in use kept: {error}", error=str(e))
+            raise
+        return self._serve_tls(loaded)
+
+    def _load_tls(self) -> tuple[TLSMaterial | None, TLSMaterial | None]:
+        """The SIP listeners' and the admin API's TLS files read and checked
+        again, not served yet (both loaded before either is swapped);
+        ConfigError when any of them do not load."""
         cfg = self.config
         material = None
         if self.tls_context is not None:
@@ -530,9 +548,13 @@ class SIPShieldService(MultiService):
             if material is None:
                 raise ConfigError("no certificate to load", key="tls.certificate", source=cfg.source)
         admin = None if self.admin_tls_context is None else self._admin_tls_material()
-        shown = material if material is not None else admin
-        if shown is None:
+        if material is None and admin is None:
             raise ConfigError("no certificate to load", key="tls.certificate", source=cfg.source)
+        return material, admin
+
+    def _serve_tls(self, loaded: tuple[TLSMaterial | None, TLSMaterial | None]) -> dict[str, Any]:
+        """The material :meth:`_load_tls` read, on every new handshake from now on; what the SIP listeners serve."""
+        material, admin = loaded
         if material is not None and self.tls_context is not None:
             self.tls_context.reload(material)
         if admin is not None and self.admin_tls_context is not None:
@@ -540,6 +562,9 @@ class SIPShieldService(MultiService):
             served = admin.certificate.to_cryptography()
             self.log.info("admin API TLS certificate reloaded: {subject}, valid until {not_after}",
                           subject=served.subject.rfc4514_string(), not_after=served.not_valid_after_utc.isoformat())
+        shown = material if material is not None else admin
+        if shown is None:
+            raise ConfigError("no certificate to load", key="tls.certificate", source=self.config.source)
         certificate = shown.certificate.to_cryptography()
         info = {"subject": certificate.subject.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat()}
         if material is not None:
