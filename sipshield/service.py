@@ -190,7 +190,7 @@ class SIPShieldService(MultiService):
             return []
         tls = self.config.tls
         path = tls.certificate if tls.certificate is not None else self.config.server.data_dir / SELF_SIGNED_CERT
-        return [(str(path), self.tls_context.material.certificate.to_cryptography().not_valid_after_utc)]
+        return [(str(path), self.tls_context.material.certificate.not_valid_after_utc)]
 
     def _admission_steps(self, config: Config, stages: Sequence[Any], exempt: Callable[[str, str], bool]) -> tuple[Any, ...]:
         """``ProxyCore.admission`` for *config*: the overload shedding first
@@ -559,13 +559,13 @@ class SIPShieldService(MultiService):
             self.tls_context.reload(material)
         if admin is not None and self.admin_tls_context is not None:
             self.admin_tls_context.reload(admin)
-            served = admin.certificate.to_cryptography()
+            served = admin.certificate
             self.log.info("admin API TLS certificate reloaded: {subject}, valid until {not_after}",
                           subject=served.subject.rfc4514_string(), not_after=served.not_valid_after_utc.isoformat())
         shown = material if material is not None else admin
         if shown is None:
             raise ConfigError("no certificate to load", key="tls.certificate", source=self.config.source)
-        certificate = shown.certificate.to_cryptography()
+        certificate = shown.certificate
         info = {"subject": certificate.subject.rfc4514_string(), "not_after": certificate.not_valid_after_utc.isoformat()}
         if material is not None:
             self.log.info("TLS certificate reloaded: {subject}, valid until {not_after}", **info)
@@ -576,7 +576,7 @@ class SIPShieldService(MultiService):
         """When the certificate served on new TLS handshakes expires (POSIX seconds), None without TLS."""
         if self.tls_context is None:
             return None
-        return float(self.tls_context.material.certificate.to_cryptography().not_valid_after_utc.timestamp())
+        return float(self.tls_context.material.certificate.not_valid_after_utc.timestamp())
 
     def _create_schema(self, _: object, create: Callable[[], None]) -> Deferred[None]:
         return deferToThreadPool(self.reactor, self.auth_pool, create)

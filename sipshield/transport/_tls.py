@@ -16,7 +16,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -31,6 +32,8 @@ SELF_SIGNED_CERT = "tls-selfsigned.pem"
 SELF_SIGNED_KEY = "tls-selfsigned.key"
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+_CERTIFICATE_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey)
+"""The private keys a certificate can be served with (CertificateIssuerPrivateKeyTypes)."""
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -78,10 +81,18 @@ def generate_self_signed(cert_path: Path, key_path: Path, names: list[str], *, d
 
 
 class TLSMaterial:
-    """Loaded, cross-checked certificate, key and optional client CA bundle."""
+    """Loaded, cross-checked certificate, key and optional client CA bundle.
+
+    The certificate, its chain and the key are ``cryptography`` objects:
+    pyOpenSSL's ``Context.use_certificate``, ``use_privatekey`` and
+    ``add_extra_chain_cert``, to which Twisted's CertificateOptions hands
+    them unchanged, take those and deprecate their own X509 and PKey.  The
+    client CAs stay pyOpenSSL X509s: Twisted adds them to the context's
+    ``X509Store``, whose ``add_cert`` takes nothing else."""
 
     def __init__(
-        self, certificate: crypto.X509, chain: list[crypto.X509], private_key: crypto.PKey, client_cas: list[crypto.X509], minimum_version: str, maximum_version: str | None = None
+        self, certificate: x509.Certificate, chain: list[x509.Certificate], private_key: CertificateIssuerPrivateKeyTypes, client_cas: list[crypto.X509],
+        minimum_version: str, maximum_version: str | None = None,
     ) -> None:
         self.certificate = certificate
         self.chain = chain
@@ -99,9 +110,9 @@ class TLSMaterial:
         if self.maximum_version is not None:
             kwargs["lowerMaximumSecurityTo"] = _VERSIONS[self.maximum_version]
         return ssl.CertificateOptions(
-            privateKey=self.private_key,
-            certificate=self.certificate,
-            extraCertChain=self.chain or None,
+            privateKey=self.private_key,  # type: ignore[arg-type]  # typed PKey; passed to Context.use_privatekey as it is
+            certificate=self.certificate,  # type: ignore[arg-type]  # typed X509; passed to Context.use_certificate as it is
+            extraCertChain=self.chain or None,  # type: ignore[arg-type]  # each passed to Context.add_extra_chain_cert
             raiseMinimumTo=_VERSIONS[self.minimum_version],
             **kwargs,  # type: ignore[arg-type]
         )
@@ -114,12 +125,11 @@ def _read(path: Path, key: str, source: str | None) -> bytes:
         raise ConfigError(f"cannot read {path}: {e.strerror}", key=key, source=source) from None
 
 
-def _load_certs(data: bytes, path: Path, key: str, source: str | None) -> list[crypto.X509]:
+def _load_certs(data: bytes, path: Path, key: str, source: str | None) -> list[x509.Certificate]:
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        return x509.load_pem_x509_certificates(data)
     except ValueError:
         raise ConfigError(f"{path} holds no PEM certificate", key=key, source=source) from None
-    return [crypto.X509.from_cryptography(c) for c in certs]
 
 
 def load_tls_material(tls: TLSConfig, data_dir: Path, *, source: str | None = None, section: str = "tls") -> TLSMaterial | None:
@@ -140,7 +150,7 @@ def load_tls_material(tls: TLSConfig, data_dir: Path, *, source: str | None = No
     client_cas: list[crypto.X509] = []
     if tls.client_ca is not None:
         ca_key = f"{section}.client_ca"
-        client_cas = _load_certs(_read(tls.client_ca, ca_key, source), tls.client_ca, ca_key, source)
+        client_cas = [crypto.X509.from_cryptography(c) for c in _load_certs(_read(tls.client_ca, ca_key, source), tls.client_ca, ca_key, source)]
     if certs_and_key is None:
         return None
     cert_path, key_path = certs_and_key
@@ -148,17 +158,19 @@ def load_tls_material(tls: TLSConfig, data_dir: Path, *, source: str | None = No
     key_data = _read(key_path, key_key, source)
     try:
         private = serialization.load_pem_private_key(key_data, password=None)
-        pkey = crypto.PKey.from_cryptography_key(private)  # type: ignore[arg-type]
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{key_path} holds no usable unencrypted PEM private key ({e})", key=key_key, source=source) from None
+    if not isinstance(private, _CERTIFICATE_KEYS):
+        # X25519/X448 (key agreement only) and DH keys: what pyOpenSSL's PKey refused as unsupported too.
+        raise ConfigError(f"{key_path} holds no usable unencrypted PEM private key ({type(private).__name__}: not a signing key)", key=key_key, source=source)
     ctx = SSL.Context(SSL.TLS_METHOD)
     try:
-        ctx.use_certificate(certs[0].to_cryptography())
-        ctx.use_privatekey(private)  # type: ignore[arg-type]
+        ctx.use_certificate(certs[0])
+        ctx.use_privatekey(private)
         ctx.check_privatekey()
     except SSL.Error:
         raise ConfigError(f"{key_path} does not match the certificate in {cert_path}", key=key_key, source=source) from None
-    return TLSMaterial(certs[0], certs[1:], pkey, client_cas, tls.minimum_version, tls.maximum_version)
+    return TLSMaterial(certs[0], certs[1:], private, client_cas, tls.minimum_version, tls.maximum_version)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -22,7 +22,7 @@ def test_self_signed_key_is_private_and_loads(tmp_path: Path) -> None:
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     material = load_tls_material(TLSConfig(), tmp_path)
     assert material is not None
-    names = str(material.certificate.to_cryptography().extensions)
+    names = str(material.certificate.extensions)
     assert "example.com" in names and "127.0.0.1" in names and "sip:example.com" in names
     context = ServerTLSContext(material)
     assert context.getContext() is not None
@@ -154,3 +154,38 @@ def test_the_configured_chain_is_sent_so_clients_trusting_only_the_root_connect(
     material = load_tls_material(TLSConfig(**tls), tmp_path)
     assert material is not None
     _handshake(ServerTLSContext(material), _client(trust=root[0]))
+
+
+def test_the_listener_context_is_built_without_pyopenssl_deprecations(tmp_path: Path, client_ca: Issued) -> None:
+    """Certificate, chain and key reach pyOpenSSL as cryptography objects (its
+    X509 and PKey are deprecated there); the client CAs go to the X509Store,
+    which takes only X509s and does not warn."""
+    import warnings
+
+    root = make_ca("sipshield root")
+    intermediate = make_ca("sipshield intermediate", issuer=root)
+    leaf = make_leaf("sip.example.com", [x509.DNSName("sip.example.com")], intermediate)
+    tls = {
+        "certificate": write_pem(tmp_path / "chain.pem", leaf[0], intermediate[0]),
+        "private_key": write_pem(tmp_path / "leaf.key", key=leaf[1]),
+        "client_ca": write_pem(tmp_path / "client-ca.pem", client_ca[0]),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        material = load_tls_material(TLSConfig(**tls), tmp_path)
+        assert material is not None
+        assert (material.certificate, material.chain) == (leaf[0], [intermediate[0]])
+        server, _ = _handshake(ServerTLSContext(material), _client(cert=make_leaf("trunk.example.net", None, client_ca), trust=root[0]))
+    assert server.get_peer_certificate() is not None
+
+
+def test_a_key_that_cannot_sign_is_refused_naming_the_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    generate_self_signed(tmp_path / "a.pem", tmp_path / "a.key", ["a.example"])
+    (tmp_path / "x.key").write_bytes(
+        x25519.X25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    with pytest.raises(ConfigError, match=r"tls.private_key: .*x.key holds no usable unencrypted PEM private key \(X25519PrivateKey: not a signing key\)"):
+        load_tls_material(TLSConfig(certificate=tmp_path / "a.pem", private_key=tmp_path / "x.key"), tmp_path)

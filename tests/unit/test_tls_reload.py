@@ -33,7 +33,7 @@ def _pair(tmp_path: Path, cn: str) -> x509.Certificate:
 
 def _served(service: SIPShieldService) -> x509.Certificate:
     assert service.tls_context is not None
-    return service.tls_context.material.certificate.to_cryptography()
+    return service.tls_context.material.certificate
 
 
 @pytest.fixture
