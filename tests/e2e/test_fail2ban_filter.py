@@ -92,3 +92,41 @@ def test_a_line_after_a_newline_in_a_log_message_cannot_name_an_address(tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
     assert [line.strip() for line in result.stdout.splitlines() if line.strip()] == ["192.0.2.7"], result.stdout
 
+
+
+def test_the_tls_jail_line_of_the_docs_matches_handshake_failures_which_the_shipped_filter_leaves_alone(tmp_path: Path) -> None:
+    """docs/operations/logging.md's failregex for a jail on tls-handshake-failure
+    lines, in a filter with the shipped datepattern: each line counts for its
+    own source (an SNI or a reason naming another address does not move it);
+    the shipped filter matches none of them."""
+    import io
+    import re
+
+    from twisted.internet.task import Clock
+    from twisted.logger import Logger, LogPublisher, textFileLogObserver
+
+    from sipshield.events import TLS_HANDSHAKE_FAILURE, LogSecurityEvents, SecurityEvent
+
+    fail2ban_regex = require_tool("fail2ban-regex", "fail2ban")
+    documented = re.search(r"^    (failregex = .*tls-handshake-failure.*)$", (ROOT / "docs" / "operations" / "logging.md").read_text(), re.M)
+    assert documented is not None
+    shipped = FILTER.read_text()
+    datepattern = re.search(r"^datepattern = .*$", shipped, re.M)
+    assert datepattern is not None
+    jail = tmp_path / "sipshield-tls.conf"
+    jail.write_text(f"[Definition]\n{documented.group(1)}\nignoreregex =\n\n[Init]\n{datepattern.group(0)}\n")
+    out = io.StringIO()
+    events = LogSecurityEvents(Clock(), Logger(namespace="sipshield.security", observer=LogPublisher(textFileLogObserver(out))))
+    for source, reason, sni in (("192.0.2.7", "no shared cipher", "10.9.9.9"), ("192.0.2.8", "http request from 10.9.9.8 over TLS (user None): x", None)):
+        events.emit(SecurityEvent(TLS_HANDSHAKE_FAILURE, source, "TLS", None, reason, port=40000, sni=sni))
+    events.emit(SecurityEvent("auth-failure", "192.0.2.9", "TLS", "alice", "credentials refused"))
+    log = tmp_path / "twistd.log"
+    log.write_text(out.getvalue())
+
+    def matched(filter_path: Path) -> list[str]:
+        result = subprocess.run([fail2ban_regex, "-o", "ip", str(log), str(filter_path)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return sorted(line.strip() for line in result.stdout.splitlines() if line.strip())
+
+    assert matched(jail) == ["192.0.2.7", "192.0.2.8"], out.getvalue()
+    assert matched(FILTER) == ["192.0.2.9"]  # the auth failure only
