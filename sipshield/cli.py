@@ -570,6 +570,18 @@ def _reload(args: argparse.Namespace, client: Any) -> Any:
     return done
 
 
+def _explain(args: argparse.Namespace, client: Any) -> Any:
+    source = f"{args.transport} {args.source}"
+    result = client.explain(args.request, source, args.user, args.header or None)
+    if not args.json:
+        print(f"{result['request']}  from {result['source']}" + (f"  as {result['user']}" if result["user"] else ""))
+        for step in result["steps"]:
+            mark = "  <- decides here" if step["decides"] else ""
+            print(f"{step['phase']:<9} {step['stage']:<10} {step['verdict']}: {step['reason']}{mark}")
+        print(f"outcome: {result['outcome']}")
+    return result
+
+
 def _add_admin_parsers(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML configuration (the embedded default, ./sipshield-data, when omitted)")
@@ -601,6 +613,13 @@ def _add_admin_parsers(sub: Any) -> None:
     registrations.set_defaults(func=_admin_command("registrations", _registrations))
     sub.add_parser("reload", parents=[common], help="read the config file again: acl, ratelimit, scanners, routes, roles, egress, and TLS (as SIGHUP)"
                    ).set_defaults(func=_admin_command("reload", _reload))
+    explain = sub.add_parser("explain", parents=[common], help="which step of the running server decides what about a request, and why (changes nothing)")
+    explain.add_argument("request", help="the request line: 'INVITE sip:+4930123@pbx.example.com SIP/2.0'")
+    explain.add_argument("--source", required=True, help="the source address: 203.0.113.5:5060, [2001:db8::1]:5060")
+    explain.add_argument("--transport", default="udp", choices=("udp", "tcp", "tls"))
+    explain.add_argument("--user", help="take the request as authenticated as this user (its roles from the user stores)")
+    explain.add_argument("--header", action="append", metavar="'NAME: VALUE'", help="an extra header line (repeatable), e.g. 'User-Agent: friendly-scanner'")
+    explain.set_defaults(func=_admin_command("explain", _explain))
     tls = sub.add_parser("tls", help="TLS certificates")
     tls_commands = tls.add_subparsers(dest="tls_command", required=True, metavar="{reload}")
     tls_commands.add_parser("reload", parents=[common], help="read the certificate and key files again (new handshakes get them)").set_defaults(

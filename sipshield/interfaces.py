@@ -109,3 +109,24 @@ class IAdmissionStep(Interface):
         """None to admit the request to the next step; a reply Decision to
         answer it statelessly (once, within the amplification limit); a drop
         Decision to send nothing.  Must not block and must not raise."""
+
+
+class IExplainable(Interface):
+    """A pipeline stage that can say what it would decide about a request
+    without deciding it (``sipshield explain``, sipshield/proxy/_explain.py)."""
+
+    def explain(context: Any) -> Any:
+        """What ``process(context)`` would decide and why: an
+        :class:`sipshield.proxy._explain.Explanation` (or a Deferred firing
+        with one), read from the same rule ``process`` applies.  *context* is
+        an ``ExplainContext``; the stage may set on it what ``process`` would
+        (roles, ``external``) for the stages after it.  Must change no state:
+        no counter, bucket, nonce, ban, binding or event."""
+
+
+class IExplainableAdmission(Interface):
+    """An admission step that can say what it would decide (see IExplainable)."""
+
+    def explain_admission(context: Any) -> Any:
+        """What ``admission(context.request, context.flow)`` would decide and
+        why, as an Explanation; changes no state."""

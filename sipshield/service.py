@@ -408,6 +408,7 @@ class SIPShieldService(MultiService):
             bans=self.bans, location=self.location, status=self.status, seconds=self.reactor.seconds,
             reload_tls=self.reload_tls if self.tls_context is not None or self.admin_tls_context is not None else None, reload=self.reload_from_file,
             activity=self.activity,
+            explain=self.explain,
         )
         clients = self._admin_clients  # [admin] needs a restart: fixed for the service's life
 
@@ -455,6 +456,69 @@ class SIPShieldService(MultiService):
             "server_transactions": live, "proxied_requests": len(self.core.contexts),
             "bans": 0 if self.bans is None else len(self.bans.bans()), "counters": dict(self.core.counters),
         }
+
+    def explain(self, request_line: str, source: str, user: str | None = None, headers: Sequence[str] = ()) -> Deferred[dict[str, Any]]:
+        """What ``POST /v1/explain`` and ``sipshield explain`` show: which step
+        of the live admission steps and pipeline would decide what about the
+        request *request_line* from *source* (``udp 203.0.113.5:5060``),
+        taken as authenticated as *user* (``alice`` or ``alice@domain``,
+        with the roles the user stores hold) when given; changes nothing
+        (sipshield/proxy/_explain.py).  Raises ValueError, with what is
+        wrong, for a request line, source or header it cannot use."""
+        from sipshield.message import ParseError
+        from sipshield.proxy._explain import ExplainContext, ExplainFlow, explain_request, outcome, parse_source, synthetic_request
+        from sipshield.proxy._forward import apply_route_set, route_set
+
+        transport, host, port = parse_source(source)
+        local = next((listener.address if listener.port is not None else (listener.config.interface, listener.config.port)
+                      for listener in self.listeners if listener.config.kind == transport), ("0.0.0.0", 5060))
+        flow = ExplainFlow((host, port), transport, local)
+        domains = self.config.server.domains
+        assumed: tuple[str, str] | None = None
+        if user is not None:
+            name, _, domain = user.partition("@")
+            if not name or any(c in user for c in ' \t\r\n\0<>"') or len(user) > 256:
+                raise ValueError("user: a user name, or user@domain")
+            assumed = (name, (domain or (domains[0] if domains else "localhost")).lower())
+        from_uri = f"sip:{assumed[0]}@{assumed[1]}" if assumed else f"sip:anonymous@{domains[0] if domains else 'localhost'}"
+        request = synthetic_request(request_line, flow, from_uri, headers)
+        if request.method in ("ACK", "CANCEL"):
+            raise ValueError(f"request: a {request.method} is not admitted as a new request (it follows the INVITE it belongs to)")
+        try:
+            routed = apply_route_set(request, route_set(request, self.core.is_local, self.core.signer, host))
+        except ParseError as e:
+            raise ValueError(f"request: {e.reason}") from None
+        source_text = f"{transport} [{host}]:{port}" if ":" in host else f"{transport} {host}:{port}"
+
+        async def walk() -> dict[str, Any]:
+            roles: tuple[str, ...] = ()
+            note = ""
+            if assumed is not None:
+                from sipshield.auth._checkers import BackendUnavailable
+                from sipshield.auth._credentials import ISIPDigestCredentials
+
+                chain: Any = self.portal.checkers[ISIPDigestCredentials]  # the ChainedChecker of make_portal
+                lookup = chain.roles_of(*assumed)
+                try:
+                    where, found = await lookup.addTimeout(self.config.limits.stage_timeout, self.reactor)
+                except (BackendUnavailable, defer.TimeoutError) as e:  # a store that is down: explained, not a 500
+                    found, note = None, f"the user stores did not answer ({e or 'timeout'}): no roles assumed"
+                else:
+                    note = f"roles from {where}" if found is not None else f"{assumed[0]}@{assumed[1]} {where} in the user stores: no roles"
+                roles = found or ()
+            context = ExplainContext(
+                request, flow, now=self.reactor.seconds(), route_set=routed, assumed_user=assumed, assumed_roles=frozenset(roles), assumed_note=note,
+            )
+            steps = await explain_request(
+                context, self.core.admission, self.pipeline.stages, fallback=self.pipeline.fallback,
+                source_check=None if self.bans is None else self.bans.explain_source,
+            )
+            return {
+                "request": request_line, "source": source_text, "user": None if assumed is None else f"{assumed[0]}@{assumed[1]}",
+                "steps": [step.to_json() for step in steps], "outcome": outcome(steps),
+            }
+
+        return defer.ensureDeferred(walk())
 
     def reload(self, config: Config) -> list[str]:
         """Apply the reloadable sections of *config* (see :data:`RELOADABLE`)

@@ -11,6 +11,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import Interface, implementer
 
@@ -80,6 +81,17 @@ class StoreChecker:
         except CredentialStoreError as e:
             raise BackendUnavailable(str(e)) from None
 
+    def roles_of(self, username: str, domain: str) -> Deferred[tuple[str, ...] | None]:
+        """The roles the store holds for the user (None: no such user), read in the thread pool."""
+        def read() -> tuple[str, ...] | None:
+            try:
+                roles: tuple[str, ...] | None = self.store.roles(username, domain)
+            except CredentialStoreError as e:
+                raise BackendUnavailable(str(e)) from None
+            return roles
+
+        return deferToThreadPool(self.reactor, self.threadpool, read)
+
     def requestAvatarId(self, credentials: Any) -> Any:
         algorithm = _base_algorithm(credentials.algorithm)
         d = deferToThreadPool(self.reactor, self.threadpool, self._lookup, credentials.username, credentials.realm, algorithm)
@@ -119,6 +131,23 @@ class ChainedChecker:
                 continue
             return avatar
         raise UnauthorizedLogin()
+
+    @defer.inlineCallbacks
+    def roles_of(self, username: str, domain: str) -> Any:
+        """Fire with (where found, roles) for ``sipshield explain``: the
+        first backend, in order, that knows the user, as a login would find
+        it; roles None when none does.  A backend that cannot list roles
+        (LDAP) is named and skipped; one that is down fails the Deferred."""
+        skipped = []
+        for checker in self.checkers:
+            lookup = getattr(checker, "roles_of", None)
+            if lookup is None:
+                skipped.append(type(checker).__name__)
+                continue
+            roles = yield lookup(username, domain)
+            if roles is not None:
+                return type(checker.store).__name__, tuple(roles)
+        return ("not found" + (f" (not asked: {', '.join(skipped)})" if skipped else "")), None
 
 
 @implementer(IRealm)

@@ -20,15 +20,16 @@ from zope.interface import implementer
 
 from sipshield.auth._bearer import InvalidToken, parse_bearer
 from sipshield.auth._bearer import challenge_value as bearer_challenge
-from sipshield.auth._checkers import BackendUnavailable, IIdentity
+from sipshield.auth._checkers import BackendUnavailable, Identity, IIdentity
 from sipshield.auth._credentials import SIPDigestCredentials
 from sipshield.auth._digest import DigestResponse, challenge_values, credentials_refusal
 from sipshield.auth._downgrade import DowngradeLock, DowngradeRefused
 from sipshield.auth._unanswered import UnansweredChallenges
 from sipshield.config import AlgorithmProfile, TrustedSource
 from sipshield.events import AUTH_DOWNGRADE, AUTH_FAILURE, BEARER_REFUSED, SecurityEvent, SecurityEvents
-from sipshield.interfaces import IPipelineStage
+from sipshield.interfaces import IExplainable, IExplainableAdmission, IPipelineStage
 from sipshield.message import URI, ParseError, Request, ip_version, parse_auth
+from sipshield.proxy._explain import Explanation
 from sipshield.routing import CONTINUE, Decision, RequestContext
 
 __all__ = ["DigestAuthStage", "RBACStage", "DomainMap", "SourceNetworks"]
@@ -136,7 +137,7 @@ class _BearerAnswer(NamedTuple):
     header: str
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable, IExplainableAdmission)
 class DigestAuthStage:
     """Challenge out-of-dialog requests and verify the answer.
 
@@ -273,30 +274,11 @@ class DigestAuthStage:
         """Everything decided without the credential backends: CONTINUE (no
         challenge here), a challenge Decision, a bearer token to check, or
         the digest answer to verify with its realm and header."""
+        if self._unchallenged(context) is not None:
+            return CONTINUE
         request = context.request
         method = request.method
-        if method in _NO_CHALLENGE:
-            return CONTINUE
-        if self._is_trusted(context.source[0], context.flow.transport_name):
-            context.trusted = True
-            context.flow.authenticated = True
-            context.roles = self._trusted_roles  # one set for every trusted request
-            return CONTINUE
-        if self.trunks is not None and context.flow.transport_name == "TLS":
-            # RFC 5922: a client certificate that chained to [tls] client_ca
-            # (checked in the handshake) and names a configured trunk.
-            account = self.trunks.match(context.peer_certificate)
-            if account is not None:
-                self._authenticated(context, account.identity())
-                context.trunk = account.name
-                return CONTINUE
-        if _in_our_dialog(context):
-            return CONTINUE  # in a dialog record-routed through us: the dialog was authorized
-        if self.domains.options_to_proxy(request):
-            return CONTINUE  # OPTIONS to the proxy itself needs no credentials
-        realm = self.domains.domain_of(request.to.uri if method == "REGISTER" else request.from_.uri) or self.domains.default
-        if realm not in self.domains.domains and realm != self.domains.default:
-            realm = self.domains.default
+        realm = self._realm(request)
         header = "Authorization" if method == "REGISTER" else "Proxy-Authorization"
         refusal = credentials_refusal(request.headers.get_all(header))
         if refusal is not None:
@@ -315,6 +297,73 @@ class DigestAuthStage:
             return self._challenge(request, context, realm, stale=False)
         return response, realm, header
 
+    def _unchallenged(self, context: RequestContext) -> str | None:
+        """Why the request needs no credentials (and, for a trusted source or
+        a trunk, what it acts as: set on *context*), or None."""
+        request = context.request
+        if request.method in _NO_CHALLENGE:
+            return "ACK and CANCEL are never challenged"
+        if self._is_trusted(context.source[0], context.flow.transport_name):
+            context.trusted = True
+            context.flow.authenticated = True
+            context.roles = self._trusted_roles  # one set for every trusted request
+            return "a trusted source ([auth] trusted_sources): not challenged"
+        if self.trunks is not None and context.flow.transport_name == "TLS":
+            # RFC 5922: a client certificate that chained to [tls] client_ca
+            # (checked in the handshake) and names a configured trunk.
+            account = self.trunks.match(context.peer_certificate)
+            if account is not None:
+                self._authenticated(context, account.identity())
+                context.trunk = account.name
+                return "a trunk's client certificate ([[auth.tls.trunks]])"
+        if _in_our_dialog(context):
+            return "in a dialog on our verified route set"  # the dialog was authorized
+        if self.domains.options_to_proxy(request):
+            return "an OPTIONS to the proxy itself needs no credentials"
+        return None
+
+    def _realm(self, request: Request) -> str:
+        """The realm a request is challenged in: its From's domain (a REGISTER's To) when it is ours, else the default."""
+        realm = self.domains.domain_of(request.to.uri if request.method == "REGISTER" else request.from_.uri) or self.domains.default
+        if realm not in self.domains.domains and realm != self.domains.default:
+            realm = self.domains.default
+        return realm
+
+    # -- sipshield explain: the same rules, read only (no nonce issued, nothing noted) ---------
+
+    def explain_admission(self, context: Any) -> Explanation:
+        scratch = RequestContext(context.request, context.flow, route_set=context.route_set)  # as admission's own throwaway context
+        why = self._unchallenged(scratch)
+        if why is not None:
+            return Explanation.passes(self.name, why)
+        if context.assumed_user is not None:
+            return Explanation.passes(self.name, "credentials assumed (verified in the pipeline); no challenge")
+        return self._explain_challenge(context)
+
+    def explain(self, context: Any) -> Explanation:
+        why = self._unchallenged(context)
+        if why is not None:
+            if context.trusted:
+                why += f", acting with role {self.trusted_role}" if self.trusted_role else ", with no role ([auth] trusted_role unset)"
+            elif context.trunk is not None:
+                why += f": trunk {context.trunk}, roles {_listed(context.roles)}"
+            return Explanation.passes(self.name, why)
+        user = context.assumed_user
+        if user is None:
+            return self._explain_challenge(context)
+        self._authenticated(context, Identity(user[0], user[1], context.assumed_roles))
+        note = f" ({context.assumed_note})" if context.assumed_note else ""
+        return Explanation.passes(self.name, f"user {user[0]}@{user[1]} authenticated (assumed), roles {_listed(context.roles)}{note}")
+
+    def _explain_challenge(self, context: Any) -> Explanation:
+        request = context.request
+        realm = self._realm(request)
+        offer = self._offer(context.source[0])
+        status, phrase = _challenge_status(request.method)
+        bearer = self.bearer is not None and (context.flow.transport_name == "TLS" or not self.bearer.require_tls)
+        why = f"no credentials: challenged in realm {realm} with {', '.join(offer.algorithms)} ({offer.label})" + (" and Bearer" if bearer else "")
+        return Explanation.of(self.name, Decision.reply(status, phrase), why)
+
     def _credentials(self, request: Request, header: str, realm: str) -> DigestResponse | None:
         for value in request.headers.get_all(header):
             try:
@@ -330,8 +379,7 @@ class DigestAuthStage:
         return None
 
     def _challenge(self, request: Request, context: RequestContext, realm: str, stale: bool, bearer_error: str | None = None) -> Decision:
-        register = request.method == "REGISTER"
-        name = "WWW-Authenticate" if register else "Proxy-Authenticate"
+        name = "WWW-Authenticate" if request.method == "REGISTER" else "Proxy-Authenticate"
         nonce = self.nonces().issue(realm, context.source[0])
         algorithms = self._offer(context.source[0]).algorithms
         values = challenge_values(realm, nonce, algorithms, stale=stale)
@@ -339,7 +387,7 @@ class DigestAuthStage:
         if self.bearer is not None and (context.flow.transport_name == "TLS" or not self.bearer.require_tls):
             # RFC 8898 2.3: offer Bearer beside Digest.
             values.append(bearer_challenge(realm, self.bearer.authz_server, bearer_error))
-        return Decision.reply(401 if register else 407, "Unauthorized" if register else "Proxy Authentication Required", [(name, v) for v in values])
+        return Decision.reply(*_challenge_status(request.method), [(name, v) for v in values])
 
     def _note_challenge(self, context: RequestContext, realm: str, algorithms: Sequence[str]) -> None:
         if self.unanswered is not None:
@@ -429,6 +477,15 @@ class DigestAuthStage:
         return Decision.reply(500, "Authentication Error")
 
 
+def _challenge_status(method: str) -> tuple[int, str]:
+    """RFC 3261 22.1, 22.3: a REGISTER is challenged by the registrar, anything else by the proxy."""
+    return (401, "Unauthorized") if method == "REGISTER" else (407, "Proxy Authentication Required")
+
+
+def _listed(roles: Iterable[str]) -> str:
+    return ", ".join(sorted(roles)) or "none"
+
+
 def _refusal_events(failure: Failure, context: RequestContext, username: str) -> list[SecurityEvent]:
     source, transport = context.source[0], context.flow.transport_name
     why = failure.getErrorMessage() if failure.check(_NotOffered) else "credentials refused"
@@ -484,7 +541,7 @@ def _remove_realm(request: Request, header: str, realm: str) -> None:
         request.headers.add(header, value)
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable)
 class RBACStage:
     """Roles -> permissions (RFC-free policy, the design's RBAC).
 
@@ -514,27 +571,50 @@ class RBACStage:
         return perms
 
     def process(self, context: RequestContext) -> Decision:
+        return self._decide(context)[0]
+
+    def _decide(self, context: RequestContext) -> tuple[Decision, tuple[str, ...], str]:
+        """The decision, the permissions needed and why (constant strings: this
+        is on every request): the one reading of the policy, for ``process``
+        and ``explain``."""
         request = context.request
         method = request.method
         if method == "REGISTER":
-            needed = ["register"]
+            needed = _REGISTER
         elif method in _NO_CHALLENGE or _in_our_dialog(context) or self.domains.options_to_proxy(request):
-            return CONTINUE
+            return CONTINUE, (), "exempt (ACK, CANCEL, in our dialog, or an OPTIONS to the proxy)"
         else:
-            needed = ["call"] + (["call:external"] if self.is_external(request) else [])
+            needed = _CALL_EXTERNAL if self.is_external(request) else _CALL
         perms = self.permissions(context.roles)
         for permission in needed:
             if permission not in perms:
-                return Decision.reply(403, f"Forbidden: missing permission {permission}")
+                return Decision.reply(403, f"Forbidden: missing permission {permission}"), needed, "a permission is missing"
         user = context.user
         if user is None:
             if context.trusted:
-                return CONTINUE
-            return Decision.reply(403, "Forbidden: not authenticated")
+                return CONTINUE, needed, "a trusted source"
+            return _NOT_AUTHENTICATED, needed, "no authenticated user"
         username, domain = user
         if method == "REGISTER":
             if not self.domains.same_user(request.to.uri, username, domain):
-                return Decision.reply(403, "Forbidden: may only register your own address")
+                return _NOT_OWN_ADDRESS, needed, "To is not the authenticated user"
         elif context.trunk is None and not self.domains.same_user(request.from_.uri, username, domain):
-            return Decision.reply(403, "Forbidden: From does not match the authenticated user")
-        return CONTINUE
+            return _FROM_MISMATCH, needed, "From is not the authenticated user"
+        return CONTINUE, needed, "granted"
+
+    def explain(self, context: RequestContext) -> Explanation:
+        decision, needed, why = self._decide(context)  # reads the request and the context only
+        if not needed:
+            return Explanation.of(self.name, decision, why)
+        user = "" if context.user is None else f", user {context.user[0]}@{context.user[1]}"
+        external = " (an external route would carry it)" if "call:external" in needed else ""
+        granted = f"roles {_listed(context.roles)} grant {_listed(self.permissions(context.roles))}"
+        return Explanation.of(self.name, decision, f"{why}: needs {' and '.join(needed)}{external}; {granted}{user}")
+
+
+_REGISTER: tuple[str, ...] = ("register",)
+_CALL: tuple[str, ...] = ("call",)
+_CALL_EXTERNAL: tuple[str, ...] = ("call", "call:external")
+_NOT_AUTHENTICATED = Decision.reply(403, "Forbidden: not authenticated")
+_NOT_OWN_ADDRESS = Decision.reply(403, "Forbidden: may only register your own address")
+_FROM_MISMATCH = Decision.reply(403, "Forbidden: From does not match the authenticated user")

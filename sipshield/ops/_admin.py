@@ -31,6 +31,7 @@ checks every real response against.
     GET    /v1/top-talkers?limit=N    the sources sending the most requests (or auth failures: by=auth_failures), recently
     POST   /v1/tls/reload             read the certificate and key files again
     POST   /v1/reload                 read the configuration file again (its reloadable sections, and TLS)
+    POST   /v1/explain                {"request", "source", "user"?, "headers"?} -> which step decides what, and why
 """
 
 from __future__ import annotations
@@ -255,6 +256,8 @@ class AdminBackend:
     """Read the configuration file again and apply its reloadable sections (and the TLS files); raises ConfigError."""
     activity: Any = None
     """The ActivityMonitor (sipshield/ops/_rates.py): ``rates(window)``, ``talkers(limit, by)``; None: 404."""
+    explain: Callable[[str, str, str | None, Sequence[str]], defer.Deferred[dict[str, Any]]] | None = None
+    """``explain(request_line, source, user, headers)``: which step decides what, changing nothing; raises ValueError for bad input."""
 
 
 # -- resources ------------------------------------------------------------------------------------
@@ -453,6 +456,44 @@ class _TopTalkers(_JSONResource):
         return _send(request, 200, self.backend.activity.talkers(limit, by.decode()))
 
 
+class _Explain(_JSONResource):
+    """POST /v1/explain: {"request", "source", "user"?, "headers"?} -> the steps and the outcome (changes nothing)."""
+
+    def do_POST(self, request: Request) -> bytes | int:
+        explain = self.backend.explain
+        if explain is None:
+            return _error(request, 404, "explain is not available here")
+        try:
+            data = _body(request)
+            line, source, user, headers = data.get("request"), data.get("source", "udp"), data.get("user"), data.get("headers", [])
+            if not isinstance(line, str):
+                raise ValueError("request: a request line is required ('INVITE sip:bob@example.com SIP/2.0')")
+            if not isinstance(source, str):
+                raise ValueError("source: '[udp|tcp|tls] ADDRESS[:PORT]'")
+            if user is not None and not isinstance(user, str):
+                raise ValueError("user: a user name, or user@domain")
+            if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):
+                raise ValueError("headers: a list of 'Name: value' strings")
+            unknown = set(data) - {"request", "source", "user", "headers"}
+            if unknown:
+                raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+            d = explain(line, source, user, headers)
+        except ValueError as e:
+            return _error(request, 400, str(e))
+
+        def explained(result: dict[str, Any]) -> None:
+            request.write(_send(request, 200, result))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("admin API: explain failed", failure)
+            request.write(_error(request, 500, "internal error (logged)"))
+            request.finish()
+
+        d.addCallbacks(explained, failed)
+        return NOT_DONE_YET
+
+
 class _Forbidden(Resource):
     isLeaf = True
 
@@ -469,6 +510,7 @@ def _api(backend: AdminBackend) -> Resource:
     v1.putChild(b"registrations", _Registrations(backend))
     v1.putChild(b"rates", _Rates(backend))
     v1.putChild(b"top-talkers", _TopTalkers(backend))
+    v1.putChild(b"explain", _Explain(backend))
     v1.putChild(b"reload", _Reload(backend, lambda b: b.reload, "nothing to reload", "the running configuration"))
     tls = Resource()
     v1.putChild(b"tls", tls)

@@ -113,3 +113,12 @@ class AdminClient:
     def reload(self) -> dict[str, Any]:
         result: dict[str, Any] = self.request("POST", "/v1/reload")
         return result
+
+    def explain(self, request: str, source: str, user: str | None = None, headers: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"request": request, "source": source}
+        if user is not None:
+            body["user"] = user
+        if headers:
+            body["headers"] = headers
+        result: dict[str, Any] = self.request("POST", "/v1/explain", body)
+        return result

@@ -22,11 +22,12 @@ support the scheme, over TLS.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.message import URI, Request
 from sipshield.proxy._decision import Decision
+from sipshield.proxy._explain import Explanation
 
 if TYPE_CHECKING:
     from sipshield.transport import Flow
@@ -75,6 +76,19 @@ class SipsAdmission:
         if not arrived_in_clear(request, flow):
             return None
         if self.events is not None:
-            self.events.emit(SecurityEvent(SIPS_REFUSED, flow.remote[0], flow.transport_name, None,
-                                           f"{request.method} to a sips: Request-URI over {flow.transport_name}"))
+            self.events.emit(SecurityEvent(SIPS_REFUSED, flow.remote[0], flow.transport_name, None, self._why(request, flow)))
+        return self._refusal(flow)
+
+    @staticmethod
+    def _why(request: Request, flow: Flow) -> str:
+        return f"{request.method} to a sips: Request-URI over {flow.transport_name}"
+
+    @staticmethod
+    def _refusal(flow: Flow) -> Decision:
         return Decision.reply(SIPS_STATUS, SIPS_REASON_INBOUND, (sips_warning(SIPS_REQUIRED, flow.local),))
+
+    def explain_admission(self, context: Any) -> Explanation:
+        request, flow = context.request, context.flow
+        if not arrived_in_clear(request, flow):
+            return Explanation.passes(self.name, "not a sips: Request-URI in clear")
+        return Explanation.of(self.name, self._refusal(flow), self._why(request, flow) + " (RFC 5630)")

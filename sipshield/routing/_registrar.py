@@ -20,9 +20,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
-from sipshield.interfaces import IPipelineStage
+from sipshield.interfaces import IExplainable, IPipelineStage
 from sipshield.message import URI, Address, Contact, ParseError, Request
 from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
+from sipshield.proxy._explain import Explanation
 from sipshield.proxy._sips import SIPS_NOT_ALLOWED, SIPS_REASON_OUTBOUND, SIPS_STATUS, sips_warning
 from sipshield.state import Binding, StoreUnavailable, aor_of
 
@@ -133,7 +134,7 @@ def _served(domains: frozenset[str], is_local: IsLocal | None, host: str, port: 
     return host in domains or (is_local is not None and is_local(host, port))
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable)
 class Registrar:
     """A registrar for ``domains`` (RFC 3261 10.3), storing bindings in ``store``.
 
@@ -248,6 +249,21 @@ class Registrar:
         keys = ("aor " + checked[0],) if context.identity is None else ("aor " + checked[0], "identity " + context.identity)
         work = lambda: defer.ensureDeferred(self._register(context, *checked))  # noqa: E731
         return defer.ensureDeferred(self._serial.run(keys, work)).addErrback(self._guard.failed, self.name)
+
+    def explain(self, context: RequestContext) -> Explanation:
+        request = context.request
+        if request.method != "REGISTER":
+            return Explanation.passes(self.name, "not a REGISTER")
+        uri = request.uri
+        if not uri.is_sip or not uri.host or not _served(self.domains, self.is_local, uri.host, uri.port):
+            return Explanation.passes(self.name, f"not a REGISTER for our domains ({uri.host})")
+        try:
+            checked = self._check(context, request, uri)  # reads the request only
+        except ParseError as e:
+            return Explanation.of(self.name, Decision.reply(e.status, e.reason), "a malformed header")
+        if isinstance(checked, Decision):
+            return Explanation.of(self.name, checked, "RFC 3261 10.3 checks")
+        return Explanation(self.name, "register", f"would update the bindings of {checked[0]} (the store's caps then decide: 200, 403, 503); nothing is stored now", decides=True)
 
     # -- RFC 3261 10.3 steps 2-7, before touching the store ------------------------
 
@@ -427,7 +443,7 @@ def _reg_id(contact: Contact) -> int | None:
     return int(value) if value is not None and value.isdigit() and len(value) < 10 else None
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable)
 class LocationLookup:
     """Relay a request for a registered user to its contacts (RFC 3261 16.5, 16.6).
 
@@ -501,12 +517,7 @@ class LocationLookup:
         return self._guard.call(d).addCallbacks(self._targets, self._guard.failed, callbackArgs=(context,), errbackArgs=(self.name,))
 
     def _targets(self, bindings: list[Binding], context: RequestContext) -> Decision:
-        sips = context.request.uri.scheme == "sips"
-        targets = [
-            Target(uri=URI.parse(b.contact), q=b.q, route=b.path, source=b.source)
-            for b in bindings
-            if not sips or b.contact[:5].lower() == "sips:"
-        ]
+        targets = _usable(bindings, context.request)
         if targets:
             return Decision.relay(targets)
         if bindings:
@@ -521,7 +532,43 @@ class LocationLookup:
             user = context.user
             self.events.emit(SecurityEvent(SIPS_REFUSED, flow.remote[0], flow.transport_name, None if user is None else user[0],
                                            f"{context.request.method} {context.request.uri}: {count} contact(s), none of them sips:"))
-        return Decision.reply(SIPS_STATUS, SIPS_REASON_OUTBOUND, (sips_warning(SIPS_NOT_ALLOWED, flow.local),))
+        return _sips_refusal(flow)
+
+    def explain(self, context: RequestContext) -> Explanation | Deferred[Explanation]:
+        request = context.request
+        uri = request.uri
+        if request.method == "REGISTER" or not uri.user or not uri.is_sip or not _served(self.domains, self.is_local, uri.host or "", uri.port):
+            return Explanation.passes(self.name, "not a request for a user of our domains")
+        aor = aor_of(uri)
+
+        def found(bindings: list[Binding]) -> Explanation:
+            targets = _usable(bindings, request)
+            if targets:
+                return Explanation.of(self.name, Decision.relay(targets), f"{len(targets)} registered contact(s) of {aor}")
+            if bindings:
+                return Explanation.of(self.name, _sips_refusal(context.flow), f"{len(bindings)} contact(s) of {aor}, none of them sips:")
+            return Explanation.of(self.name, self.miss, f"{aor} has no registered contact")
+
+        def failed(failure: Failure) -> Explanation:
+            return Explanation(self.name, "not explained", f"the location store did not answer: {failure.getErrorMessage()}")
+
+        if self._bindings_now is not None:
+            return found(self._bindings_now(aor))
+        return self._guard.call(self.store.bindings(aor)).addCallbacks(found, failed)
+
+
+def _usable(bindings: list[Binding], request: Request) -> list[Target]:
+    """The targets of *bindings* for *request*: for a sips: Request-URI, its sips: contacts only."""
+    sips = request.uri.scheme == "sips"
+    return [
+        Target(uri=URI.parse(b.contact), q=b.q, route=b.path, source=b.source)
+        for b in bindings
+        if not sips or b.contact[:5].lower() == "sips:"
+    ]
+
+
+def _sips_refusal(flow: Any) -> Decision:
+    return Decision.reply(SIPS_STATUS, SIPS_REASON_OUTBOUND, (sips_warning(SIPS_NOT_ALLOWED, flow.local),))
 
 
 def _keep(result: Any, box: list[Any]) -> Any:

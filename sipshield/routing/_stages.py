@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
-from sipshield.interfaces import IPipelineStage
+from sipshield.interfaces import IExplainable, IExplainableAdmission, IPipelineStage
 from sipshield.message import URI
 from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
 from sipshield.proxy._branch import is_loop
+from sipshield.proxy._explain import Explanation
 
 if TYPE_CHECKING:
     from sipshield.message import Request
@@ -37,7 +38,7 @@ def _request_host(request: Request) -> str | None:
     return uri.host if uri.scheme in ("sip", "sips") else None
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable, IExplainableAdmission)
 class SanityStage:
     """RFC 3261 16.3 request validation: URI scheme (416), Max-Forwards (483),
     loop detection (482), Proxy-Require (420 with Unsupported).
@@ -71,13 +72,22 @@ class SanityStage:
             return Decision.reply(420, "Bad Extension", [("Unsupported", ", ".join(unsupported))])
         return None
 
+    def explain_admission(self, context: RequestContext) -> Explanation:
+        decision = self.admission(context.request, context.flow)  # reads the request only
+        return Explanation.of(self.name, decision, "RFC 3261 16.3 checks" + (" failed" if decision is not None else " pass (scheme, Max-Forwards, loop, Proxy-Require)"))
+
+    def explain(self, context: RequestContext) -> Explanation:
+        if self in context.admitted_by:
+            return Explanation.passes(self.name, "checked at admission")
+        return self.explain_admission(context)
+
 
 def _to_self(request: Request, is_local: IsLocal) -> bool:
     host = _request_host(request)
     return host is not None and not request.uri.user and is_local(host, request.uri.port)
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable, IExplainableAdmission)
 class OptionsStage:
     """Answer OPTIONS addressed to the proxy itself (no user part) with 200
     and its capabilities (RFC 3261 11.2), statelessly at admission."""
@@ -103,6 +113,15 @@ class OptionsStage:
             return Decision.reply(200, "OK", self.headers)
         return None
 
+    def explain_admission(self, context: RequestContext) -> Explanation:
+        decision = self.admission(context.request, context.flow)  # reads the request only
+        return Explanation.of(self.name, decision, "an OPTIONS to the proxy itself" if decision is not None else "not an OPTIONS to the proxy itself")
+
+    def explain(self, context: RequestContext) -> Explanation:
+        if self in context.admitted_by:
+            return Explanation.passes(self.name, "checked at admission")
+        return self.explain_admission(context)
+
 
 @dataclass(frozen=True)
 class StaticRoute:
@@ -125,8 +144,14 @@ class StaticRoute:
                 return False
         return True
 
+    def describe(self) -> str:
+        what = [f"domain {self.match_domain}"] if self.match_domain is not None else []
+        if self.match_user_prefix is not None:
+            what.append(f"user prefix {self.match_user_prefix}")
+        return " and ".join(what or ["any request"]) + (", external" if self.external else "")
 
-@implementer(IPipelineStage)
+
+@implementer(IPipelineStage, IExplainable)
 class StaticRoutes:
     """Relay requests matching a configured route to its target; the first
     matching route wins.  The Request-URI is kept; the target is the next hop
@@ -141,15 +166,36 @@ class StaticRoutes:
         request = context.request
         if request.method == "REGISTER":
             return CONTINUE
+        found = self.match(request)
+        if found is None:
+            return CONTINUE
+        route, target = found
+        if route.external:
+            context.external = True
+        return Decision.relay([Target(uri=request.uri, next_hop=target)])
+
+    def match(self, request: Request) -> tuple[StaticRoute, URI] | None:
+        """The first route that matches *request*, with its target."""
         for route, target in self.routes:
             if route.matches(request):
-                if route.external:
-                    context.external = True
-                return Decision.relay([Target(uri=request.uri, next_hop=target)])
-        return CONTINUE
+                return route, target
+        return None
+
+    def explain(self, context: RequestContext) -> Explanation:
+        request = context.request
+        if request.method == "REGISTER":
+            return Explanation.passes(self.name, "REGISTER is not routed")
+        found = self.match(request)
+        if found is None:
+            return Explanation.passes(self.name, f"no [[routes]] entry matches (of {len(self.routes)})")
+        route, target = found
+        if route.external:
+            context.external = True
+        index = next(i for i, (r, _) in enumerate(self.routes) if r is route)
+        return Explanation.of(self.name, Decision.relay([Target(uri=request.uri, next_hop=target)]), f"[[routes]] #{index} ({route.describe()})")
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable)
 class FinalStage:
     """Nothing settled the request: 404 for our own domains, 403 for others
     (the proxy is not an open relay)."""
@@ -165,8 +211,17 @@ class FinalStage:
             return Decision.reply(404, "Not Found")
         return Decision.reply(403, "Relaying Denied")
 
+    def explain(self, context: RequestContext) -> Explanation:
+        decision = self.process(context)  # reads the request only
+        why = "nothing settled a request for us" if decision.status == 404 else "not for one of our domains and no route carries it (no open relay)"
+        return Explanation.of(self.name, decision, why)
 
-@implementer(IPipelineStage)
+
+_NOT_HERE = Decision.reply(404, "Not Here")
+_PRELOADED = Decision.reply(403, "Forbidden: preloaded Route")
+
+
+@implementer(IPipelineStage, IExplainable)
 class DialogStage:
     """In-dialog and pre-routed requests follow their route set (RFC 3261
     16.4, 16.12): a request that still carries Route headers after the proxy
@@ -181,22 +236,28 @@ class DialogStage:
         self.is_local = is_local
 
     def process(self, context: RequestContext) -> Decision:
+        return self._decide(context)[0]
+
+    def _decide(self, context: RequestContext) -> tuple[Decision, str]:
         request = context.request
         if request.method == "REGISTER":
-            return CONTINUE
+            return CONTINUE, "REGISTER has no route set"
         in_dialog = request.to.tag is not None
         if in_dialog and not context.route_set:
             # A mid-dialog request must come through a route set we
             # record-routed; anything else would turn the proxy into an open
             # relay for requests that merely carry a To tag.
-            return Decision.reply(404, "Not Here")
+            return _NOT_HERE, "a To tag without our verified Record-Route token"
         if not in_dialog and "Route" in request.headers and not context.trusted:
             # A route set pre-loaded by an untrusted client would let it pick
             # any next hop (a gateway) past the routing and its permissions.
-            return Decision.reply(403, "Forbidden: preloaded Route")
+            return _PRELOADED, "a preloaded Route from an untrusted source"
         if in_dialog or "Route" in request.headers:
             host = _request_host(request)
             if host is not None and self.is_local(host, request.uri.port) and "Route" not in request.headers:
-                return CONTINUE  # addressed to us: nothing to follow
-            return Decision.relay([Target(uri=request.uri)])
-        return CONTINUE
+                return CONTINUE, "addressed to us: nothing to follow"
+            return Decision.relay([Target(uri=request.uri)]), "follows its route set"
+        return CONTINUE, "out of dialog, no Route"
+
+    def explain(self, context: RequestContext) -> Explanation:
+        return Explanation.of(self.name, *self._decide(context))  # reads the request only

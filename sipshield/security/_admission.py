@@ -24,13 +24,17 @@ from zope.interface import implementer
 
 from sipshield.config import Config
 from sipshield.events import ACL_DENY, RATE_LIMIT, SCANNER, SecurityEvent, SecurityEvents
-from sipshield.interfaces import IAdmissionStep, IPipelineStage
+from sipshield.interfaces import IAdmissionStep, IExplainable, IExplainableAdmission, IPipelineStage
 from sipshield.message import Request
 from sipshield.proxy import CONTINUE, DROP, Decision, RequestContext
+from sipshield.proxy._explain import Explanation
 from sipshield.security._bans import BanPolicy
 from sipshield.state import ShieldState
 
 __all__ = ["SCANNER_USER_AGENTS", "ACLRule", "AccessList", "Bucket", "RateLimiter", "ScannerBlock", "UserRateLimiter", "build_admission_steps", "rate_refusal"]
+
+_PROBED = frozenset(("REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE", "MESSAGE"))
+"""The methods whose distinct To users count as probing."""
 
 SCANNER_USER_AGENTS = ("friendly-scanner", "sipvicious", "sipcli", "vaxsipuseragent", "sipscan", "sundayddr", "iwar", "sip-scan", "pplsip")
 """User-Agent substrings of SIP scanners and war-dialers (compared without case)."""
@@ -41,7 +45,7 @@ def _proven(flow: Any) -> bool:
     return bool(flow.reliable)
 
 
-@implementer(IAdmissionStep)
+@implementer(IAdmissionStep, IExplainableAdmission)
 class ScannerBlock:
     """Drop requests whose User-Agent names a scanner; ban a proven source
     (TCP/TLS) that sends one, and one that probes many distinct users.
@@ -70,16 +74,43 @@ class ScannerBlock:
         self.dropped = 0
 
     def admission(self, request: Request, flow: Any) -> Decision | None:
-        pattern = self._pattern
-        if pattern is not None:
-            user_agent = request.headers.get("User-Agent")
-            if user_agent is not None and pattern.search(user_agent.lower()) is not None:
-                self.dropped += 1
-                self._report(flow, f"scanner User-Agent {user_agent[:80]!r}", ban=_proven(flow))
-                return DROP
-        if self.bans is not None and _proven(flow) and request.method in ("REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE", "MESSAGE"):
+        user_agent = self.scanner_agent(request)
+        if user_agent is not None:
+            self.dropped += 1
+            self._report(flow, f"scanner User-Agent {user_agent[:80]!r}", ban=_proven(flow))
+            return DROP
+        if self._counts_probes(request, flow):
             return self._probing(request, flow)
         return None
+
+    def scanner_agent(self, request: Request) -> str | None:
+        """The request's User-Agent when it names a scanner, else None."""
+        pattern = self._pattern
+        if pattern is None:
+            return None
+        user_agent = request.headers.get("User-Agent")
+        if user_agent is not None and pattern.search(user_agent.lower()) is not None:
+            return user_agent
+        return None
+
+    def _counts_probes(self, request: Request, flow: Any) -> bool:
+        return self.bans is not None and _proven(flow) and request.method in _PROBED
+
+    def explain_admission(self, context: Any) -> Explanation:
+        request, flow = context.request, context.flow
+        user_agent = self.scanner_agent(request)
+        if user_agent is not None:
+            banned = " and bans the source (proven over TCP/TLS)" if _proven(flow) and self.bans is not None else ""
+            return Explanation.of(self.name, DROP, f"User-Agent {user_agent[:80]!r} names a scanner: dropped{banned}")
+        if not self._counts_probes(request, flow):
+            return Explanation.passes(self.name, "no scanner User-Agent" + ("" if _proven(flow) else "; probing is counted over TCP/TLS only"))
+        user, source, now = request.to.uri.user or "", flow.remote[0], self.reactor.seconds()
+        seen = self.state.recent(f"probe:{source}:{user}", self.window, now) > 0
+        distinct = self.state.recent("probes:" + source, self.window, now)
+        counted = f"{distinct} distinct users probed from {source} in {self.window:g} s (at most {self.max_users})"
+        if not seen and distinct + 1 > self.max_users:
+            return Explanation.of(self.name, DROP, f"one more user than allowed: {counted}; the source would be banned")
+        return Explanation.passes(self.name, f"no scanner User-Agent; {counted}")
 
     def _probing(self, request: Request, flow: Any) -> Decision | None:
         user = request.to.uri.user or ""
@@ -113,10 +144,27 @@ class Bucket:
 
     def over(self, what: str, events: SecurityEvents | None, source: str, transport: str, user: str | None) -> str:
         """Report a request over this bucket (a ``rate-limit`` event); the reason."""
-        reason = f"over {self.rate:g} {what}/s (burst {self.burst:g})"
+        reason = self.describe(what)
         if events is not None:
             events.emit(SecurityEvent(RATE_LIMIT, source, transport, user, reason))
         return reason
+
+
+    def describe(self, what: str) -> str:
+        return f"over {self.rate:g} {what}/s (burst {self.burst:g})"
+
+    def explain(self, state: ShieldState, key: str, what: str, now: float) -> tuple[bool, str]:
+        """Would a request now find a token in *key*'s bucket (read, none taken), and the tokens it holds."""
+        tokens = state.tokens(key, self.rate, self.burst, now)
+        if tokens >= 1.0:
+            return True, f"{what}: {tokens:.1f} of {self.burst:g} tokens left ({self.rate:g}/s)"
+        return False, f"{self.describe(what)}: {tokens:.2f} tokens left"
+
+
+def _acl_why(index: int | None, allowed: bool) -> str:
+    if index is not None:
+        return f"rule {index}"
+    return "default allow" if allowed else "default deny"
 
 
 def rate_refusal(action: str, retry_after: int) -> Decision:
@@ -126,7 +174,7 @@ def rate_refusal(action: str, retry_after: int) -> Decision:
     return DROP if action == "drop" else Decision.reply(503, "Rate Limit Exceeded", [("Retry-After", str(retry_after))])
 
 
-@implementer(IAdmissionStep)
+@implementer(IAdmissionStep, IExplainableAdmission)
 class RateLimiter:
     """Token buckets per source (every new request) and per source and
     method; over a limit, a stateless ``503`` with Retry-After or a drop
@@ -157,24 +205,48 @@ class RateLimiter:
         self.refused = 0
 
     def admission(self, request: Request, flow: Any) -> Decision | None:
-        method = request.method
-        if method in ("ACK", "CANCEL"):
+        if self.unlimited(request, flow) is not None:
             return None
         source = flow.remote[0]
-        exempt = self.exempt
-        if exempt is not None and exempt(source, flow.transport_name):
-            return None
-        if flow.secure and flow.peer_certificate() is not None:
-            return None
         now = self.reactor.seconds()
         take = self.state.take
-        per_source = self.per_source
-        if per_source is not None and not take("rate:" + source, per_source.rate, per_source.burst, now):
-            return self._over(flow, "requests", per_source, now)
-        bucket = self.per_method.get(method)
-        if bucket is not None and not take(f"rate:{source}:{method}", bucket.rate, bucket.burst, now):
-            return self._over(flow, method, bucket, now)
+        for what, bucket, key in self._buckets(source, request.method):
+            if bucket is not None and not take(key, bucket.rate, bucket.burst, now):
+                return self._over(flow, what, bucket, now)
         return None
+
+    def unlimited(self, request: Request, flow: Any) -> str | None:
+        """Why no limit applies to this request, or None when its buckets decide."""
+        if request.method in ("ACK", "CANCEL"):
+            return "ACK and CANCEL are never limited"
+        exempt = self.exempt
+        if exempt is not None and exempt(flow.remote[0], flow.transport_name):
+            return "the source is exempt ([ratelimit] allowlist or a trusted source)"
+        if flow.secure and flow.peer_certificate() is not None:
+            return "a TLS client certificate (a trunk) is not limited"
+        return None
+
+    def _buckets(self, source: str, method: str) -> tuple[tuple[str, Bucket | None, str], ...]:
+        """(what, bucket, key) of each bucket a request takes from, in order."""
+        return (("requests", self.per_source, "rate:" + source), (method, self.per_method.get(method), f"rate:{source}:{method}"))
+
+    def explain_admission(self, context: Any) -> Explanation:
+        request, flow = context.request, context.flow
+        why = self.unlimited(request, flow)
+        if why is not None:
+            return Explanation.passes(self.name, why)
+        source, now = flow.remote[0], self.reactor.seconds()
+        seen = []
+        for what, bucket, key in self._buckets(source, request.method):
+            if bucket is None:
+                continue
+            within, text = bucket.explain(self.state, key, what, now)
+            if not within:
+                if self.ban_after and self.bans is not None and _proven(flow) and self.state.recent("over:" + source, self.ban_window, now) + 1 >= self.ban_after:
+                    return Explanation.of(self.name, DROP, f"{text}; the source would be banned ({self.ban_after} times within {self.ban_window:g} s)")
+                return Explanation.of(self.name, self.refusal, text)
+            seen.append(text)
+        return Explanation.passes(self.name, "within its limits: " + "; ".join(seen) if seen else f"no limit set for {request.method}")
 
     def _over(self, flow: Any, what: str, bucket: Bucket, now: float) -> Decision:
         self.refused += 1
@@ -188,7 +260,7 @@ class RateLimiter:
         return self.refusal
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable)
 class UserRateLimiter:
     """The ``ratelimit`` stage: token buckets per authenticated user (every
     new request, whatever its source) and per user and method, once the
@@ -215,21 +287,49 @@ class UserRateLimiter:
 
     def process(self, context: RequestContext) -> Decision:
         user = context.user
-        if user is None or context.trunk is not None:  # a trusted source has no user
+        if user is None or self.unlimited(context) is not None:
             return CONTINUE
         flow = context.flow
         source, transport = flow.remote[0], flow.transport_name
-        if self.exempt is not None and self.exempt(source, transport):
-            return CONTINUE
-        key = context.identity or f"{user[0]}@{user[1]}"
         now = self.reactor.seconds()
-        method = context.request.method
-        for what, bucket, bucket_key in (("requests", self.per_user, "urate:" + key), (method, self.per_method.get(method), f"urate:{key}:{method}")):
+        for what, bucket, bucket_key in self._buckets(context):
             if bucket is not None and not self.state.take(bucket_key, bucket.rate, bucket.burst, now):
                 self.refused += 1
                 bucket.over(f"{what} of user", self.events, source, transport, f"{user[0]}@{user[1]}")
                 return self.refusal
         return CONTINUE
+
+    def unlimited(self, context: RequestContext) -> str | None:
+        """Why no per-user limit applies, or None when the user's buckets decide."""
+        if context.user is None:
+            return "no authenticated user (in dialog, or a trusted source)"
+        if context.trunk is not None:
+            return "a trunk (mTLS) is not limited per user"
+        flow = context.flow
+        if self.exempt is not None and self.exempt(flow.remote[0], flow.transport_name):
+            return "the source is exempt ([ratelimit] allowlist or a trusted source)"
+        return None
+
+    def _buckets(self, context: RequestContext) -> tuple[tuple[str, Bucket | None, str], ...]:
+        user = context.user
+        key = context.identity or (f"{user[0]}@{user[1]}" if user is not None else "")
+        method = context.request.method
+        return (("requests", self.per_user, "urate:" + key), (method, self.per_method.get(method), f"urate:{key}:{method}"))
+
+    def explain(self, context: RequestContext) -> Explanation:
+        why = self.unlimited(context)
+        if why is not None:
+            return Explanation.passes(self.name, why)
+        now = self.reactor.seconds()
+        seen = []
+        for what, bucket, key in self._buckets(context):
+            if bucket is None:
+                continue
+            within, text = bucket.explain(self.state, key, f"{what} of user", now)
+            if not within:
+                return Explanation.of(self.name, self.refusal, text)
+            seen.append(text)
+        return Explanation.passes(self.name, "within the user's limits: " + "; ".join(seen) if seen else "no per-user limit set")
 
 
 def build_admission_steps(
@@ -286,8 +386,17 @@ class ACLRule:
                 return False
         return self.networks is None or any(True for _ in self.networks.matching(flow.remote[0]))
 
+    def describe(self) -> str:
+        """The rule as its config says it: ``deny 203.0.113.0/24 INVITE, REGISTER on udp:5060``."""
+        parts = ["allow" if self.allow else "deny", "any source" if self.networks is None else ", ".join(str(n) for n, _ in self.networks.entries)]
+        if self.methods:
+            parts.append(", ".join(sorted(self.methods)))
+        if self.listeners:
+            parts.append("on " + ", ".join(t.lower() if p is None else f"{t.lower()}:{p}" for t, p in self.listeners))
+        return " ".join(parts)
 
-@implementer(IAdmissionStep)
+
+@implementer(IAdmissionStep, IExplainableAdmission)
 class AccessList:
     """CIDR allow/deny rules, globally, per listener and per method; the
     first rule that matches decides, ``default_allow`` when none does.  A
@@ -309,10 +418,30 @@ class AccessList:
     def admission(self, request: Request, flow: Any) -> Decision | None:
         if request.method == "ACK":
             return None
+        allowed, index = self.match(request, flow)
+        return None if allowed else self._deny(request, flow, _acl_why(index, allowed))
+
+    def match(self, request: Request, flow: Any) -> tuple[bool, int | None]:
+        """Whether the request is allowed, and the index of the rule that
+        says so (None: no rule matched, ``default_allow`` decides).  The
+        one reading of the rules, for ``admission`` and ``explain_admission``."""
         for index, rule in enumerate(self.rules):
             if rule.matches(request, flow):
-                return None if rule.allow else self._deny(request, flow, f"rule {index}")
-        return None if self.default_allow else self._deny(request, flow, "default deny")
+                return rule.allow, index
+        return self.default_allow, None
+
+    def explain_admission(self, context: Any) -> Explanation:
+        request, flow = context.request, context.flow
+        if request.method == "ACK":
+            return Explanation.passes(self.name, "ACKs are not checked")
+        allowed, index = self.match(request, flow)
+        why = _acl_why(index, allowed)
+        if index is not None:
+            why += f" ({self.rules[index].describe()})"
+        source = f"{flow.transport_name} {flow.remote[0]} to port {flow.local[1]}"
+        if allowed:
+            return Explanation.passes(self.name, f"{request.method} from {source} allowed by acl {why}")
+        return Explanation.of(self.name, self.refusal, f"{request.method} from {source} denied by acl {why}")
 
     def _deny(self, request: Request, flow: Any, why: str) -> Decision:
         self.denied += 1

@@ -37,6 +37,8 @@ from twisted.logger import Logger
 
 from sipshield.config import Config
 from sipshield.events import AUTH_FAILURE, BAN, TLS_HANDSHAKE_FAILURE, UNBAN, SecurityEvent, SecurityEvents, printable
+from sipshield.proxy import DROP
+from sipshield.proxy._explain import Explanation
 from sipshield.state import Ban, MemoryShieldState, ShieldState
 
 __all__ = ["BanFile", "BanObserver", "BanPolicy", "ban_key", "build_ban_policy", "host_key"]
@@ -190,11 +192,26 @@ class BanPolicy:
         if ":" not in host:
             banned = state.banned(host, now) is not None
         else:
-            # An IPv6 host is banned with its network, or alone (next to an allowlisted address).
-            banned = state.banned(ban_key(host, self.ipv6_prefix), now) is not None or state.banned(host_key(host), now) is not None
+            banned = any(state.banned(key, now) is not None for key in self._keys(host))
         if banned:
             self.dropped += 1
         return banned
+
+    def _keys(self, host: str) -> tuple[str, ...]:
+        """The keys a ban on *host* may be held under: an IPv6 host is banned
+        with its network, or alone (next to an allowlisted address)."""
+        return (host,) if ":" not in host else (ban_key(host, self.ipv6_prefix), host_key(host))
+
+    def explain_source(self, host: str) -> Explanation:
+        """The transports' check for ``sipshield explain``: the ban in force on *host*, read only."""
+        now = self.reactor.seconds()
+        for key in self._keys(host):
+            ban = self.state.ban_in_force(key, now)
+            if ban is not None:
+                return Explanation.of("bans", DROP, f"{key} is banned for {ban.until - now:.0f} s more: {ban.reason} (datagrams dropped unparsed, connections refused)")
+        if self._allowed(host):
+            return Explanation.passes("bans", f"{host} is in [bans] allowlist: never banned")
+        return Explanation.passes("bans", f"{host} is not banned")
 
     # -- observing the security events ------------------------------------------------------
 

@@ -43,9 +43,10 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from sipshield.events import TOLL_FRAUD, SecurityEvent, SecurityEvents
-from sipshield.interfaces import IPipelineStage
+from sipshield.interfaces import IExplainable, IPipelineStage
 from sipshield.message import Request, Response
 from sipshield.proxy import CONTINUE, Decision, RequestContext
+from sipshield.proxy._explain import Explanation
 from sipshield.state import ShieldState
 
 __all__ = ["EgressPolicy", "RolePrefixes"]
@@ -64,7 +65,7 @@ class RolePrefixes:
         return not self.allow or any(number.startswith(p) for p in self.allow)
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable)
 class EgressPolicy:
     """The ``egress`` stage (see the module docstring)."""
 
@@ -93,25 +94,62 @@ class EgressPolicy:
         if request.method != "INVITE" or not self.is_external(request):
             return CONTINUE
         number = request.uri.canonical_user or ""
-        restricted = [self.roles[r] for r in sorted(context.roles) if r in self.roles]
-        if restricted and not any(rule.permits(number) for rule in restricted):
-            return self._refuse(context, number, "Forbidden: destination not allowed for your role", "destination not allowed for the caller's roles")
+        if not self._may_dial(context, number):
+            return self._refuse(context, number, *_DESTINATION)
         user = context.user
         if user is None or context.trunk is not None or not self.max_calls_per_minute:
             return CONTINUE
         key = f"egress:{user[0]}@{user[1]}"
         calls = self.state.hit(key, 60.0, self.reactor.seconds(), self.max_calls_per_minute + 1)
         if calls > self.max_calls_per_minute:
-            return self._refuse(context, number, "Forbidden: external call limit reached", f"over {self.max_calls_per_minute} external calls a minute")
+            return self._refuse(context, number, *self._per_minute())
         limit = self.max_concurrent_calls
         if limit:
             now = self.reactor.seconds()
             if not self.state.open_call(key, _call_key(request.call_id, request.from_.tag), limit, now + self.max_call_duration, now):
-                return self._refuse(
-                    context, number, "Forbidden: too many external calls at once", f"over {limit} external calls at once (or this one counted already)",
-                )
+                return self._refuse(context, number, *self._at_once())
             context.response_hooks += (self._invite_answered,)
         return CONTINUE
+
+    def _may_dial(self, context: RequestContext, number: str) -> bool:
+        """May the caller's roles dial *number* (any of its restricted roles allows it)?"""
+        restricted = [self.roles[r] for r in sorted(context.roles) if r in self.roles]
+        return not restricted or any(rule.permits(number) for rule in restricted)
+
+    def _per_minute(self) -> tuple[str, str]:
+        return "Forbidden: external call limit reached", f"over {self.max_calls_per_minute} external calls a minute"
+
+    def _at_once(self) -> tuple[str, str]:
+        return "Forbidden: too many external calls at once", f"over {self.max_concurrent_calls} external calls at once (or this one counted already)"
+
+    def explain(self, context: RequestContext) -> Explanation:
+        """What ``process`` would decide, read from the same counts (none taken)."""
+        request = context.request
+        if request.to.tag is not None:
+            return Explanation.passes(self.name, "in dialog: not checked")
+        if request.method != "INVITE" or not self.is_external(request):
+            return Explanation.passes(self.name, "not an INVITE an external route would carry")
+        number = request.uri.canonical_user or ""
+        roles = ", ".join(sorted(context.roles)) or "none"
+        if not self._may_dial(context, number):
+            return Explanation.of(self.name, Decision.reply(403, _DESTINATION[0]), f"{number[:40]} is not allowed for roles {roles} ([egress.roles])")
+        user = context.user
+        if user is None or context.trunk is not None or not self.max_calls_per_minute:
+            return Explanation.passes(self.name, f"{number[:40]} allowed for roles {roles}; no per-user call limit applies")
+        key = f"egress:{user[0]}@{user[1]}"
+        now = self.reactor.seconds()
+        calls = self.state.recent(key, 60.0, now) + 1
+        if calls > self.max_calls_per_minute:
+            reason, why = self._per_minute()
+            return Explanation.of(self.name, Decision.reply(403, reason), f"{why}: this would be call {calls}")
+        counted = f"call {calls} of {self.max_calls_per_minute} this minute"
+        if self.max_concurrent_calls:
+            up = self.state.calls_open(key, now)
+            if up >= self.max_concurrent_calls:
+                reason, why = self._at_once()
+                return Explanation.of(self.name, Decision.reply(403, reason), f"{why}: {up} up now")
+            counted += f", {up} of {self.max_concurrent_calls} up at once"
+        return Explanation.passes(self.name, f"{number[:40]} allowed for roles {roles}; {counted}")
 
     def _invite_answered(self, context: RequestContext, response: Response) -> None:
         """The INVITE's final answer: a 2xx keeps the call counted, with the
@@ -142,6 +180,9 @@ class EgressPolicy:
             user = None if context.user is None else f"{context.user[0]}@{context.user[1]}"
             self.events.emit(SecurityEvent(TOLL_FRAUD, context.source[0], context.flow.transport_name, user, f"{why}: {number[:40]}"))
         return Decision.reply(403, reason)
+
+
+_DESTINATION = ("Forbidden: destination not allowed for your role", "destination not allowed for the caller's roles")
 
 
 def _call_key(call_id: str, from_tag: str | None) -> str:

@@ -42,9 +42,10 @@ from zope.interface import implementer
 
 from sipshield.config import SRTP_MODES
 from sipshield.events import SRTP_PLAIN, SRTP_REFUSED, SecurityEvent, SecurityEvents
-from sipshield.interfaces import IPipelineStage
+from sipshield.interfaces import IExplainable, IPipelineStage
 from sipshield.message import MediaSection, Message, Request, Response, SDPError, media_sections
 from sipshield.proxy import CONTINUE, BranchCheck, Decision, RequestContext, ResponseFilter
+from sipshield.proxy._explain import Explanation
 from sipshield.transport import Flow
 
 __all__ = ["CHECKED_METHODS", "SRTP_MODES", "MediaPolicy", "MediaRefusal", "srtp_refusal"]
@@ -130,7 +131,7 @@ def _sdes_keys(message: Message) -> bool:
     return any(s.crypto and s.port != 0 and s.media in _CHECKED_MEDIA for s in sections or ())
 
 
-@implementer(IPipelineStage)
+@implementer(IPipelineStage, IExplainable)
 class MediaPolicy:
     """The ``media`` stage (see the module docstring), and the response
     filter it puts on each request it checks."""
@@ -161,6 +162,17 @@ class MediaPolicy:
         if self.mode != "mandatory":
             return CONTINUE
         return Decision.reply(488, "Not Acceptable Here", (("Warning", refusal.warning(_agent(context))),))
+
+    def explain(self, context: RequestContext) -> Explanation:
+        request = context.request
+        if self.mode == "off" or request.method not in CHECKED_METHODS:
+            return Explanation.passes(self.name, f"[media] srtp = {self.mode}: {request.method} not checked" if self.mode != "off" else "[media] srtp = off")
+        refusal = srtp_refusal(request, None if context.flow.secure else context.transport)  # reads the SDP only
+        if refusal is None:
+            return Explanation.passes(self.name, f"no SDP, or an offer that meets [media] srtp = {self.mode} (its answer is checked as it comes back)")
+        if self.mode != "mandatory":
+            return Explanation.passes(self.name, f"{refusal.text}: reported, let through ([media] srtp = {self.mode})")
+        return Explanation.of(self.name, Decision.reply(488, "Not Acceptable Here"), f"{refusal.text} ([media] srtp = mandatory)")
 
     def check_branch(self, context: RequestContext, request: Request, hop: tuple[str, str, int]) -> Response | None:
         """The BranchCheck: an SDES offer is not relayed onto a non-TLS hop

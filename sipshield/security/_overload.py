@@ -41,9 +41,10 @@ from zope.interface import implementer
 
 from sipshield.config import Config
 from sipshield.events import OVERLOAD, SecurityEvent, SecurityEvents
-from sipshield.interfaces import IAdmissionStep
+from sipshield.interfaces import IAdmissionStep, IExplainableAdmission
 from sipshield.message import Request
 from sipshield.proxy import DROP, Decision
+from sipshield.proxy._explain import Explanation
 
 __all__ = ["INTERVAL", "OverloadShedding", "ReactorLag", "build_overload", "overload_refusal"]
 
@@ -54,7 +55,7 @@ _WINDOW = 1.0
 _CREDENTIALS = ("Authorization", "Proxy-Authorization")
 
 
-@implementer(IAdmissionStep)
+@implementer(IAdmissionStep, IExplainableAdmission)
 class OverloadShedding:
     """The admission step (see the module docstring)."""
 
@@ -90,15 +91,9 @@ class OverloadShedding:
         return self._screen(request, flow)
 
     def _screen(self, request: Request, flow: Any) -> Decision | None:
-        if request.method in ("ACK", "CANCEL") or flow.authenticated:
-            return None
-        if flow.secure and flow.peer_certificate() is not None:
+        if self.unshed(request, flow) is not None:
             return None
         source = flow.remote[0]
-        if self.exempt is not None and self.exempt(source, flow.transport_name):
-            return None
-        if request.to.tag is not None and self.in_dialog is not None and self.in_dialog(request, flow):
-            return None
         counts = self._counts
         count = counts.get(source)
         if count is not None:
@@ -108,18 +103,47 @@ class OverloadShedding:
         else:
             self._uncounted += 1
             count = 1
+        decision = self._shedding(source, count, request, flow)
+        if decision is not None:
+            self.shed += 1
+        return decision
+
+    def unshed(self, request: Request, flow: Any) -> str | None:
+        """Why this request is never shed, or None when its source's share decides."""
+        if request.method in ("ACK", "CANCEL"):
+            return "ACK and CANCEL are never shed"
+        if flow.authenticated:
+            return "the connection carried an authenticated request"
+        if flow.secure and flow.peer_certificate() is not None:
+            return "a TLS client certificate (a trunk) is never shed"
+        if self.exempt is not None and self.exempt(flow.remote[0], flow.transport_name):
+            return "the source is exempt ([ratelimit] allowlist or a trusted source)"
+        if request.to.tag is not None and self.in_dialog is not None and self.in_dialog(request, flow):
+            return "in a dialog on our route set"
+        return None
+
+    def _shedding(self, source: str, count: int, request: Request, flow: Any) -> Decision | None:
+        """The refusal for the *count*-th request from *source* in this window, or None."""
         if source in self._heavy or count > self._share:
-            return self._refuse()
+            return self.refusal
         if (self._spread or self._uncounted) and not flow.reliable and not any(h in request.headers for h in _CREDENTIALS):
             # Dropped, whatever the action: most of these sources are forged,
             # and a 503 to each would be traffic aimed at their owners.
-            self.shed += 1
             return DROP
         return None
 
-    def _refuse(self) -> Decision:
-        self.shed += 1
-        return self.refusal
+    def explain_admission(self, context: Any) -> Explanation:
+        request, flow = context.request, context.flow
+        if not self.overloaded:
+            return Explanation.passes(self.name, "not overloaded (the reactor keeps up)")
+        why = self.unshed(request, flow)
+        if why is not None:
+            return Explanation.passes(self.name, f"overloaded, but {why}")
+        source = flow.remote[0]
+        count = self._counts.get(source, 0) + 1
+        decision = self._shedding(source, count, request, flow)
+        share = f"overloaded: request {count} from {source} this window, share {self._share:g}" + (" (a heavy source)" if source in self._heavy else "")
+        return Explanation.of(self.name, decision, share + ("" if decision is not None else ": within it"))
 
     # -- what ReactorLag tells it -----------------------------------------------------
 

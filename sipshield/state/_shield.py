@@ -103,6 +103,25 @@ class ShieldState(Protocol):
         only an answered call whose remote tag is *tag*; whether it was."""
         ...
 
+    # Reads that change nothing (``sipshield explain``): no entry made,
+    # moved, refilled or expired.
+
+    def recent(self, key: str, window: float, now: float) -> int:
+        """How many events recorded under *key* fall within the last *window* seconds."""
+        ...
+
+    def tokens(self, key: str, rate: float, burst: float, now: float) -> float:
+        """The tokens *key*'s bucket would hold at *now* (a full one, *burst*, if it has none)."""
+        ...
+
+    def ban_in_force(self, key: str, now: float) -> Ban | None:
+        """The ban on *key* in force at *now*, if any (as :meth:`banned`, without forgetting an ended one)."""
+        ...
+
+    def calls_open(self, owner: str, now: float) -> int:
+        """How many calls are counted for *owner* at *now* (those past their end are not)."""
+        ...
+
 
 class MemoryShieldState:
     """:class:`ShieldState` in this process's memory, bounded per table."""
@@ -242,6 +261,27 @@ class MemoryShieldState:
             return False
         self._drop_call(call)
         return True
+
+    # -- reads that change nothing ------------------------------------------------------------
+
+    def recent(self, key: str, window: float, now: float) -> int:
+        times = self._hits.get(key)
+        start = now - window
+        return 0 if times is None else sum(1 for t in times if t > start)
+
+    def tokens(self, key: str, rate: float, burst: float, now: float) -> float:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return burst
+        tokens, last = bucket
+        return min(burst, tokens + (now - last) * rate) if now > last else tokens
+
+    def ban_in_force(self, key: str, now: float) -> Ban | None:
+        ban = self._bans.get(key)
+        return ban if ban is not None and ban.until > now else None
+
+    def calls_open(self, owner: str, now: float) -> int:
+        return sum(1 for key in self._owners.get(owner, ()) if self._calls[key].until > now)
 
     def _drop_call(self, call: str) -> None:
         entry = self._calls.pop(call)
