@@ -465,11 +465,11 @@ class _Explain(_JSONResource):
             return _error(request, 404, "explain is not available here")
         try:
             data = _body(request)
-            line, source, user, headers = data.get("request"), data.get("source", "udp"), data.get("user"), data.get("headers", [])
+            line, source, user, headers = data.get("request"), data.get("source"), data.get("user"), data.get("headers", [])
             if not isinstance(line, str):
                 raise ValueError("request: a request line is required ('INVITE sip:bob@example.com SIP/2.0')")
             if not isinstance(source, str):
-                raise ValueError("source: '[udp|tcp|tls] ADDRESS[:PORT]'")
+                raise ValueError("source: '[udp|tcp|tls] ADDRESS[:PORT]' is required")
             if user is not None and not isinstance(user, str):
                 raise ValueError("user: a user name, or user@domain")
             if not isinstance(headers, list) or not all(isinstance(h, str) for h in headers):

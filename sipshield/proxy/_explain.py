@@ -125,7 +125,9 @@ def parse_source(text: str) -> tuple[str, str, int]:
     address = parts[-1]
     port = "5060"
     if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
+        host, closed, rest = address[1:].partition("]")
+        if not closed:
+            raise ValueError(f"source: {address!r} is not [IPv6]:PORT")
         if rest:
             if not rest.startswith(":"):
                 raise ValueError(f"source: {address!r} is not [IPv6]:PORT")
@@ -158,15 +160,19 @@ def synthetic_request(line: str, flow: ExplainFlow, from_uri: str, headers: Sequ
     method, uri, _ = parts
     host, port = flow.remote
     sent_by = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    # A REGISTER is for the sender's own address-of-record, with a contact at its source.
+    to = from_uri if method == "REGISTER" else uri
+    contact = [f"Contact: <{from_uri.split('@')[0]}@{sent_by}>"] if method == "REGISTER" else []
     text = "\r\n".join(
         [
             line,
             f"Via: SIP/2.0/{flow.transport_name} {sent_by};branch=z9hG4bKexplain{secrets.token_hex(6)};rport",
             "Max-Forwards: 70",
             f"From: <{from_uri}>;tag=explain{secrets.token_hex(4)}",
-            f"To: <{uri}>",
+            f"To: <{to}>",
             f"Call-ID: explain-{secrets.token_hex(8)}",
             f"CSeq: 1 {method}",
+            *contact,
             *headers,
             "Content-Length: 0",
             "",

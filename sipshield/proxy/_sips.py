@@ -24,7 +24,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from zope.interface import implementer
+
 from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
+from sipshield.interfaces import IExplainableAdmission
 from sipshield.message import URI, Request
 from sipshield.proxy._decision import Decision
 from sipshield.proxy._explain import Explanation
@@ -60,6 +63,7 @@ def arrived_in_clear(request: Request, flow: Flow) -> bool:
     return request.uri.scheme == "sips" and flow.transport_name != "TLS"
 
 
+@implementer(IExplainableAdmission)
 class SipsAdmission:
     """The admission step that refuses a sips: request that reached us over
     UDP or TCP, statelessly, before any challenge (its credentials and body

@@ -266,6 +266,38 @@ def test_rates_and_top_talkers_count_what_the_proxy_received(service: Any) -> An
         assert response.code == 400 and why in error["error"], path
 
 
+@pytest_twisted.inlineCallbacks
+def test_explain_names_the_ban_and_the_challenge_and_refuses_bad_input(service: Any) -> Any:
+    api = _api(service)
+    yield service.schema_ready  # the user store, asked for the roles of a user
+    response, _ = yield api.call("POST", "/v1/bans", body={"address": "198.51.100.9", "reason": "seen in the SIEM"})
+    assert response.code == 201
+    invite = "INVITE sip:bob@127.0.0.1 SIP/2.0"
+    response, banned = yield api.call("POST", "/v1/explain", body={"request": invite, "source": "udp 198.51.100.9:5060"})
+    assert response.code == 200 and [s["stage"] for s in banned["steps"]] == ["bans"] and banned["steps"][0]["decides"]
+    assert "seen in the SIEM" in banned["steps"][0]["reason"] and banned["outcome"].startswith("drop")
+    response, challenged = yield api.call("POST", "/v1/explain", body={"request": invite, "source": "203.0.113.5", "headers": ["User-Agent: softphone"]})
+    assert response.code == 200 and challenged["source"] == "udp 203.0.113.5:5060" and challenged["user"] is None
+    assert challenged["outcome"].startswith("answer 407 Proxy Authentication Required")
+    response, assumed = yield api.call("POST", "/v1/explain", body={"request": invite, "source": "tls 203.0.113.5:5061", "user": "nobody"})
+    assert response.code == 200 and assumed["user"] == "nobody@localhost"
+    assert any("not found" in s["reason"] for s in assumed["steps"] if s["stage"] == "auth" and s["phase"] == "pipeline"), assumed
+    for body, named in (
+        ({"request": "INVITE sip:bob@127.0.0.1", "source": "udp 203.0.113.5"}, "request"), ({"request": invite, "source": "udp bob:5060"}, "source"),
+        ({"request": invite, "source": "sctp 203.0.113.5"}, "source"), ({"source": "udp 203.0.113.5"}, "request"),
+        ({"request": invite}, "source"), ({"request": invite, "source": "udp 203.0.113.5:0"}, "source"),
+        ({"request": invite, "source": "udp 203.0.113.5", "headers": ["no colon"]}, "headers"),
+        ({"request": invite, "source": "udp 203.0.113.5", "why": 1}, "unknown"),
+        ({"request": "INVITE <sip:bob@127.0.0.1> SIP/2.0", "source": "udp 203.0.113.5"}, "request"),
+        ({"request": "ACK sip:bob@127.0.0.1 SIP/2.0", "source": "udp 203.0.113.5"}, "request"),
+        ({"request": invite, "source": "udp 203.0.113.5", "user": 7}, "user"),
+        ({"request": invite, "source": "udp 203.0.113.5", "user": "a b"}, "user"),
+    ):  # fmt: skip
+        response, error = yield api.call("POST", "/v1/explain", body=body)
+        assert response.code == 400 and error["error"].startswith(named), (body, error)
+    assert [b.key for b in service.bans.bans()] == ["198.51.100.9"]  # explaining banned nobody more
+
+
 def test_every_operation_in_the_document_was_exercised() -> None:
     """Run last in this module (pytest keeps file order)."""
     documented = {(path, method) for path, operations in SPEC["paths"].items() for method in operations}
