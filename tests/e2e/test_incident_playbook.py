@@ -91,4 +91,5 @@ def test_every_playbook_command_works_against_a_running_server(start_server, tmp
     assert "now serving CN=new.example.com" in text
     assert re.search(r"alerts: 1 rule\(s\) \(auth-failure-surge\), sent to log$", text, re.M)
     assert "new.example.com" in served_subject(tls[1])
+    assert re.search(r"^pipeline +\w+ +.*<- decides here$", text, re.M) and "outcome: answer " in text  # explain, as alice
     server.wait_for(r"security event ban from 127\.0\.0\.7 over admin")
