@@ -510,7 +510,7 @@ class SIPShieldService(MultiService):
                 request, flow, now=self.reactor.seconds(), route_set=routed, assumed_user=assumed, assumed_roles=frozenset(roles), assumed_note=note,
             )
             steps = await explain_request(
-                context, self.core.admission, self.pipeline.stages, fallback=self.pipeline.fallback,
+                context, self.core.admission, self.pipeline.stages, fallback=self.pipeline.fallback, caps=self.core.explain_caps,
                 source_check=None if self.bans is None else self.bans.explain_source,
             )
             return {

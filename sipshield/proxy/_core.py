@@ -26,6 +26,7 @@ from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
 from sipshield.message import ParseError, Request, Response, Via, check_header_values
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._decision import AckCheck, Decision, RequestContext, RequestPipeline, Target
+from sipshield.proxy._explain import Explanation
 from sipshield.proxy._forward import Hop, RouteSet, apply_route_set, endpoints, is_ip, next_hop, record_route_uri, route_set, stateless_branch
 from sipshield.proxy._hop import unusable_hop
 from sipshield.proxy._response import Branch, ResponseContext, filtered, run_response_hooks
@@ -271,11 +272,7 @@ class ProxyCore:
         it would get anyway, statelessly (RFC 3261 9.2).
         """
         source = flow.remote[0]
-        total, mine = self.transactions.server_load(source)
-        # A source the auth stage already vouched for at admission (a trusted
-        # network, a trunk certificate, a proven connection) is a known edge
-        # or trunk: only the global cap applies to it.
-        per_source_ok = mine < self.max_transactions_per_source or flow.authenticated
+        total, per_source_ok = self._load(flow)
         if total < self.max_transactions and per_source_ok:
             return True
         if request.method == "CANCEL":
@@ -293,6 +290,25 @@ class ProxyCore:
             )
         self._stateless_reply(request, flow, 503, "Service Unavailable", (("Retry-After", _CAP_RETRY_AFTER),))
         return False
+
+    def _load(self, flow: Flow) -> tuple[int, bool]:
+        """Live server transactions in all, and whether *flow*'s source is under its own cap."""
+        total, mine = self.transactions.server_load(flow.remote[0])
+        # A source the auth stage already vouched for at admission (a trusted
+        # network, a trunk certificate, a proven connection) is a known edge
+        # or trunk: only the global cap applies to it.
+        return total, mine < self.max_transactions_per_source or flow.authenticated
+
+    def explain_caps(self, request: Request, flow: Flow) -> Explanation:
+        """``sipshield explain``: what the transaction caps would say now (read, nothing made)."""
+        total, per_source_ok = self._load(flow)
+        load = f"{total} live server transactions (at most {self.max_transactions}; {self.max_transactions_per_source} per source)"
+        if total < self.max_transactions and per_source_ok:
+            return Explanation.passes("transaction caps", load)
+        if request.method == "CANCEL":
+            return Explanation.passes("transaction caps", f"{load}: a CANCEL is not refused")
+        cap = "limits.max_transactions" if per_source_ok else "limits.max_transactions_per_source"
+        return Explanation.of("transaction caps", Decision.reply(503, "Service Unavailable"), f"{load}: over {cap}")
 
     # -- transaction user -------------------------------------------------
     def request_received(self, txn: Any) -> None:

@@ -198,11 +198,13 @@ async def explain_request(
     stages: Sequence[Any],
     *,
     source_check: Callable[[str], Explanation] | None = None,
+    caps: Callable[[Request, Any], Explanation] | None = None,
     fallback: Decision | None = None,
 ) -> list[Explanation]:
     """Walk *context*'s request through the transport's source check, the
-    *admission* steps and the pipeline *stages*, in order, until one decides;
-    each explanation in turn.  No step changes any state."""
+    *admission* steps, the transaction *caps* and the pipeline *stages*, in
+    order, until one decides; each explanation in turn.  No step changes any
+    state."""
     steps: list[Explanation] = []
     if source_check is not None:
         steps.append(_in_phase(source_check(context.source[0]), "transport"))
@@ -213,6 +215,10 @@ async def explain_request(
         found = explain(context) if callable(explain) else not_explained(getattr(step, "name", type(step).__name__))
         steps.append(_in_phase(found, "admission"))
         if found.decides:
+            return steps
+    if caps is not None:
+        steps.append(_in_phase(caps(context.request, context.flow), "admission"))
+        if steps[-1].decides:
             return steps
     context.admitted_by = tuple(admission)
     for stage in stages:

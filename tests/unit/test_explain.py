@@ -321,3 +321,18 @@ def test_the_built_in_steps_provide_the_explain_interfaces(tmp_path: Path) -> No
         verifyObject(IExplainableAdmission, step)
     for stage in proxy.service.pipeline.stages:
         verifyObject(IExplainable, stage)
+
+
+def test_the_transaction_caps_are_read_from_the_live_load(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path, limits={"max_transactions_per_source": 1})
+    line, source = "INVITE sip:+4930123@example.com SIP/2.0", ("198.51.100.6", 5060)
+    caps = next(s for s in explain(proxy, line, "udp 198.51.100.6:5060", user="carol")["steps"] if s["stage"] == "transaction caps")
+    assert caps == {"phase": "admission", "stage": "transaction caps", "verdict": "pass", "decides": False,
+                    "reason": "0 live server transactions (at most 100000; 1 per source)"}  # fmt: skip
+    assert real(proxy, line, source, user="carol") == "forward"  # its INVITE transaction is live until answered
+    before = state(proxy)
+    step = decisive(explain(proxy, line, "udp 198.51.100.6:5060", user="carol"))
+    assert (step["stage"], step["verdict"]) == ("transaction caps", "answer 503 Service Unavailable")
+    assert step["reason"] == "1 live server transactions (at most 100000; 1 per source): over limits.max_transactions_per_source"
+    assert state(proxy) == before
+    assert real(proxy, line, source, user="carol") == "answer 503"
