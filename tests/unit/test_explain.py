@@ -336,3 +336,19 @@ def test_the_transaction_caps_are_read_from_the_live_load(tmp_path: Path) -> Non
     assert step["reason"] == "1 live server transactions (at most 100000; 1 per source): over limits.max_transactions_per_source"
     assert state(proxy) == before
     assert real(proxy, line, source, user="carol") == "answer 503"
+
+
+def test_after_a_reload_the_new_rules_are_the_ones_explained(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sipshield.config import parse_config
+
+    proxy, _ = make(tmp_path)
+    line = "INVITE sip:bob@example.com SIP/2.0"
+    assert decisive(explain(proxy, line, "udp 198.51.100.5:5060"))["stage"] == "auth"
+    acl = parse_config({"acl": {"rules": [{"action": "deny", "networks": ["198.51.100.0/24"]}]}}).acl
+    assert proxy.service.reload(replace(proxy.service.config, acl=acl)) == ["acl"]
+    step = decisive(explain(proxy, line, "udp 198.51.100.5:5060"))
+    assert (step["stage"], step["verdict"]) == ("acl", "answer 403 Forbidden: Not Allowed From This Source")
+    assert "rule 0 (deny 198.51.100.0/24)" in step["reason"]
+    assert real(proxy, line, ("198.51.100.5", 5060)) == "answer 403"
