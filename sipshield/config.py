@@ -321,10 +321,13 @@ class LimitsConfig:
     """Seconds a pipeline stage's Deferred (a credential backend, a store) or
     a next hop's DNS lookup may take: past it, 500 (or 503 on that branch)
     and the request's state is freed."""
-    overload_lag: float = 0.2
+    overload_lag: float = 0.05
     """Seconds the reactor may fall behind its timers (measured every 0.1 s)
     before the proxy is overloaded and sheds new out-of-dialog requests by
-    source, the busiest first (0: never)."""
+    source, the busiest first, and admits new calls at a rate (0: never).
+    Saturated, the reactor runs about 0.1 s behind (it reads 256 KB of
+    datagrams at a time), while the kernel's buffer fills: 0.2 s was seen
+    only once the buffer overflowed, too late to stop the retransmissions."""
     overload_recover: float = 5.0
     """Seconds the lag must stay below ``overload_lag`` to leave overload."""
     overload_min_share: int = 20
@@ -346,7 +349,7 @@ def _limits(data: Any, source: str | None) -> LimitsConfig:
         max_transactions=lim.take_number("max_transactions", 100000, 1, 10_000_000, True),
         max_transactions_per_source=lim.take_number("max_transactions_per_source", 1000, 1, 10_000_000, True),
         stage_timeout=float(lim.take_number("stage_timeout", 10.0, 0.1, 600, False)),
-        overload_lag=float(lim.take_number("overload_lag", 0.2, 0, 60, False)),
+        overload_lag=float(lim.take_number("overload_lag", 0.05, 0, 60, False)),
         overload_recover=float(lim.take_number("overload_recover", 5.0, 0.1, 3600, False)),
         overload_min_share=lim.take_number("overload_min_share", 20, 1, 1_000_000, True),
     )

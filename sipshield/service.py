@@ -105,7 +105,7 @@ class SIPShieldService(MultiService):
             stage_timeout=limits.stage_timeout, refuse_source=self.core.refuse_source,
         )
         self.core.pipeline = self.pipeline
-        overload = build_overload(config, reactor, self.events, exempt, self.core.routed_by_us)
+        overload = build_overload(config, reactor, self.events, exempt, self.core.routed_by_us, lambda: self.core.counters["calls_started"])
         self.overload: OverloadShedding | None = None
         if overload is not None:
             self.overload, monitor = overload

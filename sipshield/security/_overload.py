@@ -25,13 +25,29 @@ windows (a bounded table) and refuses, statelessly (``[ratelimit] action``):
   challenge, and a 503 to it would be traffic aimed at its owner).
 
 Never refused: ACK and CANCEL (they end state), in-dialog requests along a
-route set we signed (calls in progress), connections that carried an
+route set we signed (calls in progress).  Connections that carried an
 authenticated request or a trunk's certificate, and the trusted sources
-and allowlist (``exempt``).
+and allowlist (``exempt``), are never shed by source.
+
+When no source is to blame (none over its share, no spread flood: the load
+is calls from sources the proxy serves, a trunk sending more than one core
+can carry), new calls are admitted at a rate, so that the calls past
+capacity are refused early instead of all of them failing in a
+retransmission storm: an INVITE without a To tag that
+passes the rest gets a stateless 503 with Retry-After (``busy``) once the
+*call rate* is spent.  The rate starts at ``CALL_RATE_FACTOR`` times the
+calls a second the proxy started in the half second before it fell behind (what it could
+carry, and a little less so that the queue drains), falls by a tenth each
+lag measurement that is still over the threshold and rises by
+``CALL_RATE_RISE`` each one under it, never below ``MIN_CALL_RATE``; tokens
+for it are added at each measurement (``INTERVAL``), so the hot path pays
+one comparison per new INVITE.  The calls already admitted go on: their
+ACK, in-dialog requests and retransmissions are never refused.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +69,16 @@ INTERVAL = 0.1
 
 _WINDOW = 1.0
 _CREDENTIALS = ("Authorization", "Proxy-Authorization")
+CALL_RATE_FACTOR = 0.9
+"""The new-call rate admitted on entering overload, as a share of the calls a second started just before."""
+MIN_CALL_RATE = 5.0
+"""New calls a second admitted at least while overloaded."""
+CALL_RATE_FALL = 0.9
+CALL_RATE_RISE = 1.1
+_CALL_BURST = 0.2
+"""Seconds of the call rate that may be admitted at once."""
+_OBSERVED = 0.5
+"""Seconds of calls started that the call rate on entering overload is taken from."""
 
 
 @implementer(IAdmissionStep, IExplainableAdmission)
@@ -64,7 +90,7 @@ class OverloadShedding:
     def __init__(
         self, *, min_share: int = 20, max_sources: int = 10_000, refusal: Decision = DROP,
         exempt: Callable[[str, str], bool] | None = None, in_dialog: Callable[[Request, Any], bool] | None = None,
-        events: SecurityEvents | None = None,
+        events: SecurityEvents | None = None, calls_started: Callable[[], int] | None = None, busy: Decision | None = None,
     ) -> None:
         self.min_share = min_share
         self.max_sources = max_sources
@@ -82,6 +108,18 @@ class OverloadShedding:
         self._uncounted = 0
         self._window_start = 0.0
         self._shed_at_enter = 0
+        self.calls_started = calls_started
+        """How many calls the proxy has started (the core's counter), sampled at each lag measurement; None: no call rate."""
+        self.busy = busy if busy is not None else refusal
+        """What a new call over the call rate gets (a 503 with Retry-After: it comes from a source we admitted)."""
+        self.call_rate: float | None = None
+        """New calls a second admitted while overloaded (None: not limited)."""
+        self.calls_refused = 0
+        """New calls refused over the call rate (since the service started)."""
+        self._tokens = 0.0
+        self._blamed = False
+        """A request was shed for its source in this window (a culprit is known)."""
+        self._samples: deque[tuple[float, int]] = deque(maxlen=round(_OBSERVED / INTERVAL) + 1)
 
     # -- the hot path -----------------------------------------------------------------
 
@@ -92,7 +130,7 @@ class OverloadShedding:
 
     def _screen(self, request: Request, flow: Any) -> Decision | None:
         if self.unshed(request, flow) is not None:
-            return None
+            return self._new_call(request)
         source = flow.remote[0]
         counts = self._counts
         count = counts.get(source)
@@ -106,7 +144,26 @@ class OverloadShedding:
         decision = self._shedding(source, count, request, flow)
         if decision is not None:
             self.shed += 1
-        return decision
+            self._blamed = True
+            return decision
+        return self._new_call(request)
+
+    def _new_call(self, request: Request) -> Decision | None:
+        """An INVITE that starts a call, within the call rate; the busy answer past it.
+
+        Not while sources are being shed for their share or a spread flood:
+        then they are what overloads the proxy, and calls from the sources
+        within their share are what it is there for."""
+        if self.call_rate is None or request.method != "INVITE" or request.to.tag is not None:
+            return None
+        if self._blamed or self._heavy or self._spread or self._uncounted or len(self._counts) > self.max_sources // 10:
+            return None
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return None
+        self.calls_refused += 1
+        self.shed += 1
+        return self.busy
 
     def unshed(self, request: Request, flow: Any) -> str | None:
         """Why this request is never shed, or None when its source's share decides."""
@@ -137,8 +194,11 @@ class OverloadShedding:
         if not self.overloaded:
             return Explanation.passes(self.name, "not overloaded (the reactor keeps up)")
         why = self.unshed(request, flow)
+        calls = "" if self.call_rate is None else f"; new calls admitted at {self.call_rate:.0f}/s ({self._tokens:.0f} may start now)"
         if why is not None:
-            return Explanation.passes(self.name, f"overloaded, but {why}")
+            if self.call_rate is not None and request.method == "INVITE" and request.to.tag is None and self._tokens < 1.0:
+                return Explanation.of(self.name, self.busy, f"overloaded, {why}, but a new call over the call rate{calls}")
+            return Explanation.passes(self.name, f"overloaded, but {why}{calls}")
         source = flow.remote[0]
         count = self._counts.get(source, 0) + 1
         decision = self._shedding(source, count, request, flow)
@@ -157,14 +217,45 @@ class OverloadShedding:
         self._uncounted = 0
         self._window_start = now
         self._shed_at_enter = self.shed
-        self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind; shedding new requests by source, the busiest first")
+        self._blamed = False
+        calls = ""
+        if self.calls_started is not None:
+            self.call_rate = max(MIN_CALL_RATE, CALL_RATE_FACTOR * self._observed_call_rate())
+            self._tokens = self._burst(self.call_rate)
+            calls = f"; new calls admitted at {self.call_rate:.0f}/s"
+        self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind; shedding new requests by source, the busiest first{calls}")
 
     def leave(self, lag: float, now: float) -> None:
         """The lag has stayed low: stop shedding."""
         self.overloaded = False
         self._counts = {}
         self._heavy = frozenset()
+        self.call_rate = None
         self._report(f"recovered: the reactor is {lag * 1000:.0f} ms behind; {self.shed - self._shed_at_enter} request(s) shed while overloaded")
+
+    def sample(self, lag: float, threshold: float, now: float) -> None:
+        """At each lag measurement: note the calls started so far and, while
+        overloaded, move the call rate (down while still behind, up once
+        not) and add its tokens for the next ``INTERVAL``."""
+        if self.calls_started is None:
+            return
+        self._samples.append((now, self.calls_started()))
+        rate = self.call_rate
+        if rate is None:
+            return
+        rate = self.call_rate = max(MIN_CALL_RATE, rate * (CALL_RATE_FALL if lag > threshold else CALL_RATE_RISE))
+        self._tokens = min(self._burst(rate), self._tokens + rate * INTERVAL)
+
+    def _observed_call_rate(self) -> float:
+        """Calls started a second over the samples of the last ``_OBSERVED`` seconds."""
+        if len(self._samples) < 2:
+            return 0.0
+        (first, started), (last, now_started) = self._samples[0], self._samples[-1]
+        return (now_started - started) / (last - first) if last > first else 0.0
+
+    @staticmethod
+    def _burst(rate: float) -> float:
+        return max(1.0, rate * _CALL_BURST)
 
     def roll(self, now: float) -> None:
         """Start a new counting window if the current one is over: the
@@ -179,6 +270,7 @@ class OverloadShedding:
         self._spread = self._uncounted > 0 or len(counts) > self.max_sources // 10
         self._counts = {}
         self._uncounted = 0
+        self._blamed = False
         self._window_start = now
 
     def _report(self, reason: str) -> None:
@@ -222,6 +314,7 @@ class ReactorLag(Service):
         now = self.reactor.seconds()
         self.lag = lag = max(0.0, now - self._due)
         shedding = self.shedding
+        shedding.sample(lag, self.threshold, now)
         if lag > self.threshold:
             self._calm_since = None
             if not shedding.overloaded:
@@ -238,7 +331,7 @@ class ReactorLag(Service):
 
 def build_overload(
     config: Config, reactor: IReactorTime, events: SecurityEvents, exempt: Callable[[str, str], bool] | None,
-    in_dialog: Callable[[Request, Any], bool] | None,
+    in_dialog: Callable[[Request, Any], bool] | None, calls_started: Callable[[], int] | None = None,
 ) -> tuple[OverloadShedding, ReactorLag] | None:
     """The shedding step and its lag monitor ``[limits]`` asks for (None
     with ``overload_lag = 0``); refused requests get what ``[ratelimit]
@@ -246,7 +339,10 @@ def build_overload(
     limits = config.limits
     if not limits.overload_lag:
         return None
-    shedding = OverloadShedding(min_share=limits.overload_min_share, refusal=overload_refusal(config), exempt=exempt, in_dialog=in_dialog, events=events)
+    shedding = OverloadShedding(
+        min_share=limits.overload_min_share, refusal=overload_refusal(config), exempt=exempt, in_dialog=in_dialog, events=events,
+        calls_started=calls_started, busy=_busy(config),
+    )
     return shedding, ReactorLag(reactor, shedding, limits.overload_lag, limits.overload_recover)
 
 
@@ -254,4 +350,9 @@ def overload_refusal(config: Config) -> Decision:
     """What a source shed as the busiest gets, per ``[ratelimit] action``:
     a stateless 503 with Retry-After, or nothing."""
     rates = config.ratelimit
-    return DROP if rates.action == "drop" else Decision.reply(503, "Service Unavailable: Overloaded", [("Retry-After", str(rates.retry_after))])
+    return DROP if rates.action == "drop" else _busy(config)
+
+
+def _busy(config: Config) -> Decision:
+    """A stateless 503 with ``[ratelimit] retry_after``."""
+    return Decision.reply(503, "Service Unavailable: Overloaded", [("Retry-After", str(config.ratelimit.retry_after))])

@@ -18,6 +18,7 @@ from sipshield.config import ConfigError, parse_config
 from sipshield.events import OVERLOAD
 from sipshield.message import parse_message
 from sipshield.security import INTERVAL, OverloadShedding, ReactorLag
+from sipshield.security._overload import CALL_RATE_FACTOR, MIN_CALL_RATE
 
 FLOOD = ("127.0.0.20", 5070)
 CALLER = ("127.0.0.30", 5070)
@@ -140,10 +141,84 @@ def test_a_spread_flood_sheds_every_unproven_request_first(tmp_path: Path) -> No
 
 def test_overload_config_and_off_switch(tmp_path: Path) -> None:
     limits = parse_config({}).limits
-    assert (limits.overload_lag, limits.overload_recover, limits.overload_min_share) == (0.2, 5.0, 20)
+    assert (limits.overload_lag, limits.overload_recover, limits.overload_min_share) == (0.05, 5.0, 20)
     proxy = proxy_service(tmp_path, limits={"overload_lag": 0})
     assert proxy.service.overload is None and not any(isinstance(s, ReactorLag) for s in proxy.service)
     with pytest.raises(ConfigError, match=r"limits.overload_lag: -1 is out of range"):
         parse_config({"limits": {"overload_lag": -1}})
     with pytest.raises(ConfigError, match=r"limits.overload_min_share"):
         parse_config({"limits": {"overload_min_share": 0}})
+
+
+TRUNK = ("127.0.0.9", 5070)  # a trusted source (over TCP): never shed by source
+
+
+def test_overloaded_new_calls_past_the_call_rate_get_503_even_from_trusted_peers_and_the_rest_goes_on(tmp_path: Path) -> None:
+    """More calls than the proxy can carry, from a peer it trusts: past the
+    call rate (set from the calls started in the second before the lag) new
+    INVITEs are refused at once, statelessly, while requests that are not
+    new calls pass and the rate moves with the lag."""
+    proxy, recorder = make(tmp_path)
+    shedding = proxy.service.overload
+    for _ in range(10):  # 200 calls a second started before the reactor fell behind
+        proxy.core.counters["calls_started"] += 20
+        calm(proxy, INTERVAL)
+    before = status(send(proxy, "INVITE", source=TRUNK, transport="TCP"))
+    assert before == 404  # no such user here: an answer of the pipeline, past admission
+    lag(proxy, 0.3)
+    assert shedding.overloaded and shedding.call_rate is not None
+    rate = shedding.call_rate
+    assert 50 <= rate <= CALL_RATE_FACTOR * 200 + 1  # a share of what was started (the lagging measurement's long interval in it too)
+    assert "new calls admitted at" in [e for e in recorder.events if e.kind == OVERLOAD][-1].reason
+    may_start = int(max(1.0, rate * 0.2))
+    outcomes = [status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) for _ in range(may_start)]
+    held = proxy.core.transactions.counts()["server"]
+    outcomes += [status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) for _ in range(10)]
+    assert outcomes == [before] * may_start + [503] * 10
+    refused = send(proxy, "INVITE", source=TRUNK, transport="TCP").messages()[-1]
+    assert (refused.status, refused.reason, refused.headers.get("Retry-After")) == (503, "Service Unavailable: Overloaded", "5")
+    assert proxy.core.transactions.counts()["server"] == held  # refused statelessly
+    assert shedding.calls_refused == 11
+    # Not new calls: never refused for the call rate.
+    assert [status(send(proxy, "OPTIONS", to_user=None, source=TRUNK, transport="TCP")) for _ in range(5)] == [200] * 5
+    shed = shedding.shed
+    for method in ("ACK", "CANCEL"):
+        send(proxy, method, source=TRUNK, transport="TCP")
+    assert shedding.shed == shed
+    # Still behind: the rate falls; caught up: it rises again, and tokens come back each measurement.
+    lag(proxy, 0.3)
+    assert shedding.call_rate < rate
+    fallen = shedding.call_rate
+    calm(proxy, 0.5)
+    assert shedding.call_rate > fallen
+    assert status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) == before
+    calm(proxy, 2.0)  # overload left: no call rate
+    assert not shedding.overloaded and shedding.call_rate is None
+    assert [status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) for _ in range(40)] == [before] * 40
+
+
+def test_the_call_rate_never_falls_below_its_floor(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    shedding = proxy.service.overload
+    for _ in range(30):  # nothing started before, and behind for 3 s
+        lag(proxy, 0.3)
+    assert shedding.call_rate == MIN_CALL_RATE
+    assert status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) != 503  # a token is there: the floor still lets calls start
+
+
+def test_while_a_source_is_shed_for_its_share_new_calls_are_not_held_to_the_call_rate(tmp_path: Path) -> None:
+    """The overload has a culprit (a source over its share): it is shed, and
+    the calls of the others are not limited for it."""
+    proxy, _ = make(tmp_path)
+    shedding = proxy.service.overload
+    lag(proxy, 0.3)  # nothing started before: the call rate is its floor
+    assert shedding.call_rate == MIN_CALL_RATE
+    assert [status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) for _ in range(3)] == [404, 503, 503]  # no culprit yet
+    for _ in range(10):
+        send(proxy, "OPTIONS", source=FLOOD)  # over its share (5): shed, and to blame
+    assert [status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) for _ in range(20)] == [404] * 20
+    send(proxy, "OPTIONS", source=CALLER)
+    calm(proxy, 1.1)  # the window rolls: FLOOD was the heavy source of the last one, and still is to blame
+    assert FLOOD[0] in shedding._heavy
+    assert [status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) for _ in range(20)] == [404] * 20
+    assert shedding.calls_refused == 2

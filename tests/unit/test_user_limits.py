@@ -127,7 +127,7 @@ def test_the_posture_says_the_limits_and_a_pipeline_without_their_stages() -> No
     posture = dict(parse_config({}).posture())
     assert posture["rate limits"] == "per source 50/s (burst 100), per source and method: INVITE, MESSAGE, OPTIONS, REGISTER, SUBSCRIBE; per user 20/s (burst 60)"
     assert posture["egress"] == "per user 10 external calls a minute, 4 at once; number prefixes for 0 role(s)"
-    assert posture["overload"].endswith("when the reactor is over 0.2 s behind")
+    assert posture["overload"].endswith("when the reactor is over 0.05 s behind")
     stages = ["sanity", "auth", "options", "rbac", "dialog", "registrar", "location", "routes", "final"]
     posture = dict(parse_config({"pipeline": {"stages": stages}, "limits": {"overload_lag": 0}}).posture())
     assert posture["rate limits"].endswith('per user: none (no "ratelimit" stage in the pipeline)')
