@@ -223,6 +223,9 @@ class ServerConfig:
     advertise: str | None = None
     """Host put in Via and Record-Route for listeners bound to 0.0.0.0 or ::
     (default: the first domain)."""
+    workers: int = 1
+    """Worker processes sharing the listeners (SO_REUSEPORT, sipshield/workers.py);
+    1 runs the proxy in the twistd process itself, as always."""
 
 
 def _server(data: Any, source: str | None, base: Path) -> ServerConfig:
@@ -252,10 +255,41 @@ def _server(data: Any, source: str | None, base: Path) -> ServerConfig:
     advertise = s.take("advertise", str, None)
     if advertise is not None and (not advertise or any(c in advertise for c in " ;@<>/")):
         raise s.error("advertise", f"{advertise!r} is not a host name or address")
+    workers = _workers(s, listeners)
     s.finish()
     if advertise is None and any(lc.interface in ("0.0.0.0", "::") for lc in listeners) and not domains:
         raise s.error("advertise", "listeners on 0.0.0.0 or :: need [server] advertise (or domains) for Via and Record-Route")
-    return ServerConfig(data_dir=data_dir, listen=tuple(listeners), domains=domains, plugins=plugins, advertise=advertise)
+    return ServerConfig(data_dir=data_dir, listen=tuple(listeners), domains=domains, plugins=plugins, advertise=advertise, workers=workers)
+
+
+MAX_WORKERS = 256
+
+
+def _workers(s: _Section, listeners: list[ListenerConfig]) -> int:
+    """``[server] workers``: an integer 1..MAX_WORKERS or ``"auto"`` (the
+    number of cores).  With more than one, worker K of a UDP listener on a
+    fixed port P also binds P + 1 + K (its own port, in its Via and
+    Record-Route): those ports must not be another UDP listener's."""
+    value = s.take("workers", (int, str), 1)
+    if isinstance(value, str):
+        if value != "auto":
+            raise s.error("workers", f"expected an integer or \"auto\", got {value!r}")
+        value = os.cpu_count() or 1
+    if not 1 <= value <= MAX_WORKERS:
+        raise s.error("workers", f"{value} is out of range (1..{MAX_WORKERS})")
+    if value > 1:
+        udp = {(lc.interface, lc.port): lc for lc in listeners if lc.kind == "udp"}
+        for lc in udp.values():
+            if not lc.port:
+                continue  # ephemeral worker ports
+            last = lc.port + value
+            if last > 65535:
+                raise s.error("workers", f"{value} workers need UDP ports {lc.port + 1}..{last} next to {lc.description}: past 65535")
+            for other in udp.values():
+                if other is not lc and other.interface == lc.interface and lc.port < other.port <= last:
+                    raise s.error("workers", f"{value} workers need UDP ports {lc.port + 1}..{last} next to {lc.description}, "
+                                  f"which holds {other.description}")
+    return int(value)
 
 
 @dataclass(frozen=True)

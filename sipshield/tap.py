@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any
 
 from twisted.application.service import IService
@@ -24,6 +25,8 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "TOML configuration file."],
         ["data-dir", "d", None, "Data directory (overrides [server] data_dir)."],
+        ["worker", None, None, "(internal) run as worker K of [server] workers, started by the supervisor."],
+        ["sockets", None, "", "(internal) a worker's inherited listener sockets."],
     ]
 
     def postOptions(self) -> None:
@@ -31,6 +34,16 @@ class Options(usage.Options):
             self["_config"] = build_config(self["config"], self["data-dir"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+        if self["worker"] is not None:
+            from sipshield.workers import parse_sockets
+
+            try:
+                self["worker"] = int(self["worker"])
+                self["_sockets"] = parse_sockets(self["sockets"])
+            except ValueError:
+                raise usage.UsageError("--worker K --sockets INDEX=FD[+FD],...: a number and file descriptors") from None
+            if not 0 <= self["worker"] < self["_config"].server.workers or len(self["_sockets"]) != len(self["_config"].server.listen):
+                raise usage.UsageError("--worker/--sockets do not match [server] workers and listen")
 
 
 def build_config(path: str | None, data_dir: str | None = None) -> Config:
@@ -72,8 +85,24 @@ def _check_stages(config: Config) -> None:
 
 
 def makeService(options: Any) -> IService:
+    from twisted.internet import reactor
+
     from sipshield.service import SIPShieldService
     from sipshield.transport import ListenerError
+
+    config: Config = options["_config"]
+    worker: int | None = options.get("worker")
+    if worker is None and config.server.workers > 1:
+        from sipshield.workers import Supervisor, worker_command
+
+        class TwistdSupervisor(Supervisor):
+            def privilegedStartService(self) -> None:
+                try:
+                    super().privilegedStartService()
+                except ListenerError as e:
+                    raise SystemExit(f"sipshield: {e}") from None
+
+        return TwistdSupervisor(config, reactor, worker_command(options["config"], options["data-dir"]))
 
     class TwistdService(SIPShieldService):
         """Under twistd, a listener that cannot open ends the process with one
@@ -93,4 +122,27 @@ def makeService(options: Any) -> IService:
             gc.collect()
             gc.freeze()
 
-    return TwistdService(options["_config"])
+    if worker is None:
+        return TwistdService(config)
+    from sipshield.workers import READY, adopt_sockets, die_with_parent, worker_config
+
+    class WorkerService(TwistdService):
+        """Worker K of ``[server] workers``: the proxy on the sockets its supervisor bound."""
+
+        def startService(self) -> None:
+            super().startService()
+            for listener in self.listeners:
+                if listener.own_port is not None:
+                    self.core.add_local_address(*listener.own_address)  # its Record-Route names it
+            self.schema_ready.addBoth(lambda _: self.log.info(READY + " (worker {worker}, pid {pid})", worker=worker, pid=os.getpid()))
+
+        def stopService(self) -> Any:
+            counters = self.core.counters
+            self.log.info("worker {worker} stopping: {requests} requests, {calls} calls started", worker=worker,
+                          requests=counters["requests"], calls=counters["calls_started"])
+            return super().stopService()
+
+    die_with_parent()
+    service = WorkerService(worker_config(config, worker), reactor)
+    adopt_sockets(service.listeners, options["_sockets"])
+    return service

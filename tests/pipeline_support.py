@@ -96,6 +96,9 @@ class RecordingDispatcher:
     def advertised(self, host: str) -> str:
         return host
 
+    def reached_at(self, flow: Any) -> tuple[str, int]:
+        return self.advertised(flow.local[0]), flow.local[1]
+
     def requests(self, method: str | None = None) -> list[Request]:
         return [m for m, _ in self.sent if isinstance(m, Request) and (method is None or m.method == method)]
 

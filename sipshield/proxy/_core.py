@@ -549,8 +549,8 @@ class ProxyCore:
             rc.end_unsent(branch, refusal)
             return
         if fwd.method in RECORD_ROUTE_METHODS and fwd.to.tag is None:
-            local_host, local_port = txn.flow.local
-            inbound: Hop = (txn.flow.transport_name, self.dispatcher.advertised(local_host), local_port)
+            local_host, local_port = self.dispatcher.reached_at(txn.flow)
+            inbound: Hop = (txn.flow.transport_name, local_host, local_port)
             outbound_side: Hop = (transport, outbound[0], outbound[1])
             double = inbound != outbound_side
             token = self.signer.token(fwd.call_id, fwd.from_.tag, endpoints(txn.flow.remote[0], hop[1]))

@@ -89,8 +89,21 @@ class TransportDispatcher:
         listener = self.listener_for(transport, host)
         if listener is None:
             return None
-        bound, port = listener.address
+        bound, port = listener.own_address
         return self.advertised(bound), port
+
+    def reached_at(self, flow: Flow) -> tuple[str, int]:
+        """The (host, port) for the Record-Route value of the side *flow*
+        arrived on: its local address, or for UDP in a worker process that
+        worker's own port (``[server] workers``), so that the dialog's next
+        requests come back to the worker that record-routed it."""
+        host, port = flow.local
+        if flow.transport_name == "UDP":
+            for listener in self.listeners:
+                if listener.own_port is not None and listener.port is not None and listener.address == (host, port):
+                    host, port = listener.own_address
+                    break
+        return self.advertised(host), port
 
     def advertised(self, host: str) -> str:
         """A wildcard-bound address cannot go in a Via or Record-Route: use
@@ -111,7 +124,7 @@ class TransportDispatcher:
             # Not even a connection attempt to port 0, a broadcast or multicast address.
             return None
         if transport == "UDP":
-            udp = DatagramFlow(listener.port, listener.address, (host, port))
+            udp = DatagramFlow(listener.sending_port, listener.address, (host, port))
             return udp if udp.write(data, udp.remote) else None
         factory = listener.factory
         if factory is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,6 +72,13 @@ class SIPListener(Service):
         """The security event sink its stream factory reports to (failed TLS handshakes)."""
         self.port: Any = None
         self.factory: SIPStreamFactory | None = None
+        self.inherited: tuple[int, int | None] | None = None
+        """In a worker process (``[server] workers`` > 1, sipshield/workers.py): the
+        file descriptors of the SO_REUSEPORT socket its supervisor bound for it and,
+        for UDP, of the worker's own port; adopted instead of listening."""
+        self.own_port: Any = None
+        """A worker's own UDP port (None otherwise): what it sends from and puts in
+        its Via and Record-Route, so that what answers them comes back to it."""
         self.setName(config.description)
 
     @property
@@ -79,12 +87,27 @@ class SIPListener(Service):
         host = self.port.getHost()
         return host.host, host.port
 
+    @property
+    def own_address(self) -> tuple[str, int]:
+        """The (host, port) for Via and Record-Route: a worker's own UDP port, else :attr:`address`."""
+        if self.own_port is None:
+            return self.address
+        host = self.own_port.getHost()
+        return host.host, host.port
+
+    @property
+    def sending_port(self) -> Any:
+        """The UDP port requests are sent from (the worker's own one when it has one)."""
+        return self.own_port if self.own_port is not None else self.port
+
     def listen(self) -> None:
+        if self.inherited is not None:
+            self._adopt(*self.inherited)
+            return
         cfg = self.config
         try:
             if cfg.kind == "udp":
-                proto = SIPDatagramProtocol(self.handler, self.limits.max_message_bytes, self.limits.max_headers)
-                self.port = self.reactor.listenUDP(cfg.port, proto, interface=cfg.interface, maxPacketSize=65535)
+                self.port = self.reactor.listenUDP(cfg.port, self._datagram_protocol(), interface=cfg.interface, maxPacketSize=65535)
                 self._size_udp_buffers()
             else:
                 self.factory = SIPStreamFactory(self.handler, self.limits, self.reactor, cfg.kind.upper(), self.events)
@@ -103,11 +126,51 @@ class SIPListener(Service):
         shown = f"[{host}]" if ":" in host else host
         self.log.info("sipshield listening on {kind} {where}", kind=cfg.kind, where=f"{shown}:{port}", listener=cfg.kind, host=host, port=port)
 
-    def _size_udp_buffers(self) -> None:
+    def _adopt(self, fd: int, own: int | None) -> None:
+        """A worker's listener: the sockets its supervisor bound (SO_REUSEPORT,
+        so the kernel spreads datagrams by their 4-tuple and connections as
+        they come between the workers) are adopted, not opened."""
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.interface else socket.AF_INET
+        for inherited in (fd, own):
+            if inherited is not None:
+                os.set_blocking(inherited, False)
+        if cfg.kind == "udp":
+            self.port = self.reactor.adoptDatagramPort(fd, family, self._datagram_protocol(), maxPacketSize=65535)
+            self._size_udp_buffers()
+            if own is not None:
+                proto = self._datagram_protocol()
+                self.own_port = self.reactor.adoptDatagramPort(own, family, proto, maxPacketSize=65535)
+                # An alias of the listener: what arrives there is seen as arriving at the
+                # listener (ACL rules by port, Warning headers), only Via and Record-Route differ.
+                proto.local = self.address
+                self._size_udp_buffers(self.own_port)
+        else:
+            factory = self.factory = SIPStreamFactory(self.handler, self.limits, self.reactor, cfg.kind.upper(), self.events)
+            if cfg.kind == "tls":
+                if self.tls_context is None:
+                    raise ListenerError(f"cannot listen on {cfg.description}: no TLS certificate loaded")
+                self.port = self.reactor.adoptStreamPort(fd, family, RefusingTLSFactory(self.tls_context, False, factory))
+            else:
+                self.port = self.reactor.adoptStreamPort(fd, family, factory)
+        for inherited in (fd, own):
+            if inherited is not None:
+                os.close(inherited)  # the ports hold their own duplicates
+        host, port = self.address
+        shown = f"[{host}]" if ":" in host else host
+        self.log.info("sipshield listening on {kind} {where}", kind=cfg.kind, where=f"{shown}:{port}", listener=cfg.kind, host=host, port=port)
+        if self.own_port is not None:
+            own_host, own_port = self.own_address
+            self.log.info("worker's own UDP port {where} (its Via and Record-Route)", where=f"{shown}:{own_port}", host=own_host, port=own_port)
+
+    def _datagram_protocol(self) -> SIPDatagramProtocol:
+        return SIPDatagramProtocol(self.handler, self.limits.max_message_bytes, self.limits.max_headers)
+
+    def _size_udp_buffers(self, port: Any = None) -> None:
         """A burst of datagrams must not overflow the default ~200 KB socket
         buffer while the reactor is busy; the kernel caps the size at
         net.core.rmem_max / wmem_max."""
-        sock = getattr(self.port, "socket", None)
+        sock = getattr(port or self.port, "socket", None)
         if sock is None:
             return
         wanted = self.limits.udp_buffer_bytes
@@ -134,6 +197,9 @@ class SIPListener(Service):
     def stopService(self) -> Any:
         super().stopService()
         port, self.port = self.port, None
+        own, self.own_port = self.own_port, None
+        if own is not None:
+            own.stopListening()
         if self.factory is not None:
             for proto in list(self.factory.connections.values()):
                 if proto.transport is not None:
