@@ -15,8 +15,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent.parent / "sipshield"
 
-_ABOVE_PROXY = {"routing", "auth", "security", "ops", "plugins", "service", "tap", "cli"}
-_WIRING = {"service", "tap", "cli"}
+_ABOVE_PROXY = {"routing", "auth", "security", "ops", "plugins", "service", "workers", "tap", "cli"}
+_WIRING = {"service", "workers", "tap", "cli"}
 
 FORBIDDEN: dict[str, set[str]] = {
     # the sans-IO message layer: nothing from sipshield outside message, and no Twisted
@@ -38,7 +38,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "_ratelog": {"*"},
     "_tally": {"*"},
     # wiring, at the top
-    "service": {"tap", "cli"},
+    "service": {"workers", "tap", "cli"},
+    "workers": {"service", "tap", "cli"},  # the supervisor: config and the transports' listener only
     "tap": {"cli"},
     "cli": set(),
     "__init__": {"*"},
