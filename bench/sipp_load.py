@@ -166,6 +166,8 @@ class System:
 
     name = "?"
     memory_label = "RSS"
+    uac_transport = "u1"
+    """SIPp's ``-t`` for the UAC (``un`` for sipshield's workers: one source port per call)."""
 
     def __init__(self, workdir: Path, port: int, uas_port: int) -> None:
         self.workdir = workdir
@@ -256,9 +258,24 @@ class Sipshield(System):
     name = "sipshield"
     memory_label = "VmRSS"
 
-    def __init__(self, workdir: Path, port: int, uas_port: int, shield: bool = False) -> None:
+    def __init__(self, workdir: Path, port: int, uas_port: int, shield: bool = False, workers: int = 1) -> None:
+        self.workers = workers
+        if workers > 1:
+            # Its supervisor and workers: CPU and memory summed over every process (Pss).
+            self.name, self.memory_label = f"sipshield-{workers}w", "Pss (all processes)"
+            self.uac_transport = "un"  # one socket per call: the kernel spreads calls by source port
         super().__init__(workdir, port, uas_port)
         self.shield = shield
+
+    def start(self) -> None:
+        super().start()
+        if self.workers > 1:
+            last = f"sipshield worker ready (worker {self.workers - 1}"
+            wait_until(lambda: last in self.log_tail(10**7) or self.process is None or self.process.poll() is not None, 60, f"{self.name}'s workers")
+
+    def pids(self) -> list[int]:
+        assert self.process is not None
+        return descendants(self.process.pid) if self.workers > 1 else [self.process.pid]
 
     def command(self) -> list[str]:
         config = self.workdir / "sipshield.toml"
@@ -266,8 +283,9 @@ class Sipshield(System):
             "[server]\n"
             f'data_dir = "{self.workdir / "data"}"\n'
             f'listen = ["udp:{self.port}:interface=127.0.0.1"]\n'
-            'domains = ["example.com"]\n\n'
-            "[[routes]]\n"
+            'domains = ["example.com"]\n'
+            + (f"workers = {self.workers}\n\n[registrar]\nstore = \"sql\"\n" if self.workers > 1 else "")
+            + "\n[[routes]]\n"
             f'match_domain = "{BENCH_DOMAIN}"\n'
             f'target = "sip:127.0.0.1:{self.uas_port};transport=udp"\n'
             f"external = {'true' if self.shield else 'false'}\n\n"
@@ -279,7 +297,8 @@ class Sipshield(System):
         )
         twistd = Path(sys.executable).parent / "twistd"
         runner = [str(twistd)] if twistd.exists() else [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
-        return [*pin(1), *runner, "-n", "--pidfile=", "sipshield", "--config", str(config)]
+        # Several workers are not pinned: they are there to use every core.
+        return [*(pin(1) if self.workers == 1 else []), *runner, "-n", "--pidfile=", "sipshield", "--config", str(config)]
 
 
 class Kamailio(System):
@@ -429,7 +448,8 @@ def run_step(system: System, sipp: str, rate: int, duration: int, workdir: Path,
         uac = run_sipp(
             [*pin(0), sipp, f"127.0.0.1:{system.port}", "-sf", str(scenario), "-s", "bench", "-p", str(free_udp_port()),
              "-r", str(rate), "-m", str(calls), "-l", str(max(rate * 4, 100)), "-recv_timeout", "8000", "-timeout_error",
-             "-stf", str(uac_csv), "-trace_err", "-error_file", str(workdir / f"uac-{tag}-errors.log"), *common],
+             "-stf", str(uac_csv), "-trace_err", "-error_file", str(workdir / f"uac-{tag}-errors.log"), *common,
+             *(["-t", system.uac_transport, "-max_socket", str(max(rate * 8, 200))] if system.uac_transport != "u1" else [])],
             workdir / f"uac-{tag}.out", workdir,
         )  # fmt: skip
         try:
@@ -517,6 +537,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kamailio", action="store_true", help="also run the steps through Kamailio (bench/kamailio.cfg)")
     parser.add_argument("--kamailio-tuned", action="store_true", help="also run the steps through Kamailio with its fast allocators (-x fm -X fm)")
     parser.add_argument("--shield", action="store_true", help="sipshield with every shield stage on; both SIPps speak DTLS-SRTP")
+    parser.add_argument("--workers", default="1", help="comma-separated [server] workers values: sipshield runs once per value (e.g. 1,2)")
     parser.add_argument("--skip-sipshield", action="store_true", help="only Kamailio (with --kamailio or --kamailio-tuned)")
     parser.add_argument("--port", type=int, default=0, help="proxy UDP port (default: a free one)")
     parser.add_argument("--uas-port", type=int, default=0, help="SIPp UAS UDP port (default: a free one)")
@@ -531,6 +552,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--rates: 1..{MAX_STEPS} rates, each 1..{MAX_RATE}")
     if not 1 <= args.duration <= 60:
         parser.error("--duration: 1..60 seconds")
+    try:
+        args.workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        parser.error("--workers takes integers, e.g. 1,2")
+    if not args.workers or len(args.workers) > 4 or not all(1 <= w <= 64 for w in args.workers):
+        parser.error("--workers: 1..4 values, each 1..64")
     return args
 
 
@@ -549,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     scenario, uas_scenario = bench_scenarios(workdir, args.shield)
     systems: list[System] = []
     if not args.skip_sipshield:
-        systems.append(Sipshield(workdir, args.port or free_udp_port(), uas_port, shield=args.shield))
+        for workers in args.workers:
+            systems.append(Sipshield(workdir, (args.port if len(args.workers) == 1 else 0) or free_udp_port(), uas_port, shield=args.shield, workers=workers))
     if args.kamailio:
         systems.append(Kamailio(workdir, free_udp_port(), uas_port, kamailio))  # type: ignore[arg-type]
     if args.kamailio_tuned:

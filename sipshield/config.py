@@ -1681,6 +1681,9 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     media = _media(data.get("media", {}), source)
     if media.srtp == "mandatory" and "media" not in stages:
         raise ConfigError('srtp = "mandatory" needs the "media" stage in [pipeline] stages (it is in the default pipeline)', key="media.srtp", source=source)
+    if server.workers > 1 and registrar.store == "memory":
+        # Each worker's memory store would hold only the phones that registered through it.
+        raise ConfigError(f'{server.workers} workers need a location store they share: [registrar] store = "sql"', key="server.workers", source=source)
     if not security.allow_unauthenticated:
         for key, why in unsafe_posture(stages, auth.trusted_sources):
             raise ConfigError(f"{why}; refused (set [security] allow_unauthenticated = true to run like this on purpose)", key=key, source=source)

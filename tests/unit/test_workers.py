@@ -21,7 +21,7 @@ from sipshield.workers import READY, Supervisor, own_port, parse_sockets, worker
 
 def config(tmp_path: Path, workers: str, listen: str = '"udp:5060", "tcp:5060", "tls:5061"') -> Any:
     path = tmp_path / "sipshield.toml"
-    path.write_text(f'[server]\ndata_dir = "data"\nlisten = [{listen}]\ndomains = ["example.com"]\nworkers = {workers}\n')
+    path.write_text(f'[server]\ndata_dir = "data"\nlisten = [{listen}]\ndomains = ["example.com"]\nworkers = {workers}\n[registrar]\nstore = "sql"\n')
     return load_config(path)
 
 
@@ -40,6 +40,13 @@ def test_default_is_one_worker_and_auto_is_the_number_of_cores(tmp_path: Path) -
 def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, value: str, why: str) -> None:
     with pytest.raises(ConfigError, match=f"server.workers: .*{why}"):
         config(tmp_path, value)
+
+
+def test_workers_need_a_shared_location_store(tmp_path: Path) -> None:
+    path = tmp_path / "memory.toml"
+    path.write_text('[server]\ndata_dir = "data"\nworkers = 2\n')
+    with pytest.raises(ConfigError, match='server.workers: 2 workers need a location store they share: \\[registrar\\] store = "sql"'):
+        load_config(path)
 
 
 def test_worker_ports_must_not_overlap_another_udp_listener(tmp_path: Path) -> None:
