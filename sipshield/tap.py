@@ -126,23 +126,32 @@ def makeService(options: Any) -> IService:
         return TwistdService(config)
     from sipshield.workers import READY, adopt_sockets, die_with_parent, worker_config
 
+    index: int = worker
+
     class WorkerService(TwistdService):
         """Worker K of ``[server] workers``: the proxy on the sockets its supervisor bound."""
+
+        def privilegedStartService(self) -> None:
+            die_with_parent()  # started by the supervisor: it goes when the supervisor goes
+            super().privilegedStartService()
 
         def startService(self) -> None:
             super().startService()
             for listener in self.listeners:
                 if listener.own_port is not None:
                     self.core.add_local_address(*listener.own_address)  # its Record-Route names it
-            self.schema_ready.addBoth(lambda _: self.log.info(READY + " (worker {worker}, pid {pid})", worker=worker, pid=os.getpid()))
+            self.schema_ready.addBoth(lambda _: self.log.info(READY + " (worker {worker}, pid {pid})", worker=index, pid=os.getpid()))
+
+        def reload(self, config: Config) -> list[str]:
+            # The file's [admin] and [metrics] are worker 0's alone: not a change that needs a restart here.
+            return super().reload(worker_config(config, index))
 
         def stopService(self) -> Any:
             counters = self.core.counters
-            self.log.info("worker {worker} stopping: {requests} requests, {calls} calls started", worker=worker,
+            self.log.info("worker {worker} stopping: {requests} requests, {calls} calls started", worker=index,
                           requests=counters["requests"], calls=counters["calls_started"])
             return super().stopService()
 
-    die_with_parent()
-    service = WorkerService(worker_config(config, worker), reactor)
+    service = WorkerService(worker_config(config, index), reactor)
     adopt_sockets(service.listeners, options["_sockets"])
     return service

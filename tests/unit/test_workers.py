@@ -1,6 +1,6 @@
 """``[server] workers``: the key, each worker's own UDP port in its Via and
 Record-Route, and the supervisor's restarts and stop (on a task.Clock, with a
-fake spawnProcess; the real processes are in tests/e2e/test_workers.py)."""
+fake spawnProcess; the real processes are in tests/e2e/test_worker_processes.py)."""
 
 from __future__ import annotations
 
@@ -210,3 +210,26 @@ def test_supervisor_starts_worker_zero_first_restarts_with_backoff_and_stops_all
     assert live[1][3].signals == ["TERM", "KILL"]
     live[1][0].processEnded(type("R", (), {"value": _Exit(sig=9)})())
     assert results and all(not w.sockets for w in supervisor.workers)
+
+
+def test_twistd_options_run_the_supervisor_or_a_worker(tmp_path: Path) -> None:
+    from twisted.python import usage
+
+    from sipshield.service import SIPShieldService
+    from sipshield.tap import Options, makeService
+
+    config(tmp_path, "2", '"udp:0", "tcp:0"')
+    path = str(tmp_path / "sipshield.toml")
+    options = Options()
+    options.parseOptions(["--config", path])
+    supervisor = makeService(options)
+    assert isinstance(supervisor, Supervisor) and supervisor.command[-2:] == ["--config", path]
+    for bad in (["--worker", "2", "--sockets", "0=3+4,1=5"], ["--worker", "1", "--sockets", "0=3+4"], ["--worker", "x", "--sockets", "0=3,1=4"]):
+        with pytest.raises(usage.UsageError):
+            Options().parseOptions(["--config", path, *bad])
+    options = Options()
+    options.parseOptions(["--config", path, "--worker", "1", "--sockets", "0=3+4,1=5"])
+    worker = makeService(options)
+    assert isinstance(worker, SIPShieldService) and not isinstance(worker, Supervisor)
+    assert [listener.inherited for listener in worker.listeners] == [(3, 4), (5, None)]
+    assert not worker.config.admin.enabled and worker.admin is None and worker.metrics is None

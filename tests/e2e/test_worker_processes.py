@@ -109,6 +109,30 @@ def test_call_scenarios_pass_with_two_workers_and_both_take_calls(start_server, 
     assert "Traceback" not in server.log and "died" not in server.log
 
 
+# test_calls.py's scenarios, each against two workers (its first test checks that the Record-Route
+# names the shared listening port: with workers it names the worker's own port, checked above).
+SCENARIOS = [
+    "test_callee_hangs_up_with_the_route_set", "test_caller_cancels_before_answer", "test_busy_callee_486_reaches_the_caller",
+    "test_no_answer_gets_408_after_timer_c", "test_fork_to_two_contacts_one_answers_other_cancelled",
+    "test_tcp_caller_udp_callee_double_record_route", "test_tls_caller_udp_callee_double_record_route",
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_call_scenarios_of_test_calls_pass_with_two_workers(scenario: str, start_server, sipp_runner, tmp_path) -> None:
+    test = getattr(test_calls, scenario)
+    started = []
+
+    def workers_server(config_text: str | None = None, **_: object):
+        assert config_text == test_calls.CALL_CONFIG  # the same configuration, with workers = 2 and the SQL location store
+        started.append(start_workers(start_server))
+        return started[-1]
+
+    kwargs = {"tmp_path": tmp_path} if "tmp_path" in test.__code__.co_varnames[: test.__code__.co_argcount] else {}
+    test(workers_server, sipp_runner, **kwargs)
+    assert len(started) == 1 and "sipshield worker ready (worker 1" in started[0].log
+
+
 def test_a_killed_worker_is_restarted_and_calls_go_on(start_server, sipp_runner) -> None:
     server = start_workers(start_server)
     before = own_ports(server)
@@ -132,6 +156,11 @@ def test_sigterm_to_twistd_stops_every_worker(start_server) -> None:
     server = start_workers(start_server)
     pids = [pid for each in worker_pids(server).values() for pid in each]
     assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    # SIGHUP is passed on: each worker reloads the file itself.
+    mark = len(server.lines)
+    server.process.send_signal(signal.SIGHUP)
+    server.wait_for(r"worker 0: .*SIGHUP: reloaded", start=mark)
+    server.wait_for(r"worker 1: .*SIGHUP: reloaded", start=mark)
     began = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=15)
