@@ -1545,8 +1545,15 @@ class Config:
         ]
         stores = {"sql": f"sql ({mask_url(self.database)})", "file": f"file ({auth.file})", "ldap": f"ldap ({mask_url(str((self.ldap or {}).get('url', '?')))})"}
         locations = f"sql ({mask_url(self.database)})" if self.registrar.store == "sql" else "memory (lost on restart)"
+        workers = []
+        if self.server.workers > 1:
+            n = self.server.workers
+            own = [f"{lc.port + 1}-{lc.port + n}" if lc.port else "ephemeral" for lc in self.server.listen if lc.kind == "udp"]
+            workers = [("workers", f"{n} processes sharing the listeners (SO_REUSEPORT); their own UDP ports: {', '.join(own) or 'none'}; "
+                        "admin API and metrics in worker 0; bans and limits per worker")]
         return [
             ("listeners", ", ".join(lc.description for lc in self.server.listen) or "(none)"),
+            *workers,
             ("domains", ", ".join(self.server.domains) or "(none: answers for its own addresses)"),
             ("pipeline", " -> ".join(self.stages)),
             ("digest algorithms", ", ".join(auth.algorithms) + " (challenged in this order)" + (" to sources in no profile" if auth.profiles else "")),

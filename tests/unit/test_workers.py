@@ -42,6 +42,13 @@ def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, value: str,
         config(tmp_path, value)
 
 
+def test_check_config_and_the_start_up_log_say_so(tmp_path: Path) -> None:
+    posture = dict(config(tmp_path, "2", '"udp:5060", "tcp:5060", "udp:0:interface=127.0.0.2"').posture())
+    assert posture["workers"] == ("2 processes sharing the listeners (SO_REUSEPORT); their own UDP ports: 5061-5062, ephemeral; "
+                                  "admin API and metrics in worker 0; bans and limits per worker")
+    assert "workers" not in dict(config(tmp_path, "1").posture())
+
+
 def test_workers_need_a_shared_location_store(tmp_path: Path) -> None:
     path = tmp_path / "memory.toml"
     path.write_text('[server]\ndata_dir = "data"\nworkers = 2\n')
