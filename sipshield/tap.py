@@ -93,7 +93,7 @@ def makeService(options: Any) -> IService:
     config: Config = options["_config"]
     worker: int | None = options.get("worker")
     if worker is None and config.server.workers > 1:
-        from sipshield.workers import Supervisor, worker_command
+        from sipshield.workers import Supervisor, stop_once_on_signals, worker_command
 
         class TwistdSupervisor(Supervisor):
             def privilegedStartService(self) -> None:
@@ -101,6 +101,7 @@ def makeService(options: Any) -> IService:
                     super().privilegedStartService()
                 except ListenerError as e:
                     raise SystemExit(f"sipshield: {e}") from None
+                stop_once_on_signals(self.reactor)
 
         return TwistdSupervisor(config, reactor, worker_command(options["config"], options["data-dir"]))
 
@@ -124,7 +125,7 @@ def makeService(options: Any) -> IService:
 
     if worker is None:
         return TwistdService(config)
-    from sipshield.workers import READY, adopt_sockets, die_with_parent, worker_config
+    from sipshield.workers import READY, adopt_sockets, die_with_parent, stop_once_on_signals, worker_config
 
     index: int = worker
 
@@ -133,6 +134,7 @@ def makeService(options: Any) -> IService:
 
         def privilegedStartService(self) -> None:
             die_with_parent()  # started by the supervisor: it goes when the supervisor goes
+            stop_once_on_signals(self.reactor)
             super().privilegedStartService()
 
         def startService(self) -> None:

@@ -94,8 +94,6 @@ def _bind(lc: ListenerConfig, port: int, reuse: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in lc.interface else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM if lc.kind == "udp" else socket.SOCK_STREAM)
     try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if lc.kind != "udp":
@@ -325,6 +323,25 @@ def worker_command(config_path: str | None, data_dir: str | None) -> list[str]:
     if data_dir is not None:
         args += ["--data-dir", data_dir]
     return args
+
+
+def stop_once_on_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the reactor, and a second one while it stops
+    is not a ``ReactorNotRunning`` traceback: with workers a stop often
+    signals twice (systemd's control-group kill reaches the workers, and so
+    does their supervisor's SIGTERM).  Installed once the reactor runs, over
+    its own handlers."""
+    from twisted.internet.error import ReactorNotRunning
+
+    def stop() -> None:
+        with contextlib.suppress(ReactorNotRunning):
+            reactor.stop()
+
+    def install() -> None:
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: reactor.callFromThread(stop))
+
+    reactor.callWhenRunning(install)
 
 
 def die_with_parent() -> None:

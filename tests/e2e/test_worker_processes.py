@@ -13,6 +13,7 @@ calls it started when it stops.  Registrations are in the SQL location store
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -162,11 +163,17 @@ def test_sigterm_to_twistd_stops_every_worker(start_server) -> None:
     server.wait_for(r"worker 0: .*SIGHUP: reloaded", start=mark)
     server.wait_for(r"worker 1: .*SIGHUP: reloaded", start=mark)
     began = time.monotonic()
+    # Twice, as a control-group kill and a supervisor's SIGTERM reach a worker: still one clean stop.
     server.process.send_signal(signal.SIGTERM)
+    server.process.send_signal(signal.SIGTERM)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     server.process.wait(timeout=15)
     assert time.monotonic() - began < 10
     assert not any(alive(pid) for pid in pids), pids
     server.stop()
+    assert "Traceback" not in server.log and "ReactorNotRunning" not in server.log, server.log[-3000:]
     assert re.search(r"worker 0 \(pid \d+\) stopped", server.log) and re.search(r"worker 1 \(pid \d+\) stopped", server.log), server.log[-3000:]
 
 
