@@ -1550,7 +1550,9 @@ class Config:
             n = self.server.workers
             own = [f"{lc.port + 1}-{lc.port + n}" if lc.port else "ephemeral" for lc in self.server.listen if lc.kind == "udp"]
             workers = [("workers", f"{n} processes sharing the listeners (SO_REUSEPORT); their own UDP ports: {', '.join(own) or 'none'}; "
-                        "admin API and metrics in worker 0; bans and limits per worker")]
+                        "admin API and metrics in worker 0; bans and limits per worker"
+                        + ("; a phone registered over TCP/TLS is reached only through the worker holding its connection"
+                           if any(lc.kind != "udp" for lc in self.server.listen) else ""))]
         return [
             ("listeners", ", ".join(lc.description for lc in self.server.listen) or "(none)"),
             *workers,

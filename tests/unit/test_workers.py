@@ -45,8 +45,10 @@ def test_bad_values_are_config_errors_naming_the_key(tmp_path: Path, value: str,
 def test_check_config_and_the_start_up_log_say_so(tmp_path: Path) -> None:
     posture = dict(config(tmp_path, "2", '"udp:5060", "tcp:5060", "udp:0:interface=127.0.0.2"').posture())
     assert posture["workers"] == ("2 processes sharing the listeners (SO_REUSEPORT); their own UDP ports: 5061-5062, ephemeral; "
-                                  "admin API and metrics in worker 0; bans and limits per worker")
+                                  "admin API and metrics in worker 0; bans and limits per worker; "
+                                  "a phone registered over TCP/TLS is reached only through the worker holding its connection")
     assert "workers" not in dict(config(tmp_path, "1").posture())
+    assert dict(config(tmp_path, "2", '"udp:5060"').posture())["workers"].endswith("bans and limits per worker")
 
 
 def test_workers_need_a_shared_location_store(tmp_path: Path) -> None:
