@@ -1264,6 +1264,69 @@ def _metrics(data: Any, source: str | None) -> MetricsConfig:
     refresh = section.take_number("refresh", 15.0, 1.0, 3600.0, integer=False)
     section.finish()
     return MetricsConfig(enabled=enabled, listen=listen, refresh=float(refresh))
+@dataclass(frozen=True)
+class StateConfig:
+    """``[state]``: where the shield's counters, buckets and bans live
+    (docs/scaling.md): this process's memory, or Redis shared by several nodes."""
+
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "sipshield:"
+
+    @property
+    def redis(self) -> RedisAddress:
+        """``redis_url`` taken apart (checked when the config was parsed)."""
+        return parse_redis_url(self.redis_url)
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """A ``redis://[[user]:password@]host[:port][/db]`` URL, taken apart."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """The parts of a ``redis://`` URL; ValueError (no password in it) when it is not one."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"expected redis://[[user]:password@]host[:port][/db], got scheme {parts.scheme or '(none)'!r} (rediss:// is not supported)")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("no host")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database is a number (/0), not {path!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("no query or fragment is understood")
+    return RedisAddress(parts.hostname, port, int(path or 0), parts.username or None, parts.password)
+
+
+def _state(data: Any, source: str | None) -> StateConfig:
+    """``[state]``."""
+    section = _Section("state", data, source)
+    backend = section.take("backend", str, "memory")
+    if backend not in ("memory", "redis"):
+        raise section.error("backend", f'"memory" or "redis", not {backend!r}')
+    url = section.take("redis_url", str, StateConfig.redis_url)
+    try:
+        parse_redis_url(url)
+    except ValueError as e:
+        raise section.error("redis_url", f"{mask_url(url)}: {e}") from None
+    prefix = section.take("key_prefix", str, StateConfig.key_prefix)
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+        raise section.error("key_prefix", "1 to 64 letters, digits or _.:-")
+    section.finish()
+    return StateConfig(backend=backend, redis_url=url, key_prefix=prefix)
+
+
 ALERT_KINDS = ("event_rate", "metric", "certificate_expiry")
 ALERT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 """A rule's or notifier's name: it goes into alert texts, mail subjects and log lines as it is."""
@@ -1513,6 +1576,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     source: str | None = None
 
     def warnings(self) -> list[str]:
@@ -1574,11 +1638,19 @@ class Config:
             ("media", self._media_posture()),
             ("users", ", ".join(stores[b] for b in auth.backends)),
             ("locations", locations),
+            ("shield state", self._state_posture()),
             ("tls", tls),
             ("metrics", f"http://{self.metrics.listen.interface}:{self.metrics.listen.port}/metrics" if self.metrics.enabled else "off"),
             *((("alerts", self._alerts_posture()),) if self.alerts.rules else ()),
             ("data_dir", str(self.server.data_dir)),
         ]
+
+    def _state_posture(self) -> str:
+        state = self.state
+        if state.backend == "memory":
+            return "memory (this process only)"
+        return (f"redis ({mask_url(state.redis_url)}, keys {state.key_prefix}*): bans shared within a second, "
+                "rate limits and failure counts within one flush; served from local state while Redis is down")
 
     def _media_posture(self) -> str:
         srtp = self.media.srtp
@@ -1668,7 +1740,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     sections is checked here.
     """
     base = base_dir if base_dir is not None else Path.cwd()
-    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin", "media", "metrics", "alerts"}
+    known = {"server", "tls", "limits", "routes", "registrar", "timers", "pipeline", "stage", "database", "auth", "roles", "ldap", "security", "bans", "ratelimit", "scanners", "acl", "egress", "logging", "admin", "media", "metrics", "alerts", "state"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown section(s) or key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", source=source)
@@ -1704,7 +1776,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
         logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles, base), media=media,
         metrics=_metrics(data.get("metrics", {}), source),
-        alerts=_alerts(data.get("alerts", {}), source, base),
+        alerts=_alerts(data.get("alerts", {}), source, base), state=_state(data.get("state", {}), source),
     )
 
 

@@ -86,13 +86,17 @@ class SIPShieldService(MultiService):
         """The ``[logging]`` outputs (JSON lines, syslog), the first child service."""
         self.log_outputs.setServiceParent(self)
         from sipshield.security import OverloadShedding, build_ban_policy, build_nft_ban_set, build_overload
-        from sipshield.state import MemoryShieldState
+        from sipshield.state import build_shield_state
 
-        self.shield_state = MemoryShieldState(max_bans=config.bans.max_bans)
+        self.shield_state, state_service = build_shield_state(config, reactor)
+        """The shield's ShieldState: in memory, or shared through Redis (``[state]``, docs/scaling.md)."""
+        if state_service is not None:
+            state_service.setServiceParent(self)
         self.bans = build_ban_policy(config, reactor, self.events, on_ban=self._banned, state=self.shield_state)
         if self.bans is not None:
             self.events.subscribe(self.bans)
             self.core.source_filter = self.bans.refuse_source
+            getattr(self.shield_state, "listeners", []).append(self.bans)  # bans made on other nodes
         self.nft_bans = build_nft_ban_set(config.bans.nftables, reactor, self.bans)
         exempt = self._exempt_from_limits()
         self.environment = StageEnvironment(

@@ -282,6 +282,29 @@ class BanPolicy:
             self._changed()
         return lifted
 
+    # -- bans made on another node (sipshield/state/_redis.py: a RemoteBanListener) ---------
+
+    def remote_banned(self, ban: Ban) -> None:
+        """Another node banned ``ban.key`` (already in the shared state):
+        logged, that source's connections closed, the observers told and the
+        ban file written, as for a ban made here; never published again."""
+        if self.events is not None:
+            now = self.reactor.seconds()
+            self.events.emit(SecurityEvent(BAN, ban.key, "", None, f"banned for {ban.until - now:.0f} s on another node: {ban.reason}"))
+        if self.on_ban is not None:
+            self.on_ban(ban.key)
+        for observer in self.observers:
+            observer.banned(ban)
+        self._changed()
+
+    def remote_unbanned(self, key: str) -> None:
+        """Another node lifted the ban on *key* (already gone from the shared state)."""
+        if self.events is not None:
+            self.events.emit(SecurityEvent(UNBAN, key, "", None, "ban lifted on another node"))
+        for observer in self.observers:
+            observer.unbanned(key)
+        self._changed()
+
     def bans(self) -> list[Ban]:
         """Every ban in force, soonest to end first."""
         return self.state.bans(self.reactor.seconds())

@@ -175,6 +175,18 @@ class MemoryShieldState:
             return True
         return False
 
+    def spend(self, key: str, tokens: float, rate: float, burst: float, now: float) -> None:
+        """Take *tokens* more from *key*'s bucket, taken elsewhere (another
+        node: sipshield/state/_redis.py); it may owe down to -*burst*."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            self._make_room(self._buckets)
+            bucket = self._buckets[key] = [burst, now]
+        elif now > bucket[1]:
+            bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
+            bucket[1] = now
+        bucket[0] = max(-burst, bucket[0] - tokens)
+
     # -- bans ------------------------------------------------------------------------------
 
     def ban(self, ban: Ban) -> None:
