@@ -271,6 +271,21 @@ def security_log() -> Iterator[list[dict[str, Any]]]:
 
 
 @pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every line logged (twisted.logger, formatted) while the test runs."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture
 def start_server(tmp_path: Path) -> Iterator:
     """Factory fixture: start_server(config_text) -> RunningServer, stopped after the test."""
     servers: list[RunningServer] = []

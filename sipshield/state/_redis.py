@@ -40,12 +40,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from twisted.application.internet import ClientService
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher
 
 from sipshield.config import Config
 from sipshield.state._shield import Ban, MemoryShieldState
@@ -443,7 +444,13 @@ class TxRedisLink:
         for factory in (commands, subscriber):
             factory.maxDelay = self.max_delay
             factory.deferred.addErrback(lambda f: None)  # a failed first attempt is retried, and logged by the state
-            factory.startConnecting(endpoint())
+            # factory.startConnecting(endpoint()), with a ClientService that
+            # does not log each retry: the state logs the outage once.
+            slot = txredisapi._PoolSlot(factory, endpoint(), factory.reconnect)
+            slot.service = _QuietClientService(endpoint(), txredisapi._SlotFactory(factory, slot), retryPolicy=slot._retryDelay,
+                                               prepareConnection=slot._prepareConnection)
+            factory.slots.append(slot)
+            slot.start()
         self._commands, self._subscriber = commands, subscriber
 
     def up(self) -> bool:
@@ -463,6 +470,12 @@ class TxRedisLink:
         factories = [f for f in (self._commands, self._subscriber) if f is not None]
         self._commands = self._subscriber = self._subscribed = None
         return defer.gatherResults([f.disconnect() for f in factories], consumeErrors=True)
+
+
+class _QuietClientService(ClientService):
+    """A ClientService whose "Scheduling retry" lines go nowhere."""
+
+    _log = Logger(observer=LogPublisher())  # one with no observers
 
 
 class RedisStateService(Service):

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 
 from sipshield.config import ConfigError, parse_config
 from sipshield.security import BanPolicy
@@ -94,20 +93,6 @@ def two_nodes() -> tuple[FakeRedis, Clock, RedisShieldState, RedisShieldState]:
     b, _ = node(redis, clock, "b")
     clock.advance(0.05)
     return redis, clock, a, b
-
-
-@pytest.fixture
-def logged() -> Any:
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        from twisted.logger import formatEvent
-
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def test_answers_at_once_and_writes_in_one_round_per_flush() -> None:
@@ -191,7 +176,7 @@ def test_failure_windows_are_shared() -> None:
     assert b.recent("auth:198.51.100.1", 60.0, clock.seconds()) == 3
 
 
-def test_down_serves_locally_bounds_the_queue_keeps_bans_and_catches_up(logged: list[str]) -> None:
+def test_down_serves_locally_bounds_the_queue_keeps_bans_and_catches_up(log_lines: list[str]) -> None:
     redis, clock = FakeRedis(), Clock()
     clock.advance(1000)
     a, link_a = node(redis, clock, "a", max_pending=10)
@@ -200,7 +185,7 @@ def test_down_serves_locally_bounds_the_queue_keeps_bans_and_catches_up(logged: 
     link_a.is_up = False
     for _ in range(20):
         clock.advance(0.05)
-    assert sum("unavailable, serving on local state" in line for line in logged) == 1
+    assert sum("unavailable, serving on local state" in line for line in log_lines) == 1
     for i in range(50):
         assert a.take(f"src:{i}", 1.0, 5.0, clock.seconds())  # still answered
     ban = Ban("203.0.113.5", clock.seconds() + 600, "outage ban", clock.seconds())
@@ -212,7 +197,7 @@ def test_down_serves_locally_bounds_the_queue_keeps_bans_and_catches_up(logged: 
     link_a.is_up = True
     for _ in range(4):
         clock.advance(0.05)
-    assert sum("back: shared state resumed" in line for line in logged) == 1
+    assert sum("back: shared state resumed" in line for line in log_lines) == 1
     assert b.banned("203.0.113.5", clock.seconds()) == ban
     assert "203.0.113.5" in redis.hashes["sipshield:bans"]
 

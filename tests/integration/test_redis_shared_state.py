@@ -1,0 +1,133 @@
+"""Two nodes' RedisShieldStates on the test's own redis-server (real time,
+the real reactor): a ban on A is on B within a second, with its policy's
+observers told; a rate limit is one budget; Redis killed, both answer from
+local state and log it once; Redis back on the same port, they reconnect
+and a ban made on A during the outage reaches B."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from redis_support import RedisServer
+from twisted.internet import defer, reactor, task
+
+from sipshield.config import parse_config
+from sipshield.security import BanPolicy
+from sipshield.state import Ban, RedisShieldState
+from sipshield.state._redis import build_shield_state
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start_and_wait()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(redis: RedisServer) -> Iterator[tuple[RedisShieldState, RedisShieldState]]:
+    config = parse_config({"state": {"backend": "redis", "redis_url": redis.url, "key_prefix": "test:"}})
+    built = [build_shield_state(config, reactor)[0] for _ in range(2)]
+    states = [s for s in built if isinstance(s, RedisShieldState)]
+    assert len(states) == 2
+    for state in states:
+        state.start()
+    yield states[0], states[1]
+    for state in states:
+        pytest_twisted.blockon(state.stop())
+
+
+@defer.inlineCallbacks
+def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll the reactor (never sleeping in it) until *condition*; the deadline does not move."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    return time.monotonic() - (deadline - timeout)
+
+
+def connected(*states: RedisShieldState) -> Callable[[], bool]:
+    return lambda: all(s.status == "up" and not s._resync and not s._busy for s in states)
+
+
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_ban_on_a_reaches_b_and_its_observers_within_a_second(nodes: tuple[RedisShieldState, RedisShieldState]) -> Any:
+    a, b = nodes
+    policy = BanPolicy(reactor, state=b)
+    told: list[Ban] = []
+    lifted: list[str] = []
+
+    class Observer:
+        def banned(self, ban: Ban) -> None:
+            told.append(ban)
+
+        def unbanned(self, key: str) -> None:
+            lifted.append(key)
+
+    policy.observers.append(Observer())
+    b.listeners.append(policy)
+    yield until(connected(a, b), 10, "both nodes connected")
+    now = reactor.seconds()
+    ban = Ban("192.0.2.50", now + 120, "5 failed logins in 60 s", now)
+    a.ban(ban)
+    took = yield until(lambda: b.banned("192.0.2.50", reactor.seconds()) is not None, 1.0, "the ban on B")
+    assert took < 1.0
+    assert b.banned("192.0.2.50", reactor.seconds()) == ban  # until, reason, since
+    assert told == [ban]
+    b.unban("192.0.2.50")
+    yield until(lambda: a.banned("192.0.2.50", reactor.seconds()) is None, 1.0, "the unban on A")
+    yield task.deferLater(reactor, 0.3, lambda: None)
+    assert told == [ban]  # no echo came back to B
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_rate_limit_is_one_budget_for_both(nodes: tuple[RedisShieldState, RedisShieldState]) -> Any:
+    a, b = nodes
+    yield until(connected(a, b), 10, "both nodes connected")
+    rate, burst = 0.001, 20.0
+    taken = 0
+    for _ in range(4):  # both take, in turns of a flush or so, from one budget of 20
+        taken += sum(a.take("src:198.51.100.9", rate, burst, reactor.seconds()) for _ in range(10))
+        yield task.deferLater(reactor, 0.15, lambda: None)
+        taken += sum(b.take("src:198.51.100.9", rate, burst, reactor.seconds()) for _ in range(10))
+        yield task.deferLater(reactor, 0.15, lambda: None)
+    # Exactly the budget when each learns of the other between turns; the
+    # slack is what a node takes within one flush before it learns.
+    assert burst <= taken <= burst + 10, taken
+
+
+@pytest_twisted.inlineCallbacks
+def test_redis_down_serves_locally_logs_once_and_catches_up(
+    redis: RedisServer, nodes: tuple[RedisShieldState, RedisShieldState], log_lines: list[str],
+) -> Any:
+    a, b = nodes
+    yield until(connected(a, b), 10, "both nodes connected")
+    redis.kill()
+    yield until(lambda: a.status == "down" and b.status == "down", 5, "both nodes see Redis down")
+    now = reactor.seconds()
+    ban = Ban("203.0.113.77", now + 300, "banned during the outage", now)
+    a.ban(ban)
+    for _ in range(20):  # both keep answering from local state
+        assert a.take("src:203.0.113.1", 100, 100, reactor.seconds())
+        assert b.take("src:203.0.113.1", 100, 100, reactor.seconds())
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    assert a.banned("203.0.113.77", reactor.seconds()) == ban
+    assert b.banned("203.0.113.77", reactor.seconds()) is None
+    down = [line for line in log_lines if "unavailable, serving on local state" in line]
+    assert len(down) == 2, down  # once per node
+    assert f"127.0.0.1:{redis.port}/0" in down[0]
+    redis.start()  # the same port
+    yield until(lambda: b.banned("203.0.113.77", reactor.seconds()) is not None, 20, "the outage's ban on B")
+    assert sum("back: shared state resumed" in line for line in log_lines) == 2
+    assert sum("unavailable, serving on local state" in line for line in log_lines) == 2
+    assert not any("Scheduling retry" in line for line in log_lines)  # the reconnection attempts are not logged one by one

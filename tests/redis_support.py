@@ -1,0 +1,70 @@
+"""A real redis-server of the test's own, on an ephemeral loopback port in a
+temporary directory (no persistence), that a test can stop and start again
+on the same port.  Missing redis-server: skip, a failure under CI=true."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import require_tool, stop_process
+
+
+def free_tcp_port() -> int:
+    """An ephemeral TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, workdir: Path) -> None:
+        self.binary = require_tool("redis-server", "redis-server")
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_tcp_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it, without waiting (see :meth:`accepting`)."""
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+             "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def accepting(self) -> bool:
+        """Whether it takes connections now (one connect attempt on loopback: refused at once, or not)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start_and_wait(self, timeout: float = 10.0) -> None:
+        """Start it and wait (bounded, before any reactor work) until it answers."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        while not self.accepting():
+            if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
+                raise RuntimeError(f"redis-server on port {self.port} did not start: {(self.workdir / 'redis.log').read_text(errors='replace')[-2000:]}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        """Stop it at once (SIGKILL: an outage, not a shutdown)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
