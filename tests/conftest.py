@@ -271,6 +271,17 @@ def security_log() -> Iterator[list[dict[str, Any]]]:
 
 
 @pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Any]:
+    """The test's own redis-server (tests/redis_support.py), started; stopped after the test."""
+    from redis_support import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start_and_wait()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def log_lines() -> Iterator[list[str]]:
     """Every line logged (twisted.logger, formatted) while the test runs."""
     from twisted.logger import formatEvent, globalLogPublisher

@@ -290,7 +290,7 @@ class BanPolicy:
         ban file written, as for a ban made here; never published again."""
         if self.events is not None:
             now = self.reactor.seconds()
-            self.events.emit(SecurityEvent(BAN, ban.key, "", None, f"banned for {ban.until - now:.0f} s on another node: {ban.reason}"))
+            self.events.emit(SecurityEvent(BAN, ban.key, "redis", None, f"banned for {ban.until - now:.0f} s on another node: {ban.reason}"))
         if self.on_ban is not None:
             self.on_ban(ban.key)
         for observer in self.observers:
@@ -300,7 +300,7 @@ class BanPolicy:
     def remote_unbanned(self, key: str) -> None:
         """Another node lifted the ban on *key* (already gone from the shared state)."""
         if self.events is not None:
-            self.events.emit(SecurityEvent(UNBAN, key, "", None, "ban lifted on another node"))
+            self.events.emit(SecurityEvent(UNBAN, key, "redis", None, "ban lifted on another node"))
         for observer in self.observers:
             observer.unbanned(key)
         self._changed()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,16 +22,8 @@ from sipshield.state._redis import build_shield_state
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start_and_wait()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def nodes(redis: RedisServer) -> Iterator[tuple[RedisShieldState, RedisShieldState]]:
-    config = parse_config({"state": {"backend": "redis", "redis_url": redis.url, "key_prefix": "test:"}})
+def nodes(redis_server: RedisServer) -> Iterator[tuple[RedisShieldState, RedisShieldState]]:
+    config = parse_config({"state": {"backend": "redis", "redis_url": redis_server.url, "key_prefix": "test:"}})
     built = [build_shield_state(config, reactor)[0] for _ in range(2)]
     states = [s for s in built if isinstance(s, RedisShieldState)]
     assert len(states) == 2
@@ -108,11 +99,11 @@ def test_a_rate_limit_is_one_budget_for_both(nodes: tuple[RedisShieldState, Redi
 
 @pytest_twisted.inlineCallbacks
 def test_redis_down_serves_locally_logs_once_and_catches_up(
-    redis: RedisServer, nodes: tuple[RedisShieldState, RedisShieldState], log_lines: list[str],
+    redis_server: RedisServer, nodes: tuple[RedisShieldState, RedisShieldState], log_lines: list[str],
 ) -> Any:
     a, b = nodes
     yield until(connected(a, b), 10, "both nodes connected")
-    redis.kill()
+    redis_server.kill()
     yield until(lambda: a.status == "down" and b.status == "down", 5, "both nodes see Redis down")
     now = reactor.seconds()
     ban = Ban("203.0.113.77", now + 300, "banned during the outage", now)
@@ -125,8 +116,8 @@ def test_redis_down_serves_locally_logs_once_and_catches_up(
     assert b.banned("203.0.113.77", reactor.seconds()) is None
     down = [line for line in log_lines if "unavailable, serving on local state" in line]
     assert len(down) == 2, down  # once per node
-    assert f"127.0.0.1:{redis.port}/0" in down[0]
-    redis.start()  # the same port
+    assert f"127.0.0.1:{redis_server.port}/0" in down[0]
+    redis_server.start()  # the same port
     yield until(lambda: b.banned("203.0.113.77", reactor.seconds()) is not None, 20, "the outage's ban on B")
     assert sum("back: shared state resumed" in line for line in log_lines) == 2
     assert sum("unavailable, serving on local state" in line for line in log_lines) == 2
