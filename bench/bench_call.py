@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """CPU per call through the whole proxy, in one process, without sockets.
 
-    python bench/bench_call.py [--calls 20000] [--runs 5] [--srtp off|prefer|mandatory] [--profile] [--json FILE]
+    python bench/bench_call.py [--calls 20000] [--runs 5] [--srtp off|prefer|mandatory] [--state memory|redis --redis-url URL]
+                               [--profile] [--json FILE]
 
 The proxy is the service that ``twistd sipshield`` runs, built by
 ``makeService`` from the same config as bench/sipp_load.py (one UDP listener,
@@ -24,6 +25,14 @@ functions where that time goes (cProfile, sorted by own time).
 with ``mandatory`` both SDPs are DTLS-SRTP (UDP/TLS/RTP/SAVPF with a
 fingerprint and ICE candidates), which the policy lets through, so the
 figure is the policy's cost on a call it accepts.
+
+``--state redis`` puts the shield's state in Redis (``[state] backend =
+"redis"``, ``--redis-url``, default redis://127.0.0.1:6379/0, a server you
+run: the bench writes keys under ``bench:``).  Its writes go out through the
+real reactor, which the bench turns once every 50 calls (50 ms of the bench's
+clock: one flush), inside the timed "timers" section, so the figure includes
+this process's share of the Redis backend (building and pipelining the
+batches, reading the replies and messages), not the Redis server's.
 
 Unlike sipp_load.py this is repeatable on a busy machine (best of runs, one
 process, no kernel in the loop), so it is the one to compare commits with; the
@@ -146,7 +155,7 @@ class BenchReactor:
         f(*args, **kw)
 
 
-def build_proxy(workdir: Path, srtp: str | None = None) -> tuple[Any, BenchReactor, FakePort]:
+def build_proxy(workdir: Path, srtp: str | None = None, redis_url: str | None = None) -> tuple[Any, BenchReactor, FakePort]:
     from sipshield.config import parse_config
     from sipshield.service import makeService
 
@@ -155,12 +164,19 @@ def build_proxy(workdir: Path, srtp: str | None = None) -> tuple[Any, BenchReact
         "routes": [{"match_domain": BENCH_DOMAIN, "target": f"sip:{UAS[0]}:{UAS[1]};transport=udp"}],
         "auth": {"trusted_sources": [{"network": "127.0.0.1/32", "udp": True}], "trusted_role": "trunk"},
         **({"media": {"srtp": srtp}} if srtp else {}),
+        **({"state": {"backend": "redis", "redis_url": redis_url, "key_prefix": "bench:"}} if redis_url else {}),
     })  # fmt: skip
     reactor = BenchReactor()
     reactor.advance(1_000_000)
     service = makeService(config, reactor)
     service.privilegedStartService()
     service.startService()
+    if redis_url:
+        deadline = time.monotonic() + 10
+        while not service.shield_state.link.up():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no Redis at {redis_url}")
+            turn_real_reactor(0.01)
     # As twistd runs it (sipshield/tap.py): what start-up built is moved out
     # of the cyclic collector's view, so its passes walk only what traffic
     # allocates.
@@ -168,6 +184,13 @@ def build_proxy(workdir: Path, srtp: str | None = None) -> tuple[Any, BenchReact
     gc.freeze()
     (port,) = reactor.ports
     return service, reactor, port
+
+
+def turn_real_reactor(timeout: float = 0.0) -> None:
+    """One turn of the real reactor (the Redis connections' I/O)."""
+    from twisted.internet import reactor
+
+    reactor.iterate(timeout)  # type: ignore[attr-defined]
 
 
 def headers_of(data: bytes) -> list[bytes]:
@@ -246,11 +269,12 @@ class Call:
 STEPS = ("INVITE", "180", "200 INVITE", "ACK", "BYE", "200 BYE", "timers")
 
 
-def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: str | None = None, srtp: str | None = None) -> dict[str, float]:
+def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: str | None = None, srtp: str | None = None,
+            redis_url: str | None = None) -> dict[str, float]:
     """Proxy CPU seconds for ``calls`` calls by step (process time of the
     proxy's own sections: each datagram in, and the timers)."""
     with tempfile.TemporaryDirectory(prefix="sipshield-bench-call-") as tmp:
-        service, reactor, port = build_proxy(Path(tmp), srtp)
+        service, reactor, port = build_proxy(Path(tmp), srtp, redis_url)
         sdp = DTLS_SDP if srtp == "mandatory" else SDP
         receive = port.protocol.datagramReceived
         spent = dict.fromkeys(STEPS, 0.0)
@@ -297,14 +321,20 @@ def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: s
             if profiled:
                 profile.enable()  # type: ignore[union-attr]
             reactor.advance(0.001)
+            if redis_url and n % 50 == 49:
+                turn_real_reactor()
             if profiled:
                 profile.disable()  # type: ignore[union-attr]
             spent["timers"] += clock() - started
         started = clock()
         reactor.advance(64)  # let every transaction timer run out (their cost is part of a call's)
+        if redis_url:
+            turn_real_reactor()
         spent["timers"] += clock() - started
         live = service.transactions.server_load("")[0] + len(service.core.contexts)
-        service.stopService()
+        stopped = service.stopService()
+        while redis_url and not stopped.called:
+            turn_real_reactor(0.01)
         if failures:
             raise SystemExit(f"{failures} of {calls} calls did not complete: the bench no longer drives the proxy correctly")
         if live:
@@ -321,9 +351,15 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=35)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--srtp", choices=("off", "prefer", "mandatory"), help="[media] srtp (default: the config default)")
+    parser.add_argument("--state", choices=("memory", "redis"), default="memory", help="[state] backend (default: memory)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="with --state redis: the Redis server to use")
     args = parser.parse_args()
-    one_run(min(args.calls, 500), srtp=args.srtp)  # warm-up: imports, first-use caches
-    runs = [{step: seconds * 1e6 / args.calls for step, seconds in one_run(args.calls, srtp=args.srtp).items()} for _ in range(args.runs)]
+    redis_url = args.redis_url if args.state == "redis" else None
+    one_run(min(args.calls, 500), srtp=args.srtp, redis_url=redis_url)  # warm-up: imports, first-use caches
+    runs = [
+        {step: seconds * 1e6 / args.calls for step, seconds in one_run(args.calls, srtp=args.srtp, redis_url=redis_url).items()}
+        for _ in range(args.runs)
+    ]
     results = [sum(run.values()) for run in runs]
     best, median = min(results), statistics.median(results)
     print(f"proxy CPU per call: best {best:.1f} us, median {median:.1f} us over {args.runs} runs of {args.calls} calls "
@@ -334,7 +370,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"calls": args.calls, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": steps}))
     if args.profile:
         profile = cProfile.Profile()
-        one_run(args.calls, profile, args.profile_step, args.srtp)
+        one_run(args.calls, profile, args.profile_step, args.srtp, redis_url)
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)

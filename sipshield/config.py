@@ -1296,9 +1296,11 @@ def parse_redis_url(url: str) -> RedisAddress:
     if parts.scheme != "redis":
         raise ValueError(f"expected redis://[[user]:password@]host[:port][/db], got scheme {parts.scheme or '(none)'!r} (rediss:// is not supported)")
     try:
-        port = parts.port or 6379
+        port = 6379 if parts.port is None else parts.port
     except ValueError:
-        raise ValueError("the port is not a number from 1 to 65535") from None
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError("the port is not a number from 1 to 65535")
     if not parts.hostname:
         raise ValueError("no host")
     path = parts.path.strip("/")

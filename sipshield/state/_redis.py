@@ -32,6 +32,7 @@ task.Clock; :class:`TxRedisLink` is the real one, over txredisapi.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -413,7 +414,7 @@ class TxRedisLink:
     def start(self, on_message: Callable[[str], None]) -> None:
         import txredisapi
         from twisted.internet import reactor
-        from twisted.internet.endpoints import HostnameEndpoint
+        from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 
         link = self
 
@@ -434,7 +435,13 @@ class TxRedisLink:
                 on_message(message.decode() if isinstance(message, bytes) else str(message))
 
         def endpoint() -> Any:
-            return HostnameEndpoint(reactor, self.host, self.port, timeout=self.connect_timeout)
+            # An address needs no resolver (no thread, and none of its delay).
+            try:
+                version = ipaddress.ip_address(self.host).version
+            except ValueError:
+                return HostnameEndpoint(reactor, self.host, self.port, timeout=self.connect_timeout)
+            kind = TCP4ClientEndpoint if version == 4 else TCP6ClientEndpoint
+            return kind(reactor, self.host, self.port, timeout=self.connect_timeout)
 
         commands = txredisapi.RedisFactory(self.where, self.db, 1, isLazy=True, password=self.password, username=self.username,
                                            replyTimeout=self.reply_timeout)

@@ -257,5 +257,10 @@ def test_config_builds_the_backend_and_refuses_a_bad_url_without_its_password() 
     with pytest.raises(ConfigError, match="state.redis_url") as e:
         parse_config({"state": {"redis_url": "http://:hunter2@h:1/0"}})
     assert "hunter2" not in str(e.value)
+    for bad in ("redis://127.0.0.1:0/0", "redis://127.0.0.1:99999/0", "redis:///0", "redis://h/db1", "rediss://h/0", "redis://h/0?x=1"):
+        with pytest.raises(ConfigError, match="state.redis_url"):
+            parse_config({"state": {"redis_url": bad}})
+    with pytest.raises(ConfigError, match="state.key_prefix"):
+        parse_config({"state": {"key_prefix": "a b"}})
     with pytest.raises(ConfigError, match="state.backend"):
         parse_config({"state": {"backend": "etcd"}})
