@@ -75,6 +75,8 @@ class RedisLink(Protocol):
 
     where: str
     """The server, for log lines (no password)."""
+    subscriptions: int
+    """How many times the channel was subscribed to: a new one may have missed messages."""
 
     def start(self, on_message: Callable[[str], None]) -> None:
         """Connect (and keep reconnecting); each message on the channel goes to *on_message*."""
@@ -131,6 +133,7 @@ class RedisShieldState:
         self._busy = False
         self._resync = False
         self._purged_at = -math.inf
+        self._subscriptions = 0
         self._loop: LoopingCall | None = None
 
     @property
@@ -307,13 +310,15 @@ class RedisShieldState:
     def _note(self, up: bool) -> None:
         """Log the moves between up and down, once each."""
         if up:
+            if self._subscriptions != self.link.subscriptions:  # reconnected, however briefly: read what was missed
+                self._subscriptions = self.link.subscriptions
+                self._resync = True
             if self.status != "up":
                 if self.status == "connecting":
                     self.log.info("state: Redis at {where} connected: bans, rate limits and failure counts shared (node {node})", where=self.link.where, node=self.node)
                 else:
                     self.log.warn("state: Redis at {where} back: shared state resumed", where=self.link.where)
                 self.status = "up"
-                self._resync = True
         elif self.status == "up" or (self.status == "connecting" and self.reactor.seconds() - self._started_at >= self.grace):
             self.status = "down"
             self.log.warn("state: Redis at {where} unavailable, serving on local state", where=self.link.where)
@@ -398,7 +403,8 @@ def _ban_of(data: Any) -> Ban:
 class TxRedisLink:
     """:class:`RedisLink` over txredisapi: one connection for commands, one
     subscribed to the channel; both reconnect by themselves, backing off up
-    to ``max_delay`` seconds."""
+    to ``max_delay`` seconds.  txredisapi runs on the global reactor (the
+    one twistd runs)."""
 
     def __init__(self, host: str, port: int, db: int = 0, *, username: str | None = None, password: str | None = None,
                  channel: str = "sipshield:events", connect_timeout: float = 2.0, reply_timeout: float = 2.0, max_delay: float = 5.0) -> None:
@@ -410,6 +416,11 @@ class TxRedisLink:
         self._commands: Any = None
         self._subscriber: Any = None
         self._subscribed: Any = None
+        self.subscriptions = 0
+
+    def _ready(self, subscriber: Any) -> None:
+        self._subscribed = subscriber
+        self.subscriptions += 1
 
     def start(self, on_message: Callable[[str], None]) -> None:
         import txredisapi
@@ -422,7 +433,7 @@ class TxRedisLink:
             def connectionMade(self) -> Any:
                 ready = super().connectionMade()
                 ready.addCallback(lambda _: self.subscribe(link.channel) if self.connected else None)
-                ready.addCallback(lambda _: setattr(link, "_subscribed", self) if self.connected else None)
+                ready.addCallback(lambda _: link._ready(self) if self.connected else None)
                 ready.addErrback(lambda f: self.transport.loseConnection())
                 return ready
 

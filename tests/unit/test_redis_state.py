@@ -49,15 +49,17 @@ class FakeRedis:
 
 class FakeLink:
     where = "fake:6379/0"
+    subscriptions = 1
 
     def __init__(self, redis: FakeRedis) -> None:
         self.redis = redis
         self.is_up = True
+        self.deaf = False  # the subscription lost (and back) between two flushes
         self.hold = False
         self.pending: list[defer.Deferred[list[Any]]] = []
 
     def start(self, on_message: Callable[[str], None]) -> None:
-        self.redis.subscribers.append(lambda m: self.is_up and on_message(m))
+        self.redis.subscribers.append(lambda m: self.is_up and not self.deaf and on_message(m))
 
     def up(self) -> bool:
         return self.is_up
@@ -264,3 +266,18 @@ def test_config_builds_the_backend_and_refuses_a_bad_url_without_its_password() 
         parse_config({"state": {"key_prefix": "a b"}})
     with pytest.raises(ConfigError, match="state.backend"):
         parse_config({"state": {"backend": "etcd"}})
+
+
+def test_a_brief_reconnection_of_the_subscriber_reads_the_bans_again() -> None:
+    redis, clock, a, b = two_nodes()
+    link_b = b.link
+    assert isinstance(link_b, FakeLink)
+    link_b.deaf = True  # B's subscription lost between two flushes: A's message missed
+    a.ban(Ban("192.0.2.66", clock.seconds() + 60, "missed", clock.seconds()))
+    clock.advance(0.05)
+    assert b.banned("192.0.2.66", clock.seconds()) is None
+    link_b.deaf = False
+    link_b.subscriptions = 2  # subscribed again before B's next flush: B never saw itself down
+    clock.advance(0.05)
+    clock.advance(0.05)
+    assert b.status == "up" and b.banned("192.0.2.66", clock.seconds()) is not None
