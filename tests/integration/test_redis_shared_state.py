@@ -87,11 +87,12 @@ def test_a_rate_limit_is_one_budget_for_both(nodes: tuple[RedisShieldState, Redi
     yield until(connected(a, b), 10, "both nodes connected")
     rate, burst = 0.001, 20.0
     taken = 0
-    for _ in range(4):  # both take, in turns of a flush or so, from one budget of 20
+    flushed = lambda: not (a._counts_out or a._busy or b._counts_out or b._busy)  # noqa: E731
+    for _ in range(4):  # both take, in turns of a flush, from one budget of 20
         taken += sum(a.take("src:198.51.100.9", rate, burst, reactor.seconds()) for _ in range(10))
-        yield task.deferLater(reactor, 0.15, lambda: None)
+        yield until(flushed, 5, "A's takes written")
         taken += sum(b.take("src:198.51.100.9", rate, burst, reactor.seconds()) for _ in range(10))
-        yield task.deferLater(reactor, 0.15, lambda: None)
+        yield until(flushed, 5, "B's takes written")
     # Exactly the budget when each learns of the other between turns; the
     # slack is what a node takes within one flush before it learns.
     assert burst <= taken <= burst + 10, taken
@@ -119,6 +120,7 @@ def test_redis_down_serves_locally_logs_once_and_catches_up(
     assert f"127.0.0.1:{redis_server.port}/0" in down[0]
     redis_server.start()  # the same port
     yield until(lambda: b.banned("203.0.113.77", reactor.seconds()) is not None, 20, "the outage's ban on B")
+    yield until(lambda: a.status == b.status == "up", 5, "both nodes up again")
     assert sum("back: shared state resumed" in line for line in log_lines) == 2
     assert sum("unavailable, serving on local state" in line for line in log_lines) == 2
     assert not any("Scheduling retry" in line for line in log_lines)  # the reconnection attempts are not logged one by one
