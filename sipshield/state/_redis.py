@@ -68,16 +68,17 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 return #ended
 """
 
-# Every counter of a batch in one command (a command through txredisapi
-# costs tens of microseconds of this process: one per key would cost more
-# than the call): INCRBY and EXPIRE each key, the new totals in order.
-_COUNT = """
+# Every counter of a batch in one command, with one argument (lines of
+# key TAB count TAB ttl) and one reply (the new totals, comma-separated): a
+# command, an argument and a reply element through txredisapi each cost
+# this process microseconds, more than the call's own state work.
+_COUNT = r"""
 local totals = {}
-for i, key in ipairs(KEYS) do
-  totals[i] = redis.call('INCRBY', key, ARGV[2 * i - 1])
-  redis.call('EXPIRE', key, ARGV[2 * i])
+for key, n, ttl in string.gmatch(ARGV[1], "([^\t\n]+)\t(%d+)\t(%d+)") do
+  totals[#totals + 1] = redis.call('INCRBY', key, n)
+  redis.call('EXPIRE', key, ttl)
 end
-return totals
+return table.concat(totals, ',')
 """
 
 Command = tuple[Any, ...]
@@ -147,6 +148,7 @@ class RedisShieldState:
         self._resync = False
         self._purged_at = -math.inf
         self._subscriptions = 0
+        self._failing = False
         self._loop: LoopingCall | None = None
 
     @property
@@ -179,6 +181,8 @@ class RedisShieldState:
         if entry is not None:
             entry[0] += 1
             return
+        if "\t" in key or "\n" in key:
+            return  # not a line of the counters' script: this key stays per node
         if len(self._counts_out) >= self.max_pending:
             _, oldest = self._counts_out.popitem(last=False)
             self.dropped += oldest[0]
@@ -262,14 +266,15 @@ class RedisShieldState:
         counts = self._counts_out
         self._counts_out = OrderedDict()
         if counts:
-            names = [f"{self.prefix}{kind}:{key}:{slot}" for kind, key, slot in counts]
-            commands.append(("EVAL", _COUNT, len(names), *names, *(x for n, ttl, *_ in counts.values() for x in (n, ttl))))
+            prefix = self.prefix
+            lines = "\n".join(f"{prefix}{kind}:{key}:{slot}\t{entry[0]}\t{entry[1]}" for (kind, key, slot), entry in counts.items())
+            commands.append(("EVAL", _COUNT, 0, lines))
         if now - self._purged_at >= PURGE_EVERY:
             self._purged_at = now
             commands.append(("EVAL", _PURGE, 2, self._until_key, self._bans_key, repr(now)))
         if not commands:
             return defer.succeed(None)
-        return self._send(commands, lambda replies: self._counted(counts, replies[first] if counts else []), (bans, counts))
+        return self._send(commands, lambda replies: self._counted(counts, str(replies[first]).split(",") if counts else []), (bans, counts))
 
     @property
     def _bans_key(self) -> str:
@@ -298,11 +303,14 @@ class RedisShieldState:
 
         def replied(replies: list[Any]) -> None:
             self._busy = False
+            self._failing = False
             done(replies)
 
         def failed(failure: Any) -> None:
             self._busy = False
-            self.log.debug("state: a write to Redis failed: {why}", why=failure.getErrorMessage())
+            if not self._failing and self.link.up():  # an error of Redis's own (not a lost connection): once until a write succeeds
+                self.log.warn("state: a write to Redis at {where} failed, retried: {why}", where=self.link.where, why=failure.getErrorMessage())
+            self._failing = True
             if retry is None:
                 self._resync = True
                 return
@@ -342,7 +350,9 @@ class RedisShieldState:
         """The totals the counters' script returned: what is more than this node counted came from the others."""
         now = self.reactor.seconds()
         for ((kind, key, slot), (n, _ttl, window, keep, rate, burst)), total in zip(counts.items(), replies, strict=False):
-            if not isinstance(total, int):
+            try:
+                total = int(total)
+            except ValueError:
                 continue
             last = self._seen.pop((kind, key), None)
             counted = last[1] if last is not None and last[0] == slot else 0
