@@ -410,7 +410,7 @@ class SIPShieldService(MultiService):
         token = load_or_create_token(config.server.data_dir / "admin.token")
         backend = AdminBackend(
             bans=self.bans, location=self.location, status=self.status, seconds=self.reactor.seconds,
-            reload_tls=self.reload_tls if self.tls_context is not None or self.admin_tls_context is not None else None, reload=self.reload_from_file,
+            reload_tls=self.reload_tls if self.tls_context is not None or self.admin_tls_context is not None else None, reload=lambda: self._reload_logged("admin API reload"),
             activity=self.activity,
             explain=self.explain,
         )
@@ -584,11 +584,20 @@ class SIPShieldService(MultiService):
 
     def _sighup(self) -> None:
         try:
+            self._reload_logged("SIGHUP")
+        except ConfigError:
+            return
+
+    def _reload_logged(self, by: str) -> dict[str, Any]:
+        """:meth:`reload_from_file`, its outcome logged (refused: an error naming
+        why, and the ConfigError raised on to the caller)."""
+        try:
             done = self.reload_from_file()
         except ConfigError as e:
-            self.log.error("SIGHUP: configuration not reloaded, the running one kept: {error}", error=str(e))
-            return
-        self.log.info("SIGHUP: reloaded {sections}", sections=", ".join(done["reloaded"]) or "no section (none changed)")
+            self.log.error("{by}: configuration not reloaded, the running one kept: {error}", by=by, error=str(e))
+            raise
+        self.log.info("{by}: reloaded {sections}", by=by, sections=", ".join(done["reloaded"]) or "no section (none changed)")
+        return done
 
     def reload_tls(self) -> dict[str, Any]:
         """Read the TLS certificate and key files again, the SIP listeners'

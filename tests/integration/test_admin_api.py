@@ -236,9 +236,11 @@ def test_reload_applies_the_reloadable_sections_of_the_file_and_refuses_the_rest
 
 
 @pytest_twisted.inlineCallbacks
-def test_reload_of_a_service_started_without_a_file_is_refused(service: Any) -> Any:
+def test_reload_of_a_service_started_without_a_file_is_refused(service: Any, log_lines: list[str]) -> Any:
     response, error = yield _api(service).call("POST", "/v1/reload")
     assert response.code == 409 and "without a configuration file" in error["error"]
+    assert any(line.startswith("admin API reload: configuration not reloaded, the running one kept:") and "without a configuration file" in line
+               for line in log_lines), log_lines[-5:]  # fmt: skip
 
 
 @pytest_twisted.inlineCallbacks
