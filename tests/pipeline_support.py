@@ -193,7 +193,9 @@ class Proxy:
         if stop is not None:
             stop()
         for store in self.service.user_stores:
-            store.close()
+            close = getattr(store, "close", None)  # an htdigest file has nothing to close
+            if close is not None:
+                close()
 
     # -- alice's phone, answering real challenges ---------------------------------------
 
@@ -222,18 +224,20 @@ class Proxy:
             response.headers.add(name, value)
         self.core.message_received(parse_message(response.serialise()), self.dispatcher.flows[hop])
 
-    def challenge(self, method: str = "INVITE", uri: str = "sip:bob@example.com") -> dict[str, str]:
-        """Send *method* without credentials; the SHA-256 challenge that comes back."""
+    def challenge(self, method: str = "INVITE", uri: str = "sip:bob@example.com", algorithm: str = "SHA-256") -> dict[str, str]:
+        """Send *method* without credentials; the challenge for *algorithm* that comes back."""
         self.send(request(method, uri=uri))
         answer = self.phone.sent[-1][0]
         header = "WWW-Authenticate" if method == "REGISTER" else "Proxy-Authenticate"
-        (sha256,) = [c for c in challenges(answer, header) if c.get("algorithm") == "SHA-256"]
-        return sha256
+        (offered,) = [c for c in challenges(answer, header) if c.get("algorithm") == algorithm]
+        return offered
 
     def authorized(self, method: str = "INVITE", uri: str = "sip:bob@example.com", *, digest_uri: str | None = None,
-                   algorithm: str = "SHA-256", nonce: str | None = None, extra: str = "", password: str = PASSWORD) -> bytes:
-        """*method* from alice, answering a fresh challenge (or *nonce*) with her password."""
-        challenge = self.challenge(method, uri)
+                   algorithm: str = "SHA-256", nonce: str | None = None, extra: str = "", password: str = PASSWORD,
+                   offered: str = "SHA-256") -> bytes:
+        """*method* from alice, answering a fresh challenge for *offered* (or
+        *nonce*) with her password, computed with *algorithm*."""
+        challenge = self.challenge(method, uri, offered)
         if nonce is not None:
             challenge = {**challenge, "nonce": nonce}
         auth = authorization(challenge, algorithm, "alice", password, method, digest_uri or uri)

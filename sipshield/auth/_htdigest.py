@@ -10,7 +10,8 @@ The realm is the domain.
 Roles live beside it in ``PATH.roles`` (``user:realm:role1,role2`` per
 line).  The format has no enabled flag: every listed user is enabled.  Both
 files are re-read when they change on disk and written atomically (a
-temporary file renamed over the old one, mode 0600).
+temporary file renamed over the old one, mode 0600).  A file that cannot be
+read or does not parse is a backend that is down (CredentialStoreError).
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from pathlib import Path
 
 from passlib.apache import HtdigestFile
 
-from sipshield.auth._users import UnknownUserError, UserRecord, _check_password, _lookup_key, check_domain, check_username, normalize_roles
+from sipshield.auth._users import (
+    CredentialStoreError,
+    UnknownUserError,
+    UserRecord,
+    _check_password,
+    _lookup_key,
+    check_domain,
+    check_username,
+    normalize_roles,
+)
 
 __all__ = ["HtdigestUserStore"]
 
@@ -163,15 +173,26 @@ class HtdigestUserStore:
         return UserRecord(username=username, domain=domain, roles=self._roles.get((username, domain), ()), enabled=True, algorithms=("MD5",))
 
     def _reload(self) -> None:
-        """Re-read either file if its mtime or size changed (another process wrote it)."""
-        stamp = _stamp(self.path)
-        if stamp != self._file_stamp:
-            self._file = HtdigestFile.from_string(self.path.read_bytes()) if stamp is not None else HtdigestFile()
-            self._file_stamp = stamp
-        stamp = _stamp(self.roles_path)
-        if stamp != self._roles_stamp:
-            self._roles = _parse_roles(self.roles_path.read_text("utf-8")) if stamp is not None else {}
-            self._roles_stamp = stamp
+        """Re-read either file if its mtime or size changed (another process wrote it).
+
+        A file that cannot be read or does not parse raises
+        :class:`CredentialStoreError` naming it, and is tried again at the
+        next call: the backend is down (503 to the phone), never a traceback,
+        nor a stale or an empty store."""
+        path = self.path
+        try:
+            stamp = _stamp(path)
+            if stamp != self._file_stamp:
+                self._file = HtdigestFile.from_string(path.read_bytes()) if stamp is not None else HtdigestFile()
+                self._file_stamp = stamp
+            path = self.roles_path
+            stamp = _stamp(path)
+            if stamp != self._roles_stamp:
+                self._roles = _parse_roles(path.read_text("utf-8")) if stamp is not None else {}
+                self._roles_stamp = stamp
+        except (OSError, ValueError) as e:
+            # Neither message holds a line of the file (an HA1 is password-equivalent).
+            raise CredentialStoreError(f"{path}: {e}") from None
 
     def _save_file(self) -> None:
         _write_atomic(self.path, self._file.to_string())

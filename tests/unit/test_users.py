@@ -215,3 +215,66 @@ def test_htdigest_set_roles_and_invalid_names(tmp_path: Path) -> None:
     assert store.ha1("a:b", "example.com", "MD5") is None
 
 
+
+
+def test_htdigest_get_gives_the_record_and_none_for_unknown_or_invalid_names(tmp_path: Path) -> None:
+    store = HtdigestUserStore(tmp_path / "users.htdigest")
+    store.add("alice", "example.com", PASSWORD, roles=["staff"])
+    assert store.get("alice", "Example.COM") == UserRecord("alice", "example.com", ("staff",), True, ("MD5",))
+    assert store.get("bob", "example.com") is None
+    assert store.get("alice", "other.example") is None
+    assert store.get("a:b", "example.com") is None and store.get("alice", "ex:ample") is None
+
+
+def test_htdigest_roles_taken_away_and_a_user_without_roles_removed(tmp_path: Path) -> None:
+    path = tmp_path / "users.htdigest"
+    store = HtdigestUserStore(path)
+    store.add("alice", "example.com", PASSWORD, roles=["staff"])
+    store.add("bob", "example.com", PASSWORD)
+    store.set_roles("alice", "example.com", [])
+    store.set_roles("bob", "example.com", [])  # had none: nothing to forget
+    assert HtdigestUserStore(path).roles("alice", "example.com") == ()
+    assert path.with_name("users.htdigest.roles").read_text() == ""
+    assert store.remove("bob", "example.com") is True
+    assert HtdigestUserStore(path).get("bob", "example.com") is None
+
+
+def test_htdigest_unknown_user_errors_name_the_user_and_domain(tmp_path: Path) -> None:
+    store = HtdigestUserStore(tmp_path / "users.htdigest")
+    for write in (lambda: store.set_password("alice", "Example.com", PASSWORD), lambda: store.set_roles("alice", "Example.com", ["x"])):
+        with pytest.raises(UnknownUserError) as raised:
+            write()
+        assert (raised.value.username, raised.value.domain) == ("alice", "example.com")
+        assert str(raised.value) == "no user 'alice' in domain 'example.com'"
+
+
+def test_htdigest_a_roles_file_that_does_not_parse_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "users.htdigest"
+    store = HtdigestUserStore(path)
+    store.add("alice", "example.com", PASSWORD)
+    roles = path.with_name("users.htdigest.roles")
+    roles.write_text("# comment\nalice:example.com:staff\nalice:staff\n")
+    with pytest.raises(CredentialStoreError) as raised:
+        store.roles("alice", "example.com")
+    assert str(raised.value) == f"{roles}: roles file line 3: expected user:realm:role1,role2"
+    path.write_text("alice:example.com\n")
+    with pytest.raises(CredentialStoreError) as raised:
+        HtdigestUserStore(path).ha1("alice", "example.com", "MD5")
+    assert str(raised.value) == f"{path}: malformed htdigest file (error reading line 1)"
+
+
+def test_htdigest_first_write_creates_the_missing_directories(tmp_path: Path) -> None:
+    path = tmp_path / "etc" / "sipshield" / "users.htdigest"
+    HtdigestUserStore(path).add("alice", "example.com", PASSWORD, roles=["staff"])
+    assert HtdigestUserStore(path).roles("alice", "example.com") == ("staff",)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["users.htdigest", "users.htdigest.roles"]
+
+
+def test_htdigest_a_failed_write_raises_its_error_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    from sipshield.auth._htdigest import _write_atomic
+
+    target = tmp_path / "users.htdigest"
+    target.mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(IsADirectoryError):
+        _write_atomic(target, b"alice:example.com:0123\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["users.htdigest"]
