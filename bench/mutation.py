@@ -106,7 +106,8 @@ def mutmut(workdir: Path, *args: str, log: Path | None = None) -> str:
     return ""
 
 
-_RESULT = re.compile(r"^\s*(\S+): (\S+)\s*$")
+# a status may be two words ("no tests"): those mutants count in the total, not as killed
+_RESULT = re.compile(r"^\s*(\S+): (\S.*?)\s*$")
 
 
 def report(workdir: Path) -> str:
