@@ -18,6 +18,13 @@ all the same: tests/unit drives the transports without a reactor
 (StringTransport, MemoryReactorClock, TLS handshakes through memory BIOs).
 On a shared machine: ``nice -n 10 ... --max-children 1``, one layer per run.
 
+    python bench/mutation.py --workdir DIR --rerun tests/integration/test_ldap.py sipshield/auth/_ldap.py
+
+runs the mutants that run left (of these files only, if named) against
+other tests, one pytest subprocess each: tests the in-process runner cannot
+hold (the LDAP tests drive a real slapd through pytest-twisted's reactor),
+or new tests against the survivors of a run over the same source.
+
 It prints the score (killed / all, per file) and every surviving mutant
 with its diff, and writes the same to ``mutation-report.txt`` in the
 workdir.  docs/development.md records the last run and which survivors are
@@ -128,13 +135,63 @@ def report(workdir: Path) -> str:
     return "\n".join(lines)
 
 
+def _module_of(name: str) -> str:
+    return name.split(".x", 1)[0]
+
+
+def rerun(workdir: Path, modules: tuple[str, ...], tests: list[str], timeout: float) -> str:
+    """Run every mutant of an earlier run (in *workdir*) that it did not kill
+    against *tests*, one pytest subprocess per mutant in mutmut's own
+    ``mutants/`` tree (its trampolines, ``MUTANT_UNDER_TEST`` naming the
+    mutant).  For tests the in-process runner cannot hold (pytest-twisted's
+    reactor, a slapd: tests/integration/test_ldap.py) and for new tests
+    against the survivors of a run over unchanged source.  The checkout's
+    tests/ are copied in first.  A mutant is killed when pytest fails or runs
+    past *timeout* seconds."""
+    mutants = workdir / "mutants"
+    shutil.copytree(ROOT / "tests", mutants / "tests", dirs_exist_ok=True)
+    wanted = {m.removesuffix(".py").replace("/", ".") for m in modules}
+    rows = [m.groups() for m in map(_RESULT.match, mutmut(workdir, "results", "--all", "true").splitlines()) if m]
+    todo = [name for name, status in rows if status != "killed" and (not wanted or _module_of(name) in wanted)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    killed: list[str] = []
+    survived: list[str] = []
+    for index, name in enumerate(todo, 1):
+        try:
+            code = subprocess.run(command, cwd=mutants, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+        (killed if code != 0 else survived).append(name)
+        print(f"[{index}/{len(todo)}] {name}: {'killed' if code != 0 else 'survived'}", flush=True)
+    total = Counter(_module_of(name) for name, _ in rows if not wanted or _module_of(name) in wanted)
+    before = Counter(_module_of(name) for name, status in rows if status == "killed" and (not wanted or _module_of(name) in wanted))
+    now = before + Counter(_module_of(name) for name in killed)
+    lines = [f"re-run of {len(todo)} mutants not killed, against {' '.join(tests)}: killed / all, before -> after:"]
+    for module in sorted(total):
+        lines.append(f"  {module}: {before[module]} -> {now[module]} / {total[module]}")
+    lines.append(f"\n{len(survived)} still not killed:")
+    for name in survived:
+        lines.append(mutmut(workdir, "show", name))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="files to mutate (default: the security-decision modules)")
     parser.add_argument("--all", action="store_true", help="mutate sipshield/auth, proxy and transport")
     parser.add_argument("--workdir", type=Path, help="where to copy the tree (default: a new temporary directory)")
     parser.add_argument("--max-children", default=str(max(1, (os.cpu_count() or 2) - 1)), help="parallel mutant runs")
+    parser.add_argument("--rerun", nargs="+", metavar="TEST", help="no new run: the mutants --workdir's run left, against these test files")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant with --rerun")
     options = parser.parse_args()
+    if options.rerun:
+        if options.workdir is None or not (options.workdir / "mutants").is_dir():
+            raise SystemExit("--rerun needs the --workdir of an earlier run")
+        text = rerun(options.workdir, tuple(options.modules), options.rerun, options.timeout)
+        (options.workdir / "rerun-report.txt").write_text(text + "\n")
+        print(text)
+        return
     modules = tuple(options.modules) or (ALL_LAYERS if options.all else SECURITY_MODULES)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="sipshield-mutation-"))
     workdir.mkdir(parents=True, exist_ok=True)
