@@ -319,13 +319,13 @@ ALICE = {"alice": (PASSWORD, ("staff",))}
 
 
 def proxy_service(tmp_path: Path, users: Mapping[str, tuple[str, Sequence[str]]] = ALICE, *, user_algorithms: tuple[str, ...] | None = None,
-                  **sections: Any) -> Proxy:
+                  clock: ImmediateReactor | None = None, **sections: Any) -> Proxy:
     """A Proxy around ``build_service`` for a config of *sections* (``[server]``
     merged), with *users* (name -> (password, roles), in realm example.com;
     by default alice, staff) in its SQL user store, their HA1s stored for
-    *user_algorithms* (default: those the config enables)."""
+    *user_algorithms* (default: those the config enables), on *clock* if given."""
     dispatcher = RecordingDispatcher()
-    service = build_service(tmp_path, sections, dispatcher=dispatcher)
+    service = build_service(tmp_path, sections, clock=clock, dispatcher=dispatcher)
     (store,) = service.user_stores
     store.create_schema()
     writer = store if user_algorithms is None else type(store)(store.url.render_as_string(hide_password=False), algorithms=user_algorithms, keys=store.keys)
