@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import create_engine, select, update
 
 from sipshield.auth._digest import compute_ha1
-from sipshield.auth._keys import KeyFile
+from sipshield.auth._keys import KeyFile, KeySet
 from sipshield.auth._users import CredentialStoreError, KeyUsage, Reencryption, UnknownUserError, UserRecord, UserStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -142,6 +142,33 @@ def test_writes_to_unknown_user_raise_unknown_user_error(store: UserStore) -> No
         store.set_roles("ghost", "example.com", ["a"])
     with pytest.raises(UnknownUserError):
         store.set_enabled("ghost", "example.com", False)
+
+
+def test_writes_and_reads_touch_only_the_user_they_name(store: UserStore) -> None:
+    """Roles, the enabled flag, removal and get concern one (user, domain): not
+    every user of the domain, nor the same name in another domain (mutmut
+    survivors _update 9 and 10, remove 14 and 16, get 9 and 10)."""
+    store.add("alice", "example.com", PASSWORD, roles=["agent"])
+    store.add("bob", "example.com", NEW_PASSWORD, roles=["agent"])
+    store.add("alice", "example.org", NEW_PASSWORD, roles=["agent"])
+    store.set_roles("bob", "example.com", ["admin"])
+    assert store.roles("alice", "example.com") == ("agent",) and store.roles("alice", "example.org") == ("agent",)
+    store.set_roles("alice", "example.org", ["staff"])
+    assert store.roles("alice", "example.com") == ("agent",) and store.roles("bob", "example.com") == ("admin",)
+    store.set_enabled("bob", "example.com", False)
+    assert store.ha1("alice", "example.com", "SHA-256") == sha256_ha1("alice", "example.com", PASSWORD)
+    assert store.get("alice", "example.org") == UserRecord("alice", "example.org", ("staff",), True, ("SHA-256", "SHA-512-256"))
+    assert store.get("bob", "example.com") == UserRecord("bob", "example.com", ("admin",), False, ("SHA-256", "SHA-512-256"))
+    assert store.remove("alice", "example.com") is True
+    assert store.ha1("alice", "example.org", "SHA-256") == sha256_ha1("alice", "example.org", NEW_PASSWORD)
+    store.set_enabled("bob", "example.com", True)
+    assert store.ha1("bob", "example.com", "SHA-512-256") == compute_ha1("SHA-512-256", "bob", "example.com", NEW_PASSWORD)
+
+
+def test_unknown_user_error_carries_the_user_and_domain(store: UserStore) -> None:
+    with pytest.raises(UnknownUserError) as raised:
+        store.set_roles("ghost", "Example.com", ["a"])
+    assert (raised.value.username, raised.value.domain) == ("ghost", "example.com")
 
 
 def test_remove_deletes_user_and_credentials(store: UserStore) -> None:
@@ -378,6 +405,33 @@ def test_a_rotation_keeps_every_value_readable_at_every_step(store: UserStore) -
     store.keys.update(lambda k: k.without({old}))
     assert store.keys.require().ids == (new,)
     assert store.ha1("alice", "example.com", "SHA-256") == sha256_ha1("alice", "example.com", PASSWORD)
+
+
+class _SetsAPasswordMidway:
+    """The keys given to reencrypt, while another writer sets alice's password
+    between reencrypt reading her rows and writing them back."""
+
+    def __init__(self, keys: KeySet, store: UserStore) -> None:
+        self.keys, self.store, self.current, self.done = keys, store, keys.current, False
+
+    def open(self, *args: str) -> str:
+        if not self.done:
+            self.done = True
+            self.store.set_password("alice", "example.com", NEW_PASSWORD)
+        return self.keys.open(*args)
+
+    def seal(self, *args: str) -> str:
+        return self.keys.seal(*args)
+
+
+def test_reencrypt_keeps_a_password_set_while_it_runs(store: UserStore) -> None:
+    """Each row is replaced only if it still holds the value read: the new
+    password is never overwritten by the old one (mutmut survivor reencrypt 69)."""
+    store.add("alice", "example.com", PASSWORD)
+    rotated = store.keys.update(lambda k: k.rotated())
+    store.reencrypt(_SetsAPasswordMidway(rotated, store))  # type: ignore[arg-type]
+    for algorithm in ("SHA-256", "SHA-512-256"):
+        assert store.ha1("alice", "example.com", algorithm) == compute_ha1(algorithm, "alice", "example.com", NEW_PASSWORD)
 
 
 def test_reencrypt_leaves_an_unreadable_row_as_it_is_and_reports_it(store: UserStore) -> None:

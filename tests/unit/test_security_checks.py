@@ -149,6 +149,26 @@ def test_a_caller_from_a_domain_we_do_not_serve_is_challenged_in_the_default_rea
         proxy.stop()
 
 
+def test_roles_given_to_one_user_are_not_given_to_the_others_of_the_domain(tmp_path: Path) -> None:
+    """An operator makes bob staff (``sipshield user roles``) and disables carol:
+    alice, an agent, still may not call, and is not disabled either (the SQL
+    store's update named the domain only: mutmut survivors _update 9 and 10)."""
+    users = {"alice": (PASSWORD, ("agent",)), "bob": ("bob-secret", ("agent",)), "carol": ("carol-secret", ("staff",))}
+    proxy = proxy_service(tmp_path, users)
+    try:
+        proxy.register("bob", BOB)
+        (store,) = proxy.service.user_stores
+        store.set_roles("bob", "example.com", ["staff"])
+        proxy.send(proxy.authorized())
+        assert proxy.forwarded() == [] and proxy.last().status == 403
+        store.set_roles("alice", "example.com", ["staff"])
+        store.set_enabled("carol", "example.com", False)
+        proxy.send(proxy.authorized())
+        assert len(proxy.forwarded()) == 1
+    finally:
+        proxy.stop()
+
+
 # -- response context: what goes back upstream ---------------------------------------------
 
 def test_challenges_of_every_forked_branch_reach_the_caller_in_one_answer(proxy) -> None:

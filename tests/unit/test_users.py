@@ -278,3 +278,15 @@ def test_htdigest_a_failed_write_raises_its_error_and_leaves_no_temporary_file(t
     with pytest.raises(IsADirectoryError):
         _write_atomic(target, b"alice:example.com:0123\n")
     assert [p.name for p in tmp_path.iterdir()] == ["users.htdigest"]
+
+
+def test_one_line_gives_the_drivers_error_type_and_first_line_never_the_sql() -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from sipshield.auth._users import one_line
+
+    wrapped = DBAPIError("SELECT ha1 FROM sipshield_credentials WHERE user_id = ?", ("7",), ValueError("disk I/O error\nsecond line"))
+    assert one_line(wrapped) == "ValueError: disk I/O error"
+    assert one_line(DBAPIError("SELECT 1", (), KeyError())) == "KeyError"
+    assert one_line(ImportError()) == "ImportError"
+    assert one_line(ImportError("no module named psycopg\nhint")) == "ImportError: no module named psycopg"
