@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from passlib.context import CryptContext
 from sqlalchemy import create_engine, select, update
 
 from sipshield.auth._digest import compute_ha1
@@ -145,9 +146,10 @@ def test_writes_to_unknown_user_raise_unknown_user_error(store: UserStore) -> No
 
 
 def test_writes_and_reads_touch_only_the_user_they_name(store: UserStore) -> None:
-    """Roles, the enabled flag, removal and get concern one (user, domain): not
-    every user of the domain, nor the same name in another domain (mutmut
-    survivors _update 9 and 10, remove 14 and 16, get 9 and 10)."""
+    """Roles, the enabled flag, the password, removal and get concern one
+    (user, domain): not every user of the domain, nor the same name in
+    another domain (mutmut survivors _update 9 and 10, set_password 9 and 10,
+    remove 14 and 16, get 9 and 10)."""
     store.add("alice", "example.com", PASSWORD, roles=["agent"])
     store.add("bob", "example.com", NEW_PASSWORD, roles=["agent"])
     store.add("alice", "example.org", NEW_PASSWORD, roles=["agent"])
@@ -163,6 +165,13 @@ def test_writes_and_reads_touch_only_the_user_they_name(store: UserStore) -> Non
     assert store.ha1("alice", "example.org", "SHA-256") == sha256_ha1("alice", "example.org", NEW_PASSWORD)
     store.set_enabled("bob", "example.com", True)
     assert store.ha1("bob", "example.com", "SHA-512-256") == compute_ha1("SHA-512-256", "bob", "example.com", NEW_PASSWORD)
+    store.add("carol", "example.org", PASSWORD)
+    store.set_password("carol", "example.org", NEW_PASSWORD)  # mutants set_password 9 and 10: alice's row
+    assert store.ha1("alice", "example.org", "SHA-256") == sha256_ha1("alice", "example.org", NEW_PASSWORD)
+    assert store.ha1("carol", "example.org", "SHA-256") == sha256_ha1("carol", "example.org", NEW_PASSWORD)
+    store.set_password("bob", "example.com", PASSWORD)
+    assert store.ha1("alice", "example.org", "SHA-512-256") == compute_ha1("SHA-512-256", "alice", "example.org", NEW_PASSWORD)
+    assert store.ha1("bob", "example.com", "SHA-256") == sha256_ha1("bob", "example.com", PASSWORD)
 
 
 def test_unknown_user_error_carries_the_user_and_domain(store: UserStore) -> None:
@@ -229,6 +238,66 @@ def test_verify_admin_checks_the_passlib_hash(store: UserStore) -> None:
     store.set_password("root", "example.com", NEW_PASSWORD)
     assert store.verify_admin("root", "example.com", PASSWORD) is False
     assert store.verify_admin("root", "example.com", NEW_PASSWORD) is True
+
+
+def test_verify_admin_is_for_the_user_of_that_domain_only(store: UserStore) -> None:
+    """root of another domain, with a password of its own, is another admin (mutant verify_admin 15)."""
+    store.add("root", "example.com", PASSWORD, admin=True)
+    store.add("root", "example.org", NEW_PASSWORD, admin=True)
+    assert store.verify_admin("root", "example.org", PASSWORD) is False
+    assert store.verify_admin("root", "example.com", NEW_PASSWORD) is False
+    assert store.verify_admin("root", "example.org", NEW_PASSWORD) is True
+
+
+def test_verify_admin_refuses_a_stored_hash_it_cannot_identify(store: UserStore) -> None:
+    """An admin hash of a scheme this machine cannot verify (or one written
+    into the database by hand) matches no password (mutant verify_admin 37)."""
+    store.add("root", "example.com", PASSWORD, admin=True)
+    with store._live_engine().begin() as conn:
+        conn.execute(update(store.users).values(admin_hash="$2b$12$" + "x" * 53))
+    assert store.verify_admin("root", "example.com", PASSWORD) is False
+
+
+class _CountingContext(CryptContext):
+    """The admin hash context, noting the hash each verification runs against."""
+
+    hashes: list[object]
+
+    def verify(self, secret: object, hash: object, **kwargs: object) -> bool:  # noqa: A002 (passlib's name)
+        self.hashes.append(hash)
+        return bool(super().verify(secret, hash, **kwargs))
+
+
+def test_verify_admin_costs_one_real_hash_verification_whoever_asks(store: UserStore) -> None:
+    """An unknown user, one without the admin flag and a name that is not a
+    user name cost what a wrong password costs: one verification against a
+    real hash (dummy_verify), so timing tells no one which admins exist
+    (mutants verify_admin 7 and 28: a verification against no hash, which
+    returns at once)."""
+    store.add("root", "example.com", PASSWORD, admin=True)
+    store.add("alice", "example.com", PASSWORD)
+    context = _CountingContext(schemes=[store._admin_context().default_scheme()])
+    context.hashes = []
+    store._admin = context
+    asks = [("root", PASSWORD), ("root", NEW_PASSWORD), ("alice", PASSWORD), ("ghost", PASSWORD), ("a b", PASSWORD)]
+    assert [store.verify_admin(user, "example.com", password) for user, password in asks] == [True, False, False, False, False]
+    assert len(context.hashes) == len(asks)
+    assert all(isinstance(h, str) and h.startswith("$") and len(h) > 20 for h in context.hashes), context.hashes
+
+
+def test_without_a_password_hash_backend_no_admin_is_made_or_let_in(store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine with neither argon2-cffi nor bcrypt: adding an admin says
+    what to install, and verify_admin refuses every password (mutants
+    verify_admin 27 and _admin_hash 3 to 5)."""
+    import sipshield.auth._users as users_module
+
+    store.add("root", "example.com", PASSWORD, admin=True)
+    monkeypatch.setattr(users_module, "_admin_context", lambda: None)
+    store._admin = None
+    assert store.verify_admin("root", "example.com", PASSWORD) is False
+    with pytest.raises(CredentialStoreError) as raised:
+        store.add("admin2", "example.com", PASSWORD, admin=True)
+    assert str(raised.value) == "admin users need a password hash backend: pip install argon2-cffi (or bcrypt)"
 
 
 def test_admin_hash_is_argon2_when_argon2_cffi_is_installed(store: UserStore) -> None:

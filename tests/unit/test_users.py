@@ -290,3 +290,10 @@ def test_one_line_gives_the_drivers_error_type_and_first_line_never_the_sql() ->
     assert one_line(DBAPIError("SELECT 1", (), KeyError())) == "KeyError"
     assert one_line(ImportError()) == "ImportError"
     assert one_line(ImportError("no module named psycopg\nhint")) == "ImportError: no module named psycopg"
+
+
+def test_key_usage_counts_no_value_under_a_key_it_does_not_list() -> None:
+    from sipshield.auth._users import KeyUsage
+
+    usage = KeyUsage((("k1", 3),), plaintext=0, malformed=0)
+    assert (usage.count("k1"), usage.count("k2")) == (3, 0)
