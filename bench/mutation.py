@@ -34,6 +34,7 @@ security decisions.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -139,7 +140,38 @@ def _module_of(name: str) -> str:
     return name.split(".x", 1)[0]
 
 
-def rerun(workdir: Path, modules: tuple[str, ...], tests: list[str], timeout: float) -> str:
+def _rerun_in_process(mutants: Path, todo: list[str], tests: list[str], timeout: float, env: dict[str, str]) -> dict[str, str]:
+    """The mutants of *todo* in one pytest session (bench/_mutant_loop.py),
+    after a control run without any mutant that must pass; a session that
+    ends early (a mutant hung past *timeout* seconds per test, or crashed
+    the interpreter) marks the mutant it was on killed and starts again
+    after it."""
+    shutil.copy2(ROOT / "bench" / "_mutant_loop.py", mutants / "_mutant_loop.py")
+    names, out = mutants / "mutants-in.txt", mutants / "mutants-out.txt"
+    results: dict[str, str] = {}
+    # Twice without a mutant: the tests must pass, and pass again in the same
+    # process (a test that changes its own parameters would fail every mutant after).
+    controls = ["control-no-mutant", "control-no-mutant-again"]
+    left = [*controls, *todo]
+    while left:
+        names.write_text("\n".join(left) + "\n")
+        out.write_text("")
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_mutant_loop", "-o", f"timeout={timeout:g}",
+                   "--mutants-in", str(names), "--mutants-out", str(out), *tests]
+        subprocess.run(command, cwd=mutants, env=env, capture_output=True)
+        done = dict(line.split() for line in out.read_text().splitlines())
+        if left[0] in controls and [done.pop(c, "killed") for c in controls] != ["survived", "survived"]:
+            raise SystemExit(f"without any mutant, the tests fail (or fail when run again in one process) in {mutants}: {' '.join(tests)}")
+        results.update(done)
+        left = [name for name in left if name not in done and name not in controls]
+        if left:
+            results[left.pop(0)] = "killed"  # the session ended on it: a hang or a crash
+        print(f"{len(results)}/{len(todo)} mutants run", flush=True)
+    return results
+
+
+def rerun(workdir: Path, modules: tuple[str, ...], tests: list[str], timeout: float, only: list[str] | None = None,
+          in_process: bool = False) -> str:
     """Run every mutant of an earlier run (in *workdir*) that it did not kill
     against *tests*, one pytest subprocess per mutant in mutmut's own
     ``mutants/`` tree (its trampolines, ``MUTANT_UNDER_TEST`` naming the
@@ -147,23 +179,32 @@ def rerun(workdir: Path, modules: tuple[str, ...], tests: list[str], timeout: fl
     reactor, a slapd: tests/integration/test_ldap.py) and for new tests
     against the survivors of a run over unchanged source.  The checkout's
     tests/ are copied in first.  A mutant is killed when pytest fails or runs
-    past *timeout* seconds."""
+    past *timeout* seconds.  *only*: mutant name patterns (fnmatch), run
+    in that order (the security decisions of a module first, say)."""
     mutants = workdir / "mutants"
     shutil.copytree(ROOT / "tests", mutants / "tests", dirs_exist_ok=True)
     wanted = {m.removesuffix(".py").replace("/", ".") for m in modules}
     rows = [m.groups() for m in map(_RESULT.match, mutmut(workdir, "results", "--all", "true").splitlines()) if m]
     todo = [name for name, status in rows if status != "killed" and (not wanted or _module_of(name) in wanted)]
+    if only:
+        todo = list(dict.fromkeys(name for pattern in only for name in todo if fnmatch.fnmatchcase(name, pattern)))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
     killed: list[str] = []
     survived: list[str] = []
-    for index, name in enumerate(todo, 1):
-        try:
-            code = subprocess.run(command, cwd=mutants, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            code = -1
-        (killed if code != 0 else survived).append(name)
-        print(f"[{index}/{len(todo)}] {name}: {'killed' if code != 0 else 'survived'}", flush=True)
+    if in_process:
+        results = _rerun_in_process(mutants, todo, tests, timeout, env)
+    else:
+        results = {}
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+        for index, name in enumerate(todo, 1):
+            try:
+                code = subprocess.run(command, cwd=mutants, env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True, timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                code = -1
+            results[name] = "killed" if code != 0 else "survived"
+            print(f"[{index}/{len(todo)}] {name}: {results[name]}", flush=True)
+    for name in todo:
+        (killed if results[name] == "killed" else survived).append(name)
     total = Counter(_module_of(name) for name, _ in rows if not wanted or _module_of(name) in wanted)
     before = Counter(_module_of(name) for name, status in rows if status == "killed" and (not wanted or _module_of(name) in wanted))
     now = before + Counter(_module_of(name) for name in killed)
@@ -184,11 +225,13 @@ def main() -> None:
     parser.add_argument("--max-children", default=str(max(1, (os.cpu_count() or 2) - 1)), help="parallel mutant runs")
     parser.add_argument("--rerun", nargs="+", metavar="TEST", help="no new run: the mutants --workdir's run left, against these test files")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant with --rerun")
+    parser.add_argument("--in-process", action="store_true", help="with --rerun: one pytest session for all mutants (bench/_mutant_loop.py)")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN", help="with --rerun: only mutants matching these names (fnmatch), in this order")
     options = parser.parse_args()
     if options.rerun:
         if options.workdir is None or not (options.workdir / "mutants").is_dir():
             raise SystemExit("--rerun needs the --workdir of an earlier run")
-        text = rerun(options.workdir, tuple(options.modules), options.rerun, options.timeout)
+        text = rerun(options.workdir, tuple(options.modules), options.rerun, options.timeout, options.only, options.in_process)
         (options.workdir / "rerun-report.txt").write_text(text + "\n")
         print(text)
         return
