@@ -297,3 +297,66 @@ def test_key_usage_counts_no_value_under_a_key_it_does_not_list() -> None:
 
     usage = KeyUsage((("k1", 3),), plaintext=0, malformed=0)
     assert (usage.count("k1"), usage.count("k2")) == (3, 0)
+
+
+def test_describe_users_names_each_gap_and_the_fix() -> None:
+    from sipshield.auth._users import describe_users
+
+    records = [
+        UserRecord("alice", "example.com", (), True, ("SHA-256",)),
+        UserRecord("bob", "example.com", (), True, ()),
+        UserRecord("carol", "example.com", (), False, ()),  # disabled: no gap counted
+    ]
+    line, warning = describe_users("sql", records, ("SHA-256", "SHA-512-256"))
+    assert line == "3 user(s) in sql"
+    assert warning == (
+        "sql: 1 without SHA-256, 2 without SHA-512-256 credentials (created before the algorithm was enabled; they cannot answer its "
+        "challenge): set each one's password again with `sipshield user passwd USER`, which stores every enabled algorithm"
+    )
+    assert describe_users("sql", records[:1], ("SHA-256",)) == ("1 user(s) in sql", None)
+
+
+def test_describe_keys_reports_current_older_lost_plain_and_malformed_values(store: UserStore) -> None:
+    from user_store_contract import overwrite_value
+
+    from sipshield.auth._users import describe_keys
+
+    store.add("alice", "example.com", PASSWORD)
+    first = store.keys.require().current
+    line, warnings = describe_keys("sql", store)
+    assert (line, warnings) == (f"sql: HA1 values encrypted under {store.keys.where}: current key {first}, 2 value(s) under it", [])
+    rotated = store.keys.update(lambda k: k.rotated())
+    store.add("bob", "example.com", PASSWORD)
+    store.add("carol", "example.com", PASSWORD)
+    store.add("dave", "example.com", PASSWORD)
+    overwrite_value(store, "carol", "SHA-256", compute_ha1("SHA-256", "carol", "example.com", PASSWORD))  # plain text
+    overwrite_value(store, "carol", "SHA-512-256", "tampered")
+    overwrite_value(store, "dave", "SHA-256", "enc1:00000001:" + "A" * 40)  # a key the file does not hold
+    overwrite_value(store, "dave", "SHA-512-256", "enc1:00000002:" + "A" * 40)
+    line, warnings = describe_keys("sql", store)
+    assert line == (
+        f"sql: HA1 values encrypted under {store.keys.where}: current key {rotated.current}, 2 value(s) under it, "
+        "2 under older keys (finish with `sipshield keys rotate`, then `sipshield keys prune`)"
+    )
+    assert warnings == [
+        "sql: 1 HA1 value(s) stored in plain text (from before encryption): a copy of the database is enough to log in as those users; "
+        "run `sipshield keys migrate`",
+        f"sql: 2 HA1 value(s) encrypted under key(s) 00000001, 00000002, which {store.keys.where} does not hold: those users cannot "
+        "log in (restore the key file from its backup, or set their passwords again)",
+        "sql: 1 stored HA1 value(s) are neither encrypted nor plain-text HA1s (tampered with?)",
+    ]
+
+
+def test_an_encrypted_value_without_its_key_file_says_the_file_is_missing(store: UserStore) -> None:
+    from user_store_contract import overwrite_value
+
+    store.add("alice", "example.com", PASSWORD)
+    store.add("bob", "example.com", PASSWORD)
+    overwrite_value(store, "bob", "SHA-256", "enc1:00000001:" + "A" * 40)  # a key the file does not hold
+    with pytest.raises(CredentialStoreError) as raised:
+        store.ha1("bob", "example.com", "SHA-256")
+    assert "does not exist" not in str(raised.value) and str(raised.value).startswith("credential of bob@example.com (SHA-256) in ")
+    store.keys.path.unlink()
+    with pytest.raises(CredentialStoreError) as raised:
+        store.ha1("alice", "example.com", "SHA-256")
+    assert str(raised.value).endswith(f" ({store.keys.where} does not exist)")
