@@ -456,6 +456,20 @@ def test_a_new_key_file_refuses_plain_text_values_when_the_database_holds_none(s
         store.ha1("alice", "example.com", "SHA-256")
 
 
+def test_a_key_file_made_again_over_encrypted_values_refuses_plain_text_ones(store: UserStore) -> None:
+    """The key file lost, the next write makes a new one: the database holds
+    encrypted values only, so the new file accepts no plain-text value, and
+    one written into the database (an attacker's chosen HA1) is refused
+    (mutmut survivors _writing_keys 6 and 8 counted encrypted values as plain text)."""
+    store.add("alice", "example.com", PASSWORD)
+    store.keys.path.unlink()
+    store.add("bob", "example.com", PASSWORD)
+    assert store.keys.require().accept_plaintext is False
+    overwrite_value(store, "bob", "SHA-256", sha256_ha1("bob", "example.com", "attacker-chosen"))
+    with pytest.raises(CredentialStoreError, match="plaintext refused"):
+        store.ha1("bob", "example.com", "SHA-256")
+
+
 def test_a_rotation_keeps_every_value_readable_at_every_step(store: UserStore) -> None:
     store.add("alice", "example.com", PASSWORD)
     old = store.keys.require().current

@@ -329,8 +329,11 @@ def test_describe_keys_reports_current_older_lost_plain_and_malformed_values(sto
     store.add("bob", "example.com", PASSWORD)
     store.add("carol", "example.com", PASSWORD)
     store.add("dave", "example.com", PASSWORD)
+    store.add("erin", "example.com", PASSWORD)
     overwrite_value(store, "carol", "SHA-256", compute_ha1("SHA-256", "carol", "example.com", PASSWORD))  # plain text
     overwrite_value(store, "carol", "SHA-512-256", "tampered")
+    overwrite_value(store, "erin", "SHA-256", "tampered")
+    overwrite_value(store, "erin", "SHA-512-256", "tampered")
     overwrite_value(store, "dave", "SHA-256", "enc1:00000001:" + "A" * 40)  # a key the file does not hold
     overwrite_value(store, "dave", "SHA-512-256", "enc1:00000002:" + "A" * 40)
     line, warnings = describe_keys("sql", store)
@@ -343,7 +346,7 @@ def test_describe_keys_reports_current_older_lost_plain_and_malformed_values(sto
         "run `sipshield keys migrate`",
         f"sql: 2 HA1 value(s) encrypted under key(s) 00000001, 00000002, which {store.keys.where} does not hold: those users cannot "
         "log in (restore the key file from its backup, or set their passwords again)",
-        "sql: 1 stored HA1 value(s) are neither encrypted nor plain-text HA1s (tampered with?)",
+        "sql: 3 stored HA1 value(s) are neither encrypted nor plain-text HA1s (tampered with?)",
     ]
 
 
