@@ -355,3 +355,45 @@ def test_libpass_still_provides_passlib() -> None:
     import passlib
 
     assert passlib.__version__.startswith("1.9"), passlib.__version__
+
+
+def test_the_username_becomes_a_literal_value_in_every_kind_of_filter_leaf() -> None:
+    """Equality, NOT, OR, substrings and an extensible match: each place the
+    placeholder stands gets the peer's value as an escaped assertion value,
+    never filter text (RFC 4515 3; mutmut survivors of _substitute)."""
+    from sipshield.auth._ldap import _FilterTemplate
+
+    template = _FilterTemplate("(&(uid={username})(!(cn={username}))(mail={username}@*)(cn:caseExactMatch:={username})(|(sn=x)(sn={username})))", "{username}")
+    value = r"a*b)(c"
+    escaped = r"a\2ab\29\28c"
+    assert template.render(value).asText() == (
+        f"(&(uid={escaped})(!(cn={escaped}))(mail={escaped}@*)(cn:caseExactMatch:={escaped})(|(sn=x)(sn={escaped})))"
+    )
+    assert template.render("bob").asText() == "(&(uid=bob)(!(cn=bob))(mail=bob@*)(cn:caseExactMatch:=bob)(|(sn=x)(sn=bob)))"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"base_dn": ""}, "ldap: base_dn must not be empty"),
+        ({"bind_password": ""}, "ldap: bind_dn needs a bind_password (an empty one is an unauthenticated bind)"),
+        ({"group_roles": {"sip-staff": "staff"}}, "ldap: group_roles maps a group cn to a list of roles"),
+        ({"timeout": 300.5}, "ldap: timeout must be a number of seconds in (0, 300]"),
+        ({"url": "ldap://127.0.0.1:389", "ca_file": "x.pem"}, "ldap: ca_file is only used with an ldaps:// url"),
+        ({"url": "ldaps://127.0.0.1", "ca_file": ""}, "ldap: ca_file must be the path of a PEM file"),
+        ({"url": "ldap://admin@127.0.0.1"}, "ldap: url must be ldap://host[:port] or ldaps://host[:port], not 'ldap://admin@127.0.0.1'"),
+        ({"url": "ldap://127.0.0.1/?uid"}, "ldap: url must be ldap://host[:port] or ldaps://host[:port], not 'ldap://127.0.0.1/?uid'"),
+        ({"url": "ldap://127.0.0.1/dc=example"}, "ldap: url must be ldap://host[:port] or ldaps://host[:port], not 'ldap://127.0.0.1/dc=example'"),
+    ],
+)
+def test_settings_errors_say_exactly_what_is_wrong(overrides: dict[str, object], message: str) -> None:
+    """Word for word (the mutmut survivors of __post_init__, endpoint_address and _load_ca_file)."""
+    others = {k: v for k, v in overrides.items() if k != "url"}
+    with pytest.raises(ValueError) as raised:
+        settings_for(str(overrides.get("url", "ldap://127.0.0.1:389")), **others)
+    assert str(raised.value) == message
+
+
+def test_settings_accept_the_bounds_and_an_attribute_name_in_mixed_case() -> None:
+    settings = settings_for("ldap://127.0.0.1:389", timeout=300, ha1_attribute="sipDigestHA1")
+    assert (settings.timeout, settings.ha1_attribute) == (300, "sipDigestHA1")
