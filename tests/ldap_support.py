@@ -51,11 +51,12 @@ REALM = "example.com"
 USERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "alice": ("alice-secret", ("sip-staff",)),
     "carol": ("carol-secret", ()),
+    "dave": ("dave-secret", ()),
 }
 #: The algorithms every user has an HA1 for (RFC 8760).
 ALGORITHMS = ("SHA-256", "SHA-512-256")
 #: Group cn -> members (uids).
-GROUPS = {"sip-staff": ("alice",), "sip-ops": ("carol",)}
+GROUPS = {"sip-staff": ("alice", "dave"), "sip-ops": ("carol", "dave")}
 
 STARTUP_TIMEOUT = 15.0
 

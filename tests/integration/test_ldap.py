@@ -397,3 +397,39 @@ def test_settings_errors_say_exactly_what_is_wrong(overrides: dict[str, object],
 def test_settings_accept_the_bounds_and_an_attribute_name_in_mixed_case() -> None:
     settings = settings_for("ldap://127.0.0.1:389", timeout=300, ha1_attribute="sipDigestHA1")
     assert (settings.timeout, settings.ha1_attribute) == (300, "sipDigestHA1")
+
+
+@pytest_twisted.inlineCallbacks
+def test_roles_come_from_every_group_of_a_user_in_several(slapd: Slapd) -> Iterator:
+    """dave is in sip-staff and sip-ops, each mapped to a role of its own: both
+    (mutant _roles 14 asked the directory for one group only)."""
+    checker = LDAPChecker(settings_for(slapd.url, group_roles={"sip-staff": ["staff"], "sip-ops": ["ops"]}), reactor)
+    try:
+        avatar = yield checker.requestAvatarId(digest_credentials("dave", ldap_support.USERS["dave"][0]))
+    finally:
+        checker.close()
+    assert avatar.roles == ("ops", "staff")
+
+
+@pytest_twisted.inlineCallbacks
+def test_without_a_group_base_dn_no_role_comes_from_groups(slapd: Slapd) -> Iterator:
+    """An empty group_base_dn turns roles from groups off, whatever group_roles
+    maps (mutant __init__ 10 searched for groups all the same)."""
+    checker = LDAPChecker(settings_for(slapd.url, group_base_dn=""), reactor)
+    try:
+        avatar = yield checker.requestAvatarId(digest_credentials("alice", ALICE_PASSWORD))
+    finally:
+        checker.close()
+    assert (avatar, avatar.roles) == ("alice@example.com", ())
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_entry_without_any_ha1_value_is_an_unknown_user(slapd: Slapd) -> Iterator:
+    """The filter finds the service account, which holds no ha1_attribute at
+    all: unknown, not an error (mutants _authenticate 36 and 38)."""
+    checker = LDAPChecker(settings_for(slapd.url, user_filter="(&(objectClass=person)(cn={username}))"), reactor)
+    try:
+        with pytest.raises(UnknownUser):
+            yield checker.requestAvatarId(digest_credentials("sipshield", "whatever"))
+    finally:
+        checker.close()
