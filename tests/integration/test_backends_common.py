@@ -37,7 +37,7 @@ REALM = ldap_support.REALM
 #: The same users in every backend (uid -> password) with the same roles; in
 #: LDAP the roles come from the users' groups through GROUP_ROLES.
 USERS = {uid: password for uid, (password, _groups) in ldap_support.USERS.items()}
-ROLES = {"alice": ("staff",), "carol": ("ops", "staff")}
+ROLES = {"alice": ("staff",), "carol": ("ops", "staff"), "dave": ("ops", "staff")}
 GROUP_ROLES = {"sip-staff": ["staff"], "sip-ops": ["ops", "staff"]}
 ALGORITHMS = ("SHA-256", "SHA-512-256", "SHA-256-sess", "SHA-512-256-sess")
 
