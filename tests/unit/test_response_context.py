@@ -174,3 +174,15 @@ def test_a_provisional_answer_to_a_message_is_relayed(proxy: Proxy) -> None:
     proxy.respond(fwd, hop, 182)
     proxy.respond(fwd, hop, 200)
     assert proxy.phone.statuses()[-2:] == [182, 200]
+
+
+@pytest.mark.parametrize(("other", "chosen"), [(404, 401), (404, 407), (404, 415), (404, 420), (404, 484), (503, 504), (404, 603)])
+def test_the_best_of_two_finals_is_the_one_the_caller_can_act_on(proxy: Proxy, other: int, chosen: int) -> None:
+    """16.7 step 6: within 4xx a challenge, 415, 420 or 484 over a plain 404;
+    a 503 only when nothing else (a 504 wins); a 6xx over all (mutants
+    _rank 8 and 12 to 15)."""
+    first, second = proxy.register("bob", BOB), proxy.register("bob", BOB2)
+    _, branches = call(proxy)
+    proxy.respond(branches[first], first, other)
+    proxy.respond(branches[second], second, chosen)
+    assert finals(proxy)[-1] == chosen
