@@ -186,3 +186,23 @@ def test_the_best_of_two_finals_is_the_one_the_caller_can_act_on(proxy: Proxy, o
     proxy.respond(branches[first], first, other)
     proxy.respond(branches[second], second, chosen)
     assert finals(proxy)[-1] == chosen
+
+
+def test_a_600_cancels_the_ringing_branches_too(proxy: Proxy) -> None:
+    """Every 6xx, 600 Busy Everywhere included, ends the search (16.7 step 5; mutants on_response 600 -> 601)."""
+    ringing, busy = proxy.register("bob", BOB), proxy.register("bob", BOB2)
+    _, branches = call(proxy)
+    proxy.respond(branches[ringing], ringing, 180)
+    proxy.respond(branches[busy], busy, 600)
+    assert cancels(proxy) == [ringing]
+    proxy.respond(branches[ringing], ringing, 487)
+    assert finals(proxy) == [600]
+
+
+def test_a_branch_that_never_answers_ends_with_408_request_timeout(proxy: Proxy) -> None:
+    """Timer B: the proxy's own 408, its reason phrase as RFC 3261 21.4.9 names it (mutants on_timeout 4 to 7)."""
+    proxy.register("bob", BOB)
+    call(proxy)
+    proxy.clock.pump([0.5] * 65)
+    answer = [m for m in proxy.phone.messages() if m.status >= 200][0]
+    assert (answer.status, answer.reason) == (408, "Request Timeout")
