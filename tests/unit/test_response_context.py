@@ -206,3 +206,33 @@ def test_a_branch_that_never_answers_ends_with_408_request_timeout(proxy: Proxy)
     proxy.clock.pump([0.5] * 65)
     answer = [m for m in proxy.phone.messages() if m.status >= 200][0]
     assert (answer.status, answer.reason) == (408, "Request Timeout")
+
+
+@pytest.mark.parametrize("later", [486, 300])
+def test_after_a_200_no_other_final_reaches_the_caller(proxy: Proxy, later: int) -> None:
+    """One final answer per transaction: once a 2xx went upstream, another
+    branch's 4xx or 3xx stays here (mutants _forward_final 2 to 5, 9, 10)."""
+    answering, other = proxy.register("bob", BOB), proxy.register("bob", BOB2)
+    _, branches = call(proxy)
+    proxy.respond(branches[answering], answering, 200)
+    proxy.respond(branches[other], other, later)
+    assert list(dict.fromkeys(finals(proxy))) == [200]
+
+
+def test_two_407_challenges_are_aggregated_when_a_407_is_the_best(proxy: Proxy) -> None:
+    """16.7 step 7 when the answer chosen is a 407 (mutant _maybe_finish 20: only a 401 was)."""
+    first, second = proxy.register("bob", BOB), proxy.register("bob", BOB2)
+    _, branches = call(proxy)
+    proxy.respond(branches[first], first, 407, [("Proxy-Authenticate", 'Digest realm="one.example.net", nonce="1"')])
+    proxy.respond(branches[second], second, 407, [("Proxy-Authenticate", 'Digest realm="two.example.net", nonce="2"')])
+    answer = proxy.phone.sent[-1][0]
+    assert sorted(c["realm"] for c in challenges(answer, "Proxy-Authenticate")) == ["one.example.net", "two.example.net"]
+
+
+def test_a_503_goes_upstream_as_500_server_internal_error(proxy: Proxy) -> None:
+    """16.7 step 6: the status and its reason phrase (mutants _maybe_finish 10, 15 to 17, _rewrite_status 2)."""
+    hop = proxy.register("bob", BOB)
+    _, branches = call(proxy)
+    proxy.respond(branches[hop], hop, 503)
+    answer = [m for m in proxy.phone.messages() if m.status >= 200][0]
+    assert (answer.status, answer.reason) == (500, "Server Internal Error")
