@@ -211,7 +211,8 @@ def test_a_branch_that_never_answers_ends_with_408_request_timeout(proxy: Proxy)
 @pytest.mark.parametrize("later", [486, 300])
 def test_after_a_200_no_other_final_reaches_the_caller(proxy: Proxy, later: int) -> None:
     """One final answer per transaction: once a 2xx went upstream, another
-    branch's 4xx or 3xx stays here (mutants _forward_final 2 to 5, 9, 10)."""
+    branch's 4xx or 3xx stays here (the server transaction, in RFC 6026's
+    Accepted, holds that too: _forward_final's own guard survives mutation)."""
     answering, other = proxy.register("bob", BOB), proxy.register("bob", BOB2)
     _, branches = call(proxy)
     proxy.respond(branches[answering], answering, 200)
