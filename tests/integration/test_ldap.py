@@ -427,7 +427,7 @@ def test_without_a_group_base_dn_no_role_comes_from_groups(slapd: Slapd) -> Iter
 def test_an_entry_without_any_ha1_value_is_an_unknown_user(slapd: Slapd) -> Iterator:
     """The filter finds the service account, which holds no ha1_attribute at
     all: unknown, not an error (mutants _authenticate 36 and 38)."""
-    checker = LDAPChecker(settings_for(slapd.url, user_filter="(&(objectClass=person)(cn={username}))"), reactor)
+    checker = LDAPChecker(settings_for(slapd.url, base_dn=ldap_support.BASE_DN, user_filter="(&(objectClass=person)(cn={username}))"), reactor)
     try:
         with pytest.raises(UnknownUser):
             yield checker.requestAvatarId(digest_credentials("sipshield", "whatever"))
