@@ -370,6 +370,8 @@ def test_the_username_becomes_a_literal_value_in_every_kind_of_filter_leaf() -> 
         f"(&(uid={escaped})(!(cn={escaped}))(mail={escaped}@*)(cn:caseExactMatch:={escaped})(|(sn=x)(sn={escaped})))"
     )
     assert template.render("bob").asText() == "(&(uid=bob)(!(cn=bob))(mail=bob@*)(cn:caseExactMatch:=bob)(|(sn=x)(sn=bob)))"
+    # A presence test has no value to fill (mutant _substitute 19 looked for one).
+    assert _FilterTemplate("(&(objectClass=*)(uid={username}))", "{username}").render("bob").asText() == "(&(objectClass=*)(uid=bob))"
 
 
 @pytest.mark.parametrize(
