@@ -156,8 +156,8 @@ def _rerun_in_process(mutants: Path, todo: list[str], tests: list[str], timeout:
     while left:
         names.write_text("\n".join(left) + "\n")
         out.write_text("")
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "_mutant_loop", "-o", f"timeout={timeout:g}",
-                   "--mutants-in", str(names), "--mutants-out", str(out), *tests]
+        plugin = ["-p", "_mutant_loop", "-o", f"timeout={timeout:g}", "--mutants-in", str(names), "--mutants-out", str(out)]
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, *tests]
         subprocess.run(command, cwd=mutants, env=env, capture_output=True)
         done = dict(line.split() for line in out.read_text().splitlines())
         if left[0] in controls and [done.pop(c, "killed") for c in controls] != ["survived", "survived"]:
@@ -170,8 +170,7 @@ def _rerun_in_process(mutants: Path, todo: list[str], tests: list[str], timeout:
     return results
 
 
-def rerun(workdir: Path, modules: tuple[str, ...], tests: list[str], timeout: float, only: list[str] | None = None,
-          in_process: bool = False) -> str:
+def rerun(workdir: Path, modules: tuple[str, ...], tests: list[str], timeout: float, only: list[str] | None = None, in_process: bool = False) -> str:
     """Run every mutant of an earlier run (in *workdir*) that it did not kill
     against *tests*, one pytest subprocess per mutant in mutmut's own
     ``mutants/`` tree (its trampolines, ``MUTANT_UNDER_TEST`` naming the
