@@ -172,6 +172,10 @@ def test_writes_and_reads_touch_only_the_user_they_name(store: UserStore) -> Non
     store.set_password("bob", "example.com", PASSWORD)
     assert store.ha1("alice", "example.org", "SHA-512-256") == compute_ha1("SHA-512-256", "alice", "example.org", NEW_PASSWORD)
     assert store.ha1("bob", "example.com", "SHA-256") == sha256_ha1("bob", "example.com", PASSWORD)
+    store.add("alice", "example.com", PASSWORD)
+    store.set_password("alice", "example.org", "third-password")
+    assert store.ha1("alice", "example.com", "SHA-256") == sha256_ha1("alice", "example.com", PASSWORD)
+    assert store.ha1("alice", "example.org", "SHA-256") == sha256_ha1("alice", "example.org", "third-password")
 
 
 def test_unknown_user_error_carries_the_user_and_domain(store: UserStore) -> None:
