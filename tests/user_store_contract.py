@@ -464,7 +464,7 @@ def test_a_key_file_made_again_over_encrypted_values_refuses_plain_text_ones(sto
     """The key file lost, the next write makes a new one: the database holds
     encrypted values only, so the new file accepts no plain-text value, and
     one written into the database (an attacker's chosen HA1) is refused
-    (mutmut survivors _writing_keys 6 and 8 counted encrypted values as plain text)."""
+    (mutmut survivor _writing_keys 8 counted encrypted values as plain text)."""
     store.add("alice", "example.com", PASSWORD)
     store.keys.path.unlink()
     store.add("bob", "example.com", PASSWORD)
