@@ -36,8 +36,8 @@ capacity are refused early instead of all of them failing in a
 retransmission storm: an INVITE without a To tag that
 passes the rest gets a stateless 503 with Retry-After (``busy``) once the
 *call rate* is spent.  The rate starts at ``CALL_RATE_FACTOR`` times the
-calls a second the proxy started in the half second before it fell behind (what it could
-carry, and a little less so that the queue drains), falls by a tenth each
+calls a second the proxy started in its best half second lately (what it could carry, fading
+a tenth a second, and a little less so that the queue drains), falls by a tenth each
 lag measurement that is still over the threshold and rises by
 ``CALL_RATE_RISE`` each one under it, never below ``MIN_CALL_RATE``; tokens
 for it are added at each measurement (``INTERVAL``), so the hot path pays
@@ -74,11 +74,13 @@ CALL_RATE_FACTOR = 0.9
 MIN_CALL_RATE = 5.0
 """New calls a second admitted at least while overloaded."""
 CALL_RATE_FALL = 0.9
-CALL_RATE_RISE = 1.1
+CALL_RATE_RISE = 1.15
 _CALL_BURST = 0.2
 """Seconds of the call rate that may be admitted at once."""
 _OBSERVED = 0.5
 """Seconds of calls started that the call rate on entering overload is taken from."""
+_CARRIED_FADE = 0.99
+"""Per lag measurement (0.1 s): how the best call rate carried lately fades."""
 
 
 @implementer(IAdmissionStep, IExplainableAdmission)
@@ -119,6 +121,8 @@ class OverloadShedding:
         self._tokens = 0.0
         self._blamed = False
         """A request was shed for its source in this window (a culprit is known)."""
+        self._carried = 0.0
+        """The most calls a second the proxy started lately while not overloaded (see :meth:`sample`)."""
         self._samples: deque[tuple[float, int]] = deque(maxlen=round(_OBSERVED / INTERVAL) + 1)
 
     # -- the hot path -----------------------------------------------------------------
@@ -220,7 +224,7 @@ class OverloadShedding:
         self._blamed = False
         calls = ""
         if self.calls_started is not None:
-            self.call_rate = max(MIN_CALL_RATE, CALL_RATE_FACTOR * self._observed_call_rate())
+            self.call_rate = max(MIN_CALL_RATE, CALL_RATE_FACTOR * max(self._carried, self._observed_call_rate()))
             self._tokens = self._burst(self.call_rate)
             calls = f"; new calls admitted at {self.call_rate:.0f}/s"
         self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind; shedding new requests by source, the busiest first{calls}")
@@ -240,6 +244,10 @@ class OverloadShedding:
         if self.calls_started is None:
             return
         self._samples.append((now, self.calls_started()))
+        if not self.overloaded:
+            # What the proxy has carried lately: the best half second of calls
+            # started, fading by a tenth a second so that it follows the machine.
+            self._carried = max(self._carried * _CARRIED_FADE, self._observed_call_rate())
         rate = self.call_rate
         if rate is None:
             return

@@ -222,3 +222,17 @@ def test_while_a_source_is_shed_for_its_share_new_calls_are_not_held_to_the_call
     assert FLOOD[0] in shedding._heavy
     assert [status(send(proxy, "INVITE", source=TRUNK, transport="TCP")) for _ in range(20)] == [404] * 20
     assert shedding.calls_refused == 2
+
+
+def test_the_call_rate_starts_from_what_the_proxy_carried_lately_not_only_the_last_half_second(tmp_path: Path) -> None:
+    """A burst after a quiet while (a trunk coming back, the first second of
+    a load test): the half second before the lag started no calls, but the
+    proxy carried 200 a second two seconds ago."""
+    proxy, _ = make(tmp_path)
+    shedding = proxy.service.overload
+    for _ in range(10):
+        proxy.core.counters["calls_started"] += 20
+        calm(proxy, INTERVAL)
+    calm(proxy, 2.0)  # nothing started
+    lag(proxy, 0.3)
+    assert shedding.call_rate is not None and 0.5 * 200 < shedding.call_rate <= CALL_RATE_FACTOR * 200
