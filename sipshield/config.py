@@ -364,6 +364,10 @@ class LimitsConfig:
     only once the buffer overflowed, too late to stop the retransmissions."""
     overload_recover: float = 5.0
     """Seconds the lag must stay below ``overload_lag`` to leave overload."""
+    overload_queue: float = 0.25
+    """Share of a UDP listener's receive buffer in use (the kernel's count,
+    read every 0.1 s; Linux) above which the proxy is overloaded too, however
+    little the reactor lags (0: not asked)."""
     overload_min_share: int = 20
     """While overloaded, a source may send this many new out-of-dialog
     requests a second (or its fair share, if larger) before it is shed."""
@@ -385,6 +389,7 @@ def _limits(data: Any, source: str | None) -> LimitsConfig:
         stage_timeout=float(lim.take_number("stage_timeout", 10.0, 0.1, 600, False)),
         overload_lag=float(lim.take_number("overload_lag", 0.05, 0, 60, False)),
         overload_recover=float(lim.take_number("overload_recover", 5.0, 0.1, 3600, False)),
+        overload_queue=float(lim.take_number("overload_queue", 0.25, 0, 1, False)),
         overload_min_share=lim.take_number("overload_min_share", 20, 1, 1_000_000, True),
     )
     lim.finish()

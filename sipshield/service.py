@@ -109,7 +109,9 @@ class SIPShieldService(MultiService):
             stage_timeout=limits.stage_timeout, refuse_source=self.core.refuse_source,
         )
         self.core.pipeline = self.pipeline
-        overload = build_overload(config, reactor, self.events, exempt, self.core.routed_by_us, lambda: self.core.counters["calls_started"])
+        overload = build_overload(
+            config, reactor, self.events, exempt, self.core.routed_by_us, lambda: self.core.counters["calls_started"], self._fullest_receive_queue,
+        )
         self.overload: OverloadShedding | None = None
         if overload is not None:
             self.overload, monitor = overload
@@ -581,6 +583,11 @@ class SIPShieldService(MultiService):
         sections = self.reload(config)
         tls = self._serve_tls(loaded) if loaded is not None else None
         return {"reloaded": sections, "tls": tls}
+
+    def _fullest_receive_queue(self) -> float | None:
+        """The share in use of the fullest UDP listener's receive buffer (None: none known)."""
+        shares = [share for share in (listener.receive_queue() for listener in self.listeners) if share is not None]
+        return max(shares) if shares else None
 
     def _sighup(self) -> None:
         try:

@@ -123,6 +123,8 @@ class OverloadShedding:
         """A request was shed for its source in this window (a culprit is known)."""
         self._carried = 0.0
         """The most calls a second the proxy started lately while not overloaded (see :meth:`sample`)."""
+        self._ceiling = 0.0
+        """Twice what was carried before the overload: the call rate may rise to it, or to twice the calls starting now."""
         self._samples: deque[tuple[float, int]] = deque(maxlen=round(_OBSERVED / INTERVAL) + 1)
 
     # -- the hot path -----------------------------------------------------------------
@@ -211,8 +213,8 @@ class OverloadShedding:
 
     # -- what ReactorLag tells it -----------------------------------------------------
 
-    def enter(self, lag: float, now: float) -> None:
-        """The reactor is *lag* seconds behind: start shedding."""
+    def enter(self, lag: float, now: float, queue: float | None = None) -> None:
+        """The reactor is *lag* seconds behind (or a receive buffer *queue* full): start shedding."""
         self.overloaded = True
         self._counts = {}
         self._heavy = frozenset()
@@ -224,10 +226,13 @@ class OverloadShedding:
         self._blamed = False
         calls = ""
         if self.calls_started is not None:
-            self.call_rate = max(MIN_CALL_RATE, CALL_RATE_FACTOR * max(self._carried, self._observed_call_rate()))
+            carried = max(self._carried, self._observed_call_rate())
+            self.call_rate = max(MIN_CALL_RATE, CALL_RATE_FACTOR * carried)
+            self._ceiling = 2 * carried
             self._tokens = self._burst(self.call_rate)
             calls = f"; new calls admitted at {self.call_rate:.0f}/s"
-        self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind; shedding new requests by source, the busiest first{calls}")
+        full = "" if queue is None else f" and a UDP receive buffer {queue * 100:.0f} % full"
+        self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind{full}; shedding new requests by source, the busiest first{calls}")
 
     def leave(self, lag: float, now: float) -> None:
         """The lag has stayed low: stop shedding."""
@@ -237,10 +242,11 @@ class OverloadShedding:
         self.call_rate = None
         self._report(f"recovered: the reactor is {lag * 1000:.0f} ms behind; {self.shed - self._shed_at_enter} request(s) shed while overloaded")
 
-    def sample(self, lag: float, threshold: float, now: float) -> None:
+    def sample(self, now: float, pressed: bool, relaxed: bool) -> None:
         """At each lag measurement: note the calls started so far and, while
-        overloaded, move the call rate (down while still behind, up once
-        not) and add its tokens for the next ``INTERVAL``."""
+        overloaded, move the call rate (down a tenth while *pressed*: the
+        reactor behind or a receive buffer filling; up while *relaxed*; held
+        otherwise) and add its tokens for the next ``INTERVAL``."""
         if self.calls_started is None:
             return
         self._samples.append((now, self.calls_started()))
@@ -251,7 +257,13 @@ class OverloadShedding:
         rate = self.call_rate
         if rate is None:
             return
-        rate = self.call_rate = max(MIN_CALL_RATE, rate * (CALL_RATE_FALL if lag > threshold else CALL_RATE_RISE))
+        if pressed:
+            rate *= CALL_RATE_FALL
+        elif relaxed:
+            # Up, but not past twice what calls really start: a rate far above
+            # the demand would take seconds to come down once pressed again.
+            rate = min(rate * CALL_RATE_RISE, max(rate, self._ceiling, 2 * self._observed_call_rate()))
+        rate = self.call_rate = max(MIN_CALL_RATE, rate)
         self._tokens = min(self._burst(rate), self._tokens + rate * INTERVAL)
 
     def _observed_call_rate(self) -> float:
@@ -293,11 +305,18 @@ class ReactorLag(Service):
 
     name = "reactor-lag"
 
-    def __init__(self, reactor: IReactorTime, shedding: OverloadShedding, threshold: float, recover: float = 5.0) -> None:
+    def __init__(
+        self, reactor: IReactorTime, shedding: OverloadShedding, threshold: float, recover: float = 5.0,
+        queue: Callable[[], float | None] | None = None, queue_threshold: float = 0.0,
+    ) -> None:
         self.reactor = reactor
         self.shedding = shedding
         self.threshold = threshold
         self.recover = recover
+        self.queue = queue
+        """The fullest UDP listener's receive buffer, 0 to 1 (None: unknown), read at each measurement."""
+        self.queue_threshold = queue_threshold
+        """Above this share of a receive buffer in use the proxy is overloaded too, however little the reactor lags (0: not asked)."""
         self.lag = 0.0
         """The last lag measured, in seconds."""
         self._due = 0.0
@@ -322,11 +341,17 @@ class ReactorLag(Service):
         now = self.reactor.seconds()
         self.lag = lag = max(0.0, now - self._due)
         shedding = self.shedding
-        shedding.sample(lag, self.threshold, now)
-        if lag > self.threshold:
+        # The kernel's buffer fills before the reactor shows it: saturated, the
+        # reactor runs turns of up to 256 KB of datagrams and is only 30-60 ms late.
+        share = self.queue() if self.queue_threshold and self.queue is not None else None
+        filling = share is not None and share > self.queue_threshold
+        behind = lag > self.threshold or filling
+        full = share if filling and lag <= self.threshold else None
+        shedding.sample(now, behind, not behind)
+        if behind:
             self._calm_since = None
             if not shedding.overloaded:
-                shedding.enter(lag, now)
+                shedding.enter(lag, now, full)
         elif shedding.overloaded:
             if self._calm_since is None:
                 self._calm_since = now
@@ -340,6 +365,7 @@ class ReactorLag(Service):
 def build_overload(
     config: Config, reactor: IReactorTime, events: SecurityEvents, exempt: Callable[[str, str], bool] | None,
     in_dialog: Callable[[Request, Any], bool] | None, calls_started: Callable[[], int] | None = None,
+    queue: Callable[[], float | None] | None = None,
 ) -> tuple[OverloadShedding, ReactorLag] | None:
     """The shedding step and its lag monitor ``[limits]`` asks for (None
     with ``overload_lag = 0``); refused requests get what ``[ratelimit]
@@ -351,7 +377,7 @@ def build_overload(
         min_share=limits.overload_min_share, refusal=overload_refusal(config), exempt=exempt, in_dialog=in_dialog, events=events,
         calls_started=calls_started, busy=_busy(config),
     )
-    return shedding, ReactorLag(reactor, shedding, limits.overload_lag, limits.overload_recover)
+    return shedding, ReactorLag(reactor, shedding, limits.overload_lag, limits.overload_recover, queue, limits.overload_queue)
 
 
 def overload_refusal(config: Config) -> Decision:

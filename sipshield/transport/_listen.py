@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from sipshield.transport._stream import SIPStreamFactory
-from sipshield.transport._udp import SIPDatagramProtocol
+from sipshield.transport._udp import ReceiveQueue, SIPDatagramProtocol
 
 if TYPE_CHECKING:
     from sipshield.config import LimitsConfig, ListenerConfig
@@ -76,6 +76,7 @@ class SIPListener(Service):
         """In a worker process (``[server] workers`` > 1, sipshield/workers.py): the
         file descriptors of the SO_REUSEPORT socket its supervisor bound for it and,
         for UDP, of the worker's own port; adopted instead of listening."""
+        self._queue: ReceiveQueue | None = None
         self.own_port: Any = None
         """A worker's own UDP port (None otherwise): what it sends from and puts in
         its Via and Record-Route, so that what answers them comes back to it."""
@@ -86,6 +87,11 @@ class SIPListener(Service):
         """The bound (host, port); the port is the real one when 0 was configured."""
         host = self.port.getHost()
         return host.host, host.port
+
+    def receive_queue(self) -> float | None:
+        """A UDP listener's receive buffer in use, 0 to 1 (see ReceiveQueue); None when unknown or not UDP."""
+        queue = self._queue
+        return None if queue is None else queue.share()
 
     @property
     def own_address(self) -> tuple[str, int]:
@@ -180,6 +186,7 @@ class SIPListener(Service):
         except OSError as e:
             self.log.warn("cannot size UDP buffers on {listener}: {why}", listener=self.config.description, why=e.strerror)
             return
+        self._queue = ReceiveQueue(sock)
         got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         if got < wanted:
             self.log.info("UDP receive buffer on {listener} is {got} bytes (kernel limit net.core.rmem_max)", listener=self.config.description, got=got)

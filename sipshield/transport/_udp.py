@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import TYPE_CHECKING
 
 from twisted.internet.protocol import DatagramProtocol
@@ -12,6 +14,8 @@ from sipshield.transport._flow import DatagramFlow
 
 if TYPE_CHECKING:
     from sipshield.transport._listen import MessageHandler
+
+__all__ = ["ReceiveQueue", "SIPDatagramProtocol"]
 
 class SIPDatagramProtocol(DatagramProtocol):
     """Turns datagrams into parsed messages for the handler.
@@ -56,3 +60,38 @@ class SIPDatagramProtocol(DatagramProtocol):
             handler.bad_message(ParseError("Message too large", status=413, message=message), flow)
             return
         handler.message_received(message, flow)
+
+
+class ReceiveQueue:
+    """How full a UDP socket's receive buffer is: the kernel's ``rx_queue``
+    of the socket in /proc/net/udp (or udp6), found by its inode, over its
+    SO_RCVBUF, both in the kernel's accounting (each datagram counts its
+    buffer's true size, about 1.3 KB for a small one).
+
+    A signal of overload that does not wait for the reactor to fall behind:
+    the buffer fills while the proxy still reads as fast as it can, and
+    once it is full the kernel drops datagrams of calls in progress too.
+    Linux only: :meth:`share` is None elsewhere, or when the socket is not
+    listed.  One read of the file costs about 50 us with a few sockets.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._inode = str(os.fstat(sock.fileno()).st_ino).encode()
+        self._table = "/proc/net/udp6" if sock.family == socket.AF_INET6 else "/proc/net/udp"
+        self._size = max(1, sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+    def share(self) -> float | None:
+        """The share of the receive buffer in use, 0 to 1; None when unknown."""
+        try:
+            with open(self._table, "rb") as table:
+                data = table.read()
+        except OSError:
+            return None
+        for line in data.split(b"\n")[1:]:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] == self._inode:
+                try:
+                    return min(1.0, int(fields[4].partition(b":")[2], 16) / self._size)
+                except ValueError:
+                    return None
+        return None

@@ -236,3 +236,47 @@ def test_the_call_rate_starts_from_what_the_proxy_carried_lately_not_only_the_la
     calm(proxy, 2.0)  # nothing started
     lag(proxy, 0.3)
     assert shedding.call_rate is not None and 0.5 * 200 < shedding.call_rate <= CALL_RATE_FACTOR * 200
+
+
+def test_a_filling_receive_buffer_is_overload_too_however_little_the_reactor_lags(tmp_path: Path) -> None:
+    """Saturated, the reactor runs a turn of 256 KB of datagrams and is barely
+    late while the kernel's buffer fills: the buffer is read at each measurement."""
+    proxy, recorder = make(tmp_path)
+    (monitor,) = [s for s in proxy.service if isinstance(s, ReactorLag)]
+    full = [0.1]
+    monitor.queue = lambda: full[0]
+    assert monitor.queue_threshold == 0.25  # the default
+    calm(proxy, 0.5)
+    assert not proxy.service.overload.overloaded
+    full[0] = 0.4
+    calm(proxy, 0.2)
+    assert proxy.service.overload.overloaded
+    (entered,) = [e for e in recorder.events if e.kind == OVERLOAD]
+    assert "a UDP receive buffer 40 % full" in entered.reason
+    full[0] = None  # unknown (not Linux, or not listed): the lag alone decides
+    calm(proxy, 2.5)
+    assert not proxy.service.overload.overloaded
+    monitor.queue_threshold = 0.0  # [limits] overload_queue = 0: not asked
+    full[0] = 1.0
+    calm(proxy, 0.5)
+    assert not proxy.service.overload.overloaded
+
+
+def test_the_call_rate_rises_no_higher_than_twice_what_was_carried(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    (monitor,) = [s for s in proxy.service if isinstance(s, ReactorLag)]
+    shedding = proxy.service.overload
+    full = [0.0]
+    monitor.queue = lambda: full[0]
+    for _ in range(10):  # 200 calls a second carried
+        proxy.core.counters["calls_started"] += 20
+        calm(proxy, INTERVAL)
+    full[0] = 0.5  # a receive buffer half full: overloaded, and the rate falls while it stays so
+    calm(proxy, INTERVAL)
+    assert shedding.overloaded and shedding.call_rate is not None
+    entered = shedding.call_rate
+    calm(proxy, 0.3)
+    assert shedding.call_rate < entered
+    full[0] = 0.0  # drained: it rises, to twice what was carried at most
+    calm(proxy, 1.5)
+    assert entered < shedding.call_rate <= 2 * 200
