@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from conftest import require_tool, stop_process
+from waiting import wait_until
 
 
 def free_tcp_port() -> int:
@@ -51,11 +51,10 @@ class RedisServer:
     def start_and_wait(self, timeout: float = 10.0) -> None:
         """Start it and wait (bounded, before any reactor work) until it answers."""
         self.start()
-        deadline = time.monotonic() + timeout
-        while not self.accepting():
-            if time.monotonic() > deadline or (self.process is not None and self.process.poll() is not None):
-                raise RuntimeError(f"redis-server on port {self.port} did not start: {(self.workdir / 'redis.log').read_text(errors='replace')[-2000:]}")
-            time.sleep(0.02)
+        try:
+            wait_until(self.accepting, timeout, f"redis-server on port {self.port}", failed=lambda: self.process is not None and self.process.poll() is not None)
+        except AssertionError as e:
+            raise RuntimeError(f"{e}: {(self.workdir / 'redis.log').read_text(errors='replace')[-2000:]}") from None
 
     def kill(self) -> None:
         """Stop it at once (SIGKILL: an outage, not a shutdown)."""

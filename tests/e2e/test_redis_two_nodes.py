@@ -14,6 +14,7 @@ from pathlib import Path
 
 from conftest import RunningServer, ephemeral_config
 from redis_support import RedisServer
+from waiting import wait_until
 
 
 def _request(method: str, udp: tuple[str, int], source: str, timeout: float) -> bytes | None:
@@ -61,10 +62,7 @@ def test_a_ban_on_node_a_drops_the_source_on_node_b_within_a_second(tmp_path: Pa
         assert _request("INVITE", udp_b, "127.0.0.7", 1.0) is None
         assert _request("OPTIONS", udp_b, "127.0.0.9", 2.0) is not None, "node B dropped a source nobody banned"
         ban_file = tmp_path / "b" / "data" / "bans.json"  # node B's ban file has it too (kept across B's restarts)
-        deadline = time.monotonic() + 5
-        while not (ban_file.exists() and "127.0.0.7" in ban_file.read_text()):
-            assert time.monotonic() < deadline, "node B's ban file did not get the ban made on A"
-            time.sleep(0.05)
+        wait_until(lambda: ban_file.exists() and "127.0.0.7" in ban_file.read_text(), 5, "node B's ban file getting the ban made on A")
 
         _cli("ban", "remove", "127.0.0.7", "--config", str(tmp_path / "a" / "sipshield.toml"), "--url", url)
         b.wait_for(r"security event unban from 127\.0\.0\.7", timeout=2.0)

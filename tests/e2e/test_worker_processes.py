@@ -23,6 +23,7 @@ import pytest
 import test_calls
 from conftest import ephemeral_config, free_udp_port
 from test_calls import SIPP_TIMEOUT, assert_ok, first_message, header_values, register, uris_in
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 sipp_runner = test_calls.sipp_runner  # the fixture, shared
@@ -182,7 +183,4 @@ def test_workers_do_not_outlive_a_killed_supervisor(start_server) -> None:
     pids = [pid for each in worker_pids(server).values() for pid in each]
     server.process.kill()
     server.process.wait(timeout=5)
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in pids), pids
+    wait_until(lambda: not any(alive(pid) for pid in pids), 10, f"the workers {pids} ending with their supervisor")
