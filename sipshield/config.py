@@ -356,7 +356,8 @@ class LimitsConfig:
     a next hop's DNS lookup may take: past it, 500 (or 503 on that branch)
     and the request's state is freed."""
     overload_lag: float = 0.05
-    """Seconds the reactor may fall behind its timers (measured every 0.1 s)
+    """Seconds the reactor may fall behind its timers, or a datagram wait in
+    a UDP receive buffer before it is read (both measured every 0.1 s),
     before the proxy is overloaded and sheds new out-of-dialog requests by
     source, the busiest first, and admits new calls at a rate (0: never).
     Saturated, the reactor runs about 0.1 s behind (it reads 256 KB of

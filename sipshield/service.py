@@ -111,6 +111,7 @@ class SIPShieldService(MultiService):
         self.core.pipeline = self.pipeline
         overload = build_overload(
             config, reactor, self.events, exempt, self.core.routed_by_us, lambda: self.core.counters["calls_started"], self._fullest_receive_queue,
+            self._longest_receive_delay,
         )
         self.overload: OverloadShedding | None = None
         if overload is not None:
@@ -586,8 +587,11 @@ class SIPShieldService(MultiService):
 
     def _fullest_receive_queue(self) -> float | None:
         """The share in use of the fullest UDP listener's receive buffer (None: none known)."""
-        shares = [share for share in (listener.receive_queue() for listener in self.listeners) if share is not None]
-        return max(shares) if shares else None
+        return max((share for share in (listener.receive_queue() for listener in self.listeners) if share is not None), default=None)
+
+    def _longest_receive_delay(self) -> float | None:
+        """How long the first datagram read since the last call waited in a UDP listener's buffer, the longest (None: none read)."""
+        return max((delay for delay in (listener.receive_delay() for listener in self.listeners) if delay is not None), default=None)
 
     def _sighup(self) -> None:
         try:
@@ -746,3 +750,4 @@ def _ack_checks(stages: Iterable[Any]) -> tuple[Any, ...]:
 def makeService(config: Config, reactor: Any = None) -> SIPShieldService:
     """Build the sipshield service for ``config`` (an IService / MultiService)."""
     return SIPShieldService(config, reactor)
+

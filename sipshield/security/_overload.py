@@ -2,13 +2,18 @@
 source, the busiest sources first.
 
 A flood the rate limits do not catch (many sources, each under its limits;
-or simply more than one core can parse) shows first as *reactor lag*: the
-time between when a timer was due and when it ran.  :class:`ReactorLag`
-measures it every ``INTERVAL`` seconds on the service's reactor (a Clock in
-tests) and tells :class:`OverloadShedding`, an admission step, when the lag
-goes above ``[limits] overload_lag`` and when it has stayed below for
-``overload_recover`` seconds (hysteresis, so the proxy does not flap).  Each
-change is one ``overload`` security event, not one per request.
+or simply more than one core can parse) shows as *lag*: the time between
+when a timer was due and when it ran, and the time a datagram waited in the
+kernel's receive buffer before the proxy read it (the plainer sign when
+saturated: the reactor reads as fast as it can, barely late for its timers,
+while the buffer's backlog grows; past SIP's T1 the phones retransmit what
+waits).  :class:`ReactorLag` measures both every ``INTERVAL`` seconds on the
+service's reactor (a Clock in tests), and the buffers' fill, and tells
+:class:`OverloadShedding`, an admission step, when either lag goes above
+``[limits] overload_lag`` (or a buffer is fuller than ``overload_queue``) and
+when they have stayed below for ``overload_recover`` seconds (hysteresis, so
+the proxy does not flap).  Each change is one ``overload`` security event,
+not one per request.
 
 While not overloaded the step costs one attribute test per request.  While
 overloaded it counts new out-of-dialog requests per source in one-second
@@ -38,8 +43,10 @@ passes the rest gets a stateless 503 with Retry-After (``busy``) once the
 *call rate* is spent.  The rate starts at ``CALL_RATE_FACTOR`` times the
 calls a second the proxy started in its best half second lately (what it could carry, fading
 a tenth a second, and a little less so that the queue drains), falls by a tenth each
-lag measurement that is still over the threshold and rises by
-``CALL_RATE_RISE`` each one under it, never below ``MIN_CALL_RATE``; tokens
+measurement that is still over the threshold (but not while the datagrams'
+wait is falling: the backlog drains, the rate is under capacity), rises by
+``CALL_RATE_RISE`` each one under half the threshold and holds in between,
+never below ``MIN_CALL_RATE``; tokens
 for it are added at each measurement (``INTERVAL``), so the hot path pays
 one comparison per new INVITE.  The calls already admitted go on: their
 ACK, in-dialog requests and retransmissions are never refused.
@@ -74,7 +81,9 @@ CALL_RATE_FACTOR = 0.9
 MIN_CALL_RATE = 5.0
 """New calls a second admitted at least while overloaded."""
 CALL_RATE_FALL = 0.9
-CALL_RATE_RISE = 1.15
+CALL_RATE_RISE = 1.05
+DRAINING = 0.8
+"""A wait in the receive buffer under this share of the last one measured is a backlog draining: the call rate holds."""
 _CALL_BURST = 0.2
 """Seconds of the call rate that may be admitted at once."""
 _OBSERVED = 0.5
@@ -213,8 +222,8 @@ class OverloadShedding:
 
     # -- what ReactorLag tells it -----------------------------------------------------
 
-    def enter(self, lag: float, now: float, queue: float | None = None) -> None:
-        """The reactor is *lag* seconds behind (or a receive buffer *queue* full): start shedding."""
+    def enter(self, lag: float, now: float, queue: float | None = None, wait: float | None = None) -> None:
+        """The reactor is *lag* seconds behind (or a receive buffer *queue* full, or datagrams *wait* seconds in it): start shedding."""
         self.overloaded = True
         self._counts = {}
         self._heavy = frozenset()
@@ -232,7 +241,8 @@ class OverloadShedding:
             self._tokens = self._burst(self.call_rate)
             calls = f"; new calls admitted at {self.call_rate:.0f}/s"
         full = "" if queue is None else f" and a UDP receive buffer {queue * 100:.0f} % full"
-        self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind{full}; shedding new requests by source, the busiest first{calls}")
+        waits = "" if wait is None else f", datagrams waiting {wait * 1000:.0f} ms to be read"
+        self._report(f"overloaded: the reactor is {lag * 1000:.0f} ms behind{full}{waits}; shedding new requests by source, the busiest first{calls}")
 
     def leave(self, lag: float, now: float) -> None:
         """The lag has stayed low: stop shedding."""
@@ -307,7 +317,7 @@ class ReactorLag(Service):
 
     def __init__(
         self, reactor: IReactorTime, shedding: OverloadShedding, threshold: float, recover: float = 5.0,
-        queue: Callable[[], float | None] | None = None, queue_threshold: float = 0.0,
+        queue: Callable[[], float | None] | None = None, queue_threshold: float = 0.0, delay: Callable[[], float | None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.shedding = shedding
@@ -317,6 +327,10 @@ class ReactorLag(Service):
         """The fullest UDP listener's receive buffer, 0 to 1 (None: unknown), read at each measurement."""
         self.queue_threshold = queue_threshold
         """Above this share of a receive buffer in use the proxy is overloaded too, however little the reactor lags (0: not asked)."""
+        self.delay = delay
+        """How long the first datagram read since the last measurement waited in a UDP receive buffer (None: none read, or unknown)."""
+        self.wait: float | None = None
+        """The last such wait, in seconds: over *threshold* is overload as the lag is."""
         self.lag = 0.0
         """The last lag measured, in seconds."""
         self._due = 0.0
@@ -341,17 +355,27 @@ class ReactorLag(Service):
         now = self.reactor.seconds()
         self.lag = lag = max(0.0, now - self._due)
         shedding = self.shedding
+        threshold = self.threshold
         # The kernel's buffer fills before the reactor shows it: saturated, the
-        # reactor runs turns of up to 256 KB of datagrams and is only 30-60 ms late.
+        # reactor runs turns of up to 256 KB of datagrams and is only 30-60 ms late
+        # while each datagram waits longer in the buffer.
         share = self.queue() if self.queue_threshold and self.queue is not None else None
         filling = share is not None and share > self.queue_threshold
-        behind = lag > self.threshold or filling
-        full = share if filling and lag <= self.threshold else None
-        shedding.sample(now, behind, not behind)
+        wait = self.delay() if self.delay is not None else None
+        waiting = wait is not None and wait > threshold
+        behind = lag > threshold or filling or waiting
+        # The call rate falls while the backlog grows or holds, not while it
+        # drains (it is under capacity then: falling further would only
+        # refuse calls it could carry), and rises once the datagrams wait
+        # less than half the threshold; in between it holds.
+        draining = waiting and self.wait is not None and wait is not None and wait < DRAINING * self.wait
+        relaxed = lag <= threshold / 2 and not filling and (wait is None or wait <= threshold / 2)
+        self.wait = wait
+        shedding.sample(now, behind and not draining, relaxed)
         if behind:
             self._calm_since = None
             if not shedding.overloaded:
-                shedding.enter(lag, now, full)
+                shedding.enter(lag, now, share if filling and lag <= threshold else None, wait if waiting else None)
         elif shedding.overloaded:
             if self._calm_since is None:
                 self._calm_since = now
@@ -365,7 +389,7 @@ class ReactorLag(Service):
 def build_overload(
     config: Config, reactor: IReactorTime, events: SecurityEvents, exempt: Callable[[str, str], bool] | None,
     in_dialog: Callable[[Request, Any], bool] | None, calls_started: Callable[[], int] | None = None,
-    queue: Callable[[], float | None] | None = None,
+    queue: Callable[[], float | None] | None = None, delay: Callable[[], float | None] | None = None,
 ) -> tuple[OverloadShedding, ReactorLag] | None:
     """The shedding step and its lag monitor ``[limits]`` asks for (None
     with ``overload_lag = 0``); refused requests get what ``[ratelimit]
@@ -377,7 +401,7 @@ def build_overload(
         min_share=limits.overload_min_share, refusal=overload_refusal(config), exempt=exempt, in_dialog=in_dialog, events=events,
         calls_started=calls_started, busy=_busy(config),
     )
-    return shedding, ReactorLag(reactor, shedding, limits.overload_lag, limits.overload_recover, queue, limits.overload_queue)
+    return shedding, ReactorLag(reactor, shedding, limits.overload_lag, limits.overload_recover, queue, limits.overload_queue, delay)
 
 
 def overload_refusal(config: Config) -> Decision:

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from sipshield.transport._stream import SIPStreamFactory
-from sipshield.transport._udp import ReceiveQueue, SIPDatagramProtocol
+from sipshield.transport._udp import ReceiveDelay, ReceiveQueue, SIPDatagramProtocol
 
 if TYPE_CHECKING:
     from sipshield.config import LimitsConfig, ListenerConfig
@@ -76,7 +76,8 @@ class SIPListener(Service):
         """In a worker process (``[server] workers`` > 1, sipshield/workers.py): the
         file descriptors of the SO_REUSEPORT socket its supervisor bound for it and,
         for UDP, of the worker's own port; adopted instead of listening."""
-        self._queue: ReceiveQueue | None = None
+        self._queues: list[ReceiveQueue] = []
+        self._delays: list[ReceiveDelay] = []
         self.own_port: Any = None
         """A worker's own UDP port (None otherwise): what it sends from and puts in
         its Via and Record-Route, so that what answers them comes back to it."""
@@ -89,9 +90,13 @@ class SIPListener(Service):
         return host.host, host.port
 
     def receive_queue(self) -> float | None:
-        """A UDP listener's receive buffer in use, 0 to 1 (see ReceiveQueue); None when unknown or not UDP."""
-        queue = self._queue
-        return None if queue is None else queue.share()
+        """A UDP listener's fullest receive buffer (a worker has two sockets), 0 to 1 (see ReceiveQueue); None when unknown or not UDP."""
+        return max((share for share in (queue.share() for queue in self._queues) if share is not None), default=None)
+
+    def receive_delay(self) -> float | None:
+        """How long the datagram read first since the last call waited in the kernel's
+        buffer, the longer of a worker's two sockets (see ReceiveDelay); None when none was read or not UDP."""
+        return max((delay for delay in (probe.take() for probe in self._delays) if delay is not None), default=None)
 
     @property
     def own_address(self) -> tuple[str, int]:
@@ -176,9 +181,14 @@ class SIPListener(Service):
         """A burst of datagrams must not overflow the default ~200 KB socket
         buffer while the reactor is busy; the kernel caps the size at
         net.core.rmem_max / wmem_max."""
-        sock = getattr(port or self.port, "socket", None)
+        port = port or self.port
+        sock = getattr(port, "socket", None)
         if sock is None:
             return
+        protocol = getattr(port, "protocol", None)
+        if isinstance(protocol, SIPDatagramProtocol):
+            protocol.delay = ReceiveDelay(sock)
+            self._delays.append(protocol.delay)
         wanted = self.limits.udp_buffer_bytes
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
@@ -186,7 +196,7 @@ class SIPListener(Service):
         except OSError as e:
             self.log.warn("cannot size UDP buffers on {listener}: {why}", listener=self.config.description, why=e.strerror)
             return
-        self._queue = ReceiveQueue(sock)
+        self._queues.append(ReceiveQueue(sock))
         got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         if got < wanted:
             self.log.info("UDP receive buffer on {listener} is {got} bytes (kernel limit net.core.rmem_max)", listener=self.config.description, got=got)
@@ -205,6 +215,7 @@ class SIPListener(Service):
         super().stopService()
         port, self.port = self.port, None
         own, self.own_port = self.own_port, None
+        self._queues, self._delays = [], []
         if own is not None:
             own.stopListening()
         if self.factory is not None:

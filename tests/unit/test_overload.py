@@ -280,3 +280,57 @@ def test_the_call_rate_rises_no_higher_than_twice_what_was_carried(tmp_path: Pat
     full[0] = 0.0  # drained: it rises, to twice what was carried at most
     calm(proxy, 1.5)
     assert entered < shedding.call_rate <= 2 * 200
+
+
+def test_datagrams_waiting_in_the_receive_buffer_are_overload_however_little_the_reactor_lags(tmp_path: Path) -> None:
+    """Saturated, the reactor keeps its timers nearly on time while each
+    datagram waits longer to be read: that wait, measured by the service's
+    UDP listeners, is lag too."""
+    proxy, recorder = make(tmp_path)
+    (monitor,) = [s for s in proxy.service if isinstance(s, ReactorLag)]
+    assert monitor.delay == proxy.service._longest_receive_delay  # the service's listeners are asked
+    waited: list[float | None] = [0.05]
+    monitor.delay = lambda: waited[0]
+    calm(proxy, 0.5)
+    assert not proxy.service.overload.overloaded  # 50 ms: under the 200 ms threshold
+    waited[0] = 0.3
+    calm(proxy, INTERVAL)
+    assert proxy.service.overload.overloaded
+    (entered,) = [e for e in recorder.events if e.kind == OVERLOAD]
+    assert "datagrams waiting 300 ms to be read" in entered.reason
+    waited[0] = None  # nothing read since the last measurement: no sign either way
+    calm(proxy, 2.5)
+    assert not proxy.service.overload.overloaded
+
+
+def test_the_call_rate_falls_while_the_backlog_grows_holds_while_it_drains_and_rises_once_it_is_short(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    (monitor,) = [s for s in proxy.service if isinstance(s, ReactorLag)]
+    shedding = proxy.service.overload
+    for _ in range(10):  # 200 calls a second carried
+        proxy.core.counters["calls_started"] += 20
+        calm(proxy, INTERVAL)
+    waited = [0.3]
+    monitor.delay = lambda: waited[0]
+    calm(proxy, INTERVAL)
+    assert shedding.overloaded and shedding.call_rate is not None
+    rates = [shedding.call_rate]
+    for wait in (0.35, 0.35):  # growing, then steady: over capacity, down
+        waited[0] = wait
+        calm(proxy, INTERVAL)
+        rates.append(shedding.call_rate)
+    assert rates[0] > rates[1] > rates[2]
+    for wait in (0.25, 0.15):  # falling fast, though still long: the backlog drains, the rate holds
+        waited[0] = wait
+        calm(proxy, INTERVAL)
+        assert shedding.call_rate == rates[-1]
+    waited[0] = 0.14  # under the threshold, over half of it: the rate holds
+    calm(proxy, INTERVAL)
+    assert shedding.call_rate == rates[-1]
+    waited[0] = 0.05  # short: up
+    calm(proxy, INTERVAL)
+    risen = shedding.call_rate
+    assert risen > rates[-1]
+    waited[0] = 0.21  # long again, and longer than the last: down
+    calm(proxy, INTERVAL)
+    assert shedding.call_rate < risen
