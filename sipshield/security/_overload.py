@@ -41,11 +41,12 @@ capacity are refused early instead of all of them failing in a
 retransmission storm: an INVITE without a To tag that
 passes the rest gets a stateless 503 with Retry-After (``busy``) once the
 *call rate* is spent.  The rate starts at ``CALL_RATE_FACTOR`` times the
-calls a second the proxy started in its best half second lately (what it could carry, fading
-a tenth a second, and a little less so that the queue drains), falls by a tenth each
+calls a second the proxy started in its best tenth of a second lately (what it could carry,
+fading a tenth a second, and a little less so that the queue drains), falls by a tenth each
 measurement that is still over the threshold (but not while the datagrams'
 wait is falling: the backlog drains, the rate is under capacity), rises by
-``CALL_RATE_RISE`` each one under half the threshold and holds in between,
+``CALL_RATE_RISE`` each one under half the threshold (``CALL_RATE_RISE_IDLE``
+under a quarter) and holds in between,
 never below ``MIN_CALL_RATE``; tokens
 for it are added at each measurement (``INTERVAL``), so the hot path pays
 one comparison per new INVITE.  The calls already admitted go on: their
@@ -54,6 +55,7 @@ ACK, in-dialog requests and retransmissions are never refused.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -82,6 +84,9 @@ MIN_CALL_RATE = 5.0
 """New calls a second admitted at least while overloaded."""
 CALL_RATE_FALL = 0.9
 CALL_RATE_RISE = 1.05
+"""Per measurement, the call rate's rise once the timer and the datagrams are under half ``overload_lag`` late."""
+CALL_RATE_RISE_IDLE = 1.15
+"""... and once they are under a quarter of it: the proxy has time to spare (the rate started low, or the demand fell)."""
 DRAINING = 0.8
 """A wait in the receive buffer under this share of the last one measured is a backlog draining: the call rate holds."""
 _CALL_BURST = 0.2
@@ -252,11 +257,11 @@ class OverloadShedding:
         self.call_rate = None
         self._report(f"recovered: the reactor is {lag * 1000:.0f} ms behind; {self.shed - self._shed_at_enter} request(s) shed while overloaded")
 
-    def sample(self, now: float, pressed: bool, relaxed: bool) -> None:
+    def sample(self, now: float, pressed: bool, rise: float) -> None:
         """At each lag measurement: note the calls started so far and, while
         overloaded, move the call rate (down a tenth while *pressed*: the
-        reactor behind or a receive buffer filling; up while *relaxed*; held
-        otherwise) and add its tokens for the next ``INTERVAL``."""
+        reactor behind or a receive buffer filling; up by the factor *rise*;
+        held with a *rise* of 1) and add its tokens for the next ``INTERVAL``."""
         if self.calls_started is None:
             return
         self._samples.append((now, self.calls_started()))
@@ -269,19 +274,26 @@ class OverloadShedding:
             return
         if pressed:
             rate *= CALL_RATE_FALL
-        elif relaxed:
+        elif rise > 1.0:
             # Up, but not past twice what calls really start: a rate far above
             # the demand would take seconds to come down once pressed again.
-            rate = min(rate * CALL_RATE_RISE, max(rate, self._ceiling, 2 * self._observed_call_rate()))
+            rate = min(rate * rise, max(rate, self._ceiling, 2 * self._observed_call_rate()))
         rate = self.call_rate = max(MIN_CALL_RATE, rate)
         self._tokens = min(self._burst(rate), self._tokens + rate * INTERVAL)
 
     def _observed_call_rate(self) -> float:
-        """Calls started a second over the samples of the last ``_OBSERVED`` seconds."""
-        if len(self._samples) < 2:
-            return 0.0
-        (first, started), (last, now_started) = self._samples[0], self._samples[-1]
-        return (now_started - started) / (last - first) if last > first else 0.0
+        """Calls started a second in the best measurement interval of the last ``_OBSERVED`` seconds.
+
+        The best one, not the mean: when calls arrive all at once (a trunk
+        back, the first second of a load) the lag shows within a few tenths,
+        and the mean of the half second before would take in the quiet
+        before it too."""
+        samples = list(self._samples)
+        best = 0.0
+        for (before, started), (at, now_started) in itertools.pairwise(samples):
+            if at > before:
+                best = max(best, (now_started - started) / (at - before))
+        return best
 
     @staticmethod
     def _burst(rate: float) -> float:
@@ -369,9 +381,10 @@ class ReactorLag(Service):
         # refuse calls it could carry), and rises once the datagrams wait
         # less than half the threshold; in between it holds.
         draining = waiting and self.wait is not None and wait is not None and wait < DRAINING * self.wait
-        relaxed = lag <= threshold / 2 and not filling and (wait is None or wait <= threshold / 2)
+        late = max(lag, wait or 0.0)
+        rise = 1.0 if filling or late > threshold / 2 else CALL_RATE_RISE if late > threshold / 4 else CALL_RATE_RISE_IDLE
         self.wait = wait
-        shedding.sample(now, behind and not draining, relaxed)
+        shedding.sample(now, behind and not draining, rise)
         if behind:
             self._calm_since = None
             if not shedding.overloaded:

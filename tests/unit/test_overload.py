@@ -18,7 +18,7 @@ from sipshield.config import ConfigError, parse_config
 from sipshield.events import OVERLOAD
 from sipshield.message import parse_message
 from sipshield.security import INTERVAL, OverloadShedding, ReactorLag
-from sipshield.security._overload import CALL_RATE_FACTOR, MIN_CALL_RATE
+from sipshield.security._overload import CALL_RATE_FACTOR, CALL_RATE_RISE, CALL_RATE_RISE_IDLE, MIN_CALL_RATE
 
 FLOOD = ("127.0.0.20", 5070)
 CALLER = ("127.0.0.30", 5070)
@@ -279,7 +279,7 @@ def test_the_call_rate_rises_no_higher_than_twice_what_was_carried(tmp_path: Pat
     assert shedding.call_rate < entered
     full[0] = 0.0  # drained: it rises, to twice what was carried at most
     calm(proxy, 1.5)
-    assert entered < shedding.call_rate <= 2 * 200
+    assert entered < shedding.call_rate <= 2 * 200 + 1e-6  # (Clock time in floating point)
 
 
 def test_datagrams_waiting_in_the_receive_buffer_are_overload_however_little_the_reactor_lags(tmp_path: Path) -> None:
@@ -334,3 +334,36 @@ def test_the_call_rate_falls_while_the_backlog_grows_holds_while_it_drains_and_r
     waited[0] = 0.21  # long again, and longer than the last: down
     calm(proxy, INTERVAL)
     assert shedding.call_rate < risen
+
+
+def test_a_load_that_starts_all_at_once_is_admitted_at_what_the_proxy_started_in_its_best_tenth_of_a_second(tmp_path: Path) -> None:
+    """Calls arriving at once after a quiet while (the first second of a load,
+    a trunk back): the lag shows a tenth of a second later; the half second
+    before it was mostly quiet, one tenth of it carried 30 calls."""
+    proxy, _ = make(tmp_path)
+    shedding = proxy.service.overload
+    calm(proxy, 1.0)
+    proxy.core.counters["calls_started"] += 30
+    calm(proxy, INTERVAL)
+    lag(proxy, 0.3)
+    assert shedding.call_rate == pytest.approx(CALL_RATE_FACTOR * 300)  # not 0.9 x 60, the half second's mean
+
+
+def test_the_call_rate_rises_faster_the_less_the_datagrams_wait(tmp_path: Path) -> None:
+    proxy, _ = make(tmp_path)
+    (monitor,) = [s for s in proxy.service if isinstance(s, ReactorLag)]
+    shedding = proxy.service.overload
+    for _ in range(10):
+        proxy.core.counters["calls_started"] += 20
+        calm(proxy, INTERVAL)
+    waited = [0.3]
+    monitor.delay = lambda: waited[0]
+    calm(proxy, INTERVAL)
+    assert shedding.call_rate is not None
+    rates = [shedding.call_rate]
+    for wait in (0.07, 0.01):  # under half the 200 ms threshold, then under a quarter of it
+        waited[0] = wait
+        calm(proxy, INTERVAL)
+        rates.append(shedding.call_rate)
+    assert rates[1] == pytest.approx(rates[0] * CALL_RATE_RISE)
+    assert rates[2] == pytest.approx(rates[1] * CALL_RATE_RISE_IDLE)
