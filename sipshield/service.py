@@ -393,9 +393,22 @@ class SIPShieldService(MultiService):
         if self.nft_bans is None:
             return
         from sipshield.security import NftPorts
+        from sipshield.workers import own_port
 
-        bound = [(listener.config.kind, listener.address[1]) for listener in self.listeners if listener.port is not None]
-        ports = NftPorts(udp=tuple(port for kind, port in bound if kind == "udp"), tcp=tuple(port for kind, port in bound if kind != "udp"))
+        udp: list[int] = []
+        tcp: list[int] = []
+        for listener in self.listeners:
+            if listener.port is None:
+                continue
+            (udp if listener.config.kind == "udp" else tcp).append(listener.address[1])
+            if listener.own_port is not None:
+                # A worker: every worker's own port, not only this one's (each
+                # worker writes the table; the last one's rules are the ones in force).
+                if listener.config.port:
+                    udp.extend(own_port(listener.config, k) for k in range(self.config.server.workers))
+                else:  # an ephemeral listener (tests): the other workers' own ports are not known here
+                    udp.append(listener.own_address[1])
+        ports = NftPorts(udp=tuple(udp), tcp=tuple(tcp))
         self.nft_bans.start(ports)
         self.log.info("bans: in the kernel too, nftables table inet {table} (sets {set4}, {set6}; UDP ports {udp}, TCP ports {tcp})",
                       table=self.nft_bans.config.table, set4=self.nft_bans.config.set4, set6=self.nft_bans.config.set6,

@@ -322,3 +322,39 @@ def test_a_resync_of_thousands_of_bans_is_linear_and_still_never_overlaps() -> N
     assert f"add element {SET6} {{ 2001:db8:1::/48 timeout 100s }}" in elements
     assert not any(("2001:db8:1:" in line and "/48" not in line) or "2001:db8:2:5::9" in line for line in elements)
     assert took < 15, took  # quadratic: well over a minute
+
+
+def test_a_workers_table_drops_banned_sources_on_every_workers_own_port_too(tmp_path: Path) -> None:
+    """With ``[server] workers = 3``, worker 1 writes the rules: its UDP
+    listener's shared port 5070, and the own ports of workers 0, 1 and 2
+    (5071-5073), where every dialog a worker record-routed comes back; the
+    TCP listener's port. Each worker writes the same rules, so whichever
+    wrote last, no worker's own port is left open to a banned source."""
+    proxy = proxy_service(tmp_path, server={"listen": ["udp:5070", "tcp:5070"], "workers": 3},
+                          registrar={"store": "sql"}, bans={"nftables": {"enabled": True, "nft": "/bin/true"}})
+
+    class Port:
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+        def getHost(self) -> Any:
+            return type("Host", (), {"host": "127.0.0.1", "port": self.port})()
+
+    try:
+        service = proxy.service
+        udp, tcp = service.listeners
+        udp.port, udp.own_port, tcp.port = Port(5070), Port(5072), Port(5070)
+        nft = RecordingNft()
+        assert service.nft_bans is not None
+        service.nft_bans.run = nft
+        service._start_nft_bans()
+        proxy.clock.advance(0)
+        script = "\n".join(line for lines in nft.scripts for line in lines)
+        assert "udp dport { 5070, 5071, 5072, 5073 } counter drop" in script, script
+        assert "tcp dport { 5070 } counter drop" in script, script
+    finally:
+        udp.port = udp.own_port = tcp.port = None
+        # The SQL store's pool stopped here: on the test's immediate reactor its own stop() would join its thread from within it.
+        pool, service.location._pool = service.location._pool, None
+        pool.stop()
+        proxy.stop()
