@@ -488,7 +488,8 @@ def _ban_list(args: argparse.Namespace) -> int:
     now = time.time()
     saved = sorted((b for b in BanFile(path).load() if b.until > now), key=lambda b: b.until)
     _print_bans([{"key": b.key, "until": b.until, "remaining": int(b.until - now), "reason": b.reason} for b in saved])
-    print(f"{len(saved)} ban(s) in force in {path}", file=sys.stderr)
+    workers = " and the workers' bans.worker-K.json" if config.server.workers > 1 else ""
+    print(f"{len(saved)} ban(s) in force in {path}{workers}", file=sys.stderr)
     return 0
 
 

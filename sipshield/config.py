@@ -156,6 +156,11 @@ class ListenerConfig:
         host = f"[{self.interface}]" if ":" in self.interface else self.interface
         return f"{self.kind}:{host}:{self.port}"
 
+    def own_port(self, worker: int) -> int:
+        """The UDP port of worker *worker*'s own for this listener (``[server]
+        workers``, sipshield/workers.py): P + 1 + K, 0 (ephemeral) for port 0."""
+        return self.port + 1 + worker if self.port else 0
+
 
 def _split_unescaped(text: str, sep: str) -> list[str]:
     """Split on ``sep`` except where backslash-escaped (Twisted endpoint-string style)."""
@@ -226,6 +231,9 @@ class ServerConfig:
     workers: int = 1
     """Worker processes sharing the listeners (SO_REUSEPORT, sipshield/workers.py);
     1 runs the proxy in the twistd process itself, as always."""
+    worker: int | None = None
+    """Which of the workers this process is (set by the supervisor's
+    ``worker_config``, never read from the file): None in a single process."""
 
 
 def _server(data: Any, source: str | None, base: Path) -> ServerConfig:

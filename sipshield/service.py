@@ -393,7 +393,6 @@ class SIPShieldService(MultiService):
         if self.nft_bans is None:
             return
         from sipshield.security import NftPorts
-        from sipshield.workers import own_port
 
         udp: list[int] = []
         tcp: list[int] = []
@@ -405,7 +404,7 @@ class SIPShieldService(MultiService):
                 # A worker: every worker's own port, not only this one's (each
                 # worker writes the table; the last one's rules are the ones in force).
                 if listener.config.port:
-                    udp.extend(own_port(listener.config, k) for k in range(self.config.server.workers))
+                    udp.extend(listener.config.own_port(k) for k in range(self.config.server.workers))
                 else:  # an ephemeral listener (tests): the other workers' own ports are not known here
                     udp.append(listener.own_address[1])
         ports = NftPorts(udp=tuple(udp), tcp=tuple(tcp))

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from sipshield.config import Config, ListenerConfig
     from sipshield.transport import SIPListener
 
-__all__ = ["READY", "Supervisor", "adopt_sockets", "own_port", "parse_sockets", "worker_config"]
+__all__ = ["READY", "Supervisor", "adopt_sockets", "parse_sockets", "worker_config"]
 
 READY = "sipshield worker ready"
 """What a worker logs once its stores are ready (worker 0's line lets the others start)."""
@@ -59,18 +59,15 @@ MAX_BACKOFF = 30.0
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\S+ ")
 
 
-def own_port(listener: ListenerConfig, worker: int) -> int:
-    """The UDP port of worker *worker*'s own for *listener*: P + 1 + K, 0 (ephemeral) for port 0."""
-    return listener.port + 1 + worker if listener.port else 0
-
-
 def worker_config(config: Config, worker: int) -> Config:
-    """What worker *worker* runs: the configuration, without the admin API
-    and the metrics listener except in worker 0 (one port each)."""
+    """What worker *worker* runs: the configuration, knowing which worker it
+    is (``server.worker``: its ban file), without the admin API and the
+    metrics listener except in worker 0 (one port each)."""
+    server = dataclasses.replace(config.server, worker=worker)
     if worker == 0:
-        return config
+        return dataclasses.replace(config, server=server)
     return dataclasses.replace(
-        config, admin=dataclasses.replace(config.admin, enabled=False), metrics=dataclasses.replace(config.metrics, enabled=False),
+        config, server=server, admin=dataclasses.replace(config.admin, enabled=False), metrics=dataclasses.replace(config.metrics, enabled=False),
     )
 
 
@@ -175,7 +172,7 @@ class Supervisor(Service):
                 try:
                     shared = _bind(lc, port, reuse=True)
                     port = shared.getsockname()[1]  # the others join the port the first one got
-                    own = _bind(lc, own_port(lc, worker.index), reuse=False) if lc.kind == "udp" else None
+                    own = _bind(lc, lc.own_port(worker.index), reuse=False) if lc.kind == "udp" else None
                 except OSError as e:
                     self.close()
                     raise ListenerError(f"cannot listen on {lc.description} (worker {worker.index}): {e.strerror}") from None

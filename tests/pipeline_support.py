@@ -33,6 +33,7 @@ from sipshield.message import ParseError, Request, Response, parse_message
 from sipshield.service import makeService
 from sipshield.state import Binding
 from sipshield.transaction import TimerSettings, TransactionLayer
+from sipshield.workers import worker_config
 
 REALM = "example.com"
 PROXY = ("127.0.0.1", 5060)
@@ -143,7 +144,8 @@ def feed(core: Any, data: bytes, flow: RecordingFlow | None = None) -> Recording
 
 
 def build_service(tmp_path: Path, config: Mapping[str, Any] | None = None, *, clock: Clock | None = None,
-                  data_dir: str = "data", dispatcher: RecordingDispatcher | None = None, inline_lookups: bool = True) -> Any:
+                  data_dir: str = "data", dispatcher: RecordingDispatcher | None = None, inline_lookups: bool = True,
+                  worker: int | None = None) -> Any:
     """The service of *config* (its ``[server]`` table merged into one for
     example.com with data_dir under *tmp_path*), prepared as startService
     would, without listening: data_dir, auth (credential look-ups inline
@@ -152,13 +154,15 @@ def build_service(tmp_path: Path, config: Mapping[str, Any] | None = None, *, cl
     addresses.  The clock is an ImmediateReactor at a wall-clock-like now
     unless given (with inline look-ups, a clock must be one too: their
     answers come back through ``callFromThread``).  With a *dispatcher*, it and a fresh transaction layer
-    stand in for the sockets downstream."""
+    stand in for the sockets downstream.  With *worker*, the configuration
+    worker K of ``[server] workers`` runs (``worker_config``)."""
     raw = dict(config or {})
     server = {"data_dir": str(tmp_path / data_dir), "listen": ["udp:0:interface=127.0.0.1"], "domains": [REALM], **raw.pop("server", {})}
     if clock is None:
         clock = ImmediateReactor()
         clock.advance(1_000_000)  # nonces issued at t are then not 'older than the evicted'
-    service = makeService(parse_config({"server": server, **raw}), clock)
+    parsed = parse_config({"server": server, **raw})
+    service = makeService(parsed if worker is None else worker_config(parsed, worker), clock)
     service._prepare_data_dir()
     service._prepare_auth()
     if inline_lookups:
@@ -318,14 +322,23 @@ def invite_with(extra: str, to_tag: str = "") -> bytes:
 ALICE = {"alice": (PASSWORD, ("staff",))}
 
 
+def stop_sql_location(service: Any) -> None:
+    """Stop the SQL location store's thread pool from the test's thread: on
+    an ImmediateReactor the store's own stop() would join the pool's thread
+    from within it (and a pool left running keeps pytest from exiting)."""
+    pool, service.location._pool = service.location._pool, None
+    if pool is not None:
+        pool.stop()
+
+
 def proxy_service(tmp_path: Path, users: Mapping[str, tuple[str, Sequence[str]]] = ALICE, *, user_algorithms: tuple[str, ...] | None = None,
-                  clock: ImmediateReactor | None = None, **sections: Any) -> Proxy:
+                  clock: ImmediateReactor | None = None, worker: int | None = None, **sections: Any) -> Proxy:
     """A Proxy around ``build_service`` for a config of *sections* (``[server]``
     merged), with *users* (name -> (password, roles), in realm example.com;
     by default alice, staff) in its SQL user store, their HA1s stored for
     *user_algorithms* (default: those the config enables), on *clock* if given."""
     dispatcher = RecordingDispatcher()
-    service = build_service(tmp_path, sections, clock=clock, dispatcher=dispatcher)
+    service = build_service(tmp_path, sections, clock=clock, dispatcher=dispatcher, worker=worker)
     (store,) = service.user_stores
     store.create_schema()
     writer = store if user_algorithms is None else type(store)(store.url.render_as_string(hide_password=False), algorithms=user_algorithms, keys=store.keys)

@@ -88,27 +88,48 @@ def ban_key(host: str, ipv6_prefix: int = 64) -> str:
 
 
 class BanFile:
-    """The bans kept in data_dir between runs (JSON, written atomically)."""
+    """The bans kept in data_dir between runs (JSON, written atomically).
+
+    A worker of ``[server] workers`` writes a file of its own
+    (``bans.worker-K.json`` beside ``bans.json``: the bans it holds, which
+    with the memory backend are those of the traffic it saw), and every
+    process reads them all at start, so each worker has every worker's bans
+    after a restart, whichever wrote last."""
 
     log = Logger()
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, worker: int | None = None) -> None:
+        self.base = path
+        self.path = path if worker is None else path.with_name(f"{path.stem}.worker-{worker}{path.suffix}")
+
+    def files(self) -> list[Path]:
+        """The ban files read at start: this one's, and the workers'."""
+        return [self.base, *sorted(self.base.parent.glob(f"{self.base.stem}.worker-*{self.base.suffix}"))]
 
     def load(self) -> list[Ban]:
-        """The bans saved last; an unreadable file is moved aside (and
-        logged), so that start-up goes on with none rather than failing."""
+        """The bans saved last, in every file (the longest ban of a key kept);
+        an unreadable file is moved aside (and logged), so that start-up
+        goes on without its bans rather than failing."""
+        found: dict[str, Ban] = {}
+        for path in self.files():
+            for ban in self._read(path):
+                known = found.get(ban.key)
+                if known is None or ban.until > known.until:
+                    found[ban.key] = ban
+        return list(found.values())
+
+    def _read(self, path: Path) -> list[Ban]:
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
         try:
             data = json.loads(raw)
             return [Ban(str(b["key"]), float(b["until"]), str(b["reason"]), float(b.get("since", 0.0))) for b in data["bans"]]
         except (ValueError, KeyError, TypeError) as e:
-            aside = self.path.with_name(self.path.name + ".unreadable")
-            os.replace(self.path, aside)
-            self.log.error("bans: {path} is unreadable ({why}); moved to {aside}, starting with no bans", path=str(self.path), why=str(e), aside=str(aside))
+            aside = path.with_name(path.name + ".unreadable")
+            os.replace(path, aside)
+            self.log.error("bans: {path} is unreadable ({why}); moved to {aside}, starting without its bans", path=str(path), why=str(e), aside=str(aside))
             return []
 
     def save(self, bans: Sequence[Ban]) -> None:
@@ -357,5 +378,5 @@ def build_ban_policy(
     return BanPolicy(
         reactor, state=state if state is not None else MemoryShieldState(max_bans=bans.max_bans), events=events, max_failures=bans.max_failures,
         find_time=bans.find_time, ban_time=bans.ban_time, allowlist=allowlist, ipv6_prefix=bans.ipv6_prefix,
-        store=BanFile(config.server.data_dir / "bans.json"), on_ban=on_ban, max_handshake_failures=bans.max_handshake_failures,
+        store=BanFile(config.server.data_dir / "bans.json", config.server.worker), on_ban=on_ban, max_handshake_failures=bans.max_handshake_failures,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_support import PASSWORD, Proxy, build_service, options, proxy_service
+from pipeline_support import ALICE, PASSWORD, Proxy, build_service, options, proxy_service, stop_sql_location
 from test_transport import connect, udp_protocol
 from twisted.internet.task import Clock
 
@@ -251,6 +251,35 @@ def test_bans_survive_a_restart_and_an_unreadable_file_is_moved_aside(tmp_path: 
     assert not third.core.refuse_source(ATTACKER[0])
     assert path.with_name("bans.json.unreadable").exists()
     assert BanFile(path).load() == []
+
+
+def test_each_worker_keeps_its_bans_in_a_file_of_its_own_and_every_worker_starts_with_all_of_them(tmp_path: Path) -> None:
+    """``[server] workers = 2`` with the memory backend: each worker bans what
+    it saw; both save into one data_dir, neither over the other's bans, and a
+    worker started again refuses the sources either had banned."""
+    workers = {"server": {"workers": 2}, "registrar": {"store": "sql"}}
+    data_dir = tmp_path / "data"
+    other = ("192.0.2.77", 5060)
+    for worker, source in ((0, ATTACKER), (1, other)):
+        proxy = proxy_service(tmp_path, {} if worker else ALICE, worker=worker, **workers)  # alice is in the user store once
+        try:
+            for _ in range(3):
+                wrong_password(proxy, source)
+            proxy.clock.advance(2)
+        finally:
+            stop_sql_location(proxy.service)
+            proxy.stop()
+    assert [b["key"] for b in json.loads((data_dir / "bans.worker-0.json").read_text())["bans"]] == [ATTACKER[0]]
+    assert [b["key"] for b in json.loads((data_dir / "bans.worker-1.json").read_text())["bans"]] == [other[0]]
+    assert not (data_dir / "bans.json").exists()
+    for worker in (0, 1):
+        again = build_service(tmp_path, workers, worker=worker)
+        stop_sql_location(again)
+        again._prepare_bans()
+        assert again.core.refuse_source(ATTACKER[0]) and again.core.refuse_source(other[0])
+    single = build_service(tmp_path)  # back to one process: it reads the workers' files too
+    single._prepare_bans()
+    assert single.core.refuse_source(ATTACKER[0]) and single.core.refuse_source(other[0])
 
 
 def test_bans_off_means_no_policy_and_no_filter(tmp_path: Path) -> None:

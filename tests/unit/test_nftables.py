@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_support import build_service, proxy_service
+from pipeline_support import build_service, proxy_service, stop_sql_location
 from test_bans import ATTACKER, wrong_password
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -354,7 +354,5 @@ def test_a_workers_table_drops_banned_sources_on_every_workers_own_port_too(tmp_
         assert "tcp dport { 5070 } counter drop" in script, script
     finally:
         udp.port = udp.own_port = tcp.port = None
-        # The SQL store's pool stopped here: on the test's immediate reactor its own stop() would join its thread from within it.
-        pool, service.location._pool = service.location._pool, None
-        pool.stop()
+        stop_sql_location(service)
         proxy.stop()

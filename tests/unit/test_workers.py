@@ -4,6 +4,7 @@ fake spawnProcess; the real processes are in tests/e2e/test_worker_processes.py)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -16,7 +17,7 @@ from sipshield.config import ConfigError, LimitsConfig, ListenerConfig, load_con
 from sipshield.transport import SIPListener
 from sipshield.transport._dispatch import TransportDispatcher
 from sipshield.transport._flow import DatagramFlow
-from sipshield.workers import READY, Supervisor, own_port, parse_sockets, worker_config
+from sipshield.workers import READY, Supervisor, parse_sockets, worker_config
 
 
 def config(tmp_path: Path, workers: str, listen: str = '"udp:5060", "tcp:5060", "tls:5061"') -> Any:
@@ -67,17 +68,19 @@ def test_worker_ports_must_not_overlap_another_udp_listener(tmp_path: Path) -> N
 
 
 def test_own_port_is_listener_port_plus_one_plus_k_or_ephemeral() -> None:
-    assert own_port(ListenerConfig("udp", 5060), 0) == 5061
-    assert own_port(ListenerConfig("udp", 5060), 3) == 5064
-    assert own_port(ListenerConfig("udp", 0), 3) == 0
+    assert ListenerConfig("udp", 5060).own_port(0) == 5061
+    assert ListenerConfig("udp", 5060).own_port(3) == 5064
+    assert ListenerConfig("udp", 0).own_port(3) == 0
 
 
 def test_only_worker_zero_serves_the_admin_api_and_metrics(tmp_path: Path) -> None:
     cfg = config(tmp_path, "2")
-    assert worker_config(cfg, 0) is cfg
+    first = worker_config(cfg, 0)
+    assert first.admin == cfg.admin and first.metrics == cfg.metrics and first.server.worker == 0
     other = worker_config(cfg, 1)
     assert not other.admin.enabled and not other.metrics.enabled
-    assert other.server == cfg.server and other.ratelimit == cfg.ratelimit
+    assert other.server == dataclasses.replace(cfg.server, worker=1) and other.ratelimit == cfg.ratelimit
+    assert cfg.server.worker is None  # a single process
 
 
 def test_sockets_option_round_trip() -> None:
