@@ -661,6 +661,9 @@ class AuthConfig:
     file: Path | None = None
     key_file: Path | None = None
     """``[auth] key_file``: the key file the SQL store's HA1 values are encrypted under (default: data_dir/credential.keys)."""
+    nonce_secret_file: Path | None = None
+    """``[auth] nonce_secret_file``: the secret nonces are signed under, one file copied to every node
+    (default: data_dir/nonce.secret, created on first start)."""
     trunks: tuple[tuple[str, str, str | None, tuple[str, ...]], ...] = ()
     """``[[auth.tls.trunks]]``: (identity, name, domain, roles) for mutual-TLS trunks."""
     bearer: dict[str, Any] | None = None
@@ -705,7 +708,8 @@ def _auth(data: Any, source: str | None, base: Path, roles: dict[str, tuple[str,
         backends=backends, algorithms=algorithms, profiles=profiles, trusted_sources=trusted, trusted_role=trusted_role,
         nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
         max_nonce_failures=au.take_number("max_nonce_failures", 3, 1, 1000, True),
-        file=_path(au, "file", None, base), key_file=_path(au, "key_file", None, base), trunks=trunks, bearer=bearer,
+        file=_path(au, "file", None, base), key_file=_path(au, "key_file", None, base), nonce_secret_file=_path(au, "nonce_secret_file", None, base),
+        trunks=trunks, bearer=bearer,
     )
     if "file" in backends and auth.file is None:
         raise au.error("file", "the file backend needs auth.file (an htdigest file)")
@@ -1655,6 +1659,7 @@ class Config:
             ("users", ", ".join(stores[b] for b in auth.backends)),
             ("locations", locations),
             ("shield state", self._state_posture()),
+            ("nonces", self._nonce_posture()),
             ("tls", tls),
             ("metrics", f"http://{self.metrics.listen.interface}:{self.metrics.listen.port}/metrics" if self.metrics.enabled else "off"),
             *((("alerts", self._alerts_posture()),) if self.alerts.rules else ()),
@@ -1667,6 +1672,14 @@ class Config:
             return "memory (this process only)"
         return (f"redis ({mask_url(state.redis_url)}, keys {state.key_prefix}*): bans shared within a second, "
                 "rate limits and failure counts within one flush; served from local state while Redis is down")
+
+    def _nonce_posture(self) -> str:
+        path, configured = self.nonce_secret_file
+        signed = f"signed under {path} (auth.nonce_secret_file: the same file on every node)" if configured else \
+            f"signed under {path} (this node's own; set auth.nonce_secret_file to share it with other nodes)"
+        if self.state.backend == "redis":
+            return signed + "; nonce-counts shared in Redis (a replay to any node refused; digest answers get 503 while Redis is down)"
+        return signed + "; nonce-counts in this process"
 
     def _media_posture(self) -> str:
         srtp = self.media.srtp
@@ -1725,6 +1738,16 @@ class Config:
         if self.auth.key_file is not None:
             return self.auth.key_file, "auth.key_file"
         return self.server.data_dir / "credential.keys", "server.data_dir; [auth] key_file moves it"
+
+    @property
+    def nonce_secret_file(self) -> tuple[Path, bool]:
+        """The secret digest nonces are signed under, and whether it is
+        configured (``[auth] nonce_secret_file``: it must exist, the same
+        file on every node) rather than ``nonce.secret`` in data_dir
+        (created on first start, this node's own)."""
+        if self.auth.nonce_secret_file is not None:
+            return self.auth.nonce_secret_file, True
+        return self.server.data_dir / "nonce.secret", False
 
     @property
     def database(self) -> str:

@@ -278,10 +278,12 @@ class SIPShieldService(MultiService):
 
     def _prepare_auth(self) -> None:
         from sipshield.auth import NonceManager, load_or_create_secret
+        from sipshield.auth._setup import load_nonce_secret
 
         if self.nonces is None:
-            secret = load_or_create_secret(self.config.server.data_dir / "nonce.secret")
+            secret = load_nonce_secret(self.config)
             self.nonces = NonceManager(secret, self.reactor, lifetime=self.config.auth.nonce_lifetime, max_failures=self.config.auth.max_nonce_failures)
+            self.nonces.shared = self._shared_nonce_counts()
         if not self._route_secret_loaded:
             # Keys the tokens in our Record-Route values (no open relay in
             # dialog); kept so that dialogs outlive a restart.
@@ -289,6 +291,16 @@ class SIPShieldService(MultiService):
 
             self.core.signer = RecordRouteSigner(load_or_create_secret(self.config.server.data_dir / "record-route.secret"))
             self._route_secret_loaded = True
+
+    def _shared_nonce_counts(self) -> Any:
+        """With ``[state] backend = "redis"``: the nonce-counts every node sees, on
+        the shield state's Redis connection (docs/scaling.md "Nonce counts")."""
+        from sipshield.state import RedisNonceCounts, RedisShieldState
+
+        state = self.shield_state
+        if not isinstance(state, RedisShieldState):
+            return None
+        return RedisNonceCounts(self.reactor, state.link, prefix=state.prefix)
 
     def _make_location_store(self) -> Any:
         from sipshield.state import MemoryLocationStore, SQLLocationStore

@@ -58,6 +58,10 @@ def build_config(path: str | None, data_dir: str | None = None) -> Config:
         config = dataclasses.replace(config, server=dataclasses.replace(config.server, data_dir=Path(data_dir)))
     if any(lc.kind == "tls" for lc in config.server.listen) or config.tls.certificate:
         load_tls_material(config.tls, config.server.data_dir, source=config.source)
+    if config.auth.nonce_secret_file is not None:
+        from sipshield.auth._setup import load_nonce_secret
+
+        load_nonce_secret(config)
     _check_stages(config)
     from twisted.internet.task import Clock
 
@@ -112,7 +116,7 @@ def makeService(options: Any) -> IService:
         def privilegedStartService(self) -> None:
             try:
                 super().privilegedStartService()
-            except ListenerError as e:
+            except (ListenerError, ConfigError) as e:  # a ConfigError: a secret file changed since the options were read
                 raise SystemExit(f"sipshield: {e}") from None
 
         def startService(self) -> None:

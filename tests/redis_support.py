@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from conftest import require_tool, stop_process
 from waiting import wait_until
@@ -67,3 +68,19 @@ class RedisServer:
         if self.process is not None:
             stop_process(self.process)
             self.process = None
+
+
+def shield_states(url: str, prefix: str, count: int = 2) -> list[Any]:
+    """*count* nodes' RedisShieldStates on the redis-server at *url* (keys *prefix*), started, on the real reactor."""
+    from twisted.internet import reactor
+
+    from sipshield.config import parse_config
+    from sipshield.state import RedisShieldState
+    from sipshield.state._redis import build_shield_state
+
+    config = parse_config({"state": {"backend": "redis", "redis_url": url, "key_prefix": prefix}})
+    states = [build_shield_state(config, reactor)[0] for _ in range(count)]
+    assert all(isinstance(s, RedisShieldState) for s in states)
+    for state in states:
+        state.start()
+    return states

@@ -6,7 +6,7 @@ from sipshield.auth._digest import ALGORITHMS, DigestResponse, challenge_values,
 from sipshield.auth._htdigest import HtdigestUserStore
 from sipshield.auth._keys import KeyFile, KeyFileError
 from sipshield.auth._mtls import TrunkAccount, TrunkMap, certificate_identities
-from sipshield.auth._nonce import NonceManager, load_or_create_secret
+from sipshield.auth._nonce import NonceManager, SharedNonceCounts, load_or_create_secret, load_secret
 from sipshield.auth._users import CredentialStoreError, UnknownUserError, UserRecord, UserStore
 
 __all__ = [
@@ -28,11 +28,13 @@ __all__ = [
     "ISIPDigestCredentials",
     "NonceManager",
     "SIPDigestCredentials",
+    "SharedNonceCounts",
     "UnknownUserError",
     "UserRecord",
     "UserStore",
     "challenge_values",
     "compute_ha1",
     "load_or_create_secret",
+    "load_secret",
     "verify",
 ]

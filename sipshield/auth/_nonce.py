@@ -8,6 +8,12 @@ form of that idea). Only the nonce-count (nc) of nonces actually used, and
 the failed digest responses to a nonce (a password guess each), are
 remembered, and that memory is bounded.
 
+Several nodes (``[state] backend = "redis"``, docs/scaling.md) share the
+secret through ``[auth] nonce_secret_file`` and the nonce-counts through a
+:class:`SharedNonceCounts` (``NonceManager.shared``): a (nonce, nc) accepted
+by one node is a replay on every other.  The local table is still asked
+first, so a replay to this node costs Redis nothing.
+
 Time comes from an injected IReactorTime (``reactor.seconds()``) so tests
 drive it with ``twisted.internet.task.Clock``; nothing here imports the
 global reactor.
@@ -25,12 +31,19 @@ import secrets
 import stat
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from twisted.internet import defer
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["NonceManager", "load_or_create_secret"]
+__all__ = ["NonceManager", "SharedNonceCounts", "SharedUse", "load_or_create_secret", "load_secret"]
+
+SharedUse = Literal["fresh", "replayed", "unavailable"]
+"""What the shared nonce-counts say of one use: first time this (nonce, nc)
+was seen by any node, seen before (a replay), or not known (Redis is down)."""
 
 _TIME = struct.Struct(">Q")  # issue time, integer milliseconds of reactor.seconds()
 _LENGTH = struct.Struct(">I")
@@ -46,6 +59,23 @@ _NC_RE = re.compile(r"[0-9a-fA-F]{8}")
 
 _MIN_SECRET_BYTES = 16
 _SECRET_BYTES = 32
+SKEW_MS = 1000
+"""How far in the future (ms) a nonce's issue time may be: another node's
+clock may be that far ahead of ours (NTP keeps them within milliseconds).
+A nonce further ahead is invalid; only a holder of the secret can make one."""
+NO_QOP = -1
+"""The count a shared use without qop is recorded with: once, and nothing after it."""
+
+
+class SharedNonceCounts(Protocol):
+    """The nonce-counts every node sees (``sipshield.state.RedisNonceCounts``)."""
+
+    def use(self, nonce: str, nc: int, ttl_ms: int) -> Deferred[SharedUse]:
+        """Record a use of *nonce* with count *nc* (:data:`NO_QOP` without
+        qop) if it is above every count any node recorded for it (none at
+        all for :data:`NO_QOP`, and nothing after it), remembered *ttl_ms*.
+        Fires with "fresh", "replayed" or "unavailable"; never fails, and
+        fires within a bounded time (the reactor never waits on it)."""
 
 
 def _field(text: str) -> bytes:
@@ -117,6 +147,8 @@ class NonceManager:
         self._by_issue: list[tuple[int, str]] = []
         # Issue time of the newest nonce evicted for space; -1 when none was.
         self._evicted_through = -1
+        self.shared: SharedNonceCounts | None = None
+        """The nonce-counts shared with other nodes, asked by :meth:`use_shared`; None: this process only."""
 
     @property
     def tracked(self) -> int:
@@ -149,7 +181,7 @@ class NonceManager:
         nonce evicted from the replay table; answer with a new nonce and
         ``stale=true`` (RFC 7616 3.3). ``"invalid"``: malformed, forged,
         signed for another realm or source or under another secret, or
-        issued in the future. The MAC is compared in constant time.
+        issued more than :data:`SKEW_MS` in the future. The MAC is compared in constant time.
         """
         decoded = _decode(nonce)
         if decoded is None:
@@ -158,7 +190,7 @@ class NonceManager:
         if not hmac.compare_digest(mac, self._mac(head, realm, source)):
             return "invalid"
         now = self._now_ms()
-        if issued > now:
+        if issued > now + SKEW_MS:
             return "invalid"
         if now - issued > self._lifetime_ms:
             return "stale"
@@ -217,7 +249,7 @@ class NonceManager:
         issued = decoded[0]
         now = self._now_ms()
         self._expire(now)
-        if issued > now or now - issued > self._lifetime_ms:
+        if issued > now + SKEW_MS or now - issued > self._lifetime_ms:
             return False
         known = nonce in self._last_nc
         if not known and issued <= self._evicted_through and nonce not in self._failures:
@@ -240,6 +272,20 @@ class NonceManager:
             return False
         self._track(nonce, issued, count)
         return True
+
+    def use_shared(self, nonce: str, nc: str | None) -> Deferred[SharedUse]:
+        """Record the use :meth:`use` accepted with the other nodes too
+        (:attr:`shared`, which must be set): "fresh" when no node accepted
+        this (nonce, nc) before, "replayed" when one did, "unavailable"
+        when that cannot be known now.  Remembered there as long as any
+        node may accept the nonce (its lifetime from issue, and the skew)."""
+        assert self.shared is not None
+        decoded = _decode(nonce)
+        count = NO_QOP if nc is None else _parse_nc(nc)
+        if decoded is None or count is None:  # use() refused these already
+            return defer.succeed("replayed")
+        ttl = decoded[0] + self._lifetime_ms + SKEW_MS - self._now_ms()
+        return self.shared.use(nonce, count, max(ttl, 1))
 
     def _remembered(self, nonce: str) -> bool:
         return nonce in self._last_nc or nonce in self._failures
@@ -273,6 +319,21 @@ class NonceManager:
             self._forget(nonce)
 
 
+def load_secret(path: Path) -> bytes:
+    """The secret stored at *path*, which must exist (``[auth] nonce_secret_file``:
+    one file copied to every node, as a TLS key is).  Raises FileNotFoundError,
+    PermissionError if it is accessible to group or others, ValueError if it
+    holds fewer than 16 bytes."""
+    path = Path(path)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise PermissionError(f"{path}: secret is accessible to group or others (mode {mode:04o}); chmod 600 it")
+    secret = path.read_bytes()
+    if len(secret) < _MIN_SECRET_BYTES:
+        raise ValueError(f"{path}: secret is shorter than {_MIN_SECRET_BYTES} bytes")
+    return secret
+
+
 def load_or_create_secret(path: Path) -> bytes:
     """The secret stored at *path*, created on first start (the nonce "secret-data" of RFC 7616 3.3;
     also the Record-Route token key).
@@ -299,11 +360,7 @@ def load_or_create_secret(path: Path) -> bytes:
         finally:
             os.close(fd)
         return secret
-
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise PermissionError(f"{path}: secret is accessible to group or others (mode {mode:04o}); chmod 600 it")
-    secret = path.read_bytes()
-    if len(secret) < _MIN_SECRET_BYTES:
-        raise ValueError(f"{path}: secret is shorter than {_MIN_SECRET_BYTES} bytes; delete it to regenerate")
-    return secret
+    try:
+        return load_secret(path)
+    except ValueError as e:
+        raise ValueError(f"{e}; delete it to regenerate") from None

@@ -13,7 +13,8 @@ from sipshield.config import Config, ConfigError
 if TYPE_CHECKING:
     from sipshield.auth._users import UserStore
 
-__all__ = ["BearerSetup", "build_admin_clients", "build_bearer", "build_ldap", "build_trunks", "sql_user_store", "store_algorithms", "user_report"]
+__all__ = ["BearerSetup", "build_admin_clients", "build_bearer", "build_ldap", "build_trunks", "load_nonce_secret", "sql_user_store", "store_algorithms",
+           "user_report"]
 
 _BEARER_KEYS = {"issuer", "audience", "keys", "algorithms", "identity_claim", "roles_claim", "leeway", "default_domain", "domains", "authz_server", "require_tls"}
 
@@ -124,6 +125,27 @@ def build_ldap(config: Config, reactor: Any) -> Any:
     except ValueError as e:
         raise ConfigError(str(e), key="ldap", source=config.source) from None
     return LDAPChecker(settings, reactor)
+
+
+def load_nonce_secret(config: Config) -> bytes:
+    """The secret nonces are signed under (``Config.nonce_secret_file``):
+    ``[auth] nonce_secret_file``, which must exist, be 0600 and hold at
+    least 16 bytes (a ConfigError naming the key otherwise), else
+    data_dir/nonce.secret, created on first start."""
+    from sipshield.auth._nonce import load_or_create_secret, load_secret
+
+    path, configured = config.nonce_secret_file
+    if not configured:
+        return load_or_create_secret(path)
+    try:
+        return load_secret(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist: make one (head -c 32 /dev/urandom > FILE; chmod 600 FILE) and copy it to every node",
+                          key="auth.nonce_secret_file", source=config.source) from None
+    except (PermissionError, ValueError) as e:
+        raise ConfigError(str(e), key="auth.nonce_secret_file", source=config.source) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", key="auth.nonce_secret_file", source=config.source) from None
 
 
 def sql_user_store(config: Config, algorithms: Sequence[str] | None = None) -> UserStore:

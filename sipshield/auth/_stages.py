@@ -439,13 +439,29 @@ class DigestAuthStage:
         # its table is nearly full: one that carried an authenticated request stays.
         context.flow.authenticated = True
 
-    def _logged_in(self, result: tuple[Any, Any, Any], context: RequestContext, response: DigestResponse, realm: str, header: str) -> Decision:
+    def _logged_in(self, result: tuple[Any, Any, Any], context: RequestContext, response: DigestResponse, realm: str,
+                   header: str) -> Decision | defer.Deferred[Decision]:
         _, identity, _ = result
         nonces = self.nonces()
         nonces.end(response.nonce, failed=False)
         if not nonces.use(response.nonce, response.nc):
             # A replayed (nonce, nc): make the client start over with a fresh nonce.
             return self._challenge(context.request, context, realm, stale=True)
+        if nonces.shared is not None:
+            # Several nodes: another may have accepted this (nonce, nc) already.
+            shared = nonces.use_shared(response.nonce, response.nc)
+            return shared.addCallback(self._shared_use, identity, context, realm, header)
+        return self._accepted(identity, context, realm, header)
+
+    def _shared_use(self, use: str, identity: Any, context: RequestContext, realm: str, header: str) -> Decision:
+        if use == "fresh":
+            return self._accepted(identity, context, realm, header)
+        if use == "replayed":
+            return self._challenge(context.request, context, realm, stale=True)
+        # Redis does not answer: a replay on another node could not be refused (fail closed).
+        return Decision.reply(503, "Authentication Backend Unavailable", [("Retry-After", self.retry_after)])
+
+    def _accepted(self, identity: Any, context: RequestContext, realm: str, header: str) -> Decision:
         self._authenticated(context, identity)
         self._note_answer(context, authenticated=True)
         if header == "Proxy-Authorization":

@@ -12,25 +12,18 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from redis_support import RedisServer
+from redis_support import RedisServer, shield_states
 from twisted.internet import defer, reactor, task
 
-from sipshield.config import parse_config
 from sipshield.security import BanPolicy
 from sipshield.state import Ban, RedisShieldState
-from sipshield.state._redis import build_shield_state
 
 
 @pytest.fixture
 def nodes(redis_server: RedisServer) -> Iterator[tuple[RedisShieldState, RedisShieldState]]:
-    config = parse_config({"state": {"backend": "redis", "redis_url": redis_server.url, "key_prefix": "test:"}})
-    built = [build_shield_state(config, reactor)[0] for _ in range(2)]
-    states = [s for s in built if isinstance(s, RedisShieldState)]
-    assert len(states) == 2
-    for state in states:
-        state.start()
-    yield states[0], states[1]
-    for state in states:
+    a, b = shield_states(redis_server.url, "test:")
+    yield a, b
+    for state in (a, b):
         pytest_twisted.blockon(state.stop())
 
 
