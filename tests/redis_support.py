@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,10 @@ class RedisServer:
             self.process = None
 
 
-def shield_states(url: str, prefix: str, count: int = 2) -> list[Any]:
-    """*count* nodes' RedisShieldStates on the redis-server at *url* (keys *prefix*), started, on the real reactor."""
+def two_shield_states(url: str, prefix: str) -> Iterator[tuple[Any, Any]]:
+    """A fixture's body: two nodes' RedisShieldStates on the redis-server at
+    *url* (keys *prefix*), started on the real reactor; stopped after the test."""
+    import pytest_twisted
     from twisted.internet import reactor
 
     from sipshield.config import parse_config
@@ -79,8 +82,10 @@ def shield_states(url: str, prefix: str, count: int = 2) -> list[Any]:
     from sipshield.state._redis import build_shield_state
 
     config = parse_config({"state": {"backend": "redis", "redis_url": url, "key_prefix": prefix}})
-    states = [build_shield_state(config, reactor)[0] for _ in range(count)]
+    states = [build_shield_state(config, reactor)[0] for _ in range(2)]
     assert all(isinstance(s, RedisShieldState) for s in states)
     for state in states:
         state.start()
-    return states
+    yield states[0], states[1]
+    for state in states:
+        pytest_twisted.blockon(state.stop())

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from redis_support import RedisServer, shield_states
+from redis_support import RedisServer, two_shield_states
 from test_redis_shared_state import connected, until
 from twisted.internet import defer, reactor, task
 
@@ -23,10 +23,7 @@ from sipshield.state import RedisNonceCounts, RedisShieldState
 
 @pytest.fixture
 def nodes(redis_server: RedisServer) -> Iterator[tuple[RedisShieldState, RedisShieldState]]:
-    a, b = shield_states(redis_server.url, "nc:")
-    yield a, b
-    for state in (a, b):
-        pytest_twisted.blockon(state.stop())
+    yield from two_shield_states(redis_server.url, "nc:")
 
 
 def counts(*states: RedisShieldState) -> list[RedisNonceCounts]:

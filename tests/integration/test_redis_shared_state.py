@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from redis_support import RedisServer, shield_states
+from redis_support import RedisServer, two_shield_states
 from twisted.internet import defer, reactor, task
 
 from sipshield.security import BanPolicy
@@ -21,10 +21,7 @@ from sipshield.state import Ban, RedisShieldState
 
 @pytest.fixture
 def nodes(redis_server: RedisServer) -> Iterator[tuple[RedisShieldState, RedisShieldState]]:
-    a, b = shield_states(redis_server.url, "test:")
-    yield a, b
-    for state in (a, b):
-        pytest_twisted.blockon(state.stop())
+    yield from two_shield_states(redis_server.url, "test:")
 
 
 @defer.inlineCallbacks
