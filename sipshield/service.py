@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -32,6 +32,9 @@ from sipshield.transport import (
 )
 from sipshield.transport._dispatch import TransportDispatcher
 from sipshield.transport._tls import SELF_SIGNED_CERT, SELF_SIGNED_KEY
+
+if TYPE_CHECKING:
+    from sipshield.auth import SharedNonceCounts
 
 __all__ = ["RELOADABLE", "SIPShieldService", "makeService"]
 
@@ -292,7 +295,7 @@ class SIPShieldService(MultiService):
             self.core.signer = RecordRouteSigner(load_or_create_secret(self.config.server.data_dir / "record-route.secret"))
             self._route_secret_loaded = True
 
-    def _shared_nonce_counts(self) -> Any:
+    def _shared_nonce_counts(self) -> SharedNonceCounts | None:
         """With ``[state] backend = "redis"``: the nonce-counts every node sees, on
         the shield state's Redis connection (docs/scaling.md "Nonce counts")."""
         from sipshield.state import RedisNonceCounts, RedisShieldState

@@ -31,7 +31,7 @@ import secrets
 import stat
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet import defer
 
@@ -39,11 +39,9 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["NonceManager", "SharedNonceCounts", "SharedUse", "load_or_create_secret", "load_secret"]
+    from sipshield.state._redis_nonces import SharedUse
 
-SharedUse = Literal["fresh", "replayed", "unavailable"]
-"""What the shared nonce-counts say of one use: first time this (nonce, nc)
-was seen by any node, seen before (a replay), or not known (Redis is down)."""
+__all__ = ["NonceManager", "SharedNonceCounts", "load_or_create_secret", "load_secret"]
 
 _TIME = struct.Struct(">Q")  # issue time, integer milliseconds of reactor.seconds()
 _LENGTH = struct.Struct(">I")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
@@ -31,6 +31,9 @@ from sipshield.interfaces import IExplainable, IExplainableAdmission, IPipelineS
 from sipshield.message import URI, ParseError, Request, ip_version, parse_auth
 from sipshield.proxy._explain import Explanation
 from sipshield.routing import CONTINUE, Decision, RequestContext
+
+if TYPE_CHECKING:
+    from sipshield.state import SharedUse
 
 __all__ = ["DigestAuthStage", "RBACStage", "DomainMap", "SourceNetworks"]
 
@@ -453,7 +456,7 @@ class DigestAuthStage:
             return shared.addCallback(self._shared_use, identity, context, realm, header)
         return self._accepted(identity, context, realm, header)
 
-    def _shared_use(self, use: str, identity: Any, context: RequestContext, realm: str, header: str) -> Decision:
+    def _shared_use(self, use: SharedUse, identity: Any, context: RequestContext, realm: str, header: str) -> Decision:
         if use == "fresh":
             return self._accepted(identity, context, realm, header)
         if use == "replayed":

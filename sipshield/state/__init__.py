@@ -7,10 +7,10 @@ from sipshield.state._errors import StoreUnavailable
 from sipshield.state._expiry import ExpiryLoop
 from sipshield.state._memory import MemoryLocationStore
 from sipshield.state._redis import RedisShieldState, RedisStateService, RemoteBanListener, TxRedisLink, build_shield_state
-from sipshield.state._redis_nonces import RedisNonceCounts
+from sipshield.state._redis_nonces import RedisNonceCounts, SharedUse
 from sipshield.state._shield import Ban, MemoryShieldState, ShieldState
 from sipshield.state._sql import SQLLocationStore
 
 __all__ = [
-    "Ban", "Binding", "ExpiryLoop", "MemoryLocationStore", "MemoryShieldState", "RedisNonceCounts", "RedisShieldState", "RedisStateService", "RemoteBanListener", "SQLLocationStore", "ShieldState", "StoreUnavailable", "TxRedisLink", "aor_of", "build_shield_state",
+    "Ban", "Binding", "ExpiryLoop", "MemoryLocationStore", "MemoryShieldState", "RedisNonceCounts", "RedisShieldState", "RedisStateService", "RemoteBanListener", "SQLLocationStore", "SharedUse", "ShieldState", "StoreUnavailable", "TxRedisLink", "aor_of", "build_shield_state",
 ]

@@ -22,7 +22,7 @@ with Retry-After: fail closed, docs/scaling.md "Nonce counts").
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -31,7 +31,11 @@ from twisted.logger import Logger
 
 from sipshield.state._redis import RedisLink
 
-__all__ = ["RedisNonceCounts"]
+__all__ = ["RedisNonceCounts", "SharedUse"]
+
+SharedUse = Literal["fresh", "replayed", "unavailable"]
+"""What the shared nonce-counts say of one use: the first time any node saw
+this (nonce, nc), seen before (a replay), or not known now (Redis is down)."""
 
 # Lines of key TAB nc TAB ttl-ms; one letter per line back: "a" accepted
 # (recorded), "r" refused (a count as high was recorded before, or the nonce
@@ -67,16 +71,16 @@ class RedisNonceCounts:
         self.link = link
         self.prefix = prefix
         self.timeout = timeout
-        self._pending: list[tuple[str, int, int, Deferred[str]]] = []
+        self._pending: list[tuple[str, int, int, Deferred[SharedUse]]] = []
         self._flush_call: IDelayedCall | None = None
         self.unavailable = 0
         """Uses answered "unavailable" (Redis down, or too slow)."""
         self._outage = False
 
-    def use(self, nonce: str, nc: int, ttl_ms: int) -> Deferred[str]:
+    def use(self, nonce: str, nc: int, ttl_ms: int) -> Deferred[SharedUse]:
         if not self.link.up():
             return defer.succeed(self._unavailable("not connected"))
-        d: Deferred[str] = Deferred()
+        d: Deferred[SharedUse] = Deferred()
         self._pending.append((nonce, nc, ttl_ms, d))
         if self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
@@ -125,7 +129,7 @@ class RedisNonceCounts:
         deadline = self.reactor.callLater(self.timeout, lambda: None if done[0] else fail(f"no reply within {self.timeout:g} s"))
         sent.addCallbacks(answer, failed)
 
-    def _unavailable(self, why: str) -> str:
+    def _unavailable(self, why: str) -> SharedUse:
         self.unavailable += 1
         if not self._outage:
             self._outage = True
