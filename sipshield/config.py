@@ -19,7 +19,7 @@ import re
 import shutil
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -440,6 +440,8 @@ def _routes(data: Any, source: str | None) -> tuple[RouteConfig, ...]:
 @dataclass(frozen=True)
 class RegistrarConfig:
     store: str = "memory"
+    """"memory", "sql" or "redis" (``[state] redis_url`` and ``key_prefix``);
+    not given: "redis" when ``[state] backend = "redis"``, else "memory"."""
     min_expires: int = 60
     max_expires: int = 3600
     default_expires: int = 3600
@@ -453,9 +455,9 @@ class RegistrarConfig:
 def _registrar(data: Any, source: str | None) -> RegistrarConfig:
     """``[registrar]``."""
     reg = _Section("registrar", data, source)
-    store = reg.take("store", str, "memory")
-    if store not in ("memory", "sql"):
-        raise reg.error("store", f"{store!r} is not one of memory, sql")
+    store = reg.take("store", str, "")
+    if store not in ("", "memory", "sql", "redis"):
+        raise reg.error("store", f"{store!r} is not one of memory, sql, redis")
     registrar = RegistrarConfig(
         store=store,
         min_expires=reg.take_number("min_expires", 60, 1, 86400, True),
@@ -1290,6 +1292,8 @@ class StateConfig:
     backend: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "sipshield:"
+    redis_url_given: bool = False
+    """Whether ``redis_url`` was written in the file (``[registrar] store = "redis"`` needs it)."""
 
     @property
     def redis(self) -> RedisAddress:
@@ -1335,6 +1339,7 @@ def _state(data: Any, source: str | None) -> StateConfig:
     backend = section.take("backend", str, "memory")
     if backend not in ("memory", "redis"):
         raise section.error("backend", f'"memory" or "redis", not {backend!r}')
+    given = "redis_url" in section.table
     url = section.take("redis_url", str, StateConfig.redis_url)
     try:
         parse_redis_url(url)
@@ -1344,7 +1349,7 @@ def _state(data: Any, source: str | None) -> StateConfig:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
         raise section.error("key_prefix", "1 to 64 letters, digits or _.:-")
     section.finish()
-    return StateConfig(backend=backend, redis_url=url, key_prefix=prefix)
+    return StateConfig(backend=backend, redis_url=url, key_prefix=prefix, redis_url_given=given)
 
 
 ALERT_KINDS = ("event_rate", "metric", "certificate_expiry")
@@ -1628,7 +1633,11 @@ class Config:
             f"{t.network} over TCP/TLS{'/UDP' if t.udp else ''}" for t in auth.trusted_sources
         ]
         stores = {"sql": f"sql ({mask_url(self.database)})", "file": f"file ({auth.file})", "ldap": f"ldap ({mask_url(str((self.ldap or {}).get('url', '?')))})"}
-        locations = f"sql ({mask_url(self.database)})" if self.registrar.store == "sql" else "memory (lost on restart)"
+        locations = {
+            "sql": f"sql ({mask_url(self.database)})",
+            "redis": f"redis ({mask_url(self.state.redis_url)}, keys {self.state.key_prefix}loc:*): shared by every node and worker; "
+                     "REGISTERs and lookups get 503 while it is down",
+        }.get(self.registrar.store, "memory (lost on restart)")
         workers = []
         if self.server.workers > 1:
             n = self.server.workers
@@ -1801,9 +1810,15 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
     media = _media(data.get("media", {}), source)
     if media.srtp == "mandatory" and "media" not in stages:
         raise ConfigError('srtp = "mandatory" needs the "media" stage in [pipeline] stages (it is in the default pipeline)', key="media.srtp", source=source)
+    state = _state(data.get("state", {}), source)
+    if not registrar.store:
+        # Nodes that share the shield's state share their registrations too, unless told otherwise.
+        registrar = replace(registrar, store="redis" if state.backend == "redis" else "memory")
+    if registrar.store == "redis" and not state.redis_url_given:
+        raise ConfigError('[registrar] store = "redis" needs [state] redis_url (redis://host:port/db)', key="state.redis_url", source=source)
     if server.workers > 1 and registrar.store == "memory":
         # Each worker's memory store would hold only the phones that registered through it.
-        raise ConfigError(f'{server.workers} workers need a location store they share: [registrar] store = "sql"', key="server.workers", source=source)
+        raise ConfigError(f'{server.workers} workers need a location store they share: [registrar] store = "sql" or "redis"', key="server.workers", source=source)
     if not security.allow_unauthenticated:
         for key, why in unsafe_posture(stages, auth.trusted_sources):
             raise ConfigError(f"{why}; refused (set [security] allow_unauthenticated = true to run like this on purpose)", key=key, source=source)
@@ -1815,7 +1830,7 @@ def parse_config(data: dict[str, Any], *, source: str | None = None, base_dir: P
         acl=_acl(data.get("acl", {}), source), egress=_egress(data.get("egress", {}), source, roles),
         logging=_logging(data.get("logging", {}), source, base), admin=_admin(data.get("admin", {}), source, roles, base), media=media,
         metrics=_metrics(data.get("metrics", {}), source),
-        alerts=_alerts(data.get("alerts", {}), source, base), state=_state(data.get("state", {}), source),
+        alerts=_alerts(data.get("alerts", {}), source, base), state=state,
     )
 
 

@@ -310,6 +310,10 @@ class SIPShieldService(MultiService):
 
         if self.config.registrar.store == "sql":
             return SQLLocationStore(self.config.database, self.reactor)
+        if self.config.registrar.store == "redis":
+            from sipshield.state._redis_location import redis_location_store
+
+            return redis_location_store(self.config.state.redis_url, self.config.state.key_prefix, self.reactor)
         return MemoryLocationStore(self.reactor)
 
     def _prepare_data_dir(self) -> None:

@@ -6,12 +6,38 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from conftest import require_tool, stop_process
+from conftest import RunningServer, ephemeral_config, require_tool, stop_process
+from twisted.internet import defer, reactor, task
 from waiting import wait_until
+
+
+def start_nodes(workdir: Path, extra: str, nodes: list[RunningServer], names: tuple[str, ...] = ("a", "b")) -> Iterator[RunningServer]:
+    """Start one real twistd node per name, each in workdir/NAME with
+    ``ephemeral_config(extra=extra)``, appended to *nodes* (for the test's
+    ``finally`` to stop) and yielded once listening."""
+    for name in names:
+        (workdir / name).mkdir()
+        node = RunningServer(workdir / name, ephemeral_config(extra=extra), ())
+        nodes.append(node)
+        node.wait_listening(3)
+        yield node
+
+
+@defer.inlineCallbacks
+def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll the reactor (never sleeping in it) until *condition*; the deadline
+    does not move.  Fires with the seconds it took."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        yield task.deferLater(reactor, 0.01, lambda: None)
+    return time.monotonic() - (deadline - timeout)
 
 
 def free_tcp_port() -> int:

@@ -25,7 +25,7 @@ from sipshield.message import URI, Address, Contact, ParseError, Request
 from sipshield.proxy import CONTINUE, Decision, RequestContext, Target
 from sipshield.proxy._explain import Explanation
 from sipshield.proxy._sips import SIPS_NOT_ALLOWED, SIPS_REASON_OUTBOUND, SIPS_STATUS, sips_warning
-from sipshield.state import Binding, StoreUnavailable, aor_of
+from sipshield.state import Binding, BindingLimits, BindingRefused, StoreUnavailable, aor_of
 
 __all__ = ["LocationLookup", "Registrar"]
 
@@ -219,6 +219,9 @@ class Registrar:
         self._guard = _StoreGuard(reactor, store_timeout, retry_after)
         self._serial = _KeyedLocks(reactor, store_timeout, getattr(store, "settled", None))
         self._update = getattr(store, "update", None)
+        # A store shared by several nodes (Redis) checks the caps and the
+        # CSeq rule itself, atomically: this process's locks do not bind the others.
+        self._store_limits = bool(getattr(store, "enforces_limits", False))
 
     # -- the hook for authentication (RFC 3261 10.3 steps 3 and 4) -------------
 
@@ -333,7 +336,13 @@ class Registrar:
             if not wanted:  # Contact: * (step 6)
                 if any(b.call_id == call_id and b.cseq >= cseq for b in current):
                     return Decision.reply(400, "CSeq out of order")
-                if current:
+                if current and self._store_limits:
+                    limits = BindingLimits(self.max_bindings, self.max_bindings_per_identity, context.identity, call_id, cseq)
+                    try:
+                        await guard.call(self.store.remove_all(aor, limits))
+                    except BindingRefused as refused:
+                        return Decision.reply(refused.status, refused.reason)
+                elif current:
                     await guard.call(self.store.remove_all(aor))
             else:
                 decision = await self._apply(context, aor, current, wanted, call_id, cseq)
@@ -391,6 +400,15 @@ class Registrar:
         if total > self.max_bindings and not current_keys.issuperset(puts):
             return Decision.reply(403, "Too Many Contacts")
         identity = context.identity
+        if self._store_limits and self._update is not None:
+            # Checked again inside the store against what it holds now (another
+            # node may have written since our read); no count_for_identity round trip.
+            limits = BindingLimits(self.max_bindings, self.max_bindings_per_identity, identity, call_id, cseq)
+            try:
+                await self._guard.call(self._update(aor, removals, list(puts.values()), limits))
+            except BindingRefused as refused:
+                return Decision.reply(refused.status, refused.reason)
+            return None
         if identity is not None:
             # New to this identity: added, or taken over from another identity.
             mine = {b.contact: b for b in current if b.identity == identity}

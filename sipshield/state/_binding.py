@@ -37,3 +37,21 @@ class Binding:
     def expires_in(self, now: float) -> int:
         """Seconds left, never negative (for the Contact expires param in a 200)."""
         return max(0, int(round(self.expires_at - now)))
+
+
+@dataclass(frozen=True, slots=True)
+class BindingLimits:
+    """What a REGISTER's update must respect, for a store that checks it
+    atomically where the bindings live (the Redis store: the registrar's
+    locks are per process, several nodes write one Redis).
+
+    RFC 3261 10.3 step 7: a binding holding ``call_id`` with a CSeq of
+    ``cseq`` or more refuses the update; ``max_bindings`` per AOR and
+    ``max_bindings_per_identity`` for ``identity`` (None: not counted) as
+    the registrar applies them (refreshes never refused)."""
+
+    max_bindings: int
+    max_bindings_per_identity: int
+    identity: str | None
+    call_id: str
+    cseq: int

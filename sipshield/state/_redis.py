@@ -425,12 +425,13 @@ def _ban_of(data: Any) -> Ban:
 
 class TxRedisLink:
     """:class:`RedisLink` over txredisapi: one connection for commands, one
-    subscribed to the channel; both reconnect by themselves, backing off up
+    subscribed to the channel (none when ``channel`` is None: the location
+    store needs commands only); both reconnect by themselves, backing off up
     to ``max_delay`` seconds.  txredisapi runs on the global reactor (the
     one twistd runs)."""
 
     def __init__(self, host: str, port: int, db: int = 0, *, username: str | None = None, password: str | None = None,
-                 channel: str = "sipshield:events", connect_timeout: float = 2.0, reply_timeout: float = 2.0, max_delay: float = 5.0) -> None:
+                 channel: str | None = "sipshield:events", connect_timeout: float = 2.0, reply_timeout: float = 2.0, max_delay: float = 5.0) -> None:
         self.host, self.port, self.db = host, port, db
         self.where = f"{host}:{port}/{db}"
         self.username, self.password = username, password
@@ -482,7 +483,8 @@ class TxRedisLink:
         subscriber = txredisapi.SubscriberFactory(isLazy=True)
         subscriber.protocol = Subscriber
         subscriber.password, subscriber.username = self.password, self.username
-        for factory in (commands, subscriber):
+        factories = (commands, subscriber) if self.channel is not None else (commands,)
+        for factory in factories:
             factory.maxDelay = self.max_delay
             factory.deferred.addErrback(lambda f: None)  # a failed first attempt is retried, and logged by the state
             # factory.startConnecting(endpoint()), with a ClientService that
@@ -492,10 +494,10 @@ class TxRedisLink:
                                                prepareConnection=slot._prepareConnection)
             factory.slots.append(slot)
             slot.start()
-        self._commands, self._subscriber = commands, subscriber
+        self._commands, self._subscriber = commands, (subscriber if self.channel is not None else None)
 
     def up(self) -> bool:
-        return self._commands is not None and self._commands.size > 0 and self._subscribed is not None
+        return self._commands is not None and self._commands.size > 0 and (self._subscribed is not None or self.channel is None)
 
     def send(self, commands: Sequence[Command]) -> Deferred[list[Any]]:
         return defer.ensureDeferred(self._send(commands))

@@ -7,10 +7,10 @@ from __future__ import annotations
 import secrets
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import add_user
 from conftest import ephemeral_config
 from digest_client import authorization, challenges
 
@@ -55,15 +55,6 @@ class Client:
             status = int(answer.split(b" ", 2)[1])
             if status >= 200:
                 return status, answer.split(b"\r\n", 1)[0].decode(), answer
-
-
-def add_user(workdir: Path, name: str, password: str, roles: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "sipshield.cli", "user", "add", name, "--domain", "example.com", "--roles", roles,
-         "--config", str(workdir / "sipshield.toml"), "--password-stdin", "--allow-weak"],  # test passwords
-        input=password + "\n", capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import RunningServer, ephemeral_config
-from redis_support import RedisServer
+from redis_support import RedisServer, start_nodes
 from waiting import wait_until
 
 
@@ -42,11 +41,7 @@ def test_a_ban_on_node_a_drops_the_source_on_node_b_within_a_second(tmp_path: Pa
     extra = f'[state]\nbackend = "redis"\nredis_url = "{redis_server.url}"\nkey_prefix = "e2e:"\n'
     nodes = []
     try:
-        for name in ("a", "b"):
-            (tmp_path / name).mkdir()
-            node = RunningServer(tmp_path / name, ephemeral_config(extra=extra), ())
-            nodes.append(node)
-            node.wait_listening(3)
+        for node in start_nodes(tmp_path, extra, nodes):
             node.wait_for(r"state: Redis at 127\.0\.0\.1:\d+/0 connected")
         a, b = nodes
         url = a.wait_for(r"admin API listening on (http://127\.0\.0\.1:\d+)/v1/").group(1)

@@ -6,14 +6,13 @@ and a ban made on A during the outage reaches B."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
-from redis_support import RedisServer, two_shield_states
-from twisted.internet import defer, reactor, task
+from redis_support import RedisServer, two_shield_states, until
+from twisted.internet import reactor, task
 
 from sipshield.security import BanPolicy
 from sipshield.state import Ban, RedisShieldState
@@ -22,17 +21,6 @@ from sipshield.state import Ban, RedisShieldState
 @pytest.fixture
 def nodes(redis_server: RedisServer) -> Iterator[tuple[RedisShieldState, RedisShieldState]]:
     yield from two_shield_states(redis_server.url, "test:")
-
-
-@defer.inlineCallbacks
-def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll the reactor (never sleeping in it) until *condition*; the deadline does not move."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        yield task.deferLater(reactor, 0.01, lambda: None)
-    return time.monotonic() - (deadline - timeout)
 
 
 def connected(*states: RedisShieldState) -> Callable[[], bool]:

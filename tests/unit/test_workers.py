@@ -55,7 +55,7 @@ def test_check_config_and_the_start_up_log_say_so(tmp_path: Path) -> None:
 def test_workers_need_a_shared_location_store(tmp_path: Path) -> None:
     path = tmp_path / "memory.toml"
     path.write_text('[server]\ndata_dir = "data"\nworkers = 2\n')
-    with pytest.raises(ConfigError, match='server.workers: 2 workers need a location store they share: \\[registrar\\] store = "sql"'):
+    with pytest.raises(ConfigError, match='server.workers: 2 workers need a location store they share: \\[registrar\\] store = "sql" or "redis"'):
         load_config(path)
 
 
