@@ -346,17 +346,21 @@ class Registrar:
                     await guard.call(self.store.remove_all(aor))
             else:
                 decision = await self._apply(context, aor, current, wanted, call_id, cseq)
-                if decision is not None:
+                if isinstance(decision, Decision):
                     return decision
+                if decision is not None:  # the bindings after the update, from a store that answers with them
+                    return self._ok(request, decision)
         bindings: list[Binding] = await guard.call(self.store.bindings(aor))
         return self._ok(request, bindings)
 
-    async def _apply(self, context: RequestContext, aor: str, current: list[Binding], wanted: list[tuple[Contact, int]], call_id: str, cseq: int) -> Decision | None:
+    async def _apply(self, context: RequestContext, aor: str, current: list[Binding], wanted: list[tuple[Contact, int]], call_id: str, cseq: int) -> Decision | list[Binding] | None:
         """RFC 3261 10.3 step 7: add, refresh or remove each binding, all or nothing.
 
         Existing bindings are matched with the URI comparison rules (RFC 3261
         19.1.4), so a respelled contact (``sip:A@HOST`` for ``sip:A@host``)
-        replaces its binding instead of adding a second one.
+        replaces its binding instead of adding a second one.  A refusal is a
+        Decision; a store that checks the limits itself answers with the
+        bindings after the update (a list); None: read them again.
         """
         request = context.request
         existing = [(URI.parse(b.contact), b) for b in current]
@@ -405,10 +409,10 @@ class Registrar:
             # node may have written since our read); no count_for_identity round trip.
             limits = BindingLimits(self.max_bindings, self.max_bindings_per_identity, identity, call_id, cseq)
             try:
-                await self._guard.call(self._update(aor, removals, list(puts.values()), limits))
+                after: list[Binding] = await self._guard.call(self._update(aor, removals, list(puts.values()), limits))
             except BindingRefused as refused:
                 return Decision.reply(refused.status, refused.reason)
-            return None
+            return after
         if identity is not None:
             # New to this identity: added, or taken over from another identity.
             mine = {b.contact: b for b in current if b.identity == identity}

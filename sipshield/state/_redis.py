@@ -503,6 +503,11 @@ class TxRedisLink:
         return defer.ensureDeferred(self._send(commands))
 
     async def _send(self, commands: Sequence[Command]) -> list[Any]:
+        if len(commands) == 1:
+            # Not a pipeline: txredisapi gives a pipeline the connection to
+            # itself until it is answered, where single commands share it
+            # (several REGISTERs and lookups in flight on one connection).
+            return [await self._commands.handler.execute_command(*commands[0])]
         conn = await self._commands.handler.pipeline()
         for command in commands:
             conn.execute_command(*command)

@@ -7,10 +7,11 @@ Keys, all under ``prefix`` (``[state] key_prefix``):
   (short JSON keys, see :func:`_encode`) and its first-registration order
   (from the ``loc:order`` counter, kept when the binding is refreshed: among
   equal q values bindings come in that order, as in the other stores);
-- ``loc:exp``: a sorted set of ``aor \\n contact`` by expiry, for ``expire``
-  and ``count`` (ZCARD);
-- ``loc:id:<identity>``: a sorted set of the same members by expiry, for
-  ``count_for_identity`` (ZCOUNT of the unexpired ones);
+- ``loc:exp``: a sorted set of binding ids (the order number: unique, a few
+  digits, so the small sets stay in Redis's compact encoding) by expiry, for
+  ``expire`` and ``count`` (ZCARD); ``loc:ref``: a hash, id -> ``aor \\n contact``;
+- ``loc:id:<identity>``: a sorted set of the identity's binding ids by
+  expiry, for ``count_for_identity`` (ZCOUNT of the unexpired ones);
 - ``loc:aors``: the AORs holding bindings (a sorted set, every score 0, so
   ZRANGE is in AOR order: the admin API's ``listing``).
 
@@ -61,12 +62,13 @@ EXPIRE_BATCH = 1000
 # ARGV: prefix, aor, now, max_aor (-1: no caps, no CSeq rule), max_identity,
 # identity ("" for none), call_id, cseq, n_remove (-1: every binding), the
 # n_remove contacts, then (contact, expires_at, json) per binding to put.
-# Returns the number of bindings removed, or "cseq" / "aor" / "identity" (refused, nothing changed).
+# Returns {the number of bindings removed, the AOR's hash after the change (HGETALL)},
+# or "cseq" / "aor" / "identity" (refused, nothing changed).
 _UPDATE = r"""
 local prefix, aor, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local max_aor, max_id, identity, call_id, cseq = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], tonumber(ARGV[8])
 local nrem = tonumber(ARGV[9])
-local hkey, ekey = prefix .. 'loc:aor:' .. aor, prefix .. 'loc:exp'
+local hkey, ekey, rkey = prefix .. 'loc:aor:' .. aor, prefix .. 'loc:exp', prefix .. 'loc:ref'
 local existing = {}
 local raw = redis.call('HGETALL', hkey)
 for i = 1, #raw, 2 do
@@ -121,10 +123,10 @@ local removed = 0
 for c, _ in pairs(removes) do
   local e = existing[c]
   if e ~= nil then
-    local member = aor .. '\n' .. c
     redis.call('HDEL', hkey, c)
-    redis.call('ZREM', ekey, member)
-    if e.b.d ~= nil then redis.call('ZREM', prefix .. 'loc:id:' .. e.b.d, member) end
+    redis.call('ZREM', ekey, e.order)
+    redis.call('HDEL', rkey, e.order)
+    if e.b.d ~= nil then redis.call('ZREM', prefix .. 'loc:id:' .. e.b.d, e.order) end
     existing[c] = nil
     removed = removed + 1
   end
@@ -132,17 +134,17 @@ end
 for _, p in ipairs(puts) do
   local b = cjson.decode(p.json)
   local e = existing[p.c]
-  local member = aor .. '\n' .. p.c
   local order
   if e ~= nil then
     order = e.order
-    if e.b.d ~= nil and e.b.d ~= b.d then redis.call('ZREM', prefix .. 'loc:id:' .. e.b.d, member) end
+    if e.b.d ~= nil and e.b.d ~= b.d then redis.call('ZREM', prefix .. 'loc:id:' .. e.b.d, order) end
   else
-    order = redis.call('INCR', prefix .. 'loc:order')
+    order = tostring(redis.call('INCR', prefix .. 'loc:order'))
+    redis.call('HSET', rkey, order, aor .. '\n' .. p.c)
   end
   redis.call('HSET', hkey, p.c, order .. ' ' .. p.json)
-  redis.call('ZADD', ekey, p.e, member)
-  if b.d ~= nil then redis.call('ZADD', prefix .. 'loc:id:' .. b.d, p.e, member) end
+  redis.call('ZADD', ekey, p.e, order)
+  if b.d ~= nil then redis.call('ZADD', prefix .. 'loc:id:' .. b.d, p.e, order) end
   existing[p.c] = {order = order, b = b}
 end
 if redis.call('EXISTS', hkey) == 1 then
@@ -150,27 +152,34 @@ if redis.call('EXISTS', hkey) == 1 then
 else
   redis.call('ZREM', prefix .. 'loc:aors', aor)
 end
-return removed
+return {removed, redis.call('HGETALL', hkey)}
 """
 
 # ARGV: prefix, now, batch.  Removes up to *batch* bindings due at or before
 # *now*; returns how many it looked at (a full batch: call again).
 _EXPIRE = r"""
 local prefix, now = ARGV[1], ARGV[2]
-local ekey = prefix .. 'loc:exp'
+local ekey, rkey = prefix .. 'loc:exp', prefix .. 'loc:ref'
 local due = redis.call('ZRANGEBYSCORE', ekey, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-for _, member in ipairs(due) do
-  local nl = string.find(member, '\n', 1, true)
-  local aor, contact = string.sub(member, 1, nl - 1), string.sub(member, nl + 1)
-  local hkey = prefix .. 'loc:aor:' .. aor
-  local v = redis.call('HGET', hkey, contact)
-  if v then
-    local b = cjson.decode(string.sub(v, string.find(v, ' ', 1, true) + 1))
-    if b.d ~= nil then redis.call('ZREM', prefix .. 'loc:id:' .. b.d, member) end
-    redis.call('HDEL', hkey, contact)
-    if redis.call('EXISTS', hkey) == 0 then redis.call('ZREM', prefix .. 'loc:aors', aor) end
+for _, id in ipairs(due) do
+  local ref = redis.call('HGET', rkey, id)
+  if ref then
+    local nl = string.find(ref, '\n', 1, true)
+    local aor, contact = string.sub(ref, 1, nl - 1), string.sub(ref, nl + 1)
+    local hkey = prefix .. 'loc:aor:' .. aor
+    local v = redis.call('HGET', hkey, contact)
+    if v then
+      local sp = string.find(v, ' ', 1, true)
+      if string.sub(v, 1, sp - 1) == id then
+        local b = cjson.decode(string.sub(v, sp + 1))
+        if b.d ~= nil then redis.call('ZREM', prefix .. 'loc:id:' .. b.d, id) end
+        redis.call('HDEL', hkey, contact)
+        if redis.call('EXISTS', hkey) == 0 then redis.call('ZREM', prefix .. 'loc:aors', aor) end
+      end
+    end
+    redis.call('HDEL', rkey, id)
   end
-  redis.call('ZREM', ekey, member)
+  redis.call('ZREM', ekey, id)
 end
 return #due
 """
@@ -223,12 +232,18 @@ def _sorted(aor: str, flat: Any, now: float) -> list[Binding]:
     return [b for _, b in found if b.expires_at > now]
 
 
-def _removed(result: Any) -> int:
-    """The update script's answer: the count removed, or the rule that refused it."""
+def _applied(result: Any) -> list[Any]:
+    """The update script's answer: [the count removed, the AOR's hash after], or the rule that refused it."""
     if isinstance(result, str) and result in _REFUSED:
         status, reason = _REFUSED[result]
         raise BindingRefused(status, reason)
-    return int(result)
+    if not isinstance(result, list) or len(result) != 2:
+        raise StoreUnavailable(f"location store: unexpected answer from the update script: {result!r:.100}")
+    return result
+
+
+def _removed(result: Any) -> int:
+    return int(_applied(result)[0])
 
 
 def _number(value: float) -> str:
@@ -300,10 +315,10 @@ class RedisLocationStore:
         return self._send([("HGETALL", self._aor_key(aor))]).addCallback(lambda replies: _sorted(aor, replies[0], now))
 
     def put(self, binding: Binding) -> Deferred[None]:
-        return self.update(binding.aor, (), (binding,))
+        return self.update(binding.aor, (), (binding,)).addCallback(lambda _: None)
 
     def remove(self, aor: str, contact: str) -> Deferred[bool]:
-        return self._script(_UPDATE, self._update_args(aor, [contact], (), None)).addCallback(lambda removed: int(removed) > 0)
+        return self._script(_UPDATE, self._update_args(aor, [contact], (), None)).addCallback(lambda result: _removed(result) > 0)
 
     def remove_all(self, aor: str, limits: BindingLimits | None = None) -> Deferred[int]:
         """``Contact: *``; with *limits*, refused (BindingRefused, nothing
@@ -325,12 +340,18 @@ class RedisLocationStore:
 
     # -- beyond the interface -----------------------------------------------------------
 
-    def update(self, aor: str, remove: Iterable[str] = (), put: Iterable[Binding] = (), limits: BindingLimits | None = None) -> Deferred[None]:
+    def update(self, aor: str, remove: Iterable[str] = (), put: Iterable[Binding] = (), limits: BindingLimits | None = None) -> Deferred[list[Binding]]:
         """Remove contacts then add or replace bindings of one AOR, in one
         script (RFC 3261 10.3 step 7: all or nothing).  With *limits*, the
         caps and the CSeq rule are checked first inside Redis; a REGISTER
-        that breaks one fails with :class:`BindingRefused` and changes nothing."""
-        return self._script(_UPDATE, self._update_args(aor, list(remove), tuple(put), limits)).addCallback(_removed).addCallback(lambda _: None)
+        that breaks one fails with :class:`BindingRefused` and changes nothing.
+
+        Fires with the AOR's unexpired bindings after the change (what
+        ``bindings(aor)`` would answer next), read by the same script: the
+        registrar's 200 lists them without another round trip."""
+        now = self.reactor.seconds()
+        d = self._script(_UPDATE, self._update_args(aor, list(remove), tuple(put), limits))
+        return d.addCallback(lambda result: _sorted(aor, _applied(result)[1], now))
 
     def settled(self) -> Deferred[None]:
         """Fires once no call of this store awaits Redis's answer (see SQLLocationStore.settled)."""

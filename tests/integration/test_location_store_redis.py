@@ -137,3 +137,20 @@ def test_redis_down_fails_fast_with_store_unavailable_logged_once_then_reconnect
     yield store.update(AOR, (), [binding("sip:b@192.0.2.2")], limits())  # NOSCRIPT -> EVAL
     assert [b.contact for b in (yield store.bindings(AOR))] == ["sip:b@192.0.2.2"]
     assert any("location store: Redis at" in line and "back" in line for line in log_lines)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_refreshed_binding_keeps_its_id_and_expires_at_its_new_time(store: RedisLocationStore):
+    now = reactor.seconds()
+    yield store.put(binding(expires_in=10, identity="who"))
+    yield store.put(binding(expires_in=1000, identity="who", cseq=2))
+    assert (yield store.expire(now + 20)) == 0
+    assert [b.cseq for b in (yield store.bindings(AOR))] == [2]
+    assert (yield store.count_for_identity("who")) == 1
+    # Removed and put again in one update: a new binding (a new id, last among equal q).
+    yield store.put(binding("sip:z@192.0.2.9"))
+    yield store.update(AOR, ["sip:alice@192.0.2.1:5060"], [binding(expires_in=1000, identity="who", cseq=3)])
+    assert [b.contact for b in (yield store.bindings(AOR))] == ["sip:z@192.0.2.9", "sip:alice@192.0.2.1:5060"]
+    assert (yield store.expire(now + 2000)) == 2
+    assert (yield store.count()) == 0
+    assert (yield store.count_for_identity("who")) == 0
