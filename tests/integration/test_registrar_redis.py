@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from pipeline_support import RecordingFlow
 from redis_support import RedisServer, until
 from twisted.internet import defer, reactor
+from twisted.internet.defer import Deferred
 
 from sipshield.message import parse_message
 from sipshield.routing import CONTINUE, Decision, RequestContext
@@ -25,16 +27,6 @@ from sipshield.state._redis_location import redis_location_store
 AOR = "sip:alice@example.com"
 
 
-class Flow:
-    transport_name = "UDP"
-    reliable = False
-    remote = ("192.0.2.9", 5062)
-    local = ("127.0.0.1", 5060)
-
-    def peer_certificate(self) -> None:
-        return None
-
-
 def register(contact: str | None, to: str = AOR, call_id: str = "reg1@ua", cseq: int = 1, expires: int = 600, identity: str | None = None) -> RequestContext:
     lines = [
         "REGISTER sip:example.com SIP/2.0", f"Via: SIP/2.0/UDP 192.0.2.9:5062;branch=z9hG4bK{uuid.uuid4().hex[:10]}", "Max-Forwards: 70",
@@ -42,7 +34,7 @@ def register(contact: str | None, to: str = AOR, call_id: str = "reg1@ua", cseq:
     ]
     if contact is not None:
         lines.append(f"Contact: {contact}")
-    context = RequestContext(parse_message(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()), Flow())  # type: ignore[arg-type]
+    context = RequestContext(parse_message(("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()), RecordingFlow(("192.0.2.9", 5062)))  # type: ignore[arg-type]
     context.identity = identity
     return context
 
@@ -50,7 +42,7 @@ def register(contact: str | None, to: str = AOR, call_id: str = "reg1@ua", cseq:
 def invite(uri: str = AOR) -> RequestContext:
     data = (f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5060;branch=z9hG4bK{uuid.uuid4().hex[:10]}\r\nMax-Forwards: 70\r\n"
             f"From: <sip:bob@example.com>;tag=b\r\nTo: <{uri}>\r\nCall-ID: call@b\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
-    return RequestContext(parse_message(data.encode()), Flow())  # type: ignore[arg-type]
+    return RequestContext(parse_message(data.encode()), RecordingFlow(("192.0.2.9", 5062)))  # type: ignore[arg-type]
 
 
 class Node:
@@ -59,14 +51,12 @@ class Node:
         self.registrar = Registrar(store, ["example.com"], reactor, min_expires=60, store_timeout=2.0, retry_after=17, **caps)
         self.lookup = LocationLookup(store, ["example.com"], reactor, store_timeout=2.0, retry_after=17)
 
-    def register(self, context: RequestContext) -> Deferred_Decision:
+    def register(self, context: RequestContext) -> Deferred[Decision]:
         return defer.maybeDeferred(self.registrar.process, context)
 
-    def route(self, context: RequestContext) -> Deferred_Decision:
+    def route(self, context: RequestContext) -> Deferred[Decision]:
         return defer.maybeDeferred(self.lookup.process, context)
 
-
-Deferred_Decision = Any
 
 
 @pytest.fixture
