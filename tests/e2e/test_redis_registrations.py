@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from cli_support import add_user
 from conftest import RunningServer
 from digest_client import authorization, challenges
 from redis_support import RedisServer, start_nodes
+from waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 PHONE_IP = "127.0.0.2"  # not trusted: challenged; the caller on 127.0.0.1 is trusted (TRUSTED_LOOPBACK)
@@ -134,13 +136,24 @@ def test_registered_through_a_called_through_b_unregistered_through_b_gone_on_a(
         assert refused.startswith(b"SIP/2.0 503 "), refused
         assert b"\r\nRetry-After: " in refused
         redis_server.start_and_wait()
-        a.wait_for(r"location store: Redis at 127\.0\.0\.1:\d+/0 back", timeout=20)
-        again = phone.register(udp_a)
-        assert again.startswith(b"SIP/2.0 200 "), again
+        # Back: the first REGISTERs may still get 503 until the node's connections are up again
+        # (txredisapi backs off up to 5 s); the 503 above may have come from the nonce counts
+        # (asked before the store), so the store need not have seen the outage at all.
+        answers: list[bytes] = []
+        tried = [0.0]
+
+        def registered() -> bool:
+            if time.monotonic() - tried[0] < 1.0:  # one attempt a second: not the rate limits' business
+                return False
+            tried[0] = time.monotonic()
+            answers.append(phone.register(udp_a))
+            return answers[-1].startswith(b"SIP/2.0 200 ")
+
+        wait_until(registered, 20, "a REGISTER through A answered 200 once Redis was back")
         for node in nodes:
             assert "Traceback" not in node.log
             warned = len([line for line in node.log.splitlines() if "RedisLocationStore#warn" in line])
-            assert warned == 1 if node is a else warned <= 1  # B only if its expiry round fell in the outage; once either way
+            assert warned <= 1  # A only if the REGISTER reached the store (the nonce counts, asked first, may have answered 503), B if its expiry round fell in the outage; once either way
     finally:
         for caller in callers:
             caller.close()
