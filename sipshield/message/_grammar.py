@@ -62,16 +62,23 @@ FAST_ADDRESS_RE = re.compile(
     rf"((?:;{_FAST_URIPARAM}(?:={_FAST_URIPARAM})?)*+))>({_FAST_PARAMS})"
 )
 
-CSEQ_RE = re.compile(rf"([0-9]+)[ \t]+({TOKEN})")
+# CSEQ_RE, CALLID_RE and SIP_RURI_RE are only used with fullmatch, and each of
+# their runs is followed by a character it cannot contain: possessive repeats
+# give the same verdicts without the backtracking bookkeeping (see the fast
+# paths below).
+CSEQ_RE = re.compile(rf"([0-9]++)[ \t]++({_FAST_TOKEN})")
 DIGITS_RE = re.compile(r"[0-9]{1,10}")
 _WORD = r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
-CALLID_RE = re.compile(rf"{_WORD}(?:@{_WORD})?")
+_FAST_WORD = _WORD + "+"
+CALLID_RE = re.compile(rf"{_FAST_WORD}(?:@{_FAST_WORD})?+")
 TOKEN_RE = re.compile(TOKEN)
 SCHEME_RE = re.compile(SCHEME)
 SIP_VERSION_RE = re.compile(r"(?i:SIP)/[0-9]+\.[0-9]+")
 # Request-URI fast check (RFC 3261 19.1.1; 19.1.5: no headers in a Request-URI). It accepts
 # exactly what URI.parse accepts for sip/sips, so the URI itself can be parsed lazily.
-SIP_RURI_RE = re.compile(rf"(?i:sips?):(?:[^\s<>\"@]+@)?{HOST}(?::[0-9]{{1,5}})?(?:;[^\s<>\";?=]+(?:=[^\s<>\";?=]*)?)*")
+SIP_RURI_RE = re.compile(
+    r"(?i:sips?):(?:[^\s<>\"@]++@)?(?:\[[0-9A-Fa-f:.]++\]|[A-Za-z0-9\-.]++)(?::[0-9]{1,5}+)?(?:;[^\s<>\";?=]++(?:=[^\s<>\";?=]*+)?)*+"
+)
 
 # Typed parsers.
 PARAM_RE = re.compile(rf"{WS};{WS}({TOKEN})(?:{WS}={WS}({GENVALUE}))?{WS}")
