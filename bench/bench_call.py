@@ -155,18 +155,22 @@ class BenchReactor:
         f(*args, **kw)
 
 
-def build_proxy(workdir: Path, srtp: str | None = None, redis_url: str | None = None) -> tuple[Any, BenchReactor, FakePort]:
+def build_proxy(workdir: Path, srtp: str | None = None, redis_url: str | None = None, *, settings: dict[str, Any] | None = None,
+                reactor: BenchReactor | None = None) -> tuple[Any, BenchReactor, FakePort]:
+    """The service of ``settings`` (a parsed TOML table; default: sipp_load.py's
+    call config) on ``reactor`` (default: a new BenchReactor), started."""
     from sipshield.config import parse_config
     from sipshield.service import makeService
 
-    config = parse_config({
+    config = parse_config(settings if settings is not None else {
         "server": {"data_dir": str(workdir / "data"), "listen": [f"udp:{PROXY[1]}:interface={PROXY[0]}"], "domains": ["example.com"]},
         "routes": [{"match_domain": BENCH_DOMAIN, "target": f"sip:{UAS[0]}:{UAS[1]};transport=udp"}],
         "auth": {"trusted_sources": [{"network": "127.0.0.1/32", "udp": True}], "trusted_role": "trunk"},
         **({"media": {"srtp": srtp}} if srtp else {}),
         **({"state": {"backend": "redis", "redis_url": redis_url, "key_prefix": "bench:"}} if redis_url else {}),
     })  # fmt: skip
-    reactor = BenchReactor()
+    if reactor is None:
+        reactor = BenchReactor()
     reactor.advance(1_000_000)
     service = makeService(config, reactor)
     service.privilegedStartService()

@@ -55,12 +55,13 @@ class AuthSipshield(Sipshield):
         return command[:-1] + [str(config)]
 
 
-def add_users(workdir: Path, count: int) -> None:
+def add_users(workdir: Path, count: int, algorithms: tuple[str, ...] = ("MD5",)) -> None:
+    """userN with password pwN (N < count), in the SQLite database and key file of workdir/data."""
     from sipshield.auth import KeyFile, UserStore
 
     data = workdir / "data"
     data.mkdir(mode=0o700, exist_ok=True)
-    store = UserStore(f"sqlite:///{data / 'sipshield.db'}", algorithms=["MD5"], keys=KeyFile(data / "credential.keys"))
+    store = UserStore(f"sqlite:///{data / 'sipshield.db'}", algorithms=list(algorithms), keys=KeyFile(data / "credential.keys"))
     store.create_schema()
     for i in range(count):
         store.add(f"user{i}", "example.com", f"pw{i}", roles=("staff",))
