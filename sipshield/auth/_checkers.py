@@ -77,6 +77,10 @@ class StoreChecker:
 
     def _lookup(self, username: str, domain: str, algorithm: str) -> tuple[str | None, tuple[str, ...] | None]:
         try:
+            secret = getattr(self.store, "secret", None)
+            if secret is not None:  # the SQL store: both in one query
+                found: tuple[str, tuple[str, ...]] | None = secret(username, domain, algorithm)
+                return (None, None) if found is None else found
             return self.store.ha1(username, domain, algorithm), self.store.roles(username, domain)
         except CredentialStoreError as e:
             raise BackendUnavailable(str(e)) from None

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Column, Float, MetaData, Table, Text, UniqueConstraint, create_engine, delete, event, insert, select
+from sqlalchemy import Column, Float, MetaData, Table, Text, UniqueConstraint, bindparam, create_engine, delete, event, insert, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from twisted.cred.error import UnauthorizedLogin
@@ -45,6 +45,7 @@ from twisted.python.threadpool import ThreadPool
 from sipshield._ratelog import ThrottledLog
 from sipshield.auth._checkers import BackendUnavailable
 from sipshield.auth._users import one_line
+from sipshield.state._prepared import Prepared
 from sipshield.state._sqlite import sqlite_pragmas
 
 __all__ = ["DowngradeLock", "DowngradeLockStore", "DowngradeRefused", "LockStoreError", "MD5Lock", "is_md5", "is_sha2"]
@@ -111,8 +112,9 @@ class DowngradeLockStore:
             Column("since", Float, nullable=False),
             UniqueConstraint("username", "realm", name=f"{table_name}_username_realm"),
         )
-        kwargs: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
         sqlite = self.url.get_backend_name() == "sqlite"
+        # A SQLite connection is a file handle, not a link that drops: no ping per checkout.
+        kwargs: dict[str, Any] = {"pool_pre_ping": not sqlite, "hide_parameters": True}
         if sqlite and self.url.database in (None, "", ":memory:"):
             from sqlalchemy.pool import StaticPool
 
@@ -124,11 +126,15 @@ class DowngradeLockStore:
         if sqlite:
             event.listen(engine, "connect", sqlite_pragmas)
         self._engine: Engine | None = engine
+        table = self.table
+        self._get = Prepared(select(table).where(table.c.username == bindparam("username"), table.c.realm == bindparam("realm")), engine.dialect)
         self._schema = threading.Lock()
         self._created = False
 
     def create_schema(self) -> None:
         """Create the table if it is missing (an existing one is kept)."""
+        if self._created:
+            return
         with self._schema:
             if not self._created:
                 with self._errors():
@@ -158,7 +164,8 @@ class DowngradeLockStore:
         """The user's lock, or None when MD5 is not locked for it."""
         self.create_schema()
         with self._errors(), self._live().connect() as conn:
-            return self._row(conn, username, realm)
+            row = self._get.execute(conn, {"username": username, "realm": realm}).first()
+        return None if row is None else MD5Lock(row.username, row.realm, row.algorithm, row.since)
 
     def unlock(self, username: str, realm: str) -> bool:
         """Forget the user's lock (MD5 accepted again); False if there was none."""

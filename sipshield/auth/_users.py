@@ -39,6 +39,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -66,6 +67,7 @@ __all__ = [
 #: Digest algorithms a credential can be stored for (RFC 7616 3.3, RFC 8760).
 from sipshield.auth._digest import compute_ha1
 from sipshield.auth._keys import KeyFile, KeyFileError, KeySet, SealedValueError, is_plain_ha1, sealed_key_id
+from sipshield.state._prepared import Prepared
 from sipshield.state._sqlite import sqlite_pragmas
 
 ALGORITHMS = ("MD5", "SHA-256", "SHA-512-256")
@@ -248,8 +250,9 @@ class UserStore:
         self.keys = keys
         self._table_prefix = table_prefix
         self.users, self.credentials = _tables(MetaData(), table_prefix)
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True, "hide_parameters": True}
         backend = self.url.get_backend_name()
+        # A SQLite connection is a file handle, not a link that drops: no ping per checkout.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": backend != "sqlite", "hide_parameters": True}
         if backend == "sqlite" and self.url.database in (None, "", ":memory:"):
             from sqlalchemy.pool import StaticPool
 
@@ -264,6 +267,14 @@ class UserStore:
             event.listen(engine, "connect", sqlite_pragmas)
         self._engine: Engine | None = engine
         self._admin: Any = None
+        users, creds = self.users, self.credentials
+        self._secret_query = Prepared(
+            select(creds.c.ha1, users.c.roles)
+            .select_from(creds.join(users, creds.c.user_id == users.c.id))
+            .where(users.c.username == bindparam("username"), users.c.domain == bindparam("domain"), users.c.enabled.is_(True),
+                   creds.c.algorithm == bindparam("algorithm")),
+            engine.dialect,
+        )  # fmt: skip
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -397,6 +408,19 @@ class UserStore:
             return None
         with self._errors():
             return self._open(self._read_keys(), str(value), key[0], key[1], algorithm)
+
+    def secret(self, username: str, domain: str, algorithm: str) -> tuple[str, tuple[str, ...]] | None:
+        """:meth:`ha1` and :meth:`roles` in one query (what a digest login
+        needs): None when either would be None.  Raises as :meth:`ha1` does."""
+        key = _lookup_key(username, domain)
+        if key is None:
+            return None
+        with self._errors(), self._live_engine().connect() as conn:
+            row = self._secret_query.execute(conn, {"username": key[0], "domain": key[1], "algorithm": algorithm}).first()
+        if row is None:
+            return None
+        with self._errors():
+            return self._open(self._read_keys(), str(row[0]), key[0], key[1], algorithm), _split_roles(row[1])
 
     def roles(self, username: str, domain: str) -> tuple[str, ...] | None:
         """The user's roles (sorted); None for an unknown or disabled user."""

@@ -222,6 +222,8 @@ class Registrar:
         # A store shared by several nodes (Redis) checks the caps and the
         # CSeq rule itself, atomically: this process's locks do not bind the others.
         self._store_limits = bool(getattr(store, "enforces_limits", False))
+        # A store that writes and lists the AOR's bindings in one call (SQL: one trip to its pool).
+        self._update_listing: Callable[[str, list[str], list[Binding]], Deferred[list[Binding]]] | None = getattr(store, "update_listing", None)
 
     # -- the hook for authentication (RFC 3261 10.3 steps 3 and 4) -------------
 
@@ -356,6 +358,9 @@ class Registrar:
     async def _apply(self, context: RequestContext, aor: str, current: list[Binding], wanted: list[tuple[Contact, int]], call_id: str, cseq: int) -> Decision | list[Binding] | None:
         """RFC 3261 10.3 step 7: add, refresh or remove each binding, all or nothing.
 
+        A refusal, or the AOR's bindings once written when the store lists
+        them with the write (``update_listing``), else None (read them next).
+
         Existing bindings are matched with the URI comparison rules (RFC 3261
         19.1.4), so a respelled contact (``sip:A@HOST`` for ``sip:A@host``)
         replaces its binding instead of adding a second one.  A refusal is a
@@ -422,6 +427,8 @@ class Registrar:
                 held = await self._guard.call(self.store.count_for_identity(identity))
                 if held - freed + added > self.max_bindings_per_identity:
                     return Decision.reply(403, "Too Many Registrations")
+        if self._update_listing is not None:
+            return await self._guard.call(self._update_listing(aor, removals, list(puts.values())))
         update = self._update
         if update is not None:
             await self._guard.call(update(aor, removals, list(puts.values())))

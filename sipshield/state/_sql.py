@@ -15,6 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -37,6 +38,7 @@ from zope.interface import implementer
 from sipshield.interfaces import ILocationStore
 from sipshield.state._binding import Binding
 from sipshield.state._errors import StoreUnavailable
+from sipshield.state._prepared import Prepared
 from sipshield.state._sqlite import sqlite_pragmas
 
 __all__ = ["SQLLocationStore"]
@@ -144,8 +146,9 @@ class SQLLocationStore:
         self.url = make_url(url)
         self.reactor = reactor
         self.table = _location_table(MetaData(), table_name)
-        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
         self._sqlite = self.url.get_backend_name() == "sqlite"
+        # A SQLite connection is a file handle, not a link that drops: no ping per checkout.
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": not self._sqlite}
         if self._sqlite and self.url.database in (None, "", ":memory:"):
             # One in-memory database shared by every thread of the pool.
             kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
@@ -159,6 +162,8 @@ class SQLLocationStore:
         self._pool: ThreadPool | None = None
         self._in_pool = 0
         self._settled: list[Deferred[None]] = []
+        self._select_aor: Prepared | None = None
+        self._upsert_rows: Prepared | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -170,6 +175,7 @@ class SQLLocationStore:
         if self._sqlite:
             event.listen(engine, "connect", sqlite_pragmas)
         self._engine = engine
+        self._prepare(engine)
         pool = self._pool = ThreadPool(minthreads=0, maxthreads=self._threadpool_size, name=f"sipshield-location-{self.table.name}")
         pool.start()
         return self._run(self._create)
@@ -227,6 +233,12 @@ class SQLLocationStore:
         transaction (RFC 3261 10.3 step 7: all binding updates of a REGISTER
         commit together or not at all)."""
         return self._run(self._update, aor, tuple(remove), tuple(put))
+
+    def update_listing(self, aor: str, remove: Iterable[str] = (), put: Iterable[Binding] = ()) -> Deferred[list[Binding]]:
+        """:meth:`update`, then the AOR's bindings as :meth:`bindings` gives
+        them, read in the same transaction: what the registrar's 200 lists
+        (RFC 3261 10.3 step 8), in one trip to the pool instead of two."""
+        return self._run(self._update_listing, aor, tuple(remove), tuple(put), self.reactor.seconds())
 
     # -- in the thread pool ------------------------------------------------------------------
 
@@ -291,11 +303,27 @@ class SQLLocationStore:
         for index in table.indexes:
             index.create(engine, checkfirst=True)  # create_all skips those of an existing table
 
-    def _bindings(self, engine: Engine, aor: str, now: float) -> list[Binding]:
+    def _prepare(self, engine: Engine) -> None:
+        """The statements of every REGISTER, compiled once (sipshield.state._prepared)."""
         table = self.table
-        query = select(table).where(table.c.aor == aor, table.c.expires_at > now).order_by(table.c.q.desc(), table.c.id)
+        dialect = engine.dialect
+        query = select(table).where(table.c.aor == bindparam("aor"), table.c.expires_at > bindparam("now")).order_by(table.c.q.desc(), table.c.id)
+        self._select_aor = Prepared(query, dialect)
+        if dialect.name in ("sqlite", "postgresql"):
+            self._upsert_rows = Prepared(self._upsert_statement(dialect.name).values({c: bindparam(c) for c in _COLUMNS}), dialect)
+
+    def _bindings(self, engine: Engine, aor: str, now: float) -> list[Binding]:
         with engine.connect() as conn:
-            return [_binding(row) for row in conn.execute(query)]
+            return self._select(conn, aor, now)
+
+    def _select(self, conn: Connection, aor: str, now: float) -> list[Binding]:
+        assert self._select_aor is not None
+        return [_binding(row) for row in self._select_aor.execute(conn, {"aor": aor, "now": now})]
+
+    def _update_listing(self, engine: Engine, aor: str, remove: Sequence[str], put: Sequence[Binding], now: float) -> list[Binding]:
+        with engine.begin() as conn:
+            self._write(conn, aor, remove, put)
+            return self._select(conn, aor, now)
 
     def _listing(self, engine: Engine, limit: int, now: float) -> list[Binding]:
         table = self.table
@@ -305,11 +333,21 @@ class SQLLocationStore:
 
     def _update(self, engine: Engine, aor: str, remove: Sequence[str], put: Sequence[Binding]) -> None:
         with engine.begin() as conn:
-            table = self.table
-            if remove:
-                conn.execute(delete(table).where(table.c.aor == aor, table.c.contact.in_(remove)))
-            if put:
-                self._upsert(conn, [_row(b) for b in put])
+            self._write(conn, aor, remove, put)
+
+    def _write(self, conn: Connection, aor: str, remove: Sequence[str], put: Sequence[Binding]) -> None:
+        table = self.table
+        if remove:
+            conn.execute(delete(table).where(table.c.aor == aor, table.c.contact.in_(remove)))
+        if put:
+            self._upsert(conn, [_row(b) for b in put])
+
+    def _upsert_statement(self, name: str) -> Any:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        table = self.table
+        stmt: Any = (sqlite.insert if name == "sqlite" else postgresql.insert)(table)
+        return stmt.on_conflict_do_update(index_elements=[table.c.aor, table.c.contact], set_={c: stmt.excluded[c] for c in _COLUMNS[2:]})
 
     def _upsert(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """INSERT ... ON CONFLICT (aor, contact) DO UPDATE on SQLite and
@@ -317,16 +355,8 @@ class SQLLocationStore:
         row keeps its id, hence its place among equal q values); delete then
         insert in the same transaction elsewhere."""
         table = self.table
-        name = conn.dialect.name
-        if name == "sqlite" or name == "postgresql":
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            stmt: Any = (sqlite.insert if name == "sqlite" else postgresql.insert)(table)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[table.c.aor, table.c.contact],
-                set_={c: stmt.excluded[c] for c in _COLUMNS[2:]},
-            )
-            conn.execute(stmt, rows)
+        if self._upsert_rows is not None:
+            self._upsert_rows.execute_many(conn, rows)
             return
         for row in rows:
             conn.execute(delete(table).where(table.c.aor == row["aor"], table.c.contact == row["contact"]))
