@@ -2,7 +2,7 @@
 """CPU per authenticated registration through the whole proxy, in one process, without sockets.
 
     python bench/bench_register_cpu.py [--registrations 5000] [--runs 5] [--users 300] [--store sql|memory]
-                                       [--pool threads|inline] [--warmup 300] [--profile] [--json FILE]
+                                       [--pool threads|inline] [--credential-cache SECONDS] [--warmup 300] [--profile] [--json FILE]
 
 The service ``twistd sipshield`` runs, built by ``makeService`` (bench_call.py's
 harness: a fake UDP port, a heap-based clock), with the default pipeline, the
@@ -18,7 +18,8 @@ User N registers from its own address (127.0.x.y:5070), with one Call-ID and a
 rising CSeq, as a phone refreshing its binding does; even users answer with
 SHA-256, odd ones with MD5 (so the MD5 downgrade lock is read for half of them).
 Every user registers once before the timed part (the first binding of each),
-so what is timed is the refresh a registrar mostly sees.
+so what is timed is the refresh a registrar mostly sees.  ``--credential-cache``
+sets ``[auth] credential_cache`` (default 0, off, as the config's default).
 
 Timed: process CPU (``process_time``: every thread of the process, so the
 SQLite work in the stores' thread pools counts) from the first REGISTER in
@@ -93,10 +94,10 @@ class ThreadedReactor(BenchReactor):
             f(*args, **kw)
 
 
-def settings(workdir: Path, store: str) -> dict[str, Any]:
+def settings(workdir: Path, store: str, credential_cache: float = 0.0) -> dict[str, Any]:
     return {
         "server": {"data_dir": str(workdir / "data"), "listen": [f"udp:{PROXY[1]}:interface={PROXY[0]}"], "domains": [DOMAIN]},
-        "auth": {"algorithms": ["SHA-256", "MD5"]},
+        "auth": {"algorithms": ["SHA-256", "MD5"], "credential_cache": credential_cache},
         "registrar": {"store": store},
         "bans": {"enabled": True},
         "scanners": {"enabled": True},
@@ -141,13 +142,13 @@ def inline_pools(service: Any) -> None:
             pool.callInThreadWithCallback = call_inline
 
 
-def one_run(registrations: int, users: int, store: str, pool: str, profile: cProfile.Profile | None = None) -> dict[str, float]:
+def one_run(registrations: int, users: int, store: str, pool: str, profile: cProfile.Profile | None = None, credential_cache: float = 0.0) -> dict[str, float]:
     """Proxy CPU seconds for ``registrations`` authenticated registrations, by step."""
     with tempfile.TemporaryDirectory(prefix="sipshield-bench-register-") as tmp:
         workdir = Path(tmp)
         add_users(workdir, users, ("SHA-256", "MD5"))
         reactor = ThreadedReactor()
-        service, _, port = build_proxy(workdir, settings=settings(workdir, store), reactor=reactor)
+        service, _, port = build_proxy(workdir, settings=settings(workdir, store, credential_cache), reactor=reactor)
         ready = service.schema_ready
         reactor.run_until(lambda: ready.called)
         if pool == "inline":
@@ -207,15 +208,16 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--store", choices=("sql", "memory"), default="sql", help="[registrar] store (default: sql, on the SQLite file)")
     parser.add_argument("--pool", choices=("threads", "inline"), default="threads", help="the stores' thread pools, or every job inline")
+    parser.add_argument("--credential-cache", type=float, default=0.0, help="[auth] credential_cache seconds (default 0: off)")
     parser.add_argument("--warmup", type=int, default=300, help="registrations of a first, untimed run (imports, first-use caches)")
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile (with --pool inline); print where the time goes")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.warmup:
-        one_run(args.warmup, args.users, args.store, args.pool)
+        one_run(args.warmup, args.users, args.store, args.pool, credential_cache=args.credential_cache)
     runs = [
-        {step: seconds * 1e6 / args.registrations for step, seconds in one_run(args.registrations, args.users, args.store, args.pool).items()}
+        {step: seconds * 1e6 / args.registrations for step, seconds in one_run(args.registrations, args.users, args.store, args.pool, credential_cache=args.credential_cache).items()}
         for _ in range(args.runs)
     ]
     results = [sum(run.values()) for run in runs]
@@ -228,7 +230,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"registrations": args.registrations, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": steps}))
     if args.profile:
         profile = cProfile.Profile()
-        one_run(args.registrations, args.users, args.store, "inline", profile)
+        one_run(args.registrations, args.users, args.store, "inline", profile, args.credential_cache)
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)

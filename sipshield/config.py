@@ -660,6 +660,8 @@ class AuthConfig:
     nonce_lifetime: float = 300.0
     max_nonce_failures: int = 3
     """Failed digest responses one nonce serves before it is invalidated (a fresh challenge)."""
+    credential_cache: float = 0.0
+    """Seconds a digest login's lookup (HA1 and roles, or no such user) is kept (0: off): sipshield.auth._checkers.StoreChecker."""
     file: Path | None = None
     key_file: Path | None = None
     """``[auth] key_file``: the key file the SQL store's HA1 values are encrypted under (default: data_dir/credential.keys)."""
@@ -710,6 +712,7 @@ def _auth(data: Any, source: str | None, base: Path, roles: dict[str, tuple[str,
         backends=backends, algorithms=algorithms, profiles=profiles, trusted_sources=trusted, trusted_role=trusted_role,
         nonce_lifetime=float(au.take_number("nonce_lifetime", 300.0, 10, 3600, False)),
         max_nonce_failures=au.take_number("max_nonce_failures", 3, 1, 1000, True),
+        credential_cache=float(au.take_number("credential_cache", 0.0, 0, 60, False)),
         file=_path(au, "file", None, base), key_file=_path(au, "key_file", None, base), nonce_secret_file=_path(au, "nonce_secret_file", None, base),
         trunks=trunks, bearer=bearer,
     )

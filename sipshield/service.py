@@ -267,7 +267,10 @@ class SIPShieldService(MultiService):
 
         stores = iter(self.user_stores)
         self.ldap = build_ldap(self.config, self.reactor)
-        checkers = [self.ldap if backend == "ldap" else StoreChecker(next(stores), self.reactor, self.auth_pool) for backend in auth.backends]
+        checkers = [
+            self.ldap if backend == "ldap" else StoreChecker(next(stores), self.reactor, self.auth_pool, auth.credential_cache)
+            for backend in auth.backends
+        ]
         self.portal = make_portal(checkers)  # in [auth] backends order
         self.nonces: Any = None
         self._route_secret_loaded = False

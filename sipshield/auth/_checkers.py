@@ -63,17 +63,35 @@ def _base_algorithm(algorithm: str) -> str:
     return algorithm[:-5] if algorithm.endswith("-sess") else algorithm
 
 
+_Found = tuple[str | None, tuple[str, ...] | None]
+
+
 @implementer(ICredentialsChecker)
 class StoreChecker:
     """Digest credentials against a UserStore or HtdigestUserStore, whose
-    blocking calls run in ``threadpool`` (never on the reactor thread)."""
+    blocking calls run in ``threadpool`` (never on the reactor thread).
+
+    With ``cache_seconds`` > 0 (``[auth] credential_cache``) what a lookup
+    found, the HA1 and roles or "no such user", is kept that many seconds
+    (from before the read; at most ``cache_size`` entries, the oldest
+    dropped first) and a login within them is decided without the store: no
+    thread hop, no query, no decryption.  Unknown users are kept as well, so
+    that a quick answer does not tell which users exist (the decoy hash
+    still runs for them).  The server never writes users (the CLI does, in
+    another process): a password change, a disable, a removal or new roles
+    take effect for a cached user once its entry is that old, not at once.
+    A backend failure is not kept.
+    """
 
     credentialInterfaces = (ISIPDigestCredentials,)
 
-    def __init__(self, store: Any, reactor: Any, threadpool: Any) -> None:
+    def __init__(self, store: Any, reactor: Any, threadpool: Any, cache_seconds: float = 0.0, cache_size: int = 10000) -> None:
         self.store = store
         self.reactor = reactor
         self.threadpool = threadpool
+        self.cache_seconds = cache_seconds
+        self.cache_size = cache_size
+        self._cache: dict[tuple[str, str, str], tuple[float, _Found]] = {}
 
     def _lookup(self, username: str, domain: str, algorithm: str) -> tuple[str | None, tuple[str, ...] | None]:
         try:
@@ -98,10 +116,27 @@ class StoreChecker:
 
     def requestAvatarId(self, credentials: Any) -> Any:
         algorithm = _base_algorithm(credentials.algorithm)
-        d = deferToThreadPool(self.reactor, self.threadpool, self._lookup, credentials.username, credentials.realm, algorithm)
-        return d.addCallback(self._decide, credentials, algorithm)
+        username, realm = credentials.username, credentials.realm
+        if self.cache_seconds <= 0:
+            d = deferToThreadPool(self.reactor, self.threadpool, self._lookup, username, realm, algorithm)
+            return d.addCallback(self._decide, credentials, algorithm)
+        key = (username, realm, algorithm)
+        now = self.reactor.seconds()
+        entry = self._cache.get(key)
+        if entry is not None and 0 <= now - entry[0] < self.cache_seconds:
+            return defer.maybeDeferred(self._decide, entry[1], credentials, algorithm)
+        d = deferToThreadPool(self.reactor, self.threadpool, self._lookup, username, realm, algorithm)
+        return d.addCallback(self._remember, key, now).addCallback(self._decide, credentials, algorithm)
 
-    def _decide(self, found: tuple[str | None, tuple[str, ...] | None], credentials: Any, algorithm: str) -> AvatarId:
+    def _remember(self, found: _Found, key: tuple[str, str, str], read_at: float) -> _Found:
+        cache = self._cache
+        cache.pop(key, None)
+        while len(cache) >= self.cache_size:
+            cache.pop(next(iter(cache)))
+        cache[key] = (read_at, found)
+        return found
+
+    def _decide(self, found: _Found, credentials: Any, algorithm: str) -> AvatarId:
         ha1, roles = found
         if ha1 is None or roles is None:
             credentials.checkHash(compute_ha1(algorithm, credentials.username, credentials.realm, _DECOY_PASSWORD))

@@ -420,7 +420,7 @@ class UserStore:
         if row is None:
             return None
         with self._errors():
-            return self._open(self._read_keys(), str(row[0]), key[0], key[1], algorithm), _split_roles(row[1])
+            return self._open(self._read_keys(), str(row.ha1), key[0], key[1], algorithm), _split_roles(row.roles)
 
     def roles(self, username: str, domain: str) -> tuple[str, ...] | None:
         """The user's roles (sorted); None for an unknown or disabled user."""

@@ -12,10 +12,11 @@ statements whose shape does not depend on the values (no expanding IN).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import Connection, CursorResult, Dialect
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 __all__ = ["Prepared"]
 
@@ -24,7 +25,7 @@ class Prepared:
     """``statement`` compiled for ``dialect``; its bind parameters are named (``bindparam("aor")``)."""
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
         self.sql = compiled.string
         self._names: tuple[str, ...] = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
         self._positional = bool(compiled.positional)
