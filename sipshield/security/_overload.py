@@ -10,7 +10,8 @@ while the buffer's backlog grows; past SIP's T1 the phones retransmit what
 waits).  :class:`ReactorLag` measures both every ``INTERVAL`` seconds on the
 service's reactor (a Clock in tests), and the buffers' fill, and tells
 :class:`OverloadShedding`, an admission step, when either lag goes above
-``[limits] overload_lag`` (or a buffer is fuller than ``overload_queue``) and
+``[limits] overload_lag`` (or a buffer is fuller than ``overload_queue``) at
+``BEHIND`` measurements in a row (not in the first ``START_GRACE`` seconds) and
 when they have stayed below for ``overload_recover`` seconds (hysteresis, so
 the proxy does not flap).  Each change is one ``overload`` security event,
 not one per request.
@@ -88,6 +89,10 @@ CALL_RATE_RISE = 1.05
 CALL_RATE_RISE_IDLE = 1.15
 """... and once they are under a quarter of it: the proxy has time to spare (the rate started low, or the demand fell)."""
 DRAINING = 0.8
+BEHIND = 2
+"""Measurements in a row over the threshold that make overload: a single late one is a pause, not a load."""
+START_GRACE = 1.0
+"""Seconds after the service starts when no measurement enters overload (the start-up's own work makes the first ones late)."""
 """A wait in the receive buffer under this share of the last one measured is a backlog draining: the call rate holds."""
 _CALL_BURST = 0.2
 """Seconds of the call rate that may be admitted at once."""
@@ -347,11 +352,17 @@ class ReactorLag(Service):
         """The last lag measured, in seconds."""
         self._due = 0.0
         self._calm_since: float | None = None
+        self._behind = 0
+        """Measurements in a row that found the proxy behind: one alone (a pause of the
+        machine, a burst of start-up work) is not overload; ``BEHIND`` in a row is."""
+        self._settled_at = 0.0
         self._call: IDelayedCall | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._schedule(self.reactor.seconds())
+        now = self.reactor.seconds()
+        self._settled_at = now + START_GRACE
+        self._schedule(now)
 
     def stopService(self) -> Any:
         if self._call is not None and self._call.active():
@@ -385,9 +396,10 @@ class ReactorLag(Service):
         rise = 1.0 if filling or late > threshold / 2 else CALL_RATE_RISE if late > threshold / 4 else CALL_RATE_RISE_IDLE
         self.wait = wait
         shedding.sample(now, behind and not draining, rise)
+        self._behind = self._behind + 1 if behind else 0
         if behind:
             self._calm_since = None
-            if not shedding.overloaded:
+            if not shedding.overloaded and self._behind >= BEHIND and now >= self._settled_at:
                 shedding.enter(lag, now, share if filling and lag <= threshold else None, wait if waiting else None)
         elif shedding.overloaded:
             if self._calm_since is None:

@@ -18,7 +18,7 @@ from sipshield.config import ConfigError, parse_config
 from sipshield.events import OVERLOAD
 from sipshield.message import parse_message
 from sipshield.security import INTERVAL, OverloadShedding, ReactorLag
-from sipshield.security._overload import CALL_RATE_FACTOR, CALL_RATE_RISE, CALL_RATE_RISE_IDLE, MIN_CALL_RATE
+from sipshield.security._overload import BEHIND, CALL_RATE_FACTOR, CALL_RATE_RISE, CALL_RATE_RISE_IDLE, MIN_CALL_RATE, START_GRACE
 
 FLOOD = ("127.0.0.20", 5070)
 CALLER = ("127.0.0.30", 5070)
@@ -35,12 +35,15 @@ def make(tmp_path: Path, **limits: Any) -> tuple[Proxy, EventRecorder]:
     proxy.service.events.subscribe(recorder)
     (monitor,) = [s for s in proxy.service if isinstance(s, ReactorLag)]
     monitor.startService()
+    calm(proxy, START_GRACE)  # the start-up's grace over
     return proxy, recorder
 
 
 def lag(proxy: Proxy, seconds: float) -> None:
-    """The reactor is busy for *seconds*: the monitor's next tick runs that late."""
-    proxy.clock.advance(INTERVAL + seconds)
+    """The reactor is busy for *seconds*, twice: the monitor's next two ticks run that late
+    (one late measurement alone is not overload)."""
+    for _ in range(BEHIND):
+        proxy.clock.advance(INTERVAL + seconds)
 
 
 def calm(proxy: Proxy, seconds: float) -> None:
@@ -272,7 +275,7 @@ def test_the_call_rate_rises_no_higher_than_twice_what_was_carried(tmp_path: Pat
         proxy.core.counters["calls_started"] += 20
         calm(proxy, INTERVAL)
     full[0] = 0.5  # a receive buffer half full: overloaded, and the rate falls while it stays so
-    calm(proxy, INTERVAL)
+    calm(proxy, BEHIND * INTERVAL)
     assert shedding.overloaded and shedding.call_rate is not None
     entered = shedding.call_rate
     calm(proxy, 0.3)
@@ -294,7 +297,7 @@ def test_datagrams_waiting_in_the_receive_buffer_are_overload_however_little_the
     calm(proxy, 0.5)
     assert not proxy.service.overload.overloaded  # 50 ms: under the 200 ms threshold
     waited[0] = 0.3
-    calm(proxy, INTERVAL)
+    calm(proxy, BEHIND * INTERVAL)
     assert proxy.service.overload.overloaded
     (entered,) = [e for e in recorder.events if e.kind == OVERLOAD]
     assert "datagrams waiting 300 ms to be read" in entered.reason
@@ -312,7 +315,7 @@ def test_the_call_rate_falls_while_the_backlog_grows_holds_while_it_drains_and_r
         calm(proxy, INTERVAL)
     waited = [0.3]
     monitor.delay = lambda: waited[0]
-    calm(proxy, INTERVAL)
+    calm(proxy, BEHIND * INTERVAL)
     assert shedding.overloaded and shedding.call_rate is not None
     rates = [shedding.call_rate]
     for wait in (0.35, 0.35):  # growing, then steady: over capacity, down
@@ -358,7 +361,7 @@ def test_the_call_rate_rises_faster_the_less_the_datagrams_wait(tmp_path: Path) 
         calm(proxy, INTERVAL)
     waited = [0.3]
     monitor.delay = lambda: waited[0]
-    calm(proxy, INTERVAL)
+    calm(proxy, BEHIND * INTERVAL)
     assert shedding.call_rate is not None
     rates = [shedding.call_rate]
     for wait in (0.07, 0.01):  # under half the 200 ms threshold, then under a quarter of it
@@ -367,3 +370,24 @@ def test_the_call_rate_rises_faster_the_less_the_datagrams_wait(tmp_path: Path) 
         rates.append(shedding.call_rate)
     assert rates[1] == pytest.approx(rates[0] * CALL_RATE_RISE)
     assert rates[2] == pytest.approx(rates[1] * CALL_RATE_RISE_IDLE)
+
+
+def test_one_late_measurement_is_a_pause_not_overload_and_the_first_second_after_start_is_start_up(tmp_path: Path) -> None:
+    proxy, recorder = make(tmp_path)
+    shedding = proxy.service.overload
+    proxy.clock.advance(INTERVAL + 0.3)  # one pause of the machine
+    calm(proxy, 0.5)
+    assert not shedding.overloaded and not [e for e in recorder.events if e.kind == OVERLOAD]
+    lag(proxy, 0.3)  # late twice in a row: overload
+    assert shedding.overloaded
+    # A service just started: its own start-up work makes the first measurements late.
+    fresh, fresh_events = make(tmp_path / "fresh")
+    (monitor,) = [s for s in fresh.service if isinstance(s, ReactorLag)]
+    monitor.stopService()
+    monitor.startService()
+    for _ in range(2):
+        fresh.clock.advance(INTERVAL + 0.25)  # late twice in a row, within the second after start
+    assert not fresh.service.overload.overloaded
+    lag(fresh, 0.3)
+    assert fresh.service.overload.overloaded
+    assert len([e for e in fresh_events.events if e.kind == OVERLOAD]) == 1
