@@ -426,6 +426,20 @@ def test_top_via_gets_received_and_rport_filled_in() -> None:
     assert trying.top_via.rport == "40000" and upstream.sent[0][1] == ("192.0.2.9", 40000)
 
 
+@pytest.mark.parametrize(
+    "via, received",
+    [("SIP/2.0/UDP phone.example.com:5070;branch=z9hG4bKr", "192.0.2.9"), ("SIP/2.0/UDP 192.0.2.9:40000;branch=z9hG4bKr", None)],
+    ids=["sent-by-differs", "sent-by-is-the-source"],
+)
+def test_received_is_added_when_sent_by_differs_rport_or_not(via: str, received: str | None) -> None:
+    """RFC 3261 18.2.1: received whenever the sent-by host is not the source,
+    without rport too, and only then (mutants _mark_source 13, 4)."""
+    core, dispatcher, _ = make_core(Relay("sip:bob@192.0.2.20:5062"))
+    feed(core, request("sip:bob@example.com", "INVITE", via=via))
+    ((fwd, _),) = dispatcher.sent
+    assert (fwd.vias[1].received, fwd.vias[1].rport) == (received, None)
+
+
 def test_to_tag_without_our_route_set_is_not_relayed() -> None:
     """Toll-fraud guard: a fresh INVITE with a forged To tag must not ride the
     in-dialog path to an arbitrary host, and neither may a stray ACK."""

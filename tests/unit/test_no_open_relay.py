@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from pipeline_support import RecordingDispatcher, RecordingFlow, build_service, feed
+from pipeline_support import RecordingDispatcher, RecordingFlow, build_service, feed, proxy_service
 
 from sipshield.proxy import RecordRouteSigner, endpoints
 
@@ -90,6 +90,18 @@ def test_strict_routing_rewrite_needs_a_token_in_the_request_uri(tmp_path: Path)
     assert str(fwd.uri) == f"sip:victim@{VICTIM}" and hop == ("UDP", VICTIM, 5060)
 
 
+def test_a_strict_routed_request_is_checked_again_for_its_real_request_uri(tmp_path: Path) -> None:
+    """Admission checked the Request-URI a strict router put there (our
+    signed Record-Route); the one it gives back, the last Route, is checked
+    again by the stages (mutant request_received 40, 41: the 16.3 checks
+    skipped as passed at admission): one that is not SIP gets 416, nothing is sent."""
+    service, dispatcher = make_service(tmp_path)
+    real = "<mailto:victim@127.0.0.5>"
+    token = service.core.signer.token("c3", "f1", endpoints(ATTACKER[0], ""))  # a mailto: URI has no host to go to
+    flow = feed(service.core, in_dialog("BYE", uri=f"sip:127.0.0.1:5060;lr;ss={token}", route=real, call_id="c3"), RecordingFlow(ATTACKER))
+    assert flow.statuses() == [416] and dispatcher.sent == []
+
+
 @pytest.mark.parametrize("from_tag, to_tag", [("f1", "callee"), ("callee", "f1")], ids=["caller", "callee"])
 def test_our_signed_route_is_followed_from_either_side_without_a_challenge(tmp_path: Path, from_tag: str, to_tag: str) -> None:
     service, dispatcher = make_service(tmp_path)
@@ -144,6 +156,19 @@ def test_a_strict_router_next_gets_the_request_uri_and_the_old_one_goes_last(tmp
     assert fwd.headers.get_values("Route") == ["<sip:127.0.0.7;lr>", f"<sip:victim@{VICTIM}>"]
 
 
+@pytest.mark.parametrize("max_forwards, sent", [(5, "4"), (1, "0"), (0, None), (None, "69")])
+def test_an_ack_for_a_2xx_goes_on_with_max_forwards_one_less(tmp_path: Path, max_forwards: int | None, sent: str | None) -> None:
+    """RFC 3261 16.6 step 3 for the ACK we forward statelessly: one less (70
+    less one when it has none), and none left means not forwarded, so an ACK
+    looping between proxies ends (mutants stray_ack 28 to 31: one more, 69
+    at every hop, or a TypeError for an ACK without Max-Forwards)."""
+    service, dispatcher = make_service(tmp_path)
+    header = b"" if max_forwards is None else f"Max-Forwards: {max_forwards}\r\n".encode()
+    ack = in_dialog("ACK", route=signed(service)).replace(b"Max-Forwards: 70\r\n", header)
+    feed(service.core, ack, RecordingFlow(ATTACKER))
+    assert [fwd.headers.get("Max-Forwards") for fwd, _ in to_victim(dispatcher)] == ([] if sent is None else [sent])
+
+
 def test_a_loose_router_next_leaves_the_request_uri_alone(tmp_path: Path) -> None:
     ((fwd, hop),) = _follow(tmp_path, "BYE", "<sip:127.0.0.6:5070;lr>", "127.0.0.6")
     assert hop == ("UDP", "127.0.0.6", 5070)
@@ -176,3 +201,46 @@ def test_a_route_token_for_the_named_host_does_not_cover_its_maddr(tmp_path: Pat
     route = signed(service, pair=endpoints(ATTACKER[0], "edge.example.net")) + f", <sip:edge.example.net;lr;maddr={VICTIM}>"
     flow = feed(service.core, in_dialog("BYE", route=route), RecordingFlow(ATTACKER))
     assert flow.statuses()[-1] == 407 and dispatcher.sent == []
+
+
+# -- which Route names us (ProxyCore.is_local, add_local_address: mutmut survivors) ------------
+
+def _invite_bob_via(tmp_path: Path, route: str, listening: tuple[str, int] | None = None) -> tuple[list, tuple[str, str, int]]:
+    """alice's authenticated INVITE to bob (registered at 127.0.0.3:5062)
+    with the preloaded *route*; with *listening*, the proxy knows that address
+    only (a listener on 0.0.0.0, say) instead of 127.0.0.1:5060.  Where it went."""
+    proxy = proxy_service(tmp_path)
+    try:
+        if listening is not None:
+            proxy.core.local_hosts.clear()
+            proxy.core.local_ports.clear()
+            proxy.core.add_local_address(*listening)
+        bob = proxy.register("bob", "sip:bob@127.0.0.3:5062")
+        proxy.send(proxy.authorized(extra=f"Route: {route}\r\n"))
+        return [(fwd.headers.get_values("Route"), hop) for fwd, hop in proxy.forwarded()], bob
+    finally:
+        proxy.stop()
+
+
+def test_a_route_naming_our_domain_at_our_port_is_ours_and_one_at_another_port_is_not(tmp_path: Path) -> None:
+    """A domain we serve names us on the ports we listen on only: its Route is
+    ours (removed, the request goes on to bob's phone), not a next hop to send
+    the request back to ourselves (mutant is_local 6: our port taken for
+    another's, and another server of the domain taken for us)."""
+    sent, bob = _invite_bob_via(tmp_path / "ours", "<sip:example.com:5060;lr>")
+    assert sent == [([], bob)]
+    sent, _ = _invite_bob_via(tmp_path / "theirs", "<sip:example.com:5099;lr>")
+    assert [routes for routes, _ in sent] in ([], [["<sip:example.com:5099;lr>"]]) and all(hop[2] == 5099 for _, hop in sent)
+
+
+@pytest.mark.parametrize(
+    "listening, route",
+    [(("0.0.0.0", 5060), "<sip:127.0.0.1:5060;lr>"), (("0.0.0.0", 5060), "<sip:[::1]:5060;lr>"), (("2001:DB8::A", 5060), "<sip:[2001:db8::a]:5060;lr>")],
+    ids=["any-ipv4-loopback", "any-ipv6-loopback", "ipv6-upper-case"],
+)
+def test_with_a_listener_on_every_address_a_loopback_route_is_ours(tmp_path: Path, listening: tuple[str, int], route: str) -> None:
+    """Listening on 0.0.0.0, the loopback addresses are ours too
+    (add_local_address 11, 13), and an address we listen on is ours in any
+    case (2: lower-cased): their Route is removed, not followed back to us."""
+    sent, bob = _invite_bob_via(tmp_path, route, listening=listening)
+    assert sent == [([], bob)]

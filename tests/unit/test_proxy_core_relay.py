@@ -108,3 +108,12 @@ def test_a_cancel_nobody_answers_ends_quietly_and_the_call_with_timer_c(proxy: P
     for _ in range(400):
         reactor.advance(0.5)  # through Timer E and F of the CANCEL, then timer C of the INVITE
     assert list(dict.fromkeys(s for s in proxy.phone.statuses() if s >= 200)) == [200, 408]  # the 408 retransmitted until ACKed
+
+
+def test_a_request_without_max_forwards_goes_on_with_70(proxy: Proxy) -> None:
+    """RFC 3261 16.6 step 3: a proxy adds Max-Forwards 70 to a request that
+    has none, and so bounds a loop through proxies that do the same
+    (mutants _prepare 19: a TypeError, no answer but a 500; 21: 71)."""
+    hop = proxy.register("bob", BOB)
+    proxy.send(proxy.authorized().replace(b"Max-Forwards: 70\r\n", b""))
+    assert [(fwd.headers.get("Max-Forwards"), sent_to) for fwd, sent_to in proxy.forwarded()] == [("70", hop)]
