@@ -93,10 +93,22 @@ def test_add_refuses_invalid_user_names(store: UserStore, username: str) -> None
         store.add(username, "example.com", PASSWORD)
 
 
-@pytest.mark.parametrize("domain", ["", "exa mple.com", "-bad.com", "a..b", "x:5060", "[::1]", "a_b.com"])
+@pytest.mark.parametrize("domain", ["", "exa mple.com", "-bad.com", "a..b", "x:5060", "[::1]", "a_b.com", "exa mple.com.", "a_b.com.", "example.c-.", ".".join(["a" * 63] * 3 + ["b" * 62])])
 def test_add_refuses_invalid_domains(store: UserStore, domain: str) -> None:
     with pytest.raises(ValueError, match="not a domain name"):
         store.add("alice", domain, PASSWORD)
+
+
+def test_names_at_their_longest_and_a_domain_with_its_root_dot_are_accepted(store: UserStore) -> None:
+    """The bounds are inclusive (128 characters of user name, 253 of domain
+    name without the root's dot), and a trailing dot is checked as the name
+    without it, not as a shorter one (mutants check_username 6, check_domain 6, 8, 9, 15;
+    254 characters are refused: 16)."""
+    name, long_domain = "u" * 128, ".".join(["a" * 63] * 3 + ["b" * 61])
+    store.add(name, "example.com.", PASSWORD)
+    store.add("alice", long_domain, PASSWORD)
+    assert len(long_domain) == 253
+    assert {(u.username, u.domain) for u in store.list()} == {(name, "example.com."), ("alice", long_domain)}
 
 
 def test_user_token_characters_of_rfc_3261_are_accepted(store: UserStore) -> None:
