@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from pipeline_support import PHONE, Proxy, proxy_service
 from test_response_context import ResolvingReactor, call, cancel_of, cancels
+from twisted.internet.error import DNSLookupError
+
+from sipshield.state import Binding
 
 BOB = "sip:bob@127.0.0.5:5070"
 NAMED = "sip:bob@bob-phone.example.net:5070"
@@ -117,3 +120,24 @@ def test_a_request_without_max_forwards_goes_on_with_70(proxy: Proxy) -> None:
     hop = proxy.register("bob", BOB)
     proxy.send(proxy.authorized().replace(b"Max-Forwards: 70\r\n", b""))
     assert [(fwd.headers.get("Max-Forwards"), sent_to) for fwd, sent_to in proxy.forwarded()] == [("70", hop)]
+
+
+def test_a_sips_contact_behind_a_path_in_clear_is_never_reached_over_it(proxy: Proxy) -> None:
+    """bob registered a sips: contact through an edge proxy whose Path is
+    plain sip: over UDP: the forwarded Request-URI is sips:, so every hop must
+    be TLS (RFC 5630 3.1.3), and that branch is refused with 480, not sent in
+    clear to the edge (mutant _prepare 43: only the next hop's URI looked at)."""
+    proxy.service.location.put(Binding("sip:bob@example.com", "sips:bob@127.0.0.5:5071", proxy.clock.seconds() + 3600, path=("<sip:127.0.0.8:5060;lr>",)))
+    proxy.send(proxy.authorized())
+    assert proxy.forwarded() == []
+    assert proxy.last().status == 480
+
+
+def test_a_branch_whose_name_does_not_resolve_ends_at_once_as_a_transport_error(proxy: Proxy, reactor: ResolvingReactor) -> None:
+    """RFC 3263 / 16.9: a look-up that fails is the branch's transport error
+    (503, passed upstream as 500) at once, not a branch left pending until
+    timer C (mutants _start_branch 17, 19)."""
+    proxy.register("bob", NAMED)
+    call(proxy)
+    reactor.lookups[NAME].errback(DNSLookupError(NAME))
+    assert proxy.forwarded() == [] and [m.status for m in proxy.phone.messages() if m.status >= 200] == [500]
