@@ -9,6 +9,7 @@ decision forks the request to its targets (16.6) and a
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import secrets
 import weakref
@@ -23,7 +24,7 @@ from twisted.python.failure import Failure
 from sipshield._ratelog import ThrottledLog
 from sipshield._tally import LatencyHistogram, MethodTally, SourceTally, StatusTally
 from sipshield.events import SIPS_REFUSED, SecurityEvent, SecurityEvents
-from sipshield.message import ParseError, Request, Response, Via, check_header_values
+from sipshield.message import ParseError, Request, Response, Via, check_header_values, parse_message
 from sipshield.proxy._branch import new_branch
 from sipshield.proxy._decision import AckCheck, Decision, RequestContext, RequestPipeline, Target
 from sipshield.proxy._explain import Explanation
@@ -561,7 +562,7 @@ class ProxyCore:
         shown = f"[{host}]" if ":" in host else host
         fwd.headers.prepend("Via", f"SIP/2.0/{transport} {shown}:{port};branch={new_branch(rc.context.request)}")
         calls = branch.calls = _BranchCallbacks(branch, self, txn.flow, rc.context)
-        branch.txn = self.transactions.send_request(fwd, hop, calls.response, calls.timeout, calls.error, flow=branch.flow)
+        branch.txn = self.transactions.send_request(fwd, hop, calls, calls.timeout, calls.error, flow=branch.flow)
 
     def _refuse_sips_branch(self, txn: Any, branch: Branch) -> None:
         """A branch of a sips: request whose next hop is UDP or TCP (a phone
@@ -616,13 +617,14 @@ class ProxyCore:
     def context_finished(self, rc: ResponseContext) -> None:
         rc.stop()
         self.contexts.pop(rc.server_txn, None)
+        # The branches' callbacks judge the late 2xx responses (up to 64*T1)
+        # with the request's start line and echoed headers, kept as bytes,
+        # not with the request itself (see _LateFilters).
+        late = _LateFilters.of(rc.context) if rc.context.response_filters else None
         for branch in rc.branches:
             branch.context = None  # break branch <-> context; see _BranchCallbacks
-        if rc.context.response_filters:
-            # The branches' callbacks keep the request context for the late
-            # 2xx responses they still judge (up to 64*T1): the request's text
-            # is enough for that, not its parsed headers.
-            rc.context.request.release_parsed()
+            if branch.calls is not None:
+                branch.calls.context_gone(late)
 
 
 def _mark_source(request: Request, flow: Flow) -> None:
@@ -643,6 +645,53 @@ def _mark_source(request: Request, flow: Flow) -> None:
     request.headers.replace_first("Via", str(Via(via.transport, via.host, via.port, params, via.protocol)))
 
 
+class _LateFilters:
+    """What the response filters of a finished call judge its late 2xx with.
+
+    Once the response context is gone, a client transaction in Accepted
+    still passes every 2xx up (RFC 6026 7.2: retransmissions, and new 2xx of
+    a fork further on) for up to 64*T1, and each is judged by the filters
+    before it is relayed.  Rather than the request (its parsed headers, its
+    body: kilobytes per call, times every call of the last 32 s), this keeps
+    the request's start line and the headers a response echoes (Via, From,
+    To, Call-ID, CSeq: RFC 3261 8.2.6.2) as bytes, and the other fields of
+    the context as they were; a late 2xx gets a RequestContext rebuilt from
+    them, whose request has those headers only (what the built-in filters
+    read: the method, and ``make_response``).
+    """
+
+    __slots__ = ("_head", "_fields")
+
+    _ECHOED = ("Via", "From", "To", "Call-ID", "CSeq")
+
+    def __init__(self, head: bytes, fields: tuple[Any, ...]) -> None:
+        self._head = head
+        self._fields = fields
+
+    @classmethod
+    def of(cls, context: RequestContext) -> _LateFilters:
+        request = context.request
+        headers = request.headers
+        lines = [f"{request.method} {request.uri} SIP/2.0"]
+        lines += [f"{name}: {value}" for name in cls._ECHOED for value in headers.get_all(name)]
+        lines.append("Content-Length: 0\r\n\r\n")
+        # An empty ``attributes`` (the usual) is kept as None, made afresh.
+        fields = tuple((getattr(context, name) or None) if name == "attributes" else getattr(context, name) for name in _CONTEXT_FIELDS)
+        return cls("\r\n".join(lines).encode("utf-8", "surrogateescape"), fields)
+
+    def context(self) -> RequestContext:
+        request = parse_message(self._head)
+        assert isinstance(request, Request)  # built from a request's own start line
+        context = RequestContext(request, *self._fields)
+        if context.attributes is None:
+            context.attributes = {}
+        return context
+
+
+_CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(RequestContext))[1:]
+"""Every field of a RequestContext after ``request``, in their order."""
+
+
 class _BranchCallbacks:
     """What a client transaction calls back, holding its branch weakly.
 
@@ -651,32 +700,50 @@ class _BranchCallbacks:
     reference cycle left to the cyclic garbage collector, whose full passes
     stall the reactor under load.  Once the context is gone, a 2xx
     retransmission is forwarded statelessly to the flow the request came in
-    on (RFC 3261 16.7, RFC 6026 8.2).
+    on (RFC 3261 16.7, RFC 6026 8.2).  The object itself is the transaction's
+    ``on_response`` (one bound method less per branch, kept through Timer M).
     """
 
     __slots__ = ("_branch", "_core", "_upstream", "_filtering", "_hop", "muted")
 
     def __init__(self, branch: Branch, core: ProxyCore, upstream: Flow, context: RequestContext) -> None:
-        self._branch = weakref.ref(branch)
+        self._branch: weakref.ref[Branch] | None = weakref.ref(branch)
         self._core = core
         self._upstream = upstream
         # The response filters still judge each 2xx once the response context
         # is gone: a retransmission, or a new 2xx of a fork further on
         # (another To tag, its own SDP), is otherwise relayed unchecked.
-        # (Two slots, not a tuple: one object less per call for the GC to walk.)
-        self._filtering = context if context.response_filters else None
+        # The context while it lives, then what context_gone leaves.
+        self._filtering: RequestContext | _LateFilters | None = context if context.response_filters else None
         self._hop = branch.hop
         self.muted = False  # a response filter refused the branch's 2xx (Branch.mute)
+
+    def context_gone(self, late: _LateFilters | None) -> None:
+        """The response context finished: let go of the branch (and of the
+        request context, for *late*: what the filters judge late 2xx with)."""
+        self._branch = None
+        if self._filtering is not None:
+            self._filtering = late
+
+    def _live_branch(self) -> Branch | None:
+        ref = self._branch
+        branch = ref() if ref is not None else None
+        return branch if branch is not None and branch.context is not None else None
+
+    def __call__(self, txn: Any, response: Response) -> None:
+        self.response(txn, response)
 
     def response(self, txn: Any, response: Response) -> None:
         if self.muted:
             return
-        branch = self._branch()
-        if branch is not None and branch.context is not None:
-            branch.context.on_response(txn, response, branch)
+        branch = self._live_branch()
+        if branch is not None:
+            branch.context.on_response(txn, response, branch)  # type: ignore[union-attr]
         elif 200 <= response.status < 300:
-            if self._filtering is not None:
-                passed = filtered(self._filtering, response, self._hop)
+            filtering = self._filtering
+            if filtering is not None:
+                context = filtering if isinstance(filtering, RequestContext) else filtering.context()
+                passed = filtered(context, response, self._hop)
                 if passed is None or passed.status >= 300:
                     self.muted = True  # the caller has its final answer: nothing to send instead
                     return
@@ -684,14 +751,14 @@ class _BranchCallbacks:
             self._core.forward_retransmitted_2xx(response, self._upstream)
 
     def timeout(self, txn: Any) -> None:
-        branch = self._branch()
-        if branch is not None and branch.context is not None:
-            branch.context.on_timeout(txn, branch)
+        branch = self._live_branch()
+        if branch is not None:
+            branch.context.on_timeout(txn, branch)  # type: ignore[union-attr]
 
     def error(self, txn: Any) -> None:
-        branch = self._branch()
-        if branch is not None and branch.context is not None:
-            branch.context.on_transport_error(txn, branch)
+        branch = self._live_branch()
+        if branch is not None:
+            branch.context.on_transport_error(txn, branch)  # type: ignore[union-attr]
 
 
 def _ignore(txn: Any) -> None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sipshield.message import Headers, Request
 
 from ._base import _NEVER, ACCEPTED, CALLING, COMPLETED, PROCEEDING, TRYING, Destination, _Transaction
+from ._keys import shared_method
 
 if TYPE_CHECKING:
     from sipshield.message import Response
@@ -36,7 +37,11 @@ class ClientTransaction(_Transaction):
     method and ``state`` one of the state constants.  Once a final
     response has arrived, ``request`` is None and the serialised request is
     let go: waiting out Timer D, K or M the transaction keeps only what it
-    may still send (the ACK for a 3xx-6xx).
+    may still send (the ACK for a 3xx-6xx, with its flow) and the one TU
+    callback its state may still call (``on_response`` in Accepted, for
+    every 2xx; ``on_transport_error`` in Completed, should the ACK fail).
+    ``flow`` is None in Accepted and in a non-INVITE's Completed: they send
+    nothing.
     """
 
     __slots__ = ("request", "destination", "flow", "_data", "_response_cb", "_timeout_cb", "_error_cb")
@@ -61,7 +66,7 @@ class ClientTransaction(_Transaction):
         self._table = layer._clients
         self.key = key
         self.request = request
-        self.method = request.method
+        self.method = shared_method(request.method)
         self.destination = destination
         self.flow = flow
         self.state = CALLING
@@ -108,9 +113,13 @@ class ClientTransaction(_Transaction):
         raise NotImplementedError
 
     def _release(self) -> None:
-        """A final response arrived: nothing will be (re)sent from the request any more."""
+        """A final response arrived: nothing will be (re)sent from the request
+        any more, and the timer that runs now (D, K, M) ends the transaction
+        without telling the TU: its timeout callback is let go."""
         self.request = None
         self._data = b""
+        self._timeout_cb = _unused
+        self._interval = self._remaining = 0.0  # no retransmission any more (one float less kept)
 
     def terminate(self) -> None:
         """Drop the transaction now; idempotent.
@@ -139,6 +148,14 @@ class NonInviteClientTransaction(ClientTransaction):
             self._release()
             self.state = COMPLETED
             self._after(self._layer.timers.t4)  # Timer K = T4 (E and F stop)
+            # Completed absorbs retransmitted finals and sends nothing:
+            # neither the TU's callbacks nor the flow are needed any more.
+            callback = self._response_cb
+            self._response_cb = _absorbed
+            self._error_cb = _unused
+            self.flow = None
+            callback(self, response)
+            return
         self._response_cb(self, response)
 
     def _on_timer(self, deadline: bool) -> None:
@@ -189,6 +206,10 @@ class InviteClientTransaction(ClientTransaction):
                 self._release()
                 self.state = ACCEPTED  # RFC 6026 7.2
                 self._after(self._layer.timers.timeout)  # Timer M
+                # Accepted sends nothing (the TU ACKs a 2xx): no flow, and no
+                # transport error to report; every 2xx still goes to the TU.
+                self._error_cb = _unused
+                self.flow = None
             else:
                 assert self.request is not None  # released only on leaving Calling/Proceeding
                 self._ack = build_ack(self.request, response).serialise()
@@ -205,6 +226,12 @@ class InviteClientTransaction(ClientTransaction):
                     self._terminate()  # Timer D = 0
                 else:
                     self._after(self._layer.timers.timer_d)
+                # Completed resends the ACK for a retransmitted final and
+                # passes nothing more to the TU (17.1.1.2).
+                callback = self._response_cb
+                self._response_cb = _absorbed
+                callback(self, response)
+                return
             self._response_cb(self, response)
         elif state is COMPLETED:
             # 17.1.1.2: a retransmitted final gets the ACK again and is not passed to the TU.
@@ -243,6 +270,16 @@ class InviteClientTransaction(ClientTransaction):
         if request is None:
             raise ValueError("a final response has arrived: nothing to cancel")
         return _build_follow_up(request, "CANCEL", request.headers.get("to") or "")
+
+
+def _absorbed(transaction: ClientTransaction, response: Response) -> None:
+    """The response callback of a transaction past its final response whose
+    state passes nothing more to the TU (Completed: 17.1.1.2, 17.1.2.2)."""
+
+
+def _unused(transaction: ClientTransaction) -> None:
+    """A callback the transaction's state can no longer call (shared, so a
+    finished transaction holds none of the TU's objects through it)."""
 
 
 def build_ack(request: Request, response: Response) -> Request:

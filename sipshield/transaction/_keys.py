@@ -12,6 +12,16 @@ MAGIC_COOKIE = "z9hG4bK"
 
 _RFC2543 = "rfc2543"
 
+_METHODS = {method: method for method in ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "INFO", "UPDATE", "PRACK", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "PUBLISH")}
+
+
+def shared_method(method: str) -> str:
+    """The one str object of a standard method (RFC 3261 27.4 and the SIP
+    extensions' methods), else *method*: the parser makes a new str per
+    message, and each finished transaction would keep its own copy in its
+    key and its ``method`` for up to 64*T1."""
+    return _METHODS.get(method, method)
+
 
 def rfc2543_key(request: Request, method: str, to_tag: str | None) -> tuple[Any, ...]:
     """RFC 3261 17.2.3 for requests without the magic cookie.

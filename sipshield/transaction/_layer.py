@@ -8,7 +8,7 @@ from sipshield._tally import StatusTally
 
 from ._base import CALLING, PROCEEDING, TRYING, Destination, Sender, TimerSettings, TransactionUser
 from ._client import ClientTransaction, InviteClientTransaction, NonInviteClientTransaction, ResponseCallback, TransactionCallback
-from ._keys import MAGIC_COOKIE, rfc2543_key
+from ._keys import MAGIC_COOKIE, rfc2543_key, shared_method
 from ._server import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
 from ._timers import TimerQueues
 
@@ -91,7 +91,7 @@ class TransactionLayer:
         ``admit(request, flow) -> bool`` refuses it first (it has then
         answered statelessly, or dropped it).
         """
-        method = request.method
+        method = shared_method(request.method)
         via = request.top_via
         branch = via.params.get("branch")
         if branch is not None and branch.startswith(MAGIC_COOKIE):
@@ -166,7 +166,7 @@ class TransactionLayer:
         before this method returns, in which case the transaction comes
         back already Terminated and was never in the table.
         """
-        method = request.method
+        method = shared_method(request.method)
         if method == "ACK":
             raise ValueError("ACK is not sent in a client transaction (RFC 3261 17.1)")
         branch = request.top_via.params.get("branch")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._base import _NEVER, ACCEPTED, COMPLETED, CONFIRMED, PROCEEDING, TERMINATED, TRYING, _Transaction
-from ._keys import _RFC2543, rfc2543_key
+from ._keys import _RFC2543, rfc2543_key, shared_method
 
 if TYPE_CHECKING:
     from sipshield.message import Request, Response
@@ -27,9 +27,11 @@ class ServerTransaction(_Transaction):
     ``request`` is the request that created it, ``flow`` the flow it came
     in on, ``method`` its method and ``state`` one of the state constants.
     Once the final response is sent, ``request`` is None: waiting out its
-    timer (up to 64*T1), the transaction keeps only the bytes it may resend,
-    not the parsed request (memory, and objects for the garbage collector
-    to walk, at every call rate).
+    timer (up to 64*T1), the transaction keeps only its key, its flow and
+    the bytes it may still resend (the final response in Completed; none in
+    Accepted and Confirmed, which absorb retransmissions), not the parsed
+    request (memory, and objects for the garbage collector to walk, at
+    every call rate: docs/performance.md, bench/bench_memory.py).
     """
 
     __slots__ = ("request", "flow", "_last")
@@ -44,7 +46,7 @@ class ServerTransaction(_Transaction):
         self.key = key
         self.request = request
         self.flow = flow
-        self.method = request.method
+        self.method = shared_method(request.method)
         self.state = state
         self.reliable = flow.reliable
         self._timer = None
@@ -136,6 +138,10 @@ class InviteServerTransaction(ServerTransaction):
             if status < 300:
                 layer.invites_answered += 1
                 self.request = None
+                # Accepted resends nothing itself (RFC 6026 8.6, 8.7: the TU's
+                # 2xx retransmissions pass through, a retransmitted INVITE is
+                # absorbed): the 2xx's bytes are let go too.
+                self._last = None
                 self.state = ACCEPTED  # RFC 6026 8.5
                 self._after(timers.timeout)  # Timer L
                 return True
@@ -162,6 +168,7 @@ class InviteServerTransaction(ServerTransaction):
                     self._terminate()  # Timer I = 0
                 else:
                     self.state = CONFIRMED
+                    self._last = None  # Confirmed absorbs everything: nothing left to resend
                     self._after(self._layer.timers.t4)  # Timer I (G and H stop)
             elif state is ACCEPTED:
                 # RFC 6026 8.7: the ACK for a 2xx belongs to the TU.
