@@ -94,7 +94,14 @@ response, which takes part in the best-response choice (RFC 3261 16.7 step
 6) like any other, and the branch's later 2xx retransmissions are dropped,
 also once the response context is gone.  Called synchronously, in order; a
 filter that raises is logged and the response counts as dropped (fail
-closed: a filter is there to stop what must not pass)."""
+closed: a filter is there to stop what must not pass).
+
+A 2xx that comes after the response context has ended (a retransmission,
+or another fork's, on the client transaction in Accepted for up to 64*T1)
+is judged with a copy of the context whose ``request`` carries only the
+start line and the headers a response echoes (Via, From, To, Call-ID, CSeq:
+enough for ``make_response``); its other headers and body are not kept
+that long."""
 
 
 BranchCheck = Callable[["RequestContext", "Request", "tuple[str, str, int]"], "Response | None"]

@@ -23,6 +23,20 @@ def shared_method(method: str) -> str:
     return _METHODS.get(method, method)
 
 
+def server_key(branch: str, host: str, port: int | None, method: str) -> str:
+    """RFC 3261 17.2.3 for a branch with the magic cookie: the branch, the
+    sent-by of the top Via and the method (ACK matching INVITE), as ONE str.
+
+    A finished server transaction keeps its key for up to 64*T1; one str of
+    the four parts is about half of a tuple holding the branch, host and port
+    objects of the parsed Via.  The host, the port and the method never hold
+    a NUL (a host, a number, a token), so the last three NULs split the key
+    back into its parts whatever the branch holds: distinct parts, distinct
+    keys.
+    """
+    return f"{branch}\0{host}\0{port}\0{method}"
+
+
 def rfc2543_key(request: Request, method: str, to_tag: str | None) -> tuple[Any, ...]:
     """RFC 3261 17.2.3 for requests without the magic cookie.
 

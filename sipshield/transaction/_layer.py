@@ -8,7 +8,7 @@ from sipshield._tally import StatusTally
 
 from ._base import CALLING, PROCEEDING, TRYING, Destination, Sender, TimerSettings, TransactionUser
 from ._client import ClientTransaction, InviteClientTransaction, NonInviteClientTransaction, ResponseCallback, TransactionCallback
-from ._keys import MAGIC_COOKIE, rfc2543_key, shared_method
+from ._keys import MAGIC_COOKIE, rfc2543_key, server_key, shared_method
 from ._server import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
 from ._timers import TimerQueues
 
@@ -95,7 +95,7 @@ class TransactionLayer:
         via = request.top_via
         branch = via.params.get("branch")
         if branch is not None and branch.startswith(MAGIC_COOKIE):
-            key: Any = (branch, via.host, via.port, "INVITE" if method == "ACK" else method)
+            key: Any = server_key(branch, via.host, via.port, "INVITE" if method == "ACK" else method)
             txn = self._servers.get(key)
         elif method == "ACK":
             txn = self._server_acks.get(rfc2543_key(request, "ACK", request.to.tag))
@@ -141,7 +141,7 @@ class TransactionLayer:
         via = cancel.top_via
         branch = via.params.get("branch")
         if branch is not None and branch.startswith(MAGIC_COOKIE):
-            return self._servers.get((branch, via.host, via.port, "INVITE"))
+            return self._servers.get(server_key(branch, via.host, via.port, "INVITE"))
         return self._servers.get(rfc2543_key(cancel, "INVITE", cancel.to.tag))
 
     # -- client side ---------------------------------------------------------------
