@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import operator
 import secrets
 import weakref
 from collections.abc import Callable, Iterable
@@ -675,8 +676,12 @@ class _LateFilters:
         lines = [f"{request.method} {request.uri} SIP/2.0"]
         lines += [f"{name}: {value}" for name in cls._ECHOED for value in headers.get_all(name)]
         lines.append("Content-Length: 0\r\n\r\n")
-        # An empty ``attributes`` (the usual) is kept as None, made afresh.
-        fields = tuple((getattr(context, name) or None) if name == "attributes" else getattr(context, name) for name in _CONTEXT_FIELDS)
+        fields = _context_fields(context)
+        if not context.attributes:
+            # The usual empty dict is kept as None, made afresh.
+            kept = list(fields)
+            kept[_ATTRIBUTES] = None
+            fields = tuple(kept)
         return cls("\r\n".join(lines).encode("utf-8", "surrogateescape"), fields)
 
     def context(self) -> RequestContext:
@@ -690,6 +695,8 @@ class _LateFilters:
 
 _CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(RequestContext))[1:]
 """Every field of a RequestContext after ``request``, in their order."""
+_context_fields = operator.attrgetter(*_CONTEXT_FIELDS)
+_ATTRIBUTES = _CONTEXT_FIELDS.index("attributes")
 
 
 class _BranchCallbacks:
