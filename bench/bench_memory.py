@@ -170,6 +170,24 @@ def _walk(roots: list[Any], claimed: set[int]) -> tuple[int, Counter[str]]:
     return size, types
 
 
+def _kinds(bench: Bench, txns_before: set[int]) -> dict[str, Any]:
+    """The transactions the phase left waiting, by kind, with the bytes each keeps
+    (a function of its own: no reference to a transaction outlives it)."""
+    by_kind: dict[str, list[Any]] = defaultdict(list)
+    for txn in bench.kinds():
+        if id(txn) not in txns_before:
+            by_kind[_kind(txn)].append(txn)
+    claimed: set[int] = set()
+    kinds = {}
+    # Server kinds first: an object two transactions share (the caller's
+    # flow, which the INVITE's client transaction forwards 2xx to) is counted
+    # once, with the transaction of the request that brought it.
+    for kind, txns in sorted(by_kind.items(), key=lambda item: ("Server" not in item[0], item[0])):
+        size, types = _walk(txns, claimed)
+        kinds[kind] = {"count": len(txns), "bytes_each": size / len(txns), "types": {t: round(b / len(txns)) for t, b in types.most_common(8)}}
+    return kinds
+
+
 def measure(bench: Bench, name: str, count: int, step: Any, top: int) -> dict[str, Any]:
     gc.collect()
     before = tracemalloc.take_snapshot()
@@ -183,19 +201,7 @@ def measure(bench: Bench, name: str, count: int, step: Any, top: int) -> dict[st
     filters = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__), tracemalloc.Filter(False, bench_call.__file__)]
     stats = after.filter_traces(filters).compare_to(before.filter_traces(filters), "lineno")
     held = sum(s.size_diff for s in stats)
-    by_kind: dict[str, list[Any]] = defaultdict(list)
-    for txn in bench.kinds():
-        if id(txn) not in txns_before:
-            by_kind[_kind(txn)].append(txn)
-    claimed: set[int] = set()
-    kinds = {}
-    # Server kinds first: an object two transactions share (the caller's
-    # flow, which the INVITE's client transaction forwards 2xx to) is counted
-    # once, with the transaction of the request that brought it.
-    for kind, txns in sorted(by_kind.items(), key=lambda item: ("Server" not in item[0], item[0])):
-        size, types = _walk(txns, claimed)
-        kinds[kind] = {"count": len(txns), "bytes_each": size / len(txns), "types": {t: round(b / len(txns)) for t, b in types.most_common(8)}}
-    by_kind = txns = claimed = None  # type: ignore[assignment]  # the bench's own references to the transactions
+    kinds = _kinds(bench, txns_before)
     # Then every timer runs out: what the phase still holds after that outlives its requests.
     live = len(bench.kinds())
     bench.drain()
