@@ -737,9 +737,6 @@ class _BranchCallbacks:
         branch = ref() if ref is not None else None
         return branch if branch is not None and branch.context is not None else None
 
-    def __call__(self, txn: Any, response: Response) -> None:
-        self.response(txn, response)
-
     def response(self, txn: Any, response: Response) -> None:
         if self.muted:
             return
@@ -756,6 +753,8 @@ class _BranchCallbacks:
                     return
                 response = passed
             self._core.forward_retransmitted_2xx(response, self._upstream)
+
+    __call__ = response
 
     def timeout(self, txn: Any) -> None:
         branch = self._live_branch()
