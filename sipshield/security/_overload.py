@@ -102,9 +102,11 @@ _CALL_BURST = 0.2
 """Seconds of the call rate that may be admitted at once."""
 _OBSERVED = 0.5
 """Seconds of calls started that the call rate on entering overload is taken from."""
-_COST_CALLS = 20
+_COST_CALLS = 50
 """Calls the CPU cost per call is measured over at least."""
-_COST_SPAN = 1.0
+_COST_WINDOW = 1.0
+"""Seconds the CPU cost per call is measured over at least."""
+_COST_SPAN = 2.0
 """Seconds within which those calls must start (else the measurement starts again)."""
 _COST_WEIGHT = 0.2
 """How far each new measurement moves the cost per call."""
@@ -333,10 +335,12 @@ class OverloadShedding:
     def _note_cost(self, now: float, started: int, overloaded: bool) -> None:
         """Move the CPU cost per call toward what the calls since the last note cost.
 
-        Over at least ``_COST_CALLS`` calls started within ``_COST_SPAN``
-        seconds (quiet minutes would charge the timers' and the expiry loops'
-        CPU to a few calls), and only while not overloaded (shedding costs CPU
-        that calls do not account for)."""
+        Over at least ``_COST_WINDOW`` seconds (a tenth of a second that read a
+        backlog of INVITEs starts many calls whose other messages come later)
+        and ``_COST_CALLS`` calls started within ``_COST_SPAN`` seconds (quiet
+        minutes would charge the timers' and the expiry loops' CPU to a few
+        calls), and only while not overloaded (shedding costs CPU that calls
+        do not account for)."""
         assert self.cpu_time is not None
         cpu = self.cpu_time()
         base = self._cpu
@@ -344,7 +348,7 @@ class OverloadShedding:
             self._cpu = (cpu, started, now)
             return
         spent, counted = cpu - base[0], started - base[1]
-        if counted < _COST_CALLS:
+        if counted < _COST_CALLS or now - base[2] < _COST_WINDOW:
             return
         self._cpu = (cpu, started, now)
         cost = spent / counted

@@ -371,12 +371,12 @@ def test_quiet_minutes_do_not_charge_the_timers_cpu_to_a_few_calls(tmp_path: Pat
         proxy.core.counters["calls_started"] += 1 if _ % 10 == 0 else 0
         cpu[0] += 0.005
         calm(proxy, INTERVAL)
-    assert shedding.call_cost is None  # never 20 calls within a second: no cost measured
-    for _ in range(3):  # 300 calls a second at 1 ms each
+    assert shedding.call_cost is None  # never 50 calls within two seconds: no cost measured
+    for _ in range(12):  # 300 calls a second at 1 ms each, over a second at least
         proxy.core.counters["calls_started"] += 30
         cpu[0] += 30 * 0.001
         calm(proxy, INTERVAL)
-    assert shedding.call_cost == pytest.approx(0.001)
+    assert shedding.call_cost == pytest.approx(0.001, rel=0.15)  # (the window's first tenths carry the timers' CPU too)
 
 def test_the_call_rate_rises_faster_the_less_the_datagrams_wait(tmp_path: Path) -> None:
     proxy, _ = make(tmp_path)
