@@ -346,6 +346,19 @@ def one_run(calls: int, profile: cProfile.Profile | None = None, profile_step: s
         return spent
 
 
+def report(runs: list[dict[str, float]], steps: tuple[str, ...], what: str, count: int, json_path: Path | None, note: str = "") -> None:
+    """Print the best and median CPU per *what* over *runs* (us per step), and the best per step;
+    write them to *json_path* (``--json``) as well."""
+    results = [sum(run.values()) for run in runs]
+    best, median = min(results), statistics.median(results)
+    print(f"proxy CPU per {what}: best {best:.1f} us, median {median:.1f} us over {len(runs)} runs of {count} "
+          f"({1e6 / best:.0f} {what}s/s on one core at best{note})")  # fmt: skip
+    per_step = {step: min(run[step] for run in runs) for step in steps}
+    print(f"best per step (us per {what}): " + ", ".join(f"{step} {us:.1f}" for step, us in per_step.items()))
+    if json_path:
+        json_path.write_text(json.dumps({"count": count, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": per_step}))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
@@ -364,14 +377,7 @@ def main() -> int:
         {step: seconds * 1e6 / args.calls for step, seconds in one_run(args.calls, srtp=args.srtp, redis_url=redis_url).items()}
         for _ in range(args.runs)
     ]
-    results = [sum(run.values()) for run in runs]
-    best, median = min(results), statistics.median(results)
-    print(f"proxy CPU per call: best {best:.1f} us, median {median:.1f} us over {args.runs} runs of {args.calls} calls "
-          f"({1e6 / best:.0f} calls/s on one core at best)")  # fmt: skip
-    steps = {step: min(run[step] for run in runs) for step in STEPS}
-    print("best per step (us per call): " + ", ".join(f"{step} {us:.1f}" for step, us in steps.items()))
-    if args.json:
-        args.json.write_text(json.dumps({"calls": args.calls, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": steps}))
+    report(runs, STEPS, "call", args.calls, args.json)
     if args.profile:
         profile = cProfile.Profile()
         one_run(args.calls, profile, args.profile_step, args.srtp, redis_url)

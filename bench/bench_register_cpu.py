@@ -46,10 +46,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import itertools
-import json
 import pstats
 import queue
-import statistics
 import sys
 import tempfile
 import time
@@ -60,7 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bench_call import BenchReactor, build_proxy  # noqa: E402
+from bench_call import BenchReactor, build_proxy, report  # noqa: E402
 from bench_register import add_users  # noqa: E402
 from digest_client import authorization, challenges  # noqa: E402
 from inline_pool import call_inline  # noqa: E402
@@ -220,14 +218,7 @@ def main() -> int:
         {step: seconds * 1e6 / args.registrations for step, seconds in one_run(args.registrations, args.users, args.store, args.pool, credential_cache=args.credential_cache).items()}
         for _ in range(args.runs)
     ]
-    results = [sum(run.values()) for run in runs]
-    best, median = min(results), statistics.median(results)
-    print(f"proxy CPU per authenticated registration: best {best:.1f} us, median {median:.1f} us over {args.runs} runs of "
-          f"{args.registrations} ({1e6 / best:.0f} registrations/s on one core at best; store {args.store}, pool {args.pool})")  # fmt: skip
-    steps = {step: min(run[step] for run in runs) for step in STEPS}
-    print("best per step (us per registration): " + ", ".join(f"{step} {us:.1f}" for step, us in steps.items()))
-    if args.json:
-        args.json.write_text(json.dumps({"registrations": args.registrations, "runs": runs, "best_us": best, "median_us": median, "best_steps_us": steps}))
+    report(runs, STEPS, "registration", args.registrations, args.json, f"; store {args.store}, pool {args.pool}")
     if args.profile:
         profile = cProfile.Profile()
         one_run(args.registrations, args.users, args.store, "inline", profile, args.credential_cache)
